@@ -1,0 +1,173 @@
+//! The backplane envelope: what the API publishes on Redis and gateways
+//! decode. MessagePack (rmp-serde) with named fields and human-readable
+//! values (UUIDs and timestamps as strings), so the event inside is the same
+//! map a client receives and a gateway can forward it without reshaping.
+//!
+//! Compatibility rule for rolling deploys: adding a field is compatible
+//! (unknown fields are ignored, missing optional ones default); anything else
+//! bumps [`ENVELOPE_VERSION`], and a reader skips envelopes newer than it
+//! understands instead of misreading them.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::protocol::ServerEvent;
+
+/// The envelope format this build writes and the newest it reads.
+pub const ENVELOPE_VERSION: u16 = 1;
+
+/// Redis channel carrying one community's events.
+pub fn community_channel(community_id: &Uuid) -> String {
+    format!("chorus:community:{community_id}")
+}
+
+/// Redis channel carrying one user's events (notifications, revocations).
+pub fn user_channel(user_id: &str) -> String {
+    format!("chorus:user:{user_id}")
+}
+
+/// One event on the backplane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope {
+    /// Format version, see [`ENVELOPE_VERSION`].
+    pub v: u16,
+    /// The community whose sequence this event belongs to, if any.
+    #[serde(default)]
+    pub community_id: Option<Uuid>,
+    /// The event's per-community sequence number (`new-message` and
+    /// `message-deleted`); `None` for unsequenced events.
+    #[serde(default)]
+    pub seq: Option<i64>,
+    /// When the change committed, in milliseconds since the Unix epoch; lets
+    /// gateways measure end-to-end delivery latency.
+    #[serde(default)]
+    pub ts_ms: i64,
+    /// The event, shaped exactly like the server frame clients receive.
+    pub event: ServerEvent,
+}
+
+/// Why an envelope could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("envelope version {0} is newer than this build understands")]
+    TooNew(u16),
+    #[error("malformed envelope: {0}")]
+    Malformed(String),
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    v: u16,
+}
+
+impl Envelope {
+    /// A current-version envelope.
+    pub fn new(community_id: Option<Uuid>, seq: Option<i64>, ts_ms: i64, event: ServerEvent) -> Self {
+        Envelope {
+            v: ENVELOPE_VERSION,
+            community_id,
+            seq,
+            ts_ms,
+            event,
+        }
+    }
+
+    /// Encodes to MessagePack.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(256);
+        let mut ser = rmp_serde::Serializer::new(&mut buf)
+            .with_struct_map()
+            .with_human_readable();
+        // Serializing plain data into a Vec cannot fail: no I/O, no
+        // non-string map keys, no unrepresentable values.
+        if let Err(e) = self.serialize(&mut ser) {
+            unreachable!("envelope serialization failed: {e}");
+        }
+        buf
+    }
+
+    /// Decodes from MessagePack, refusing versions newer than this build.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let mut de = rmp_serde::Deserializer::from_read_ref(bytes).with_human_readable();
+        let probe = VersionProbe::deserialize(&mut de)
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if probe.v > ENVELOPE_VERSION {
+            return Err(EnvelopeError::TooNew(probe.v));
+        }
+        let mut de = rmp_serde::Deserializer::from_read_ref(bytes).with_human_readable();
+        Envelope::deserialize(&mut de).map_err(|e| EnvelopeError::Malformed(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{MembershipRevoked, MessageDeleted};
+
+    #[test]
+    fn round_trips() {
+        let e = Envelope::new(
+            Some(Uuid::now_v7()),
+            Some(42),
+            1_700_000_000_000,
+            ServerEvent::MessageDeleted(MessageDeleted {
+                community_id: Uuid::now_v7(),
+                message_id: Uuid::now_v7(),
+                seq: 42,
+            }),
+        );
+        assert_eq!(Envelope::decode(&e.encode()).expect("decodes"), e);
+    }
+
+    #[test]
+    fn uuids_travel_as_strings() {
+        let id = Uuid::now_v7();
+        let e = Envelope::new(
+            None,
+            None,
+            0,
+            ServerEvent::MembershipRevoked(MembershipRevoked { community_id: id }),
+        );
+        let bytes = e.encode();
+        let text = id.to_string();
+        assert!(bytes.windows(text.len()).any(|w| w == text.as_bytes()));
+    }
+
+    #[test]
+    fn refuses_newer_versions_and_garbage() {
+        let mut e = Envelope::new(
+            None,
+            None,
+            0,
+            ServerEvent::MembershipRevoked(MembershipRevoked { community_id: Uuid::nil() }),
+        );
+        e.v = ENVELOPE_VERSION + 1;
+        assert!(matches!(Envelope::decode(&e.encode()), Err(EnvelopeError::TooNew(_))));
+        assert!(matches!(Envelope::decode(b"\xc1junk"), Err(EnvelopeError::Malformed(_))));
+    }
+
+    #[test]
+    fn tolerates_unknown_fields_from_newer_minor_writers() {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Future<'a> {
+            v: u16,
+            ts_ms: i64,
+            trace_id: &'a str,
+            event: ServerEvent,
+        }
+        let f = Future {
+            v: ENVELOPE_VERSION,
+            ts_ms: 5,
+            trace_id: "abc",
+            event: ServerEvent::MembershipRevoked(MembershipRevoked { community_id: Uuid::nil() }),
+        };
+        let mut buf = Vec::new();
+        f.serialize(&mut rmp_serde::Serializer::new(&mut buf).with_struct_map().with_human_readable())
+            .expect("serializes");
+        let e = Envelope::decode(&buf).expect("decodes");
+        assert_eq!(e.ts_ms, 5);
+        assert_eq!(e.seq, None);
+    }
+}

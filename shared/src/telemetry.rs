@@ -1,0 +1,47 @@
+//! Logging and metrics setup shared by both binaries.
+//!
+//! The Prometheus recorder is process-global (the `metrics` facade has one
+//! slot), so it is installed once and every server started in the process,
+//! including the several a test may run, renders from the same handle.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::{EnvFilter, fmt};
+
+use crate::config::LogFormat;
+
+/// Installs the tracing subscriber (`RUST_LOG`, default `info`). Later calls
+/// in the same process are no-ops.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_target(true);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Latency buckets in seconds: sub-millisecond resolution for the delivery
+/// path, up to 10 s for slow database calls.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_25, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process's Prometheus handle, installing the recorder on first use.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .map(PrometheusBuilder::build_recorder)
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; then this
+            // handle renders nothing, which the metrics test would catch.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
