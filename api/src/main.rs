@@ -1,1 +1,61 @@
-fn main(){}
+//! `chorus-api` binary: parse configuration, then hand over to the library.
+
+use anyhow::Context;
+use chorus_api::config::{Cli, Command};
+use chorus_shared::auth::{claims_for, mint_hs256};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            chorus_shared::telemetry::init_logging(args.log.log_format);
+            let listeners = chorus_api::Listeners::bind(&args)
+                .await
+                .context("binding listeners")?;
+            chorus_api::run(*args, listeners, shutdown_signal()).await?;
+        }
+        Command::Migrate(db) => {
+            chorus_shared::telemetry::init_logging(chorus_shared::config::LogFormat::Text);
+            let store = chorus_api::store::PgStore::connect_lazy(
+                &db.database_url,
+                1,
+                std::sync::Arc::new(tokio::sync::Notify::new()),
+            )?;
+            store.migrate().await.context("running migrations")?;
+            store.close().await;
+            eprintln!("migrations applied");
+        }
+        Command::Token(t) => {
+            let claims = claims_for(&t.sub, t.name.as_deref(), t.role.into(), t.ttl.as_secs());
+            let token = mint_hs256(&t.jwt_secret, &claims).context("signing the token")?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{token}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -158,7 +158,10 @@ impl JwtVerifier {
                 }
             }
             (None, Some(secret)) if secret.is_empty() => return Err(AuthConfigError::EmptySecret),
-            (None, Some(secret)) => (DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256),
+            (None, Some(secret)) => (
+                DecodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+            ),
             (None, None) => return Err(AuthConfigError::NoKey),
         };
         let mut validation = Validation::new(alg);
@@ -294,7 +297,10 @@ mod tests {
         let b = s.as_bytes();
         let mut out = String::new();
         for chunk in b.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &v)| acc | (u32::from(v) << (16 - 8 * i)));
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, &v)| acc | (u32::from(v) << (16 - 8 * i)));
             for i in 0..=chunk.len() {
                 out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
             }
@@ -315,7 +321,8 @@ mod tests {
 
     #[test]
     fn official_role() {
-        let t = mint_hs256(SECRET, &claims_for("mod", Some("Mod"), Role::Official, 60)).expect("mint");
+        let t =
+            mint_hs256(SECRET, &claims_for("mod", Some("Mod"), Role::Official, 60)).expect("mint");
         let u = verifier().verify(&t).expect("valid");
         assert!(u.is_official());
         assert_eq!(u.name, "Mod");
@@ -373,14 +380,26 @@ mod tests {
     }
 
     fn testdata(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(name)
     }
 
     #[test]
     fn public_keys_pin_their_algorithm() {
         for (alg, public, private, other) in [
-            (Algorithm::RS256, "rs256-public.pem", "rs256-private.pem", "es256-public.pem"),
-            (Algorithm::ES256, "es256-public.pem", "es256-private.pem", "rs256-public.pem"),
+            (
+                Algorithm::RS256,
+                "rs256-public.pem",
+                "rs256-private.pem",
+                "es256-public.pem",
+            ),
+            (
+                Algorithm::ES256,
+                "es256-public.pem",
+                "es256-private.pem",
+                "rs256-public.pem",
+            ),
         ] {
             let mut args = JwtArgs::with_secret(SECRET);
             args.jwt_public_key = Some(testdata(public));

@@ -63,7 +63,12 @@ struct VersionProbe {
 
 impl Envelope {
     /// A current-version envelope.
-    pub fn new(community_id: Option<Uuid>, seq: Option<i64>, ts_ms: i64, event: ServerEvent) -> Self {
+    pub fn new(
+        community_id: Option<Uuid>,
+        seq: Option<i64>,
+        ts_ms: i64,
+        event: ServerEvent,
+    ) -> Self {
         Envelope {
             v: ENVELOPE_VERSION,
             community_id,
@@ -140,11 +145,19 @@ mod tests {
             None,
             None,
             0,
-            ServerEvent::MembershipRevoked(MembershipRevoked { community_id: Uuid::nil() }),
+            ServerEvent::MembershipRevoked(MembershipRevoked {
+                community_id: Uuid::nil(),
+            }),
         );
         e.v = ENVELOPE_VERSION + 1;
-        assert!(matches!(Envelope::decode(&e.encode()), Err(EnvelopeError::TooNew(_))));
-        assert!(matches!(Envelope::decode(b"\xc1junk"), Err(EnvelopeError::Malformed(_))));
+        assert!(matches!(
+            Envelope::decode(&e.encode()),
+            Err(EnvelopeError::TooNew(_))
+        ));
+        assert!(matches!(
+            Envelope::decode(b"\xc1junk"),
+            Err(EnvelopeError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -161,11 +174,17 @@ mod tests {
             v: ENVELOPE_VERSION,
             ts_ms: 5,
             trace_id: "abc",
-            event: ServerEvent::MembershipRevoked(MembershipRevoked { community_id: Uuid::nil() }),
+            event: ServerEvent::MembershipRevoked(MembershipRevoked {
+                community_id: Uuid::nil(),
+            }),
         };
         let mut buf = Vec::new();
-        f.serialize(&mut rmp_serde::Serializer::new(&mut buf).with_struct_map().with_human_readable())
-            .expect("serializes");
+        f.serialize(
+            &mut rmp_serde::Serializer::new(&mut buf)
+                .with_struct_map()
+                .with_human_readable(),
+        )
+        .expect("serializes");
         let e = Envelope::decode(&buf).expect("decodes");
         assert_eq!(e.ts_ms, 5);
         assert_eq!(e.seq, None);

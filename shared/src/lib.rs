@@ -13,5 +13,6 @@ pub mod envelope;
 pub mod error;
 pub mod ids;
 pub mod protocol;
+pub mod ratelimit;
 pub mod telemetry;
 pub mod time_format;

@@ -1,0 +1,123 @@
+//! `chorus-api`: the only writer of Chorus data.
+//!
+//! It validates requests against the wire contract, stores communities,
+//! messages and notifications in Postgres ([`store`]), and publishes the
+//! resulting events to the Redis backplane through a transactional outbox
+//! ([`outbox`]) so that nothing committed is ever lost. Gateways read what
+//! they need through the service-token `/internal/*` endpoints.
+//!
+//! [`run`] is the whole service; `main.rs` only parses configuration.
+
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod outbox;
+pub mod routes;
+pub mod state;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use chorus_shared::auth::JwtVerifier;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::config::ServeArgs;
+use crate::error::ApiError;
+use crate::outbox::RedisSink;
+use crate::state::AppState;
+use crate::store::{PgStore, Store};
+
+/// The two sockets the service listens on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Public HTTP API.
+    pub api: TcpListener,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(args: &ServeArgs) -> Result<Self, ApiError> {
+        Ok(Listeners {
+            api: TcpListener::bind(args.addr).await?,
+            admin: TcpListener::bind(args.admin_addr).await?,
+        })
+    }
+}
+
+/// Runs the API until `shutdown` resolves, then drains: `/readyz` turns
+/// 503, the public listener stops accepting, in-flight requests finish, the
+/// outbox is flushed to Redis, and only then the admin listener closes.
+pub async fn run(
+    args: ServeArgs,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    if args.internal_token.is_empty() {
+        return Err(ApiError::Config(
+            "CHORUS_INTERNAL_TOKEN must not be empty".into(),
+        ));
+    }
+    let verifier = JwtVerifier::new(&args.jwt).map_err(|e| ApiError::Config(e.to_string()))?;
+    let wake = Arc::new(Notify::new());
+    let pg = PgStore::connect_lazy(
+        &args.db.database_url,
+        args.db.db_max_connections,
+        wake.clone(),
+    )?;
+    if !args.no_migrate {
+        pg.migrate().await?;
+    }
+    let store: Arc<dyn Store> = Arc::new(pg.clone());
+    let sink = RedisSink::connect(&args.redis_url)?;
+    let state = AppState::new(
+        store.clone(),
+        verifier,
+        args.internal_token.clone(),
+        args.message_rate,
+        args.message_burst,
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let publisher = tokio::spawn(outbox::run_publisher(
+        store,
+        Arc::new(sink.clone()),
+        wake,
+        stop_rx.clone(),
+    ));
+
+    let mut admin_stop = stop_rx.clone();
+    let admin = tokio::spawn(
+        axum::serve(listeners.admin, routes::ops::admin_router(state.clone()))
+            .with_graceful_shutdown(async move {
+                // Closed after everything else has finished.
+                let _ = admin_stop.wait_for(|_| false).await;
+            })
+            .into_future(),
+    );
+
+    let api_addr = listeners.api.local_addr()?;
+    tracing::info!(%api_addr, "chorus-api listening");
+    let drain_state = state.clone();
+    axum::serve(listeners.api, routes::api_router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            drain_state.set_draining();
+        })
+        .await?;
+
+    // Requests are done; flush the outbox, then close the admin listener.
+    let _ = stop_tx.send(true);
+    let _ = publisher.await;
+    sink.quit().await;
+    pg.close().await;
+    drop(stop_tx);
+    admin.abort();
+    let _ = admin.await;
+    tracing::info!("chorus-api stopped");
+    Ok(())
+}

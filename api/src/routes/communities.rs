@@ -1,0 +1,118 @@
+//! Communities and their members.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chorus_shared::ids::is_valid_user_id;
+use chorus_shared::protocol::{
+    AddMember, Community, CommunityList, CreateCommunity, MAX_COMMUNITY_NAME_CHARS, Member,
+    MemberList, MemberRole,
+};
+
+use super::{access, trimmed};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Authed, Body, parse_id};
+use crate::state::AppState;
+
+pub async fn create(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    body: Body<CreateCommunity>,
+) -> ApiResult<(StatusCode, Json<Community>)> {
+    state.check_rate(&user.id)?;
+    let name = trimmed(&body.value.name, "name", MAX_COMMUNITY_NAME_CHARS)?;
+    let c = state
+        .store()
+        .create_community(&user.id, name, body.value.is_public.unwrap_or(true))
+        .await?;
+    Ok((StatusCode::CREATED, Json(c)))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+) -> ApiResult<Json<CommunityList>> {
+    let communities = state.store().communities_of(&user.id).await?;
+    Ok(Json(CommunityList { communities }))
+}
+
+pub async fn join(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Community>> {
+    let id = parse_id(&id, "community")?;
+    let a = access(&state, id, &user.id).await?;
+    if a.role.is_some() {
+        return Ok(Json(a.community));
+    }
+    if !a.community.is_public && !user.is_official() {
+        return Err(ApiError::Forbidden("this community is private"));
+    }
+    state.check_rate(&user.id)?;
+    state
+        .store()
+        .add_member(id, &user.id, MemberRole::Member)
+        .await?;
+    Ok(Json(a.community))
+}
+
+pub async fn add_member(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Path(id): Path<String>,
+    body: Body<AddMember>,
+) -> ApiResult<Json<Member>> {
+    let id = parse_id(&id, "community")?;
+    let a = access(&state, id, &user.id).await?;
+    if !a.can_manage(&user) {
+        return Err(ApiError::Forbidden(
+            "only the owner or an official can add members",
+        ));
+    }
+    if !is_valid_user_id(&body.value.user_id) {
+        return Err(ApiError::bad_request(
+            "userId must be 1-64 characters of [A-Za-z0-9_.-]",
+        ));
+    }
+    state.check_rate(&user.id)?;
+    let member = state
+        .store()
+        .add_member(id, &body.value.user_id, MemberRole::Member)
+        .await?;
+    Ok(Json(member))
+}
+
+pub async fn remove_member(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Path((id, target)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let id = parse_id(&id, "community")?;
+    let a = access(&state, id, &user.id).await?;
+    if target != user.id && !a.can_manage(&user) {
+        return Err(ApiError::Forbidden(
+            "only the member, the owner or an official can remove a member",
+        ));
+    }
+    state.check_rate(&user.id)?;
+    if state.store().remove_member(id, &target).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("member"))
+    }
+}
+
+pub async fn members(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MemberList>> {
+    let id = parse_id(&id, "community")?;
+    let a = access(&state, id, &user.id).await?;
+    if !a.can_read(&user) {
+        return Err(ApiError::Forbidden("only members can list members"));
+    }
+    let members = state.store().members(id).await?;
+    Ok(Json(MemberList { members }))
+}

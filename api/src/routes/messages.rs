@@ -1,0 +1,188 @@
+//! Messages: create (with `Idempotency-Key`), history pages, deletion.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chorus_shared::auth::AuthUser;
+use chorus_shared::protocol::{MAX_MESSAGE_CHARS, Message, MessagePage, SendMessage};
+use sha2::{Digest, Sha256};
+
+use super::trimmed;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Authed, Body, Params, parse_id};
+use crate::state::AppState;
+use crate::store::{HistoryCursor, IdempotencyBegin, NewMessage};
+
+/// Most users one message may mention: a bound on the notification fan-out
+/// a single request can cause (Discord's own cap on mass mentions is in
+/// this range).
+pub const DEFAULT_MAX_MENTIONS: usize = 50;
+
+/// Longest accepted `Idempotency-Key` (UUIDs and ULIDs fit easily).
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// Default history page size (contract).
+const DEFAULT_HISTORY_LIMIT: i64 = 50;
+
+pub async fn create(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    headers: HeaderMap,
+    body: Body<SendMessage>,
+) -> ApiResult<Response> {
+    state.check_rate(&user.id)?;
+    let Some(key) = idempotency_key(&headers)? else {
+        let message = send(&state, &user, &body.value, None).await?;
+        return Ok((StatusCode::CREATED, Json(message)).into_response());
+    };
+    let hash = request_hash(&body.value);
+    match state
+        .store()
+        .idempotency_begin(&user.id, key, &hash)
+        .await?
+    {
+        IdempotencyBegin::Replay { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+        IdempotencyBegin::Conflict(why) => Err(ApiError::Conflict(why)),
+        IdempotencyBegin::Started => match send(&state, &user, &body.value, Some(key)).await {
+            Ok(message) => Ok((StatusCode::CREATED, Json(message)).into_response()),
+            Err(e) => {
+                let (status, error) = e.body();
+                if status.is_client_error() {
+                    // Deterministic failures replay like successes.
+                    let body = serde_json::to_string(&error)
+                        .map_err(|e| ApiError::Internal(e.to_string()))?;
+                    state
+                        .store()
+                        .idempotency_finish(&user.id, key, status.as_u16(), &body)
+                        .await?;
+                } else {
+                    // Transient: let a retry run again.
+                    state.store().idempotency_release(&user.id, key).await?;
+                }
+                Err(e)
+            }
+        },
+    }
+}
+
+/// Validates and stores a message; the success response is recorded for
+/// `key` inside the same transaction.
+async fn send(
+    state: &AppState,
+    user: &AuthUser,
+    req: &SendMessage,
+    key: Option<&str>,
+) -> ApiResult<Message> {
+    let community_id = parse_id(&req.community_id, "community")?;
+    let content = trimmed(&req.content, "content", MAX_MESSAGE_CHARS)?;
+    let mut mentions: Vec<String> = Vec::new();
+    for m in req.mentions.iter().flatten() {
+        if !mentions.contains(m) {
+            mentions.push(m.clone());
+        }
+    }
+    if mentions.len() > DEFAULT_MAX_MENTIONS {
+        return Err(ApiError::bad_request(format!(
+            "at most {DEFAULT_MAX_MENTIONS} users can be mentioned"
+        )));
+    }
+    state
+        .store()
+        .create_message(NewMessage {
+            community_id,
+            sender: user,
+            content,
+            mentions: &mentions,
+            idempotency_key: key,
+        })
+        .await
+}
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+            ))
+        })?;
+    Ok(Some(key))
+}
+
+/// Hash of the parsed request, so formatting differences don't matter but
+/// any change of content, community or mentions does.
+fn request_hash(req: &SendMessage) -> Vec<u8> {
+    let canonical = serde_json::to_vec(req).unwrap_or_default();
+    Sha256::digest(&canonical).to_vec()
+}
+
+pub async fn history(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    params: Params,
+) -> ApiResult<Json<MessagePage>> {
+    let community = params
+        .get("communityId")
+        .ok_or_else(|| ApiError::bad_request("communityId is required"))?;
+    let community_id = parse_id(community, "community")?;
+    let limit = params.limit(DEFAULT_HISTORY_LIMIT)?;
+    let cursor = match (params.int("before")?, params.int("after")?) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "use either before or after, not both",
+            ));
+        }
+        (Some(b), None) if b < 0 => {
+            return Err(ApiError::bad_request("before must not be negative"));
+        }
+        (None, Some(a)) if a < 0 => {
+            return Err(ApiError::bad_request("after must not be negative"));
+        }
+        (Some(b), None) => HistoryCursor::Before(Some(b)),
+        (None, Some(a)) => HistoryCursor::After(a),
+        (None, None) => HistoryCursor::Before(None),
+    };
+    let a = super::access(&state, community_id, &user.id).await?;
+    if !a.can_read(&user) {
+        return Err(ApiError::Forbidden("only members can read this community"));
+    }
+    let page = state.store().messages(community_id, cursor, limit).await?;
+    let next = page
+        .more
+        .then(|| page.items.last().map(|m| m.seq))
+        .flatten();
+    let messages = page.items;
+    Ok(Json(match cursor {
+        HistoryCursor::Before(_) => MessagePage {
+            messages,
+            next_before: Some(next),
+            next_after: None,
+        },
+        HistoryCursor::After(_) => MessagePage {
+            messages,
+            next_before: None,
+            next_after: Some(next),
+        },
+    }))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = parse_id(&id, "message")?;
+    state.check_rate(&user.id)?;
+    state.store().delete_message(id, &user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,140 @@
+//! HTTP routes: the public contract under `/api`, gateway-only endpoints
+//! under `/internal`, and the admin listener's operational endpoints.
+
+mod communities;
+mod internal;
+mod messages;
+mod notifications;
+pub mod ops;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use chorus_shared::protocol::{Community, MAX_BODY_BYTES, MemberRole};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use chorus_shared::auth::AuthUser;
+
+/// The public (and internal) router.
+pub fn api_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/api/communities",
+            post(communities::create).get(communities::list),
+        )
+        .route("/api/communities/{id}/join", post(communities::join))
+        .route(
+            "/api/communities/{id}/members",
+            post(communities::add_member).get(communities::members),
+        )
+        .route(
+            "/api/communities/{id}/members/{user_id}",
+            delete(communities::remove_member),
+        )
+        .route(
+            "/api/messages-realtime",
+            post(messages::create).get(messages::history),
+        )
+        .route("/api/messages-realtime/{id}", delete(messages::delete))
+        .route(
+            "/api/notifications-broadcast",
+            post(notifications::create).get(notifications::list),
+        )
+        .route(
+            "/api/notifications-broadcast/read-all",
+            post(notifications::read_all),
+        )
+        .route(
+            "/api/notifications-broadcast/{id}/read",
+            post(notifications::read),
+        )
+        .route(
+            "/api/notifications-broadcast/{id}",
+            delete(notifications::delete),
+        )
+        .route("/internal/communities/{id}/events", get(internal::events))
+        .route(
+            "/internal/communities/{id}/access/{user_id}",
+            get(internal::access),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("route")
+}
+
+async fn method_not_allowed() -> Response {
+    let (_, body) = ApiError::bad_request("method not allowed on this path").body();
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
+/// Request count and latency by route and status.
+async fn track(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("chorus_api_requests_total", &labels).increment(1);
+    metrics::histogram!("chorus_api_request_duration_seconds", &labels)
+        .record(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// How a user relates to a community.
+#[derive(Debug)]
+pub(crate) struct Access {
+    pub community: Community,
+    pub role: Option<MemberRole>,
+}
+
+impl Access {
+    /// Members and officials may read.
+    pub fn can_read(&self, user: &AuthUser) -> bool {
+        self.role.is_some() || user.is_official()
+    }
+
+    /// Owners and officials manage members.
+    pub fn can_manage(&self, user: &AuthUser) -> bool {
+        self.role == Some(MemberRole::Owner) || user.is_official()
+    }
+}
+
+/// Loads the community (`not_found` if unknown) and the user's role in it.
+pub(crate) async fn access(state: &AppState, id: Uuid, user_id: &str) -> Result<Access, ApiError> {
+    let community = state
+        .store()
+        .community(id)
+        .await?
+        .ok_or(ApiError::NotFound("community"))?;
+    let role = state.store().member_role(id, user_id).await?;
+    Ok(Access { community, role })
+}
+
+/// Trims `s` and checks its length in Unicode scalar values.
+pub(crate) fn trimmed<'a>(s: &'a str, field: &str, max: usize) -> Result<&'a str, ApiError> {
+    let t = s.trim();
+    let n = t.chars().count();
+    if n == 0 || n > max {
+        return Err(ApiError::bad_request(format!(
+            "{field} must be 1-{max} characters after trimming"
+        )));
+    }
+    Ok(t)
+}

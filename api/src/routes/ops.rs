@@ -1,0 +1,35 @@
+//! The admin listener: liveness, readiness and Prometheus metrics. Kept off
+//! the public port so a load balancer never exposes it.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use crate::state::AppState;
+
+/// Longest a readiness probe waits for Postgres before answering 503.
+const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn admin_router(state: AppState) -> Router {
+    let handle = chorus_shared::telemetry::metrics_handle();
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .with_state(state)
+}
+
+/// Ready while not draining and Postgres answers. Redis is deliberately not
+/// checked: while it is away the outbox queues and nothing is lost.
+async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
+    match tokio::time::timeout(READY_DB_TIMEOUT, state.store().ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
+    }
+}

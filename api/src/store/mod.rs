@@ -1,0 +1,196 @@
+//! Storage, owned by the API. Handlers speak to this trait only, so the
+//! embedded SQLite mode can add an implementation without touching them.
+//!
+//! Each write method is one transaction that also writes the outbox rows
+//! for the events it causes (and wakes the publisher after commit), so an
+//! event exists if and only if its change committed.
+
+mod postgres;
+
+use async_trait::async_trait;
+use chorus_shared::auth::AuthUser;
+use chorus_shared::protocol::{
+    Community, Member, MemberRole, Message, MessageDeleted, Notification, ServerEvent,
+};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+pub use postgres::PgStore;
+
+/// A message to create.
+#[derive(Debug)]
+pub struct NewMessage<'a> {
+    pub community_id: Uuid,
+    pub sender: &'a AuthUser,
+    /// Already trimmed and length-checked.
+    pub content: &'a str,
+    /// As requested, deduplicated; the store keeps only members.
+    pub mentions: &'a [String],
+    /// `Idempotency-Key` whose record the transaction completes.
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// A notification to create.
+#[derive(Debug)]
+pub struct NewNotification<'a> {
+    pub user_id: &'a str,
+    pub kind: &'a str,
+    pub title: &'a str,
+    pub message: &'a str,
+    pub data: serde_json::Value,
+}
+
+/// Which way a history page goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryCursor {
+    /// Newest first, seqs below this one (`None`: from the head).
+    Before(Option<i64>),
+    /// Oldest first, seqs above this one.
+    After(i64),
+}
+
+/// A page of rows plus whether more exist beyond it.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub more: bool,
+}
+
+/// What the store knows about an `Idempotency-Key` when a request begins.
+#[derive(Debug, PartialEq, Eq)]
+pub enum IdempotencyBegin {
+    /// First use: the request proceeds and its outcome will be recorded.
+    Started,
+    /// A completed request with the same body: replay its response.
+    Replay { status: u16, body: String },
+    /// Same key with another body, or the first request is still running.
+    Conflict(&'static str),
+}
+
+/// One sequenced event of a community, for backfill.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequencedEvent {
+    pub seq: i64,
+    pub event: ServerEvent,
+}
+
+/// What one [`Store::drain_outbox`] pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Events published and marked.
+    pub published: usize,
+    /// The sink failed part-way: back off before the next pass.
+    pub failed: bool,
+    /// A full batch went out: more may be waiting, go again at once.
+    pub more: bool,
+}
+
+/// Where the outbox publisher sends events. The Redis publisher in
+/// production; tests may use anything that records.
+#[async_trait]
+pub trait OutboxSink: Send + Sync {
+    /// Publishes the batch in order; returns how many of the leading
+    /// entries were published (all of them unless the backplane failed).
+    async fn publish(&self, batch: &[(String, Vec<u8>)]) -> usize;
+}
+
+/// The storage interface of the API.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap liveness check for `/readyz`.
+    async fn ping(&self) -> Result<(), ApiError>;
+
+    /// Creates or refreshes a user's profile from their token.
+    async fn upsert_user(&self, id: &str, name: &str, avatar: Option<&str>)
+    -> Result<(), ApiError>;
+
+    async fn create_community(
+        &self,
+        creator: &str,
+        name: &str,
+        is_public: bool,
+    ) -> Result<Community, ApiError>;
+    async fn communities_of(&self, user_id: &str) -> Result<Vec<Community>, ApiError>;
+    async fn community(&self, id: Uuid) -> Result<Option<Community>, ApiError>;
+    async fn member_role(
+        &self,
+        community_id: Uuid,
+        user_id: &str,
+    ) -> Result<Option<MemberRole>, ApiError>;
+    /// Adds a member (creating an unknown user named after their id); a
+    /// no-op returning the existing member if already there.
+    async fn add_member(
+        &self,
+        community_id: Uuid,
+        user_id: &str,
+        role: MemberRole,
+    ) -> Result<Member, ApiError>;
+    /// Removes a member and emits `membership-revoked`; false if not a member.
+    async fn remove_member(&self, community_id: Uuid, user_id: &str) -> Result<bool, ApiError>;
+    async fn members(&self, community_id: Uuid) -> Result<Vec<Member>, ApiError>;
+
+    /// Creates a message at the next seq, with its mention notifications and
+    /// events. `NotFound` for an unknown community, `Forbidden` for a
+    /// non-member sender.
+    async fn create_message(&self, new: NewMessage<'_>) -> Result<Message, ApiError>;
+    async fn messages(
+        &self,
+        community_id: Uuid,
+        cursor: HistoryCursor,
+        limit: i64,
+    ) -> Result<Page<Message>, ApiError>;
+    /// Deletes a live message at the next seq; `NotFound` if it does not
+    /// exist or is already deleted, `Forbidden` unless `by` sent it or is
+    /// an official.
+    async fn delete_message(&self, id: Uuid, by: &AuthUser) -> Result<MessageDeleted, ApiError>;
+    /// Sequenced events with `seq > after`, oldest first, at most `limit`.
+    async fn events_after(
+        &self,
+        community_id: Uuid,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<SequencedEvent>, ApiError>;
+
+    async fn create_notification(&self, new: NewNotification<'_>)
+    -> Result<Notification, ApiError>;
+    /// `NotFound` when `before` is not one of the user's notifications.
+    async fn notifications(
+        &self,
+        user_id: &str,
+        unread_only: bool,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Page<Notification>, ApiError>;
+    async fn unread_count(&self, user_id: &str) -> Result<i64, ApiError>;
+    async fn mark_read(&self, user_id: &str, id: Uuid) -> Result<Option<Notification>, ApiError>;
+    async fn mark_all_read(&self, user_id: &str) -> Result<i64, ApiError>;
+    async fn delete_notification(&self, user_id: &str, id: Uuid) -> Result<bool, ApiError>;
+
+    async fn idempotency_begin(
+        &self,
+        user_id: &str,
+        key: &str,
+        request_hash: &[u8],
+    ) -> Result<IdempotencyBegin, ApiError>;
+    /// Records a response other than the success the write transaction
+    /// records itself (a client error).
+    async fn idempotency_finish(
+        &self,
+        user_id: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), ApiError>;
+    /// Forgets an in-flight key whose request failed transiently, so a
+    /// retry can run.
+    async fn idempotency_release(&self, user_id: &str, key: &str) -> Result<(), ApiError>;
+
+    /// Publishes up to `max` unpublished outbox events in order through
+    /// `sink` and marks them published. Only one publisher across all API
+    /// replicas runs at a time.
+    async fn drain_outbox(&self, sink: &dyn OutboxSink, max: i64) -> Result<Drained, ApiError>;
+    /// Deletes published outbox rows and idempotency records past their
+    /// retention.
+    async fn purge_expired(&self) -> Result<(), ApiError>;
+}

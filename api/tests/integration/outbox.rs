@@ -1,0 +1,267 @@
+//! Publishing through the outbox: every committed event reaches Redis, in
+//! seq order, decodable, also across a Redis outage and an API restart.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chorus_shared::envelope::{community_channel, user_channel};
+use chorus_shared::protocol::ServerEvent;
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn every_event_is_published_once_and_decodes() {
+    let api = Api::start().await;
+    let (alice_id, bob_id) = (uid("alice"), uid("bob"));
+    let (alice, bob) = (token(&alice_id), token(&bob_id));
+    let c = api.community(&alice, "published", true).await;
+    api.add(&alice, &c, &bob_id).await;
+    let cid: uuid::Uuid = c.parse().unwrap();
+    let mut sub = Sub::new(
+        &env_url("REDIS_URL"),
+        &[community_channel(&cid), user_channel(&bob_id)],
+    )
+    .await;
+
+    let r = api
+        .post(
+            "/api/messages-realtime",
+            &alice,
+            json!({"communityId": c, "content": "hi @bob", "mentions": [bob_id]}),
+        )
+        .await;
+    let m1 = r.body.clone();
+    let mut got = [sub.next().await, sub.next().await];
+    got.sort_by_key(|(ch, _)| ch.starts_with("chorus:user:"));
+    let (ch, env) = &got[0];
+    assert_eq!(ch, &community_channel(&cid));
+    assert_eq!((env.community_id, env.seq), (Some(cid), Some(1)));
+    let ServerEvent::NewMessage(data) = &env.event else {
+        panic!("expected new-message, got {:?}", env.event)
+    };
+    assert_eq!(
+        serde_json::to_value(&data.message).unwrap(),
+        m1,
+        "the event carries the API's response"
+    );
+    let (ch, env) = &got[1];
+    assert_eq!(ch, &user_channel(&bob_id));
+    let ServerEvent::Notification(n) = &env.event else {
+        panic!("expected notification")
+    };
+    assert_eq!(n.notification.kind, "mention");
+
+    api.delete(
+        &format!("/api/messages-realtime/{}", m1["id"].as_str().unwrap()),
+        &bob,
+    )
+    .await;
+    // Bob may not delete Alice's message: nothing is published for a refused write.
+    let m2 = api.send(&alice, &c, "second").await;
+    api.delete(
+        &format!("/api/messages-realtime/{}", m2["id"].as_str().unwrap()),
+        &alice,
+    )
+    .await;
+    let (_, e) = sub.next().await;
+    assert_eq!(e.seq, Some(2));
+    assert!(matches!(e.event, ServerEvent::NewMessage(_)));
+    let (_, e) = sub.next().await;
+    assert_eq!(e.seq, Some(3));
+    let ServerEvent::MessageDeleted(d) = &e.event else {
+        panic!("expected message-deleted")
+    };
+    assert_eq!(d.message_id.to_string(), m2["id"].as_str().unwrap());
+
+    let r = api
+        .post(
+            "/api/notifications-broadcast",
+            &bob,
+            json!({"userId": bob_id, "type": "t", "title": "x", "message": "y"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let (ch, e) = sub.next().await;
+    assert_eq!(ch, user_channel(&bob_id));
+    assert!(matches!(e.event, ServerEvent::Notification(_)));
+
+    assert_eq!(
+        api.delete(&format!("/api/communities/{c}/members/{bob_id}"), &alice)
+            .await
+            .status,
+        204
+    );
+    let (ch, e) = sub.next().await;
+    assert_eq!(ch, user_channel(&bob_id));
+    let ServerEvent::MembershipRevoked(rev) = &e.event else {
+        panic!("expected membership-revoked")
+    };
+    assert_eq!(rev.community_id, cid);
+    assert!(
+        sub.quiet_for(Duration::from_millis(300)).await,
+        "nothing else was published"
+    );
+}
+
+/// A `redis-server` owned by the test, on its own port.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> OwnRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        OwnRedis {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn wait_up(&self) {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis did not start");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Holds the outbox publisher's advisory lock, pausing every publisher of
+/// this database until released, so a test can subscribe before the
+/// backlog goes out.
+async fn hold_publisher(db: &str) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+    let pool = sqlx::PgPool::connect(db).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(0x6368_6f72_7573_6f62_i64)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    conn
+}
+
+async fn release_publisher(mut conn: sqlx::pool::PoolConnection<sqlx::Postgres>) {
+    sqlx::query("select pg_advisory_unlock_all()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn redis_outage_and_api_restart_lose_nothing() {
+    let port = free_port();
+    let mut redis = OwnRedis::start(port);
+    redis.wait_up().await;
+    let opts = Opts {
+        redis_url: redis.url(),
+        ..Opts::default()
+    };
+    let api = Api::start_with(opts.clone()).await;
+    let alice = token(&uid("alice"));
+    let c = api.community(&alice, "outage", true).await;
+    let cid: uuid::Uuid = c.parse().unwrap();
+    let channel = community_channel(&cid);
+    let mut sub = Sub::new(&redis.url(), std::slice::from_ref(&channel)).await;
+    for i in 1..=3 {
+        api.send(&alice, &c, &format!("before {i}")).await;
+    }
+    for want in 1..=3 {
+        assert_eq!(sub.next().await.1.seq, Some(want));
+    }
+
+    // Redis dies: writes still succeed, events queue.
+    redis.kill();
+    drop(sub);
+    for i in 4..=10 {
+        api.send(&alice, &c, &format!("during {i}")).await;
+    }
+    // Redis returns; the same API publishes the backlog in seq order.
+    let lock = hold_publisher(&api.database_url).await;
+    let mut redis = OwnRedis::start(port);
+    redis.wait_up().await;
+    let mut sub = Sub::new(&redis.url(), std::slice::from_ref(&channel)).await;
+    release_publisher(lock).await;
+    for want in 4..=10 {
+        let (_, e) = sub.next().await;
+        assert_eq!(e.seq, Some(want), "in order, none lost");
+    }
+
+    // Redis dies again and the API restarts while it is down: the new
+    // process publishes what the old one could not.
+    redis.kill();
+    drop(sub);
+    for i in 11..=15 {
+        api.send(&alice, &c, &format!("orphaned {i}")).await;
+    }
+    let db = api.database_url.clone();
+    api.stop()
+        .await
+        .expect("clean shutdown even with Redis away");
+    let lock = hold_publisher(&db).await;
+    let redis = OwnRedis::start(port);
+    redis.wait_up().await;
+    let api = Api::start_with(Opts {
+        database_url: Some(db.clone()),
+        ..opts
+    })
+    .await;
+    let mut sub = Sub::new(&redis.url(), std::slice::from_ref(&channel)).await;
+    release_publisher(lock).await;
+    for want in 11..=15 {
+        let (_, e) = sub.next().await;
+        assert_eq!(e.seq, Some(want));
+    }
+    api.send(&alice, &c, "after").await;
+    assert_eq!(sub.next().await.1.seq, Some(16), "live again");
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let pending: i64 = sqlx::query_scalar("select count(*) from outbox where published_at is null")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+}

@@ -1,0 +1,87 @@
+# shellcheck shell=bash
+# Private Postgres and Redis for development and tests: installed from
+# Debian's packages when missing, started on free loopback ports with their
+# data in a directory of ours, never as system services. Sourced by
+# scripts/test and scripts/run; `chorus_services_start DIR` exports
+# DATABASE_URL and REDIS_URL, `chorus_services_stop` stops what it started.
+
+chorus_pg_bindir() {
+    local d
+    for d in /usr/lib/postgresql/*/bin; do
+        [ -x "$d/initdb" ] && { echo "$d"; return 0; }
+    done
+    return 1
+}
+
+chorus_install_services() {
+    if chorus_pg_bindir >/dev/null && command -v redis-server >/dev/null; then
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "Postgres or Redis is missing: run 'sudo apt-get install postgresql redis-server' first" >&2
+        return 1
+    fi
+    echo "installing postgresql and redis-server from Debian's packages..." >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >/dev/null
+}
+
+# A free TCP port on 127.0.0.1.
+chorus_free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Runs a command as the owner of the Postgres data (postgres refuses root).
+chorus_as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+chorus_services_start() {
+    local dir=$1 bindir
+    chorus_install_services || return 1
+    bindir=$(chorus_pg_bindir) || return 1
+    mkdir -p "$dir"
+    CHORUS_SERVICES_DIR=$dir
+    CHORUS_PG_BIN=$bindir
+    CHORUS_PG_PORT=${CHORUS_PG_PORT:-$(chorus_free_port)}
+    CHORUS_REDIS_PORT=${CHORUS_REDIS_PORT:-$(chorus_free_port)}
+
+    if [ ! -f "$dir/pg/PG_VERSION" ]; then
+        mkdir -p "$dir/pg"
+        [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$dir/pg"
+        chorus_as_pg "$bindir/initdb" -D "$dir/pg" -U chorus --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 \
+            || { cat "$dir/initdb.log" >&2; return 1; }
+    fi
+    [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$dir/pg"
+    # Tests create and drop many short-lived databases; durability is not
+    # needed for throwaway data, speed is.
+    chorus_as_pg "$bindir/pg_ctl" -D "$dir/pg" -l "$dir/pg/postgres.log" -w -t 60 start -o \
+        "-p $CHORUS_PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+        >/dev/null || { cat "$dir/pg/postgres.log" >&2; return 1; }
+    redis-server --port "$CHORUS_REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --daemonize yes --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
+        || return 1
+    local i
+    for i in $(seq 50); do
+        redis-cli -p "$CHORUS_REDIS_PORT" ping >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    chorus_as_pg "$bindir/psql" -q -h 127.0.0.1 -p "$CHORUS_PG_PORT" -U chorus -d postgres \
+        -c "select 1 from pg_database where datname = 'chorus'" -tA | grep -q 1 \
+        || chorus_as_pg "$bindir/createdb" -h 127.0.0.1 -p "$CHORUS_PG_PORT" -U chorus chorus
+    export DATABASE_URL="postgres://chorus@127.0.0.1:$CHORUS_PG_PORT/chorus"
+    export REDIS_URL="redis://127.0.0.1:$CHORUS_REDIS_PORT"
+    export CHORUS_PG_BIN CHORUS_SERVICES_DIR
+}
+
+chorus_services_stop() {
+    [ -n "${CHORUS_SERVICES_DIR:-}" ] || return 0
+    if [ -f "$CHORUS_SERVICES_DIR/redis.pid" ]; then
+        kill "$(cat "$CHORUS_SERVICES_DIR/redis.pid")" 2>/dev/null || true
+    fi
+    chorus_as_pg "$CHORUS_PG_BIN/pg_ctl" -D "$CHORUS_SERVICES_DIR/pg" -m fast -w stop >/dev/null 2>&1 || true
+}
