@@ -6,9 +6,10 @@
 //! failure. While Redis is away publishing fails, rows stay unpublished and
 //! the loop backs off; when Redis returns the backlog goes out in id order,
 //! which is seq order per community. Nothing is marked published before
-//! Redis accepted it, so a crash at any point loses nothing (a crash between
-//! publish and mark can publish an event twice; gateways drop duplicates by
-//! seq).
+//! Redis accepted it, so a crash at any point loses nothing. Publication is
+//! at least once: a crash between publish and mark, or a timed-out batch
+//! that the Redis client still delivers after reconnecting, publishes an
+//! event again, always in order; gateways drop the repeats.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +84,10 @@ impl OutboxSink for RedisSink {
         if !self.client.is_connected() {
             return 0;
         }
+        // A batch that times out while Redis is away may still be sent by
+        // fred once it reconnects, and we publish those rows again: that
+        // is the at-least-once half of the outbox. Gateways drop repeats
+        // (by seq, and by id for notifications).
         let pipeline = self.client.pipeline();
         for (channel, payload) in batch {
             let queued: Result<(), _> = pipeline

@@ -12,6 +12,7 @@ pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod ids;
+pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
 pub mod telemetry;
