@@ -11,6 +11,7 @@
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod live;
 pub mod outbox;
 pub mod routes;
 pub mod state;
@@ -75,6 +76,7 @@ pub async fn run(
     let sink = RedisSink::connect(&args.redis_url)?;
     let state = AppState::new(
         store.clone(),
+        live::LiveState::new(sink.client()),
         verifier,
         args.internal_token.clone(),
         args.message_rate,

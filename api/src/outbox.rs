@@ -72,6 +72,11 @@ impl RedisSink {
         Ok(RedisSink { client })
     }
 
+    /// The underlying client, shared with the live-state reader.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     /// Closes the connection.
     pub async fn quit(&self) {
         let _ = self.client.quit().await;

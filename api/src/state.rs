@@ -11,6 +11,7 @@ use chorus_shared::auth::{AuthUser, JwtVerifier};
 use chorus_shared::ratelimit::TokenBucket;
 
 use crate::error::ApiError;
+use crate::live::LiveState;
 use crate::store::Store;
 
 /// Users whose last-written profile is remembered, so an unchanged profile
@@ -36,6 +37,7 @@ impl std::fmt::Debug for AppState {
 
 struct Inner {
     store: Arc<dyn Store>,
+    live: LiveState,
     verifier: JwtVerifier,
     internal_token: String,
     profiles: Mutex<HashMap<String, (String, Option<String>)>>,
@@ -46,6 +48,7 @@ struct Inner {
 impl AppState {
     pub fn new(
         store: Arc<dyn Store>,
+        live: LiveState,
         verifier: JwtVerifier,
         internal_token: String,
         message_rate: f64,
@@ -54,6 +57,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 store,
+                live,
                 verifier,
                 internal_token,
                 profiles: Mutex::new(HashMap::new()),
@@ -65,6 +69,10 @@ impl AppState {
 
     pub fn store(&self) -> &dyn Store {
         self.inner.store.as_ref()
+    }
+
+    pub fn live(&self) -> &LiveState {
+        &self.inner.live
     }
 
     pub fn verifier(&self) -> &JwtVerifier {

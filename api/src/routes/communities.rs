@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use chorus_shared::ids::is_valid_user_id;
 use chorus_shared::protocol::{
     AddMember, Community, CommunityList, CreateCommunity, MAX_COMMUNITY_NAME_CHARS, Member,
-    MemberList, MemberRole,
+    MemberList, MemberRole, Presence,
 };
 
 use super::{access, trimmed};
@@ -115,4 +115,18 @@ pub async fn members(
     }
     let members = state.store().members(id).await?;
     Ok(Json(MemberList { members }))
+}
+
+pub async fn presence(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Presence>> {
+    let id = parse_id(&id, "community")?;
+    let a = access(&state, id, &user.id).await?;
+    if !a.can_read(&user) {
+        return Err(ApiError::Forbidden("only members can see presence"));
+    }
+    let online = state.live().online(id).await?;
+    Ok(Json(Presence { online }))
 }

@@ -6,6 +6,7 @@ mod internal;
 mod messages;
 mod notifications;
 pub mod ops;
+mod status;
 
 use std::time::Instant;
 
@@ -33,6 +34,8 @@ pub fn api_router(state: AppState) -> Router {
             "/api/communities/{id}/members",
             post(communities::add_member).get(communities::members),
         )
+        .route("/api/communities/{id}/presence", get(communities::presence))
+        .route("/api/socket-status", get(status::socket_status))
         .route(
             "/api/communities/{id}/members/{user_id}",
             delete(communities::remove_member),

@@ -1,0 +1,28 @@
+//! `GET /api/socket-status`: the gateways that reported recently.
+
+use axum::Json;
+use axum::extract::State;
+use chorus_shared::protocol::SocketStatus;
+
+use crate::error::ApiResult;
+use crate::extract::Authed;
+use crate::state::AppState;
+
+pub async fn socket_status(
+    State(state): State<AppState>,
+    _user: Authed,
+) -> ApiResult<Json<SocketStatus>> {
+    // Redis away means no gateway can be confirmed: degraded, not an error.
+    let gateways = state.live().gateways().await.unwrap_or_default();
+    let connections = gateways.iter().map(|g| g.connections).sum();
+    Ok(Json(SocketStatus {
+        status: if gateways.is_empty() {
+            "degraded"
+        } else {
+            "ok"
+        }
+        .to_owned(),
+        gateways,
+        connections,
+    }))
+}

@@ -1,0 +1,183 @@
+//! Wire encodings: JSON text frames, or MessagePack binary frames for
+//! clients that asked for `chorus.v1.msgpack`. Server events are encoded at
+//! most once per encoding ([`SharedFrame`]) and the same bytes are queued to
+//! every recipient.
+
+use std::sync::OnceLock;
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::error::GatewayError;
+
+/// Subprotocol selecting MessagePack.
+pub const MSGPACK_PROTOCOL: &str = "chorus.v1.msgpack";
+/// Subprotocol naming the default JSON encoding explicitly.
+pub const JSON_PROTOCOL: &str = "chorus.v1.json";
+
+/// A connection's encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    Msgpack,
+}
+
+impl Encoding {
+    /// Encodes one value as a frame of this encoding.
+    pub fn encode<T: Serialize>(self, value: &T) -> Message {
+        match self {
+            Encoding::Json => match serde_json::to_string(value) {
+                Ok(s) => Message::Text(Utf8Bytes::from(s)),
+                Err(e) => unreachable!("wire types serialize to JSON: {e}"),
+            },
+            Encoding::Msgpack => {
+                let mut buf = Vec::with_capacity(128);
+                let mut ser = rmp_serde::Serializer::new(&mut buf)
+                    .with_struct_map()
+                    .with_human_readable();
+                if let Err(e) = value.serialize(&mut ser) {
+                    unreachable!("wire types serialize to MessagePack: {e}");
+                }
+                Message::Binary(Bytes::from(buf))
+            }
+        }
+    }
+}
+
+/// A server frame encoded lazily, once per encoding, then shared.
+#[derive(Debug)]
+pub struct SharedFrame<T> {
+    pub value: T,
+    json: OnceLock<Message>,
+    msgpack: OnceLock<Message>,
+}
+
+impl<T: Serialize> SharedFrame<T> {
+    pub fn new(value: T) -> Self {
+        SharedFrame {
+            value,
+            json: OnceLock::new(),
+            msgpack: OnceLock::new(),
+        }
+    }
+
+    /// The frame for `enc`: a reference-count bump after the first call.
+    pub fn get(&self, enc: Encoding) -> Message {
+        let cell = match enc {
+            Encoding::Json => &self.json,
+            Encoding::Msgpack => &self.msgpack,
+        };
+        cell.get_or_init(|| enc.encode(&self.value)).clone()
+    }
+}
+
+/// A client frame as read off the wire, before its type is interpreted.
+#[derive(Debug)]
+pub struct RawFrame {
+    pub kind: String,
+    pub reference: Option<u64>,
+    pub data: serde_json::Value,
+}
+
+/// Why a client frame could not be read; carries the `ref` when readable.
+#[derive(Debug)]
+pub struct FrameError {
+    pub reference: Option<u64>,
+    pub error: GatewayError,
+}
+
+/// Reads a client frame: a map with a string `type`, an optional u64
+/// `ref` and an optional `data` map.
+pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<RawFrame, FrameError> {
+    let value: serde_json::Value = match enc {
+        Encoding::Json => {
+            serde_json::from_slice(bytes).map_err(|e| bad(None, format!("invalid JSON: {e}")))?
+        }
+        Encoding::Msgpack => {
+            let mut de = rmp_serde::Deserializer::from_read_ref(bytes).with_human_readable();
+            serde::Deserialize::deserialize(&mut de)
+                .map_err(|e| bad(None, format!("invalid MessagePack: {e}")))?
+        }
+    };
+    let serde_json::Value::Object(mut map) = value else {
+        return Err(bad(None, "a frame must be a map".into()));
+    };
+    let reference = match map.remove("ref") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| bad(None, "ref must be an unsigned integer".into()))?,
+        ),
+    };
+    let kind = match map.remove("type") {
+        Some(serde_json::Value::String(s)) => s,
+        _ => return Err(bad(reference, "type must be a string".into())),
+    };
+    let data = match map.remove("data") {
+        None | Some(serde_json::Value::Null) => serde_json::Value::Object(serde_json::Map::new()),
+        Some(v @ serde_json::Value::Object(_)) => v,
+        Some(_) => return Err(bad(reference, "data must be a map".into())),
+    };
+    Ok(RawFrame {
+        kind,
+        reference,
+        data,
+    })
+}
+
+fn bad(reference: Option<u64>, msg: String) -> FrameError {
+    FrameError {
+        reference,
+        error: GatewayError::BadRequest(msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_frames() {
+        let f = decode_client(Encoding::Json, br#"{"type":"ping","ref":7}"#).expect("ok");
+        assert_eq!((f.kind.as_str(), f.reference), ("ping", Some(7)));
+        assert_eq!(f.data, json!({}));
+        let e = decode_client(Encoding::Json, br#"{"type":5,"ref":3}"#).expect_err("bad type");
+        assert_eq!(e.reference, Some(3));
+        let e = decode_client(Encoding::Json, br#"{"type":"x","ref":-1}"#).expect_err("bad ref");
+        assert_eq!(e.reference, None);
+        assert!(decode_client(Encoding::Json, b"[1]").is_err());
+        assert!(decode_client(Encoding::Json, b"{").is_err());
+        assert!(decode_client(Encoding::Json, br#"{"type":"x","data":[]}"#).is_err());
+    }
+
+    #[test]
+    fn msgpack_round_trip() {
+        let bytes = match Encoding::Msgpack
+            .encode(&json!({"type": "typing", "ref": 2, "data": {"isTyping": true}}))
+        {
+            Message::Binary(b) => b,
+            other => panic!("expected binary, got {other:?}"),
+        };
+        let f = decode_client(Encoding::Msgpack, &bytes).expect("ok");
+        assert_eq!((f.kind.as_str(), f.reference), ("typing", Some(2)));
+        assert_eq!(f.data, json!({"isTyping": true}));
+        assert!(decode_client(Encoding::Msgpack, b"\xc1").is_err());
+    }
+
+    #[test]
+    fn shared_frames_encode_once_per_encoding() {
+        let f = SharedFrame::new(json!({"type": "x", "data": {}}));
+        let (a, b) = (f.get(Encoding::Json), f.get(Encoding::Json));
+        match (a, b) {
+            (Message::Text(a), Message::Text(b)) => assert_eq!(
+                a.as_str().as_ptr(),
+                b.as_str().as_ptr(),
+                "same bytes shared"
+            ),
+            other => panic!("expected text frames, got {other:?}"),
+        }
+        assert!(matches!(f.get(Encoding::Msgpack), Message::Binary(_)));
+    }
+}

@@ -1,0 +1,573 @@
+//! One WebSocket connection: a reader task (this connection's commands, in
+//! order) and a writer task (the only code that writes to the socket), tied
+//! together by a [`ConnHandle`] whose close signal ends both.
+//!
+//! Everything sent to the client goes through a bounded queue. Live events
+//! are pushed without waiting; if the queue is full the client is not
+//! keeping up and is closed with 4009, so one slow reader never slows a
+//! room down. A `join-community` replay instead waits for queue space,
+//! which paces it by the client's own reading.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use chorus_shared::auth::AuthUser;
+use chorus_shared::ids::parse_uuid;
+use chorus_shared::protocol::{
+    AckFrame, AckTag, DeleteMessage, JoinAck, JoinCommunity, LeaveCommunity, MessageData, Ready,
+    Reconnect, SendMessage, ServerEvent, Typing, UserTyping,
+};
+use chorus_shared::ratelimit::TokenBucket;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::{Notify, mpsc};
+use uuid::Uuid;
+
+use crate::Gateway;
+use crate::codec::{Encoding, decode_client};
+use crate::config::{ABUSE_LIMIT, ABUSE_WINDOW, SLOW_CLOSE_TIMEOUT, TYPING_BURST, TYPING_RATE};
+use crate::error::GatewayError;
+
+/// Close codes of the contract.
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const DRAINING: u16 = 1012;
+    pub const RATE_LIMITED: u16 = 4008;
+    pub const SLOW_CONSUMER: u16 = 4009;
+}
+
+/// The hub's and the tasks' handle on a connection.
+pub struct ConnHandle {
+    pub id: u64,
+    pub user_id: Arc<str>,
+    pub name: Arc<str>,
+    pub encoding: Encoding,
+    tx: mpsc::Sender<Message>,
+    close_code: AtomicU32,
+    closing: Notify,
+}
+
+impl std::fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnHandle")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnHandle {
+    /// Queues a frame without waiting. A full queue means a slow consumer:
+    /// the connection is closed with 4009. False when not queued.
+    pub fn push(&self, frame: Message) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.close(close::SLOW_CONSUMER) {
+                    metrics::counter!("chorus_gateway_slow_consumer_closes_total").increment(1);
+                    tracing::info!(conn = self.id, user = %self.user_id, "slow consumer: outbound queue full");
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues a frame, waiting for space (replays). False if the connection
+    /// closed meanwhile.
+    pub async fn push_wait(&self, frame: Message) -> bool {
+        tokio::select! {
+            r = self.tx.send(frame) => r.is_ok(),
+            _ = self.closed() => false,
+        }
+    }
+
+    /// Asks both tasks to end with `code`; the first code wins. True if this
+    /// call decided the code.
+    pub fn close(&self, code: u16) -> bool {
+        let won = self
+            .close_code
+            .compare_exchange(0, u32::from(code), Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        self.closing.notify_waiters();
+        won
+    }
+
+    fn close_code(&self) -> Option<u16> {
+        match self.close_code.load(Ordering::SeqCst) {
+            0 => None,
+            c => u16::try_from(c).ok(),
+        }
+    }
+
+    /// Resolves with the close code once a close was requested.
+    pub async fn closed(&self) -> u16 {
+        loop {
+            let notified = self.closing.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(code) = self.close_code() {
+                return code;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Serves one upgraded connection until it ends.
+pub async fn serve(
+    gw: Gateway,
+    socket: WebSocket,
+    user: AuthUser,
+    token: String,
+    encoding: Encoding,
+    origin_ok: bool,
+) {
+    let settings = gw.settings();
+    let (tx, rx) = mpsc::channel(settings.outbound_queue);
+    let handle = Arc::new(ConnHandle {
+        id: gw.hub().next_conn_id(),
+        user_id: Arc::from(user.id.as_str()),
+        name: Arc::from(user.name.as_str()),
+        encoding,
+        tx,
+        close_code: AtomicU32::new(0),
+        closing: Notify::new(),
+    });
+    let (sink, stream) = socket.split();
+    let expires_at = expiry_instant(user.exp + gw.verifier().leeway_s());
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        handle.clone(),
+        expires_at,
+        settings.heartbeat,
+    ));
+
+    if !origin_ok {
+        handle.close(close::POLICY);
+        let _ = writer.await;
+        return;
+    }
+    if let Err(e) = gw.hub().connect(&handle).await {
+        tracing::warn!(error = %e, "could not subscribe the user channel");
+        handle.close(close::INTERNAL);
+        gw.hub().disconnect(&handle, &[]).await;
+        let _ = writer.await;
+        return;
+    }
+    let ready = ServerEvent::Ready(Ready {
+        user_id: user.id.clone(),
+        connection_id: format!("{}-{}", gw.hub().gateway_id(), handle.id),
+        gateway_id: gw.hub().gateway_id().to_owned(),
+        heartbeat_ms: u64::try_from(settings.heartbeat.as_millis()).unwrap_or(u64::MAX),
+    });
+    handle.push(encoding.encode(&ready));
+
+    let mut reader = Reader {
+        gw: gw.clone(),
+        handle: handle.clone(),
+        user,
+        token,
+        joined: HashSet::new(),
+        commands: TokenBucket::new(
+            settings.command_rate,
+            settings.command_burst,
+            Instant::now(),
+        ),
+        typing: TokenBucket::new(
+            if settings.command_rate > 0.0 {
+                TYPING_RATE
+            } else {
+                0.0
+            },
+            TYPING_BURST,
+            Instant::now(),
+        ),
+        limited: 0,
+        limited_since: Instant::now(),
+    };
+    reader.run(stream, settings.idle_timeout).await;
+    handle.close(close::NORMAL);
+    let joined: Vec<Uuid> = reader.joined.drain().collect();
+    gw.hub().disconnect(&handle, &joined).await;
+    let _ = writer.await;
+}
+
+fn expiry_instant(exp_s: u64) -> tokio::time::Instant {
+    let now_s = chorus_shared::auth::now_s();
+    tokio::time::Instant::now() + Duration::from_secs(exp_s.saturating_sub(now_s))
+}
+
+/// Sends a `reconnect` frame and closes with 1012 (draining).
+pub fn drain(handle: &ConnHandle, after_ms: u64) {
+    let frame = handle.encoding.encode(&ServerEvent::Reconnect(Reconnect {
+        reason: "draining".into(),
+        after_ms,
+    }));
+    handle.push(frame);
+    handle.close(close::DRAINING);
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Message>,
+    handle: Arc<ConnHandle>,
+    expires_at: tokio::time::Instant,
+    heartbeat: Duration,
+) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let expiry = tokio::time::sleep_until(expires_at);
+    tokio::pin!(expiry);
+    let code = loop {
+        tokio::select! {
+            biased;
+            code = handle.closed() => break code,
+            () = &mut expiry => {
+                handle.close(close::POLICY);
+            }
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break close::NORMAL };
+                // A stuck socket must not hold up a close.
+                let wrote = tokio::select! {
+                    r = write_batch(&mut sink, &mut rx, frame) => r,
+                    code = handle.closed() => break code,
+                };
+                if !wrote {
+                    handle.close(close::NORMAL);
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                    handle.close(close::NORMAL);
+                    return;
+                }
+            }
+        }
+    };
+    finish(&mut sink, &mut rx, code).await;
+}
+
+/// Writes `first` and whatever else is queued, then flushes once.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<Message>,
+    first: Message,
+) -> bool {
+    if sink.feed(first).await.is_err() {
+        return false;
+    }
+    let mut n = 1;
+    while n < 64 {
+        match rx.try_recv() {
+            Ok(m) => {
+                if sink.feed(m).await.is_err() {
+                    return false;
+                }
+                n += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    sink.flush().await.is_ok()
+}
+
+/// Sends what is still queued (not for a slow consumer), then the close
+/// frame, each bounded in time; then the socket is dropped.
+async fn finish(
+    sink: &mut SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<Message>,
+    code: u16,
+) {
+    let reason = match code {
+        close::POLICY => "policy violation",
+        close::TOO_BIG => "message too big",
+        close::DRAINING => "gateway draining, reconnect",
+        close::RATE_LIMITED => "rate limited",
+        close::SLOW_CONSUMER => "slow consumer",
+        close::INTERNAL => "internal error",
+        _ => "",
+    };
+    let _ = tokio::time::timeout(SLOW_CLOSE_TIMEOUT, async {
+        if code != close::SLOW_CONSUMER {
+            while let Ok(m) = rx.try_recv() {
+                if sink.feed(m).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    })
+    .await;
+    rx.close();
+}
+
+struct Reader {
+    gw: Gateway,
+    handle: Arc<ConnHandle>,
+    user: AuthUser,
+    token: String,
+    joined: HashSet<Uuid>,
+    commands: TokenBucket,
+    typing: TokenBucket,
+    limited: u32,
+    limited_since: Instant,
+}
+
+impl Reader {
+    async fn run(&mut self, mut stream: SplitStream<WebSocket>, idle: Duration) {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.handle.closed() => return,
+                r = tokio::time::timeout(idle, stream.next()) => r,
+            };
+            let msg = match next {
+                Err(_) => {
+                    self.handle.close(close::NORMAL);
+                    return;
+                }
+                Ok(None) => return,
+                Ok(Some(Err(e))) => {
+                    if is_too_big(&e) {
+                        self.handle.close(close::TOO_BIG);
+                    }
+                    return;
+                }
+                Ok(Some(Ok(m))) => m,
+            };
+            let bytes = match (msg, self.handle.encoding) {
+                (Message::Text(t), Encoding::Json) => bytes::Bytes::from(t),
+                (Message::Binary(b), Encoding::Msgpack) => b,
+                (Message::Text(_) | Message::Binary(_), enc) => {
+                    self.count_command();
+                    let want = if enc == Encoding::Json {
+                        "JSON text"
+                    } else {
+                        "MessagePack binary"
+                    };
+                    self.reply(
+                        None,
+                        Err(GatewayError::BadRequest(format!(
+                            "this connection speaks {want} frames"
+                        ))),
+                    );
+                    continue;
+                }
+                (Message::Close(_), _) => return,
+                (Message::Ping(_) | Message::Pong(_), _) => continue,
+            };
+            // A command runs to completion unless the connection closes.
+            let handle = self.handle.clone();
+            tokio::select! {
+                biased;
+                _ = handle.closed() => return,
+                () = self.frame(&bytes) => {}
+            }
+        }
+    }
+
+    /// Takes a command token; false when limited.
+    fn count_command(&mut self) -> bool {
+        let ok = self.commands.try_take(Instant::now()).is_ok();
+        if !ok {
+            self.note_limited();
+        }
+        ok
+    }
+
+    fn note_limited(&mut self) {
+        metrics::counter!("chorus_gateway_rate_limited_total").increment(1);
+        if self.limited_since.elapsed() > ABUSE_WINDOW {
+            self.limited_since = Instant::now();
+            self.limited = 0;
+        }
+        self.limited += 1;
+        if self.limited > ABUSE_LIMIT {
+            self.handle.close(close::RATE_LIMITED);
+        }
+    }
+
+    fn reply(&self, reference: Option<u64>, result: Result<serde_json::Value, GatewayError>) {
+        let frame = match (result, reference) {
+            (Ok(data), Some(r)) => self.handle.encoding.encode(&AckFrame {
+                kind: AckTag::Ack,
+                reference: r,
+                data,
+            }),
+            (Ok(_), None) => return,
+            (Err(e), r) => self.handle.encoding.encode(&e.frame(r)),
+        };
+        self.handle.push(frame);
+    }
+
+    async fn frame(&mut self, bytes: &[u8]) {
+        let raw = match decode_client(self.handle.encoding, bytes) {
+            Ok(raw) => raw,
+            Err(e) => {
+                if self.count_command() {
+                    self.reply(e.reference, Err(e.error));
+                } else {
+                    self.reply(e.reference, Err(GatewayError::RateLimited));
+                }
+                return;
+            }
+        };
+        let r = raw.reference;
+        match raw.kind.as_str() {
+            "ping" => {
+                let pong = match r {
+                    Some(r) => json!({"type": "pong", "ref": r, "data": {}}),
+                    None => json!({"type": "pong", "data": {}}),
+                };
+                self.handle.push(self.handle.encoding.encode(&pong));
+            }
+            "typing" => {
+                if self.typing.try_take(Instant::now()).is_err() {
+                    self.note_limited();
+                    if r.is_some() {
+                        self.reply(r, Err(GatewayError::RateLimited));
+                    }
+                    return;
+                }
+                let result = self.typing_cmd(raw.data).await;
+                self.reply(r, result);
+            }
+            kind => {
+                if !self.count_command() {
+                    self.reply(r, Err(GatewayError::RateLimited));
+                    return;
+                }
+                let result = match kind {
+                    "join-community" => self.join(raw.data).await,
+                    "leave-community" => self.leave(raw.data).await,
+                    "send-message" => self.send(raw.data).await,
+                    "delete-message" => self.delete(raw.data).await,
+                    "subscribe-notifications" => self.subscribe_notifications().await,
+                    other => Err(GatewayError::BadRequest(format!("unknown type {other:?}"))),
+                };
+                self.reply(r, result);
+            }
+        }
+    }
+
+    async fn join(&mut self, data: serde_json::Value) -> Result<serde_json::Value, GatewayError> {
+        let req: JoinCommunity = parse(data)?;
+        let community = community_id(&req.community_id)?;
+        if req.last_seq.is_some_and(|s| s < 0) {
+            return Err(GatewayError::BadRequest(
+                "lastSeq must not be negative".into(),
+            ));
+        }
+        let access = self.gw.hub().api().access(community, &self.user.id).await?;
+        if access.role.is_none() && !self.user.is_official() {
+            return Err(GatewayError::Forbidden("not a member of this community"));
+        }
+        let joined = self
+            .gw
+            .hub()
+            .join(community, access.head_seq, &self.handle, req.last_seq)
+            .await?;
+        self.joined.insert(community);
+        let mut online = self
+            .gw
+            .hub()
+            .backplane()
+            .presence_online(community)
+            .await
+            .unwrap_or_default();
+        if !online.contains(&self.user.id) {
+            online.push(self.user.id.clone());
+        }
+        to_value(&JoinAck {
+            community_id: community,
+            head_seq: joined.head_seq,
+            online,
+            recovered: joined.recovered,
+            missed: joined.missed,
+        })
+    }
+
+    async fn leave(&mut self, data: serde_json::Value) -> Result<serde_json::Value, GatewayError> {
+        let req: LeaveCommunity = parse(data)?;
+        let community = community_id(&req.community_id)?;
+        self.joined.remove(&community);
+        self.gw.hub().leave(community, &self.handle).await;
+        Ok(json!({}))
+    }
+
+    async fn send(&mut self, data: serde_json::Value) -> Result<serde_json::Value, GatewayError> {
+        let req: SendMessage = parse(data)?;
+        let message = self.gw.hub().api().send_message(&self.token, &req).await?;
+        to_value(&MessageData { message })
+    }
+
+    async fn delete(&mut self, data: serde_json::Value) -> Result<serde_json::Value, GatewayError> {
+        let req: DeleteMessage = parse(data)?;
+        let id = parse_uuid(&req.message_id).ok_or(GatewayError::NotFound("message"))?;
+        self.gw.hub().api().delete_message(&self.token, id).await?;
+        Ok(json!({}))
+    }
+
+    async fn typing_cmd(
+        &mut self,
+        data: serde_json::Value,
+    ) -> Result<serde_json::Value, GatewayError> {
+        let req: Typing = parse(data)?;
+        let community = community_id(&req.community_id)?;
+        if !self.gw.hub().is_member(community, self.handle.id) {
+            return Err(GatewayError::Forbidden("join the community first"));
+        }
+        self.gw
+            .hub()
+            .publish_ephemeral(
+                community,
+                ServerEvent::UserTyping(UserTyping {
+                    community_id: community,
+                    user_id: self.user.id.clone(),
+                    name: self.user.name.clone(),
+                    is_typing: req.is_typing,
+                }),
+            )
+            .await;
+        Ok(json!({}))
+    }
+
+    async fn subscribe_notifications(&mut self) -> Result<serde_json::Value, GatewayError> {
+        self.gw.hub().subscribe_notifications(&self.handle);
+        let unread = self.gw.hub().api().unread_count(&self.token).await?;
+        Ok(json!({ "unreadCount": unread }))
+    }
+}
+
+fn parse<T: DeserializeOwned>(data: serde_json::Value) -> Result<T, GatewayError> {
+    serde_json::from_value(data).map_err(|e| GatewayError::BadRequest(format!("invalid data: {e}")))
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, GatewayError> {
+    serde_json::to_value(v).map_err(|e| GatewayError::Io(e.to_string()))
+}
+
+fn community_id(s: &str) -> Result<Uuid, GatewayError> {
+    parse_uuid(s).ok_or(GatewayError::NotFound("community"))
+}
+
+/// tungstenite reports an over-limit message as a capacity error ("Space
+/// limit exceeded: Message too long"); axum only exposes it boxed.
+fn is_too_big(e: &axum::Error) -> bool {
+    e.to_string().contains("too long")
+}

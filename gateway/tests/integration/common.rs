@@ -1,0 +1,578 @@
+//! Test harness: an in-process API and gateways on ephemeral ports, and a
+//! WebSocket client that speaks the contract in JSON or MessagePack.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use chorus_api::config::{DbArgs, ServeArgs};
+use chorus_gateway::config::GatewayArgs;
+use chorus_shared::auth::{JwtArgs, Role, claims_for, mint_hs256};
+use chorus_shared::config::{LogArgs, LogFormat};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "gateway-test-secret";
+pub const INTERNAL_TOKEN: &str = "gateway-test-internal";
+/// Bound for anything a test waits for; never a performance assertion.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn env_url(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with scripts/test"))
+}
+
+pub async fn fresh_database() -> String {
+    let admin = env_url("DATABASE_URL");
+    let name = format!("chorus_g_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!("create database {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+pub fn token(sub: &str) -> String {
+    mint_hs256(
+        SECRET,
+        &claims_for(sub, Some(&format!("{sub} name")), Role::Member, 3600),
+    )
+    .unwrap()
+}
+
+pub fn official(sub: &str) -> String {
+    mint_hs256(SECRET, &claims_for(sub, None, Role::Official, 3600)).unwrap()
+}
+
+pub fn uid(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// A running service started in-process, stopped through its shutdown future.
+pub struct Service {
+    pub url: String,
+    pub admin_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Service {
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    /// Ends the service abruptly, like a killed process: its tasks stop,
+    /// nothing is drained or withdrawn.
+    pub fn kill(mut self) {
+        self.stop.take();
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+
+    pub async fn ready(&self) -> bool {
+        reqwest::get(format!("{}/readyz", self.admin_url))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+async fn listeners() -> (TcpListener, TcpListener) {
+    (
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+}
+
+pub async fn start_api(database_url: &str, redis_url: &str) -> Service {
+    chorus_shared::telemetry::init_logging(LogFormat::Text);
+    let args = ServeArgs {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        db: DbArgs {
+            database_url: database_url.to_owned(),
+            db_max_connections: 20,
+        },
+        redis_url: redis_url.to_owned(),
+        internal_token: INTERNAL_TOKEN.into(),
+        jwt: JwtArgs::with_secret(SECRET),
+        message_rate: 0.0,
+        message_burst: 40,
+        no_migrate: false,
+        log: LogArgs {
+            log_format: LogFormat::Text,
+        },
+    };
+    let (api, admin) = listeners().await;
+    let url = format!("http://{}", api.local_addr().unwrap());
+    let admin_url = format!("http://{}", admin.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let r = chorus_api::run(args, chorus_api::Listeners { api, admin }, async move {
+            let _ = rx.await;
+        })
+        .await;
+        if let Err(e) = r {
+            panic!("api failed: {e}");
+        }
+    });
+    let s = Service {
+        url,
+        admin_url,
+        stop: Some(tx),
+        task: Some(task),
+    };
+    wait_until(|| s.ready()).await;
+    s
+}
+
+/// Gateway settings a test may change.
+#[derive(Debug, Clone)]
+pub struct GwOpts {
+    pub redis_url: String,
+    pub recovery_window: i64,
+    pub command_rate: f64,
+    pub outbound_queue: usize,
+    pub drain_seconds: u64,
+    pub leeway_s: u64,
+    pub allowed_origins: Vec<String>,
+    pub presence_limit: u64,
+}
+
+impl GwOpts {
+    pub fn new(redis_url: &str) -> Self {
+        GwOpts {
+            redis_url: redis_url.to_owned(),
+            recovery_window: 1000,
+            command_rate: 20.0,
+            outbound_queue: 256,
+            drain_seconds: 1,
+            leeway_s: 30,
+            allowed_origins: Vec::new(),
+            presence_limit: 10_000,
+        }
+    }
+}
+
+pub async fn start_gateway(api: &Service, opts: GwOpts) -> Service {
+    let mut jwt = JwtArgs::with_secret(SECRET);
+    jwt.jwt_leeway_s = opts.leeway_s;
+    let args = GatewayArgs {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        api_url: api.url.clone(),
+        internal_token: INTERNAL_TOKEN.into(),
+        redis_url: opts.redis_url,
+        gateway_id: Some(uid("gw")),
+        allowed_origins: opts.allowed_origins,
+        recovery_window: opts.recovery_window,
+        drain_seconds: opts.drain_seconds,
+        ws_command_rate: opts.command_rate,
+        ws_command_burst: 40,
+        presence_broadcast_limit: opts.presence_limit,
+        outbound_queue: opts.outbound_queue,
+        jwt,
+        log: LogArgs {
+            log_format: LogFormat::Text,
+        },
+    };
+    let (ws, admin) = listeners().await;
+    let url = format!("ws://{}/ws", ws.local_addr().unwrap());
+    let admin_url = format!("http://{}", admin.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let r = chorus_gateway::run(args, chorus_gateway::Listeners { ws, admin }, async move {
+            let _ = rx.await;
+        })
+        .await;
+        if let Err(e) = r {
+            panic!("gateway failed: {e}");
+        }
+    });
+    let s = Service {
+        url,
+        admin_url,
+        stop: Some(tx),
+        task: Some(task),
+    };
+    wait_until(|| s.ready()).await;
+    s
+}
+
+/// Polls `f` until true, up to [`WAIT`].
+pub async fn wait_until<F, Fut>(mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("condition not met within {WAIT:?}");
+}
+
+/// An API, two gateways and a fresh database on the shared Redis.
+pub struct Cluster {
+    pub db: String,
+    pub api: Service,
+    pub gw1: Service,
+    pub gw2: Service,
+    pub http: reqwest::Client,
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        Cluster::start_with(GwOpts::new(&env_url("REDIS_URL"))).await
+    }
+
+    pub async fn start_with(opts: GwOpts) -> Cluster {
+        let db = fresh_database().await;
+        let api = start_api(&db, &opts.redis_url).await;
+        let gw1 = start_gateway(&api, opts.clone()).await;
+        let gw2 = start_gateway(&api, opts).await;
+        Cluster {
+            db,
+            api,
+            gw1,
+            gw2,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.api.url))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// A community owned by `owner` with `members` added; returns its id.
+    pub async fn community(&self, owner: &str, members: &[&str]) -> String {
+        let (s, c) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/communities",
+                &token(owner),
+                Some(json!({"name": "room"})),
+            )
+            .await;
+        assert_eq!(s, 201);
+        let id = c["id"].as_str().unwrap().to_owned();
+        for m in members {
+            let (s, _) = self
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/communities/{id}/members"),
+                    &token(owner),
+                    Some(json!({"userId": m})),
+                )
+                .await;
+            assert_eq!(s, 200);
+        }
+        id
+    }
+
+    pub async fn post(&self, user: &str, community: &str, content: &str) -> Value {
+        let (s, m) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/messages-realtime",
+                &token(user),
+                Some(json!({"communityId": community, "content": content})),
+            )
+            .await;
+        assert_eq!(s, 201, "{m}");
+        m
+    }
+}
+
+/// A contract-speaking WebSocket client.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub msgpack: bool,
+    next_ref: u64,
+    buffered: VecDeque<Value>,
+    pub ready: Value,
+    /// How long a read waits for a frame.
+    pub wait: Duration,
+}
+
+pub enum Enc {
+    Json,
+    Msgpack,
+}
+
+impl Client {
+    pub async fn connect(url: &str, token: &str) -> Client {
+        Client::connect_with(url, token, Enc::Json, None)
+            .await
+            .unwrap()
+    }
+
+    /// Connects; `Err(status)` when the upgrade is refused.
+    pub async fn connect_with(
+        url: &str,
+        token: &str,
+        enc: Enc,
+        origin: Option<&str>,
+    ) -> Result<Client, u16> {
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        if let Enc::Msgpack = enc {
+            req.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_static("chorus.v1.msgpack"),
+            );
+        }
+        if let Some(o) = origin {
+            req.headers_mut()
+                .insert("origin", HeaderValue::from_str(o).unwrap());
+        }
+        Client::open(req, matches!(enc, Enc::Msgpack)).await
+    }
+
+    pub async fn open(
+        req: tokio_tungstenite::tungstenite::handshake::client::Request,
+        msgpack: bool,
+    ) -> Result<Client, u16> {
+        let (ws, _) = match tokio_tungstenite::connect_async(req).await {
+            Ok(x) => x,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                return Err(resp.status().as_u16());
+            }
+            Err(e) => panic!("connect failed: {e}"),
+        };
+        let mut c = Client {
+            ws,
+            msgpack,
+            next_ref: 1,
+            buffered: VecDeque::new(),
+            ready: Value::Null,
+            wait: WAIT,
+        };
+        let ready = c.next_frame().await;
+        assert_eq!(ready["type"], "ready", "first frame is ready: {ready}");
+        c.ready = ready;
+        Ok(c)
+    }
+
+    fn encode(&self, v: &Value) -> Message {
+        if self.msgpack {
+            let mut buf = Vec::new();
+            serde::Serialize::serialize(
+                v,
+                &mut rmp_serde::Serializer::new(&mut buf).with_struct_map(),
+            )
+            .unwrap();
+            Message::Binary(buf.into())
+        } else {
+            Message::Text(v.to_string().into())
+        }
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.unwrap();
+    }
+
+    /// Sends a command without waiting; returns its ref.
+    pub async fn send(&mut self, kind: &str, data: Value) -> u64 {
+        let r = self.next_ref;
+        self.next_ref += 1;
+        let frame = json!({"type": kind, "ref": r, "data": data});
+        let m = self.encode(&frame);
+        self.ws.send(m).await.unwrap();
+        r
+    }
+
+    /// Sends a command and returns its answer (ack or error), keeping any
+    /// other frames for `next_event`.
+    pub async fn request(&mut self, kind: &str, data: Value) -> Value {
+        let r = self.send(kind, data).await;
+        self.answer(r).await
+    }
+
+    /// Waits for the answer to `r`.
+    pub async fn answer(&mut self, r: u64) -> Value {
+        loop {
+            let f = self.read().await;
+            if f["ref"] == r && matches!(f["type"].as_str(), Some("ack" | "error" | "pong")) {
+                return f;
+            }
+            self.buffered.push_back(f);
+        }
+    }
+
+    /// Sends a command and expects an ack; returns its data.
+    pub async fn ok(&mut self, kind: &str, data: Value) -> Value {
+        let a = self.request(kind, data).await;
+        assert_eq!(a["type"], "ack", "{kind} acked: {a}");
+        a["data"].clone()
+    }
+
+    async fn read(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(self.wait, self.ws.next())
+                .await
+                .expect("a frame within the wait")
+                .expect("connection open")
+                .expect("frame read");
+            match m {
+                Message::Text(t) => {
+                    assert!(!self.msgpack, "text frame on a msgpack connection");
+                    return serde_json::from_str(t.as_str()).unwrap();
+                }
+                Message::Binary(b) => {
+                    assert!(self.msgpack, "binary frame on a JSON connection");
+                    return rmp_serde::from_slice(&b).unwrap();
+                }
+                Message::Close(f) => panic!("connection closed: {f:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    async fn next_frame(&mut self) -> Value {
+        match self.buffered.pop_front() {
+            Some(f) => f,
+            None => self.read().await,
+        }
+    }
+
+    /// The next frame of any kind.
+    pub async fn frame(&mut self) -> Value {
+        self.next_frame().await
+    }
+
+    /// The next frame that is not an answer to a command.
+    pub async fn next_event(&mut self) -> Value {
+        loop {
+            let f = self.next_frame().await;
+            if !matches!(f["type"].as_str(), Some("ack" | "error" | "pong")) {
+                return f;
+            }
+        }
+    }
+
+    /// The next event of type `kind`, skipping others.
+    pub async fn event_of(&mut self, kind: &str) -> Value {
+        loop {
+            let f = self.next_event().await;
+            if f["type"] == kind {
+                return f;
+            }
+        }
+    }
+
+    /// True when no event arrives within `d`.
+    pub async fn quiet_for(&mut self, d: Duration) -> bool {
+        if let Some(f) = self
+            .buffered
+            .iter()
+            .find(|f| !matches!(f["type"].as_str(), Some("ack" | "error" | "pong")))
+        {
+            panic!("unexpected buffered event {f}");
+        }
+        match tokio::time::timeout(d, self.ws.next()).await {
+            Err(_) => true,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => true,
+            Ok(other) => panic!("unexpected frame {other:?}"),
+        }
+    }
+
+    /// Reads until the server closes; returns the close frame.
+    pub async fn closed(&mut self) -> Option<CloseFrame> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("closed within the wait")
+            {
+                Some(Ok(Message::Close(f))) => return f,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        // Let the server see the close.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while self.ws.next().await.is_some() {}
+        })
+        .await;
+    }
+
+    /// Joins a community and returns the ack data.
+    pub async fn join(&mut self, community: &str, last_seq: Option<i64>) -> Value {
+        let mut data = json!({"communityId": community});
+        if let Some(l) = last_seq {
+            data["lastSeq"] = json!(l);
+        }
+        self.ok("join-community", data).await
+    }
+
+    /// Reads sequenced events until `seq` and returns their seqs in order.
+    pub async fn seqs_until(&mut self, seq: i64) -> Vec<i64> {
+        let mut out = Vec::new();
+        loop {
+            let e = self.next_event().await;
+            let s = match e["type"].as_str() {
+                Some("new-message") => e["data"]["message"]["seq"].as_i64().unwrap(),
+                Some("message-deleted") => e["data"]["seq"].as_i64().unwrap(),
+                _ => continue,
+            };
+            out.push(s);
+            if s >= seq {
+                return out;
+            }
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Connecting, frames and their errors, encodings, limits.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn messages_cross_gateways_with_acks_and_errors() {
+    let cl = Cluster::start().await;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let c = cl.community(&alice, &[&bob]).await;
+    let mut a = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    let mut b = Client::connect(&cl.gw2.url, &token(&bob)).await;
+    assert_eq!(a.ready["data"]["userId"], alice.as_str());
+    assert!(a.ready["data"]["heartbeatMs"].as_u64().unwrap() > 0);
+    assert_ne!(a.ready["data"]["gatewayId"], b.ready["data"]["gatewayId"]);
+
+    let ack = a.join(&c, None).await;
+    assert_eq!(ack["communityId"], c.as_str());
+    assert_eq!(
+        (
+            ack["headSeq"].clone(),
+            ack["recovered"].clone(),
+            ack["missed"].clone()
+        ),
+        (json!(0), json!(true), json!(0))
+    );
+    assert!(ack["online"].as_array().unwrap().contains(&json!(alice)));
+    b.join(&c, None).await;
+
+    let sent = a
+        .ok(
+            "send-message",
+            json!({"communityId": c, "content": " hello from gw1 "}),
+        )
+        .await;
+    assert_eq!(sent["message"]["content"], "hello from gw1");
+    assert_eq!(sent["message"]["seq"], 1);
+    let got = b.event_of("new-message").await;
+    assert_eq!(
+        got["data"]["message"], sent["message"],
+        "same message on the other gateway"
+    );
+    let own = a.event_of("new-message").await;
+    assert_eq!(
+        own["data"]["message"]["id"], sent["message"]["id"],
+        "the sender's connections get it too"
+    );
+
+    // Deletion over the socket, by someone not allowed, then by the sender.
+    let id = sent["message"]["id"].as_str().unwrap();
+    let err = b.request("delete-message", json!({"messageId": id})).await;
+    assert_eq!(
+        (err["type"].clone(), err["error"]["code"].clone()),
+        (json!("error"), json!("forbidden"))
+    );
+    a.ok("delete-message", json!({"messageId": id})).await;
+    let d = b.event_of("message-deleted").await;
+    assert_eq!(
+        d["data"],
+        json!({"communityId": c, "messageId": id, "seq": 2})
+    );
+
+    // API errors pass through.
+    let err = a
+        .request("send-message", json!({"communityId": c, "content": "   "}))
+        .await;
+    assert_eq!(err["error"]["code"], "bad_request");
+    let outsider = uid("out");
+    let mut o = Client::connect(&cl.gw1.url, &token(&outsider)).await;
+    let err = o.request("join-community", json!({"communityId": c})).await;
+    assert_eq!(err["error"]["code"], "forbidden");
+    let err = o
+        .request(
+            "join-community",
+            json!({"communityId": uuid::Uuid::new_v4()}),
+        )
+        .await;
+    assert_eq!(err["error"]["code"], "not_found");
+    let mut m = Client::connect(&cl.gw2.url, &official(&uid("mod"))).await;
+    m.join(&c, None).await;
+    assert_eq!(
+        b.event_of("user-joined").await["data"]["userId"],
+        m.ready["data"]["userId"]
+    );
+    // Leaving stops delivery.
+    b.ok("leave-community", json!({"communityId": c})).await;
+    cl.post(&alice, &c, "after bob left").await;
+    m.event_of("new-message").await;
+    assert!(b.quiet_for(Duration::from_millis(300)).await);
+}
+
+#[tokio::test]
+async fn malformed_frames_get_errors_and_the_connection_stays() {
+    let cl = Cluster::start().await;
+    let alice = uid("alice");
+    let c = cl.community(&alice, &[]).await;
+    let mut a = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    let cases: Vec<(Message, Option<u64>, &str)> = vec![
+        (Message::Text("{not json".into()), None, "bad_request"),
+        (Message::Text("[1,2]".into()), None, "bad_request"),
+        (Message::Text(r#"{"type":"nope","ref":5}"#.into()), Some(5), "bad_request"),
+        (Message::Text(r#"{"type":"join-community","ref":6,"data":{"communityId":12}}"#.into()), Some(6), "bad_request"),
+        (Message::Text(r#"{"type":"join-community","ref":7,"data":{"communityId":"xyz"}}"#.into()), Some(7), "not_found"),
+        (Message::Text(r#"{"type":"join-community","ref":8,"data":{}}"#.into()), Some(8), "bad_request"),
+        (Message::Text(format!(r#"{{"type":"join-community","ref":9,"data":{{"communityId":"{c}","lastSeq":-1}}}}"#).into()), Some(9), "bad_request"),
+        (Message::Text(r#"{"type":"typing","ref":10,"data":{"communityId":"00000000-0000-0000-0000-000000000000","isTyping":"yes"}}"#.into()), Some(10), "bad_request"),
+        (Message::Text(r#"{"type":"delete-message","ref":11,"data":{"messageId":"nope"}}"#.into()), Some(11), "not_found"),
+        (Message::Binary(vec![1, 2, 3].into()), None, "bad_request"),
+    ];
+    for (frame, r, code) in cases {
+        a.send_raw(frame.clone()).await;
+        let e = a.frame().await;
+        assert_eq!(e["type"], "error", "{frame:?} -> {e}");
+        assert_eq!(e["error"]["code"], code, "{frame:?} -> {e}");
+        assert_eq!(e.get("ref").and_then(Value::as_u64), r, "{frame:?} -> {e}");
+    }
+    // Still usable: ping/pong and a join.
+    let r = a.send("ping", json!({})).await;
+    let pong = a.answer(r).await;
+    assert_eq!(pong, json!({"type": "pong", "ref": r, "data": {}}));
+    a.join(&c, Some(0)).await;
+
+    // A message over 64 KiB closes with 1009.
+    a.send_raw(Message::Text("x".repeat(64 * 1024 + 1).into()))
+        .await;
+    let f = a.closed().await.expect("a close frame");
+    assert_eq!(u16::from(f.code), 1009);
+}
+
+#[tokio::test]
+async fn msgpack_end_to_end() {
+    let cl = Cluster::start().await;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let c = cl.community(&alice, &[&bob]).await;
+    let mut a = Client::connect_with(&cl.gw1.url, &token(&alice), Enc::Msgpack, None)
+        .await
+        .unwrap();
+    let mut b = Client::connect(&cl.gw2.url, &token(&bob)).await;
+    a.join(&c, None).await;
+    b.join(&c, None).await;
+    let sent = a
+        .ok(
+            "send-message",
+            json!({"communityId": c, "content": "packed"}),
+        )
+        .await;
+    let mine = a.event_of("new-message").await;
+    let theirs = b.event_of("new-message").await;
+    assert_eq!(mine, theirs, "the same map in both encodings");
+    assert_eq!(mine["data"]["message"], sent["message"]);
+    assert!(
+        mine["data"]["message"]["id"].is_string(),
+        "ids are strings in MessagePack too"
+    );
+}
+
+#[tokio::test]
+async fn upgrade_auth_query_token_and_origin() {
+    let mut opts = GwOpts::new(&env_url("REDIS_URL"));
+    opts.allowed_origins = vec!["https://chat.example".into()];
+    let cl = Cluster::start_with(opts).await;
+    let alice = uid("alice");
+    assert_eq!(
+        Client::connect_with(&cl.gw1.url, "garbage", Enc::Json, None)
+            .await
+            .err(),
+        Some(401)
+    );
+    let expired = {
+        let mut c =
+            chorus_shared::auth::claims_for(&alice, None, chorus_shared::auth::Role::Member, 0);
+        c.exp = chorus_shared::auth::now_s() - 3600;
+        chorus_shared::auth::mint_hs256(SECRET, &c).unwrap()
+    };
+    assert_eq!(
+        Client::connect_with(&cl.gw1.url, &expired, Enc::Json, None)
+            .await
+            .err(),
+        Some(401)
+    );
+    let req = format!("{}?token={}", cl.gw1.url, token(&alice))
+        .into_client_request()
+        .unwrap();
+    let c = Client::open(req, false).await.expect("?token= works");
+    assert_eq!(c.ready["data"]["userId"], alice.as_str());
+    assert!(
+        Client::connect_with(
+            &cl.gw1.url,
+            &token(&alice),
+            Enc::Json,
+            Some("https://chat.example")
+        )
+        .await
+        .is_ok()
+    );
+
+    // A browser from another origin is closed with 1008.
+    let mut req = cl.gw1.url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(&alice)).parse().unwrap(),
+    );
+    req.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let code = loop {
+        use futures_util::StreamExt;
+        match ws.next().await {
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 1008);
+}
+
+#[tokio::test]
+async fn token_expiry_closes_with_1008() {
+    let mut opts = GwOpts::new(&env_url("REDIS_URL"));
+    opts.leeway_s = 0;
+    let cl = Cluster::start_with(opts).await;
+    let mut c =
+        chorus_shared::auth::claims_for(&uid("brief"), None, chorus_shared::auth::Role::Member, 2);
+    c.exp = chorus_shared::auth::now_s() + 2;
+    let t = chorus_shared::auth::mint_hs256(SECRET, &c).unwrap();
+    let mut client = Client::connect(&cl.gw1.url, &t).await;
+    let f = client.closed().await.expect("close frame");
+    assert_eq!(u16::from(f.code), 1008);
+}
+
+#[tokio::test]
+async fn rate_limits_answer_then_close_4008() {
+    let cl = Cluster::start().await;
+    let alice = uid("alice");
+    let c = cl.community(&alice, &[]).await;
+    let mut a = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    a.join(&c, None).await;
+    // Burst 40 (one token already spent on the join): then rate_limited.
+    let mut limited = 0;
+    for _ in 0..45 {
+        let r = a
+            .send(
+                "leave-community",
+                json!({"communityId": uuid::Uuid::new_v4()}),
+            )
+            .await;
+        let ans = a.answer(r).await;
+        if ans["type"] == "error" {
+            assert_eq!(ans["error"]["code"], "rate_limited");
+            limited += 1;
+        }
+    }
+    assert!(limited >= 5, "{limited} limited");
+    // Pings are free.
+    let r = a.send("ping", json!({})).await;
+    assert_eq!(a.answer(r).await["type"], "pong");
+    // Typing without ref over its own limit gets nothing; flooding closes.
+    for _ in 0..200 {
+        a.send_raw(Message::Text(
+            format!(r#"{{"type":"typing","data":{{"communityId":"{c}","isTyping":true}}}}"#).into(),
+        ))
+        .await;
+    }
+    let f = a.closed().await.expect("close frame");
+    assert_eq!(u16::from(f.code), 4008);
+
+    // Rate 0 disables every per-connection limit.
+    let mut opts = GwOpts::new(&env_url("REDIS_URL"));
+    opts.command_rate = 0.0;
+    let gw = start_gateway(&cl.api, opts).await;
+    let mut b = Client::connect(&gw.url, &token(&alice)).await;
+    for _ in 0..150 {
+        let ans = b
+            .request(
+                "leave-community",
+                json!({"communityId": uuid::Uuid::new_v4()}),
+            )
+            .await;
+        assert_eq!(ans["type"], "ack");
+    }
+    let (s, _) = cl
+        .call(Method::GET, "/api/socket-status", &token(&alice), None)
+        .await;
+    assert_eq!(s, 200);
+}

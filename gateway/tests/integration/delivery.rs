@@ -1,0 +1,308 @@
+//! Ordered, gap-free delivery, recovery, notifications, typing, revocation.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn two_hundred_concurrent_posts_arrive_in_order_on_both_gateways() {
+    let cl = Cluster::start().await;
+    let owner = uid("owner");
+    let posters: Vec<String> = (0..10).map(|i| uid(&format!("p{i}"))).collect();
+    let refs: Vec<&str> = posters.iter().map(String::as_str).collect();
+    let c = cl.community(&owner, &refs).await;
+    let mut r1 = Client::connect(&cl.gw1.url, &token(&owner)).await;
+    let mut r2 = Client::connect(&cl.gw2.url, &token(&posters[0])).await;
+    r1.join(&c, None).await;
+    r2.join(&c, None).await;
+
+    let mut tasks = Vec::new();
+    for p in &posters {
+        let (http, url, t, c) = (cl.http.clone(), cl.api.url.clone(), token(p), c.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                let r = http
+                    .post(format!("{url}/api/messages-realtime"))
+                    .bearer_auth(&t)
+                    .json(&json!({"communityId": c, "content": format!("m{i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let want: Vec<i64> = (1..=200).collect();
+    assert_eq!(
+        r1.seqs_until(200).await,
+        want,
+        "gateway 1: in order, no gap, no duplicate"
+    );
+    assert_eq!(
+        r2.seqs_until(200).await,
+        want,
+        "gateway 2: in order, no gap, no duplicate"
+    );
+    assert!(r1.quiet_for(Duration::from_millis(300)).await);
+}
+
+#[tokio::test]
+async fn rejoin_with_last_seq_replays_exactly_what_was_missed() {
+    let cl = Cluster::start().await;
+    let alice = uid("alice");
+    let c = cl.community(&alice, &[]).await;
+    let mut a = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    a.join(&c, None).await;
+    cl.post(&alice, &c, "one").await;
+    assert_eq!(a.seqs_until(1).await, vec![1]);
+    a.close().await;
+
+    // Missed while away: 2, 3 (deleted later as 5), 4; and 5 the deletion.
+    cl.post(&alice, &c, "two").await;
+    let three = cl.post(&alice, &c, "three").await;
+    cl.post(&alice, &c, "four").await;
+    let (s, _) = cl
+        .call(
+            Method::DELETE,
+            &format!("/api/messages-realtime/{}", three["id"].as_str().unwrap()),
+            &token(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+
+    let mut a = Client::connect(&cl.gw2.url, &token(&alice)).await;
+    let r = a
+        .send("join-community", json!({"communityId": c, "lastSeq": 1}))
+        .await;
+    let mut got = Vec::new();
+    let ack = loop {
+        let f = a.frame().await;
+        match f["type"].as_str() {
+            Some("ack") if f["ref"] == r => break f["data"].clone(),
+            Some("new-message") => got.push((f["data"]["message"]["seq"].as_i64().unwrap(), "new")),
+            Some("message-deleted") => got.push((f["data"]["seq"].as_i64().unwrap(), "deleted")),
+            _ => {}
+        }
+    };
+    // "three" was created and deleted since: only its deletion comes.
+    assert_eq!(got, vec![(2, "new"), (4, "new"), (5, "deleted")]);
+    assert_eq!(
+        (
+            ack["recovered"].clone(),
+            ack["missed"].clone(),
+            ack["headSeq"].clone()
+        ),
+        (json!(true), json!(3), json!(5))
+    );
+    // Live events continue right after, no gap or repeat at the seam.
+    cl.post(&alice, &c, "six").await;
+    assert_eq!(a.seqs_until(6).await, vec![6]);
+
+    // lastSeq above the head counts as the head.
+    let mut b = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    let ack = b.join(&c, Some(1_000)).await;
+    assert_eq!(
+        (ack["recovered"].clone(), ack["missed"].clone()),
+        (json!(true), json!(0))
+    );
+}
+
+#[tokio::test]
+async fn recovery_beyond_the_window_is_refused() {
+    let mut opts = GwOpts::new(&env_url("REDIS_URL"));
+    opts.recovery_window = 5;
+    let cl = Cluster::start_with(opts).await;
+    let alice = uid("alice");
+    let c = cl.community(&alice, &[]).await;
+    for i in 0..8 {
+        cl.post(&alice, &c, &format!("m{i}")).await;
+    }
+    let mut a = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    let ack = a.join(&c, Some(1)).await;
+    assert_eq!(
+        (
+            ack["recovered"].clone(),
+            ack["missed"].clone(),
+            ack["headSeq"].clone()
+        ),
+        (json!(false), json!(7), json!(8))
+    );
+    assert!(
+        a.quiet_for(Duration::from_millis(300)).await,
+        "nothing replayed"
+    );
+    let ack = Client::connect(&cl.gw2.url, &token(&alice))
+        .await
+        .join(&c, Some(3))
+        .await;
+    assert_eq!(
+        (ack["recovered"].clone(), ack["missed"].clone()),
+        (json!(true), json!(5)),
+        "exactly the window is fine"
+    );
+    cl.post(&alice, &c, "live").await;
+    assert_eq!(a.seqs_until(9).await, vec![9]);
+}
+
+#[tokio::test]
+async fn mentions_and_notifications_arrive_live() {
+    let cl = Cluster::start().await;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let c = cl.community(&alice, &[&bob]).await;
+    let mut b1 = Client::connect(&cl.gw1.url, &token(&bob)).await;
+    let mut b2 = Client::connect(&cl.gw2.url, &token(&bob)).await;
+    let mut b3 = Client::connect(&cl.gw2.url, &token(&bob)).await;
+    let ack = b1.ok("subscribe-notifications", json!({})).await;
+    assert_eq!(ack, json!({"unreadCount": 0}));
+    b2.ok("subscribe-notifications", json!({})).await;
+    let mut a = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    a.ok(
+        "send-message",
+        json!({"communityId": c, "content": "hi @bob", "mentions": [bob]}),
+    )
+    .await;
+    for b in [&mut b1, &mut b2] {
+        let n = b.event_of("notification").await;
+        assert_eq!(n["data"]["notification"]["type"], "mention");
+        assert_eq!(n["data"]["notification"]["userId"], bob.as_str());
+    }
+    assert!(
+        b3.quiet_for(Duration::from_millis(300)).await,
+        "not subscribed to notifications"
+    );
+    let (s, _) = cl
+        .call(
+            Method::POST,
+            "/api/notifications-broadcast",
+            &official(&uid("mod")),
+            Some(json!({"userId": bob, "type": "system", "title": "t", "message": "m"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(
+        b2.event_of("notification").await["data"]["notification"]["type"],
+        "system"
+    );
+    assert_eq!(
+        b1.ok("subscribe-notifications", json!({})).await,
+        json!({"unreadCount": 2})
+    );
+}
+
+#[tokio::test]
+async fn typing_reaches_others_but_never_the_typer() {
+    let cl = Cluster::start().await;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let c = cl.community(&alice, &[&bob]).await;
+    let mut a1 = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    let mut a2 = Client::connect(&cl.gw2.url, &token(&alice)).await;
+    let mut b = Client::connect(&cl.gw2.url, &token(&bob)).await;
+    for x in [&mut a1, &mut a2, &mut b] {
+        x.join(&c, None).await;
+    }
+    assert_eq!(
+        a2.event_of("user-joined").await["data"]["userId"],
+        bob.as_str()
+    );
+    a1.ok("typing", json!({"communityId": c, "isTyping": true}))
+        .await;
+    let t = b.event_of("user-typing").await;
+    assert_eq!(
+        t["data"],
+        json!({"communityId": c, "userId": alice, "name": format!("{alice} name"), "isTyping": true})
+    );
+    assert!(
+        a2.quiet_for(Duration::from_millis(300)).await,
+        "the typer's other tab hears nothing"
+    );
+    let err = Client::connect(&cl.gw1.url, &token(&bob))
+        .await
+        .request("typing", json!({"communityId": c, "isTyping": true}))
+        .await;
+    assert_eq!(err["error"]["code"], "forbidden", "typing needs a join");
+}
+
+#[tokio::test]
+async fn removed_members_get_membership_revoked_and_nothing_more() {
+    let cl = Cluster::start().await;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let c = cl.community(&alice, &[&bob]).await;
+    let mut b = Client::connect(&cl.gw2.url, &token(&bob)).await;
+    b.join(&c, None).await;
+    let (s, _) = cl
+        .call(
+            Method::DELETE,
+            &format!("/api/communities/{c}/members/{bob}"),
+            &token(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let r = b.event_of("membership-revoked").await;
+    assert_eq!(r["data"], json!({"communityId": c}));
+    cl.post(&alice, &c, "secret").await;
+    assert!(
+        b.quiet_for(Duration::from_millis(400)).await,
+        "no more events from it"
+    );
+    let err = b.request("join-community", json!({"communityId": c})).await;
+    assert_eq!(err["error"]["code"], "forbidden");
+}
+
+/// Holds the API's outbox publisher (its advisory lock) so the test decides
+/// what reaches Redis and in which order.
+async fn hold_publisher(db: &str) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+    let pool = sqlx::PgPool::connect(db).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(0x6368_6f72_7573_6f62_i64)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn dropped_and_reordered_publications_are_filled_in_order_once() {
+    use fred::prelude::{ClientLike, Config, PubsubInterface};
+    let cl = Cluster::start().await;
+    let alice = uid("alice");
+    let c = cl.community(&alice, &[]).await;
+    let mut a = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    a.join(&c, None).await;
+
+    let mut lock = hold_publisher(&cl.db).await;
+    for i in 1..=4 {
+        cl.post(&alice, &c, &format!("m{i}")).await;
+    }
+    // Only seq 3 reaches Redis (1 and 2 "dropped", 3 before them): the
+    // gateway must hold 3 back, fetch 1 and 2, and deliver 1, 2, 3.
+    let (channel, payload): (String, Vec<u8>) =
+        sqlx::query_as("select channel, payload from outbox where published_at is null order by id offset 2 limit 1")
+            .fetch_one(&mut *lock)
+            .await
+            .unwrap();
+    let redis = fred::prelude::Client::new(
+        Config::from_url(&env_url("REDIS_URL")).unwrap(),
+        None,
+        None,
+        None,
+    );
+    redis.init().await.unwrap();
+    let _: () = redis.publish(channel, payload).await.unwrap();
+    assert_eq!(a.seqs_until(3).await, vec![1, 2, 3], "gap filled in order");
+    // Now the real publisher runs: 1-4 all arrive again; only 4 is new.
+    sqlx::query("select pg_advisory_unlock_all()")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    assert_eq!(a.seqs_until(4).await, vec![4], "repeats dropped");
+    assert!(a.quiet_for(Duration::from_millis(300)).await);
+}

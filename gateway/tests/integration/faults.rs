@@ -1,0 +1,395 @@
+//! Faults: slow consumers, Redis restarts, killed and draining gateways.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_others_keep_receiving() {
+    let mut opts = GwOpts::new(&env_url("REDIS_URL"));
+    opts.outbound_queue = 8;
+    let cl = Cluster::start_with(opts).await;
+    let (alice, slow) = (uid("alice"), uid("slow"));
+    let c = cl.community(&alice, &[&slow]).await;
+    let mut fast = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    fast.join(&c, None).await;
+
+    // The slow client: a tiny receive buffer, and it never reads.
+    let addr = cl
+        .gw1
+        .url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .to_owned();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(addr.parse().unwrap()).await.unwrap();
+    let mut req = cl.gw1.url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(&slow)).parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    {
+        use futures_util::SinkExt;
+        let join = json!({"type": "join-community", "ref": 1, "data": {"communityId": c}});
+        ws.send(tokio_tungstenite::tungstenite::Message::Text(
+            join.to_string().into(),
+        ))
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let big = "x".repeat(3900);
+    let total = 800;
+    let poster = {
+        let (http, url, t, c) = (
+            cl.http.clone(),
+            cl.api.url.clone(),
+            token(&alice),
+            c.clone(),
+        );
+        tokio::spawn(async move {
+            for _ in 0..total {
+                let r = http
+                    .post(format!("{url}/api/messages-realtime"))
+                    .bearer_auth(&t)
+                    .json(&json!({"communityId": c, "content": big}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+            }
+        })
+    };
+    let seqs = fast.seqs_until(total).await;
+    assert_eq!(
+        seqs,
+        (1..=total).collect::<Vec<i64>>(),
+        "the reading client got everything"
+    );
+    poster.await.unwrap();
+
+    let metrics = reqwest::get(format!("{}/metrics", cl.gw1.admin_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("chorus_gateway_slow_consumer_closes_total") && !l.ends_with(" 0")
+        ),
+        "a slow-consumer close was recorded"
+    );
+    // The slow client's connection is gone: it reads what was buffered,
+    // then a 4009 close frame or the dropped connection.
+    let ended = tokio::time::timeout(WAIT, async {
+        use futures_util::StreamExt;
+        loop {
+            match ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
+                    return f.map(|f| u16::from(f.code));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the slow connection ended");
+    assert!(
+        ended.is_none() || ended == Some(4009),
+        "closed with {ended:?}"
+    );
+}
+
+/// A `redis-server` owned by the test.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> OwnRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        OwnRedis {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn wait_up(&self) {
+        let port = self.port;
+        wait_until(|| async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn redis_restart_mid_stream_loses_nothing() {
+    let port = free_port();
+    let mut redis = OwnRedis::start(port);
+    redis.wait_up().await;
+    let cl = Cluster::start_with(GwOpts::new(&redis.url())).await;
+    let alice = uid("alice");
+    let c = cl.community(&alice, &[]).await;
+    let mut a = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    let mut b = Client::connect(&cl.gw2.url, &token(&alice)).await;
+    a.join(&c, None).await;
+    b.join(&c, None).await;
+    for i in 1..=5 {
+        cl.post(&alice, &c, &format!("before {i}")).await;
+    }
+    assert_eq!(a.seqs_until(5).await, (1..=5).collect::<Vec<_>>());
+    assert_eq!(b.seqs_until(5).await, (1..=5).collect::<Vec<_>>());
+
+    redis.kill();
+    wait_until(|| async { !cl.gw1.ready().await }).await;
+    for i in 6..=20 {
+        cl.post(&alice, &c, &format!("during {i}")).await;
+    }
+    let redis = OwnRedis::start(port);
+    redis.wait_up().await;
+    wait_until(|| async { cl.gw1.ready().await && cl.gw2.ready().await }).await;
+    for i in 21..=25 {
+        cl.post(&alice, &c, &format!("after {i}")).await;
+    }
+    let want: Vec<i64> = (6..=25).collect();
+    assert_eq!(a.seqs_until(25).await, want, "gateway 1 lost nothing");
+    assert_eq!(b.seqs_until(25).await, want, "gateway 2 lost nothing");
+}
+
+/// A gateway as a real process, so it can be killed like one.
+struct GatewayProcess {
+    child: Child,
+    url: String,
+    admin: String,
+}
+
+impl GatewayProcess {
+    async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not exported:\n{text}"))
+    }
+
+    async fn start(api: &Service, redis_url: &str) -> GatewayProcess {
+        let (port, admin) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_chorus-gateway"))
+            .env("CHORUS_GATEWAY_ADDR", format!("127.0.0.1:{port}"))
+            .env("CHORUS_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+            .env("CHORUS_API_URL", &api.url)
+            .env("CHORUS_INTERNAL_TOKEN", INTERNAL_TOKEN)
+            .env("CHORUS_JWT_SECRET", SECRET)
+            .env("REDIS_URL", redis_url)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("gateway binary");
+        let ready = format!("http://127.0.0.1:{admin}/readyz");
+        wait_until(|| {
+            let ready = ready.clone();
+            async move { reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+        GatewayProcess {
+            child,
+            url: format!("ws://127.0.0.1:{port}/ws"),
+            admin: format!("http://127.0.0.1:{admin}"),
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_killed_gateways_clients_resume_elsewhere_and_its_presence_expires() {
+    let cl = Cluster::start().await;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let c = cl.community(&alice, &[&bob]).await;
+    let mut doomed_gw = GatewayProcess::start(&cl.api, &env_url("REDIS_URL")).await;
+    let mut watcher = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    watcher.join(&c, None).await;
+    let mut b = Client::connect(&doomed_gw.url, &token(&bob)).await;
+    b.join(&c, None).await;
+    watcher.event_of("user-joined").await;
+    for i in 1..=3 {
+        cl.post(&alice, &c, &format!("m{i}")).await;
+    }
+    let seen = b.seqs_until(3).await;
+    let last_seen = *seen.last().unwrap();
+
+    doomed_gw.child.kill().unwrap();
+    doomed_gw.child.wait().unwrap();
+    b.closed().await;
+    for i in 4..=8 {
+        cl.post(&alice, &c, &format!("while reconnecting {i}"))
+            .await;
+    }
+    let mut b = Client::connect(&cl.gw2.url, &token(&bob)).await;
+    let r = b
+        .send(
+            "join-community",
+            json!({"communityId": c, "lastSeq": last_seen}),
+        )
+        .await;
+    let mut got = Vec::new();
+    let ack = loop {
+        let f = b.frame().await;
+        if f["type"] == "ack" && f["ref"] == r {
+            break f["data"].clone();
+        }
+        if f["type"] == "new-message" {
+            got.push(f["data"]["message"]["seq"].as_i64().unwrap());
+        }
+    };
+    assert_eq!(
+        got,
+        (4..=8).collect::<Vec<_>>(),
+        "nothing lost, nothing repeated"
+    );
+    assert_eq!(
+        (ack["recovered"].clone(), ack["missed"].clone()),
+        (json!(true), json!(5))
+    );
+    cl.post(&alice, &c, "live").await;
+    assert_eq!(b.seqs_until(9).await, vec![9]);
+    // Bob is back through gw2, so no user-left: presence stays right.
+    // A user only on the dead gateway expires within 30 s.
+    let carol = uid("carol");
+    let (s, _) = cl
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/communities/{c}/join"),
+            &token(&carol),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let doomed_gw = GatewayProcess::start(&cl.api, &env_url("REDIS_URL")).await;
+    let mut carol_ws = Client::connect(&doomed_gw.url, &token(&carol)).await;
+    carol_ws.join(&c, None).await;
+    let j = watcher.event_of("user-joined").await;
+    assert_eq!(j["data"]["userId"], carol.as_str());
+    drop(doomed_gw);
+    // Within 30 s of the gateway's death, plus slack for a loaded machine.
+    watcher.wait = Duration::from_secs(45);
+    let left = watcher.event_of("user-left").await;
+    assert_eq!(left["data"]["userId"], carol.as_str());
+}
+
+#[tokio::test]
+async fn draining_sends_reconnect_then_1012() {
+    let cl = Cluster::start().await;
+    let alice = uid("alice");
+    let mut a = Client::connect(&cl.gw2.url, &token(&alice)).await;
+    let mut b = Client::connect(&cl.gw2.url, &token(&alice)).await;
+    let admin = cl.gw2.admin_url.clone();
+    let stopping = tokio::spawn(cl.gw2.stop());
+    for c in [&mut a, &mut b] {
+        let r = c.event_of("reconnect").await;
+        assert_eq!(r["data"]["reason"], "draining");
+        assert!(r["data"]["afterMs"].as_u64().is_some());
+        let f = c.closed().await.expect("close frame");
+        assert_eq!(u16::from(f.code), 1012);
+    }
+    stopping.await.unwrap();
+    assert!(
+        reqwest::get(format!("{admin}/readyz")).await.is_err(),
+        "admin closed after exit"
+    );
+}
+
+#[tokio::test]
+async fn a_reconnect_storm_costs_the_api_one_backfill_per_community() {
+    let cl = Cluster::start().await;
+    let alice = uid("alice");
+    let c = cl.community(&alice, &[]).await;
+    for i in 1..=60 {
+        cl.post(&alice, &c, &format!("m{i}")).await;
+    }
+    let gw = GatewayProcess::start(&cl.api, &env_url("REDIS_URL")).await;
+    let mut joins = Vec::new();
+    for i in 0..30i64 {
+        let (url, t, c) = (gw.url.clone(), token(&alice), c.clone());
+        joins.push(tokio::spawn(async move {
+            let mut client = Client::connect(&url, &t).await;
+            let last = 20 + i;
+            let ack = client.join(&c, Some(last)).await;
+            assert_eq!(
+                (ack["recovered"].clone(), ack["missed"].clone()),
+                (json!(true), json!(60 - last))
+            );
+            client
+        }));
+    }
+    for j in joins {
+        j.await.unwrap();
+    }
+    let requests = gw.metric("chorus_gateway_backfill_requests_total").await;
+    assert!(
+        (1.0..=4.0).contains(&requests),
+        "30 rejoins cost {requests} backfill requests"
+    );
+}

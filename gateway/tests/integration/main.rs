@@ -1,0 +1,13 @@
+//! End-to-end tests of the gateways: a real API, two (or more) real
+//! gateways, real Postgres and Redis (from `scripts/test`), and real
+//! WebSocket clients.
+
+// Tests may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+mod connection;
+mod delivery;
+mod faults;
+mod presence;

@@ -1,0 +1,161 @@
+//! Presence across gateways and tabs, and the gateway registry.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn two_tabs_on_two_gateways_are_one_presence() {
+    let cl = Cluster::start().await;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let c = cl.community(&alice, &[&bob]).await;
+    let mut watcher = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    let ack = watcher.join(&c, None).await;
+    assert_eq!(ack["online"], json!([alice]));
+
+    let mut tab1 = Client::connect(&cl.gw1.url, &token(&bob)).await;
+    let ack = tab1.join(&c, None).await;
+    let mut online: Vec<String> = serde_json::from_value(ack["online"].clone()).unwrap();
+    online.sort();
+    let mut both = vec![alice.clone(), bob.clone()];
+    both.sort();
+    assert_eq!(online, both, "the ack includes the joiner");
+    let j = watcher.event_of("user-joined").await;
+    assert_eq!(
+        j["data"],
+        json!({"communityId": c, "userId": bob, "name": format!("{bob} name")})
+    );
+
+    let mut tab2 = Client::connect(&cl.gw2.url, &token(&bob)).await;
+    tab2.join(&c, None).await;
+    assert!(
+        watcher.quiet_for(Duration::from_millis(400)).await,
+        "a second tab is not a new presence"
+    );
+    let (s, p) = cl
+        .call(
+            Method::GET,
+            &format!("/api/communities/{c}/presence"),
+            &token(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(p["online"], json!(both), "HTTP presence agrees");
+
+    tab1.close().await;
+    assert!(
+        watcher.quiet_for(Duration::from_millis(400)).await,
+        "still online in the other tab"
+    );
+    tab2.ok("leave-community", json!({"communityId": c})).await;
+    let l = watcher.event_of("user-left").await;
+    assert_eq!(l["data"], json!({"communityId": c, "userId": bob}));
+    let (_, p) = cl
+        .call(
+            Method::GET,
+            &format!("/api/communities/{c}/presence"),
+            &token(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(p["online"], json!([alice]));
+    let (s, _) = cl
+        .call(
+            Method::GET,
+            &format!("/api/communities/{c}/presence"),
+            &token(&uid("out")),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403);
+}
+
+#[tokio::test]
+async fn socket_status_lists_reporting_gateways() {
+    let cl = Cluster::start().await;
+    let alice = uid("alice");
+    let _a = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    let id1 = _a.ready["data"]["gatewayId"].as_str().unwrap().to_owned();
+    let b = Client::connect(&cl.gw2.url, &token(&alice)).await;
+    let id2 = b.ready["data"]["gatewayId"].as_str().unwrap().to_owned();
+    wait_until(|| async {
+        let (s, st) = cl
+            .call(Method::GET, "/api/socket-status", &token(&alice), None)
+            .await;
+        let gws = st["gateways"].as_array().cloned().unwrap_or_default();
+        let find = |id: &str| {
+            gws.iter()
+                .find(|g| g["id"] == id)
+                .map(|g| g["connections"].as_u64().unwrap_or(0))
+        };
+        s == 200 && st["status"] == "ok" && find(&id1) == Some(1) && find(&id2) == Some(1)
+    })
+    .await;
+    let (s, _) = cl
+        .call(Method::GET, "/api/socket-status", "bad-token", None)
+        .await;
+    assert_eq!(s, 401);
+    // A gateway that shuts down withdraws itself.
+    b.close().await;
+    let Cluster { api, gw2, http, .. } = cl;
+    gw2.stop().await;
+    wait_until(|| async {
+        let st: serde_json::Value = http
+            .get(format!("{}/api/socket-status", api.url))
+            .bearer_auth(token(&alice))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        !st["gateways"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["id"] == id2.as_str())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn large_rooms_stop_broadcasting_joins_and_leaves() {
+    let mut opts = GwOpts::new(&env_url("REDIS_URL"));
+    opts.presence_limit = 2;
+    let cl = Cluster::start_with(opts).await;
+    let (alice, bob, carol) = (uid("alice"), uid("bob"), uid("carol"));
+    let c = cl.community(&alice, &[&bob, &carol]).await;
+    let mut a = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    a.join(&c, None).await;
+    let mut b = Client::connect(&cl.gw2.url, &token(&bob)).await;
+    b.join(&c, None).await;
+    assert_eq!(
+        a.event_of("user-joined").await["data"]["userId"],
+        bob.as_str(),
+        "2 online: at the limit, still announced"
+    );
+    let mut cc = Client::connect(&cl.gw2.url, &token(&carol)).await;
+    let ack = cc.join(&c, None).await;
+    assert_eq!(
+        ack["online"].as_array().unwrap().len(),
+        3,
+        "presence itself keeps working"
+    );
+    assert!(
+        a.quiet_for(Duration::from_millis(400)).await,
+        "3 online: over the limit, not announced"
+    );
+    let (_, p) = cl
+        .call(
+            Method::GET,
+            &format!("/api/communities/{c}/presence"),
+            &token(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(p["online"].as_array().unwrap().len(), 3);
+}
