@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
             let listeners = chorus_api::Listeners::bind(&args)
                 .await
                 .context("binding listeners")?;
-            chorus_api::run(*args, listeners, shutdown_signal()).await?;
+            chorus_api::run(*args, listeners, chorus_shared::signal::shutdown()).await?;
         }
         Command::Migrate(db) => {
             chorus_shared::telemetry::init_logging(chorus_shared::config::LogFormat::Text);
@@ -36,26 +36,4 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
 }

@@ -305,14 +305,25 @@ impl Hub {
         }
     }
 
-    async fn subscribe(&self, channel: String) -> Result<(), GatewayError> {
+    /// Queues a subscribe (callers that race with an unsubscribe of the
+    /// same channel call this under the lock that decided it); await the
+    /// returned receiver for the outcome.
+    fn request_subscribe(&self, channel: String) -> oneshot::Receiver<Result<(), GatewayError>> {
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .subs
-            .send(SubOp::Subscribe(channel, tx))
-            .map_err(|_| GatewayError::Backplane("subscription task stopped".into()))?;
+        // If the task is gone, the dropped sender reports it below.
+        let _ = self.inner.subs.send(SubOp::Subscribe(channel, tx));
+        rx
+    }
+
+    async fn subscribed(
+        rx: oneshot::Receiver<Result<(), GatewayError>>,
+    ) -> Result<(), GatewayError> {
         rx.await
             .map_err(|_| GatewayError::Backplane("subscription task stopped".into()))?
+    }
+
+    async fn subscribe(&self, channel: String) -> Result<(), GatewayError> {
+        Self::subscribed(self.request_subscribe(channel)).await
     }
 
     fn unsubscribe(&self, channel: String) {
@@ -328,7 +339,7 @@ impl Hub {
         lock(&self.inner.conns).insert(conn.id, conn.clone());
         let n = self.inner.conn_count.fetch_add(1, Ordering::SeqCst) + 1;
         metrics::gauge!("chorus_gateway_connections").set(n as f64);
-        let first = {
+        let subscribed = {
             let mut users = lock(&self.inner.users);
             let e = users
                 .entry(conn.user_id.clone())
@@ -338,12 +349,12 @@ impl Hub {
                     recent: std::collections::VecDeque::new(),
                 });
             e.conns.insert(conn.id, conn.clone());
-            e.conns.len() == 1
+            (e.conns.len() == 1).then(|| self.request_subscribe(user_channel(&conn.user_id)))
         };
-        if first {
-            self.subscribe(user_channel(&conn.user_id)).await?;
+        match subscribed {
+            Some(rx) => Self::subscribed(rx).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Forgets a closed connection: leaves its rooms, then its user channel.
@@ -351,24 +362,18 @@ impl Hub {
         for c in communities {
             self.leave(*c, conn).await;
         }
-        let last = {
+        {
             let mut users = lock(&self.inner.users);
-            match users.get_mut(&conn.user_id) {
-                Some(e) => {
-                    e.conns.remove(&conn.id);
-                    e.notify.remove(&conn.id);
-                    if e.conns.is_empty() {
-                        users.remove(&conn.user_id);
-                        true
-                    } else {
-                        false
-                    }
+            if let Some(e) = users.get_mut(&conn.user_id) {
+                e.conns.remove(&conn.id);
+                e.notify.remove(&conn.id);
+                if e.conns.is_empty() {
+                    users.remove(&conn.user_id);
+                    // Queued under the lock: a later first connection's
+                    // subscribe is ordered after it.
+                    self.unsubscribe(user_channel(&conn.user_id));
                 }
-                None => false,
             }
-        };
-        if last {
-            self.unsubscribe(user_channel(&conn.user_id));
         }
         lock(&self.inner.conns).remove(&conn.id);
         let n = self.inner.conn_count.fetch_sub(1, Ordering::SeqCst) - 1;

@@ -11,25 +11,6 @@ async fn main() -> anyhow::Result<()> {
     let listeners = chorus_gateway::Listeners::bind(&args)
         .await
         .context("binding listeners")?;
-    chorus_gateway::run(args, listeners, shutdown_signal()).await?;
+    chorus_gateway::run(args, listeners, chorus_shared::signal::shutdown()).await?;
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
 }

@@ -15,5 +15,6 @@ pub mod ids;
 pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
+pub mod signal;
 pub mod telemetry;
 pub mod time_format;

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 
-pub use postgres::PgStore;
+pub use postgres::{OUTBOX_LOCK_KEY, PgStore};
 
 /// A message to create.
 #[derive(Debug)]
@@ -55,6 +55,20 @@ pub enum HistoryCursor {
 pub struct Page<T> {
     pub items: Vec<T>,
     pub more: bool,
+}
+
+impl<T> Page<T> {
+    /// A page from `limit + 1` fetched rows: the extra row only tells
+    /// that there is more.
+    pub fn from_overfetch<R: Into<T>>(mut rows: Vec<R>, limit: i64) -> Self {
+        let limit = usize::try_from(limit).unwrap_or(0);
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        Page {
+            items: rows.into_iter().map(Into::into).collect(),
+            more,
+        }
+    }
 }
 
 /// What the store knows about an `Idempotency-Key` when a request begins.

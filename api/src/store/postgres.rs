@@ -34,7 +34,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Advisory lock key held by the one outbox publisher running at a time
 /// across replicas ("chorus-outbox" in ASCII, truncated).
-const OUTBOX_LOCK_KEY: i64 = 0x6368_6f72_7573_6f62;
+pub const OUTBOX_LOCK_KEY: i64 = 0x6368_6f72_7573_6f62;
 
 /// How long an in-flight idempotency record blocks retries before it is
 /// considered abandoned (its request's process died): longer than any
@@ -581,18 +581,13 @@ impl Store for PgStore {
                 after,
             ),
         };
-        let mut rows: Vec<MessageRow> = sqlx::query_as(&sql)
+        let rows: Vec<MessageRow> = sqlx::query_as(&sql)
             .bind(community_id)
             .bind(bound)
             .bind(limit + 1)
             .fetch_all(&self.pool)
             .await?;
-        let more = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        Ok(Page {
-            items: rows.into_iter().map(Into::into).collect(),
-            more,
-        })
+        Ok(Page::from_overfetch(rows, limit))
     }
 
     async fn delete_message(&self, id: Uuid, by: &AuthUser) -> Result<MessageDeleted, ApiError> {
@@ -743,7 +738,7 @@ impl Store for PgStore {
                 return Err(ApiError::NotFound("notification cursor"));
             }
         }
-        let mut rows: Vec<NotificationRow> = sqlx::query_as(&format!(
+        let rows: Vec<NotificationRow> = sqlx::query_as(&format!(
             "select {NOTIFICATION_COLUMNS} from notifications \
              where user_id = $1 and ($2::uuid is null or id < $2) and (not $3 or not read) \
              order by id desc limit $4"
@@ -754,12 +749,7 @@ impl Store for PgStore {
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;
-        let more = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        Ok(Page {
-            items: rows.into_iter().map(Into::into).collect(),
-            more,
-        })
+        Ok(Page::from_overfetch(rows, limit))
     }
 
     async fn unread_count(&self, user_id: &str) -> Result<i64, ApiError> {

@@ -8,45 +8,19 @@ use std::time::Duration;
 
 use chorus_api::config::{DbArgs, ServeArgs};
 use chorus_api::error::ApiError;
-use chorus_shared::auth::{JwtArgs, Role, claims_for, mint_hs256};
+use chorus_shared::auth::JwtArgs;
 use chorus_shared::config::{LogArgs, LogFormat};
 use chorus_shared::envelope::Envelope;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use serde_json::Value as Json;
-use sqlx::Connection;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const SECRET: &str = "integration-test-secret";
-pub const INTERNAL_TOKEN: &str = "integration-internal-token";
-
-/// Generous bound for anything asynchronous a test waits for; never a
-/// performance assertion.
-pub const WAIT: Duration = Duration::from_secs(15);
-
-pub fn env_url(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with scripts/test"))
-}
-
-/// Creates an empty database and returns its URL.
-pub async fn fresh_database() -> String {
-    let admin = env_url("DATABASE_URL");
-    let name = format!("chorus_t_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("connect to DATABASE_URL");
-    sqlx::query(&format!("create database {name}"))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
-    let (base, _) = admin
-        .rsplit_once('/')
-        .expect("DATABASE_URL has a database name");
-    format!("{base}/{name}")
-}
+pub use chorus_testkit::{
+    INTERNAL_TOKEN, SECRET, WAIT, env_url, fresh_database, official, token, uid,
+};
 
 /// Options for a test API.
 #[derive(Debug, Clone)]
@@ -270,28 +244,6 @@ pub async fn into_resp(r: reqwest::Response) -> Resp {
 
 fn base(addr: SocketAddr) -> String {
     format!("http://{addr}")
-}
-
-/// A user token for `sub`.
-pub fn token(sub: &str) -> String {
-    mint_hs256(
-        SECRET,
-        &claims_for(sub, Some(&format!("{sub} name")), Role::Member, 3600),
-    )
-    .unwrap()
-}
-
-/// An official's token.
-pub fn official(sub: &str) -> String {
-    mint_hs256(SECRET, &claims_for(sub, None, Role::Official, 3600)).unwrap()
-}
-
-/// A unique user id for this test run.
-pub fn uid(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    )
 }
 
 /// A Redis subscriber on `channels`, resubscribing after reconnects.

@@ -1,11 +1,12 @@
 //! Publishing through the outbox: every committed event reaches Redis, in
 //! seq order, decodable, also across a Redis outage and an API restart.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use chorus_api::store::OUTBOX_LOCK_KEY;
 use chorus_shared::envelope::{community_channel, user_channel};
 use chorus_shared::protocol::ServerEvent;
+use chorus_testkit::{AdvisoryLock, OwnRedis, free_port};
 use serde_json::json;
 
 use crate::common::*;
@@ -104,99 +105,10 @@ async fn every_event_is_published_once_and_decodes() {
     );
 }
 
-/// A `redis-server` owned by the test, on its own port.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> OwnRedis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        OwnRedis {
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn wait_up(&self) {
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("redis did not start");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Holds the outbox publisher's advisory lock, pausing every publisher of
-/// this database until released, so a test can subscribe before the
-/// backlog goes out.
-async fn hold_publisher(db: &str) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
-    let pool = sqlx::PgPool::connect(db).await.unwrap();
-    let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("select pg_advisory_lock($1)")
-        .bind(0x6368_6f72_7573_6f62_i64)
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    conn
-}
-
-async fn release_publisher(mut conn: sqlx::pool::PoolConnection<sqlx::Postgres>) {
-    sqlx::query("select pg_advisory_unlock_all()")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn redis_outage_and_api_restart_lose_nothing() {
     let port = free_port();
-    let mut redis = OwnRedis::start(port);
-    redis.wait_up().await;
+    let mut redis = OwnRedis::start(port).await;
     let opts = Opts {
         redis_url: redis.url(),
         ..Opts::default()
@@ -221,11 +133,10 @@ async fn redis_outage_and_api_restart_lose_nothing() {
         api.send(&alice, &c, &format!("during {i}")).await;
     }
     // Redis returns; the same API publishes the backlog in seq order.
-    let lock = hold_publisher(&api.database_url).await;
-    let mut redis = OwnRedis::start(port);
-    redis.wait_up().await;
+    let lock = AdvisoryLock::take(&api.database_url, OUTBOX_LOCK_KEY).await;
+    let mut redis = OwnRedis::start(port).await;
     let mut sub = Sub::new(&redis.url(), std::slice::from_ref(&channel)).await;
-    release_publisher(lock).await;
+    lock.release().await;
     expect_seqs(&mut sub, 4, 10).await;
 
     // Redis dies again and the API restarts while it is down: the new
@@ -239,16 +150,15 @@ async fn redis_outage_and_api_restart_lose_nothing() {
     api.stop()
         .await
         .expect("clean shutdown even with Redis away");
-    let lock = hold_publisher(&db).await;
-    let redis = OwnRedis::start(port);
-    redis.wait_up().await;
+    let lock = AdvisoryLock::take(&db, OUTBOX_LOCK_KEY).await;
+    let redis = OwnRedis::start(port).await;
     let api = Api::start_with(Opts {
         database_url: Some(db.clone()),
         ..opts
     })
     .await;
     let mut sub = Sub::new(&redis.url(), std::slice::from_ref(&channel)).await;
-    release_publisher(lock).await;
+    lock.release().await;
     expect_seqs(&mut sub, 11, 15).await;
     api.send(&alice, &c, "after").await;
     expect_seqs(&mut sub, 16, 16).await;

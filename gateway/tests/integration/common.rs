@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use chorus_api::config::{DbArgs, ServeArgs};
 use chorus_gateway::config::GatewayArgs;
-use chorus_shared::auth::{JwtArgs, Role, claims_for, mint_hs256};
+use chorus_shared::auth::JwtArgs;
 use chorus_shared::config::{LogArgs, LogFormat};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use sqlx::Connection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -22,46 +21,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SECRET: &str = "gateway-test-secret";
-pub const INTERNAL_TOKEN: &str = "gateway-test-internal";
-/// Bound for anything a test waits for; never a performance assertion.
-pub const WAIT: Duration = Duration::from_secs(20);
-
-pub fn env_url(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with scripts/test"))
-}
-
-pub async fn fresh_database() -> String {
-    let admin = env_url("DATABASE_URL");
-    let name = format!("chorus_g_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(&format!("create database {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
-}
-
-pub fn token(sub: &str) -> String {
-    mint_hs256(
-        SECRET,
-        &claims_for(sub, Some(&format!("{sub} name")), Role::Member, 3600),
-    )
-    .unwrap()
-}
-
-pub fn official(sub: &str) -> String {
-    mint_hs256(SECRET, &claims_for(sub, None, Role::Official, 3600)).unwrap()
-}
-
-pub fn uid(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    )
-}
+pub use chorus_testkit::{
+    INTERNAL_TOKEN, SECRET, WAIT, env_url, fresh_database, official, token, uid, wait_until,
+};
 
 /// A running service started in-process, stopped through its shutdown future.
 pub struct Service {
@@ -225,22 +187,6 @@ pub async fn start_gateway(api: &Service, opts: GwOpts) -> Service {
     };
     wait_until(|| s.ready()).await;
     s
-}
-
-/// Polls `f` until true, up to [`WAIT`].
-pub async fn wait_until<F, Fut>(mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("condition not met within {WAIT:?}");
 }
 
 /// An API, two gateways and a fresh database on the shared Redis.

@@ -256,19 +256,6 @@ async fn removed_members_get_membership_revoked_and_nothing_more() {
     assert_eq!(err["error"]["code"], "forbidden");
 }
 
-/// Holds the API's outbox publisher (its advisory lock) so the test decides
-/// what reaches Redis and in which order.
-async fn hold_publisher(db: &str) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
-    let pool = sqlx::PgPool::connect(db).await.unwrap();
-    let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("select pg_advisory_lock($1)")
-        .bind(0x6368_6f72_7573_6f62_i64)
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    conn
-}
-
 #[tokio::test]
 async fn dropped_and_reordered_publications_are_filled_in_order_once() {
     use fred::prelude::{ClientLike, Config, PubsubInterface};
@@ -278,7 +265,8 @@ async fn dropped_and_reordered_publications_are_filled_in_order_once() {
     let mut a = Client::connect(&cl.gw1.url, &token(&alice)).await;
     a.join(&c, None).await;
 
-    let mut lock = hold_publisher(&cl.db).await;
+    let mut lock =
+        chorus_testkit::AdvisoryLock::take(&cl.db, chorus_api::store::OUTBOX_LOCK_KEY).await;
     for i in 1..=4 {
         cl.post(&alice, &c, &format!("m{i}")).await;
     }
@@ -286,7 +274,7 @@ async fn dropped_and_reordered_publications_are_filled_in_order_once() {
     // gateway must hold 3 back, fetch 1 and 2, and deliver 1, 2, 3.
     let (channel, payload): (String, Vec<u8>) =
         sqlx::query_as("select channel, payload from outbox where published_at is null order by id offset 2 limit 1")
-            .fetch_one(&mut *lock)
+            .fetch_one(lock.conn())
             .await
             .unwrap();
     let redis = fred::prelude::Client::new(
@@ -299,10 +287,7 @@ async fn dropped_and_reordered_publications_are_filled_in_order_once() {
     let _: () = redis.publish(channel, payload).await.unwrap();
     assert_eq!(a.seqs_until(3).await, vec![1, 2, 3], "gap filled in order");
     // Now the real publisher runs: 1-4 all arrive again; only 4 is new.
-    sqlx::query("select pg_advisory_unlock_all()")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    lock.release().await;
     assert_eq!(a.seqs_until(4).await, vec![4], "repeats dropped");
     assert!(a.quiet_for(Duration::from_millis(300)).await);
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use chorus_testkit::{OwnRedis, free_port};
+
 use crate::common::*;
 
 #[tokio::test]
@@ -109,75 +111,10 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_keep_receiving() {
     );
 }
 
-/// A `redis-server` owned by the test.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> OwnRedis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        OwnRedis {
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn wait_up(&self) {
-        let port = self.port;
-        wait_until(|| async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn redis_restart_mid_stream_loses_nothing() {
     let port = free_port();
-    let mut redis = OwnRedis::start(port);
-    redis.wait_up().await;
+    let mut redis = OwnRedis::start(port).await;
     let cl = Cluster::start_with(GwOpts::new(&redis.url())).await;
     let alice = uid("alice");
     let c = cl.community(&alice, &[]).await;
@@ -196,8 +133,7 @@ async fn redis_restart_mid_stream_loses_nothing() {
     for i in 6..=20 {
         cl.post(&alice, &c, &format!("during {i}")).await;
     }
-    let redis = OwnRedis::start(port);
-    redis.wait_up().await;
+    let _redis = OwnRedis::start(port).await;
     wait_until(|| async { cl.gw1.ready().await && cl.gw2.ready().await }).await;
     for i in 21..=25 {
         cl.post(&alice, &c, &format!("after {i}")).await;

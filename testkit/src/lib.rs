@@ -1,0 +1,179 @@
+//! Test support for the integration tests of `chorus-api` and
+//! `chorus-gateway` (a dev-dependency only). The servers under test are
+//! real: Postgres and Redis come from `scripts/test` through `DATABASE_URL`
+//! and `REDIS_URL`, and a test that must kill Redis owns its own
+//! `redis-server` process.
+
+// Test support panics on purpose: a panic is a test failure with a reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chorus_shared::auth::{Role, claims_for, mint_hs256};
+use sqlx::Connection;
+
+/// HS256 secret every test server and token uses.
+pub const SECRET: &str = "chorus-test-secret";
+/// Service token of test APIs and gateways.
+pub const INTERNAL_TOKEN: &str = "chorus-test-internal-token";
+/// Bound for anything a test waits for; never a performance assertion.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A URL from the environment `scripts/test` prepares.
+pub fn env_url(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with scripts/test"))
+}
+
+/// Creates an empty database next to `DATABASE_URL`'s and returns its URL.
+pub async fn fresh_database() -> String {
+    let admin = env_url("DATABASE_URL");
+    let name = format!("chorus_t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to DATABASE_URL");
+    sqlx::query(&format!("create database {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("DATABASE_URL names a database");
+    format!("{base}/{name}")
+}
+
+/// A member's token for `sub`, named "`sub` name".
+pub fn token(sub: &str) -> String {
+    mint_hs256(
+        SECRET,
+        &claims_for(sub, Some(&format!("{sub} name")), Role::Member, 3600),
+    )
+    .unwrap()
+}
+
+/// An official's token.
+pub fn official(sub: &str) -> String {
+    mint_hs256(SECRET, &claims_for(sub, None, Role::Official, 3600)).unwrap()
+}
+
+/// A user id unique to this run.
+pub fn uid(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until it is true, up to [`WAIT`].
+pub async fn wait_until<F, Fut>(mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("condition not met within {WAIT:?}");
+}
+
+/// A `redis-server` owned by one test, on its own port, killed on drop.
+#[derive(Debug)]
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    /// Starts a server on `port` and waits until it accepts connections.
+    pub async fn start(port: u16) -> OwnRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let r = OwnRedis {
+            port,
+            child: Some(child),
+        };
+        wait_until(|| async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (like a crash: no shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Postgres session advisory lock, held until [`AdvisoryLock::release`]:
+/// tests take the outbox publisher's lock to decide when events go out.
+#[derive(Debug)]
+pub struct AdvisoryLock {
+    conn: sqlx::PgConnection,
+}
+
+impl AdvisoryLock {
+    pub async fn take(db: &str, key: i64) -> AdvisoryLock {
+        let mut conn = sqlx::PgConnection::connect(db).await.unwrap();
+        sqlx::query("select pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        AdvisoryLock { conn }
+    }
+
+    /// The locked session, for queries that must see the same state.
+    pub fn conn(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.conn
+    }
+
+    pub async fn release(mut self) {
+        sqlx::query("select pg_advisory_unlock_all()")
+            .execute(&mut self.conn)
+            .await
+            .unwrap();
+    }
+}
