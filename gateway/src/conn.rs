@@ -226,11 +226,14 @@ async fn write_loop(
 ) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let expiry = tokio::time::sleep_until(expires_at);
-    tokio::pin!(expiry);
+    // Registered once, not per frame: the close signal is watched by one
+    // long-lived future.
+    let closed = handle.closed();
+    tokio::pin!(expiry, closed);
     let code = loop {
         tokio::select! {
             biased;
-            code = handle.closed() => break code,
+            code = &mut closed => break code,
             () = &mut expiry => {
                 handle.close(close::POLICY);
             }
@@ -239,7 +242,7 @@ async fn write_loop(
                 // A stuck socket must not hold up a close.
                 let wrote = tokio::select! {
                     r = write_batch(&mut sink, &mut rx, frame) => r,
-                    code = handle.closed() => break code,
+                    code = &mut closed => break code,
                 };
                 if !wrote {
                     handle.close(close::NORMAL);
@@ -330,10 +333,13 @@ struct Reader {
 
 impl Reader {
     async fn run(&mut self, mut stream: SplitStream<WebSocket>, idle: Duration) {
+        let handle = self.handle.clone();
+        let closed = handle.closed();
+        tokio::pin!(closed);
         loop {
             let next = tokio::select! {
                 biased;
-                _ = self.handle.closed() => return,
+                _ = &mut closed => return,
                 r = tokio::time::timeout(idle, stream.next()) => r,
             };
             let msg = match next {
@@ -372,10 +378,9 @@ impl Reader {
                 (Message::Ping(_) | Message::Pong(_), _) => continue,
             };
             // A command runs to completion unless the connection closes.
-            let handle = self.handle.clone();
             tokio::select! {
                 biased;
-                _ = handle.closed() => return,
+                _ = &mut closed => return,
                 () = self.frame(&bytes) => {}
             }
         }

@@ -96,14 +96,28 @@ pub async fn start_api(database_url: &str, redis_url: &str) -> Service {
     let (api, admin) = listeners().await;
     let url = format!("http://{}", api.local_addr().unwrap());
     let admin_url = format!("http://{}", admin.local_addr().unwrap());
+    spawn_service(url, admin_url, move |stop| async move {
+        chorus_api::run(args, chorus_api::Listeners { api, admin }, stop)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// Runs a service's `run` future in a task, with a shutdown future that a
+/// [`Service`] resolves, and waits until it reports ready.
+async fn spawn_service<F, Fut>(url: String, admin_url: String, run: F) -> Service
+where
+    F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
     let (tx, rx) = oneshot::channel::<()>();
+    let fut = run(Box::pin(async move {
+        let _ = rx.await;
+    }));
     let task = tokio::spawn(async move {
-        let r = chorus_api::run(args, chorus_api::Listeners { api, admin }, async move {
-            let _ = rx.await;
-        })
-        .await;
-        if let Err(e) = r {
-            panic!("api failed: {e}");
+        if let Err(e) = fut.await {
+            panic!("service failed: {e}");
         }
     });
     let s = Service {
@@ -169,24 +183,12 @@ pub async fn start_gateway(api: &Service, opts: GwOpts) -> Service {
     let (ws, admin) = listeners().await;
     let url = format!("ws://{}/ws", ws.local_addr().unwrap());
     let admin_url = format!("http://{}", admin.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let r = chorus_gateway::run(args, chorus_gateway::Listeners { ws, admin }, async move {
-            let _ = rx.await;
-        })
-        .await;
-        if let Err(e) = r {
-            panic!("gateway failed: {e}");
-        }
-    });
-    let s = Service {
-        url,
-        admin_url,
-        stop: Some(tx),
-        task: Some(task),
-    };
-    wait_until(|| s.ready()).await;
-    s
+    spawn_service(url, admin_url, move |stop| async move {
+        chorus_gateway::run(args, chorus_gateway::Listeners { ws, admin }, stop)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
 }
 
 /// An API, two gateways and a fresh database on the shared Redis.
