@@ -192,7 +192,11 @@ pub async fn run(
 
     tracing::info!(gateway = %id, addr = %listeners.ws.local_addr()?, "chorus-gateway listening");
     let drain_gw = gw.clone();
-    axum::serve(listeners.ws, ws_router(gw.clone()))
+    // Frames are small and latency matters: no Nagle delay.
+    let ws_listener = axum::serve::ListenerExt::tap_io(listeners.ws, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(ws_listener, ws_router(gw.clone()))
         .with_graceful_shutdown(async move {
             shutdown.await;
             drain_gw.inner.draining.store(true, Ordering::SeqCst);
