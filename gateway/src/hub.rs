@@ -41,6 +41,8 @@ type WindowFetch = Arc<OnceCell<Result<Arc<Window>, GatewayError>>>;
 
 /// Most events one gap-filling request asks for.
 const GAP_FETCH_LIMIT: i64 = 1000;
+/// Most events one request may ask the API for (its own cap).
+const MAX_FETCH_LIMIT: i64 = 10_000;
 /// How long a fetched recovery window is reused for other joiners: long
 /// enough to absorb a reconnect storm's arrivals, short enough that memory
 /// is returned quickly.
@@ -83,6 +85,20 @@ pub struct Window {
     pub events: Vec<(i64, Frame)>,
     /// The sequence is complete up to here (absent seqs were deleted).
     pub complete_through: i64,
+    /// The fetch hit its limit: more events exist beyond `complete_through`.
+    pub truncated: bool,
+}
+
+impl Window {
+    /// Whether a replay standing at `after` and aiming for `target` can use
+    /// this window: it starts early enough and either reaches the target or
+    /// at least moves the replay forward (a truncated page in a very busy
+    /// room; the replay then fetches the rest).
+    fn serves(&self, after: i64, target: i64) -> bool {
+        self.from <= after
+            && (self.complete_through >= target
+                || (self.truncated && self.complete_through > after))
+    }
 }
 
 /// One community's local state.
@@ -135,14 +151,17 @@ impl Room {
         while let Some((&seq, _)) = st.pending.first_key_value() {
             if seq <= st.last {
                 st.pending.pop_first();
-                continue;
-            }
-            if seq != st.last + 1 && seq > st.complete_through {
+            } else if seq == st.last + 1 || seq <= st.complete_through {
+                if let Some((seq, frame)) = st.pending.pop_first() {
+                    deliver(st, seq, &frame);
+                    st.last = seq;
+                }
+            } else if st.complete_through > st.last {
+                // Everything up to complete_through that is not pending
+                // does not exist (deleted creations): skip to it.
+                st.last = st.complete_through;
+            } else {
                 break;
-            }
-            if let Some((seq, frame)) = st.pending.pop_first() {
-                deliver(st, seq, &frame);
-                st.last = seq;
             }
         }
         if st.complete_through > st.last {
@@ -563,45 +582,44 @@ impl Hub {
         after: i64,
         target: i64,
     ) -> Result<Arc<Window>, GatewayError> {
-        loop {
-            let cell = {
-                let mut st = lock(&room.state);
-                if let Some((at, w)) = &st.window
-                    && at.elapsed() < WINDOW_CACHE_TTL
-                    && w.from <= after
-                    && w.complete_through >= target
-                {
-                    return Ok(w.clone());
-                }
-                match &st.window_inflight {
-                    Some(cell) => cell.clone(),
-                    None => {
-                        let cell = Arc::new(OnceCell::new());
-                        st.window_inflight = Some(cell.clone());
-                        cell
-                    }
-                }
-            };
-            let from = (target - self.inner.recovery_window).max(0).min(after);
-            let result = cell
-                .get_or_init(|| async {
-                    let limit = (self.inner.recovery_window * 2).clamp(GAP_FETCH_LIMIT, 10_000);
-                    let r = self.fetch(room.id, from, limit).await.map(Arc::new);
-                    let mut st = lock(&room.state);
-                    st.window_inflight = None;
-                    if let Ok(w) = &r {
-                        st.window = Some((Instant::now(), w.clone()));
-                    }
-                    r
-                })
-                .await
-                .clone();
-            let w = result?;
-            if w.from <= after && w.complete_through >= target {
-                return Ok(w);
+        let limit = (self.inner.recovery_window * 2).clamp(GAP_FETCH_LIMIT, MAX_FETCH_LIMIT);
+        let cell = {
+            let mut st = lock(&room.state);
+            if let Some((at, w)) = &st.window
+                && at.elapsed() < WINDOW_CACHE_TTL
+                && w.serves(after, target)
+            {
+                return Ok(w.clone());
             }
-            // Someone else's fetch that doesn't cover us: go again.
+            match &st.window_inflight {
+                Some(cell) => cell.clone(),
+                None => {
+                    let cell = Arc::new(OnceCell::new());
+                    st.window_inflight = Some(cell.clone());
+                    cell
+                }
+            }
+        };
+        let from = (target - self.inner.recovery_window).max(0).min(after);
+        let shared = cell
+            .get_or_init(|| async {
+                let r = self.fetch(room.id, from, limit).await.map(Arc::new);
+                let mut st = lock(&room.state);
+                st.window_inflight = None;
+                if let Ok(w) = &r {
+                    st.window = Some((Instant::now(), w.clone()));
+                }
+                r
+            })
+            .await
+            .clone()?;
+        if shared.serves(after, target) {
+            return Ok(shared);
         }
+        // Someone else's fetch that starts too late for us, or a window too
+        // large for one page: fetch exactly what this replay needs, which
+        // always moves it forward.
+        self.fetch(room.id, after, limit).await.map(Arc::new)
     }
 
     /// Fetches `(after, …]` from the API as shared frames.
@@ -620,6 +638,7 @@ impl Hub {
             from: after,
             events,
             complete_through,
+            truncated: full,
         })
     }
 
@@ -972,5 +991,88 @@ async fn run_subscriptions(backplane: Arc<dyn Backplane>, mut rx: mpsc::Unbounde
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_shared::protocol::MembershipRevoked;
+
+    fn frame() -> Frame {
+        Arc::new(SharedFrame::new(ServerEvent::MembershipRevoked(
+            MembershipRevoked {
+                community_id: Uuid::nil(),
+            },
+        )))
+    }
+
+    fn state(last: i64) -> RoomState {
+        RoomState {
+            last,
+            complete_through: last,
+            pending: BTreeMap::new(),
+            fetching: false,
+            members: HashMap::new(),
+            users: HashMap::new(),
+            window: None,
+            window_inflight: None,
+            retired: false,
+        }
+    }
+
+    #[test]
+    fn in_order_events_advance_and_gaps_wait() {
+        let mut st = state(3);
+        st.pending.insert(4, frame());
+        Room::advance(&mut st);
+        assert_eq!(st.last, 4);
+        st.pending.insert(6, frame());
+        st.pending.insert(7, frame());
+        Room::advance(&mut st);
+        assert_eq!(st.last, 4, "5 is missing: 6 and 7 wait");
+        assert!(Room::has_gap(&st));
+        st.pending.insert(5, frame());
+        Room::advance(&mut st);
+        assert_eq!(st.last, 7);
+        assert!(!Room::has_gap(&st));
+    }
+
+    #[test]
+    fn a_known_complete_range_skips_deleted_creations_and_repeats() {
+        let mut st = state(10);
+        st.pending.insert(9, frame()); // a repeat
+        st.pending.insert(13, frame());
+        st.pending.insert(15, frame());
+        // A backfill said the sequence is complete through 14: 11, 12 and
+        // 14 were creations of since-deleted messages.
+        st.complete_through = 14;
+        Room::advance(&mut st);
+        assert_eq!(st.last, 15, "13 delivered, 14 skipped, then 15 is next");
+        assert!(st.pending.is_empty());
+    }
+
+    #[test]
+    fn windows_serve_replays_that_they_move_forward() {
+        let w = |from, complete_through, truncated| Window {
+            from,
+            events: Vec::new(),
+            complete_through,
+            truncated,
+        };
+        assert!(w(10, 50, false).serves(20, 50));
+        assert!(!w(10, 50, false).serves(5, 50), "starts too late");
+        assert!(
+            !w(10, 40, false).serves(20, 50),
+            "does not reach the target"
+        );
+        assert!(
+            w(10, 40, true).serves(20, 50),
+            "a truncated page still makes progress"
+        );
+        assert!(
+            !w(10, 20, true).serves(20, 50),
+            "but not when it ends where we stand"
+        );
     }
 }
