@@ -57,6 +57,15 @@ chorus_services_start() {
             || { cat "$dir/initdb.log" >&2; return 1; }
     fi
     [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$dir/pg"
+    # A server left running in this directory (an earlier run still
+    # shutting down, or killed) is stopped first, so ports are ours.
+    if chorus_as_pg "$bindir/pg_ctl" -D "$dir/pg" status >/dev/null 2>&1; then
+        chorus_as_pg "$bindir/pg_ctl" -D "$dir/pg" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+    if [ -f "$dir/redis.pid" ] && kill -0 "$(cat "$dir/redis.pid")" 2>/dev/null; then
+        kill "$(cat "$dir/redis.pid")" 2>/dev/null || true
+        sleep 0.5
+    fi
     # Tests create and drop many short-lived databases; durability is not
     # needed for throwaway data, speed is.
     chorus_as_pg "$bindir/pg_ctl" -D "$dir/pg" -l "$dir/pg/postgres.log" -w -t 60 start -o \

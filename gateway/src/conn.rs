@@ -378,10 +378,12 @@ impl Reader {
                 (Message::Ping(_) | Message::Pong(_), _) => continue,
             };
             // A command runs to completion unless the connection closes.
+            // Boxed: a command's future (API calls, a replay) is large, and
+            // an idle connection should not carry its space.
             tokio::select! {
                 biased;
                 _ = &mut closed => return,
-                () = self.frame(&bytes) => {}
+                () = Box::pin(self.frame(&bytes)) => {}
             }
         }
     }
