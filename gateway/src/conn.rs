@@ -122,6 +122,32 @@ impl ConnHandle {
     }
 }
 
+#[cfg(test)]
+impl ConnHandle {
+    /// A handle with its queue's receiver, for unit tests of routing.
+    pub(crate) fn for_test(
+        id: u64,
+        user: &str,
+        queue: usize,
+    ) -> (Arc<ConnHandle>, mpsc::Receiver<Message>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let handle = Arc::new(ConnHandle {
+            id,
+            user_id: Arc::from(user),
+            name: Arc::from(user),
+            encoding: Encoding::Json,
+            tx,
+            close_code: AtomicU32::new(0),
+            closing: Notify::new(),
+        });
+        (handle, rx)
+    }
+
+    pub(crate) fn close_code_for_test(&self) -> Option<u16> {
+        self.close_code()
+    }
+}
+
 /// Serves one upgraded connection until it ends.
 pub async fn serve(
     gw: Gateway,

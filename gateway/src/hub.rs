@@ -75,6 +75,9 @@ struct RoomState {
     window: Option<(Instant, Arc<Window>)>,
     window_inflight: Option<WindowFetch>,
     retired: bool,
+    /// Connections whose user was removed from the community while they
+    /// were still joining; they are refused instead of admitted.
+    revoked: HashSet<u64>,
 }
 
 /// A fetched stretch of a community's sequence.
@@ -133,6 +136,7 @@ impl Room {
                 window: None,
                 window_inflight: None,
                 retired: false,
+                revoked: HashSet::new(),
             }),
         }
     }
@@ -173,6 +177,26 @@ impl Room {
     fn has_gap(st: &RoomState) -> bool {
         !st.pending.is_empty()
     }
+}
+
+/// Makes `conn` a live member unless its membership was revoked while it
+/// was joining.
+fn admit(
+    st: &mut RoomState,
+    conn: &Arc<ConnHandle>,
+    skip_through: i64,
+) -> Result<(), GatewayError> {
+    if st.revoked.remove(&conn.id) {
+        return Err(GatewayError::Forbidden("membership revoked"));
+    }
+    st.members.insert(
+        conn.id,
+        Member {
+            conn: conn.clone(),
+            skip_through,
+        },
+    );
+    Ok(())
 }
 
 /// Queues one sequenced frame to every live member that needs it.
@@ -508,7 +532,7 @@ impl Hub {
     ) -> Result<Joined, GatewayError> {
         let live_head = room.last().max(head_seq);
         let Some(last_seq) = last_seq else {
-            self.add_member(room, conn, i64::MIN);
+            admit(&mut lock(&room.state), conn, i64::MIN)?;
             return Ok(Joined {
                 head_seq: live_head,
                 recovered: true,
@@ -517,7 +541,7 @@ impl Hub {
         };
         let from = last_seq.min(live_head);
         if live_head - from > self.inner.recovery_window {
-            self.add_member(room, conn, i64::MIN);
+            admit(&mut lock(&room.state), conn, i64::MIN)?;
             return Ok(Joined {
                 head_seq: live_head,
                 recovered: false,
@@ -530,13 +554,7 @@ impl Hub {
             {
                 let mut st = lock(&room.state);
                 if st.last <= through {
-                    st.members.insert(
-                        conn.id,
-                        Member {
-                            conn: conn.clone(),
-                            skip_through: through,
-                        },
-                    );
+                    admit(&mut st, conn, through)?;
                     break;
                 }
             }
@@ -563,14 +581,15 @@ impl Hub {
         })
     }
 
-    fn add_member(&self, room: &Room, conn: &Arc<ConnHandle>, skip_through: i64) {
-        lock(&room.state).members.insert(
-            conn.id,
-            Member {
-                conn: conn.clone(),
-                skip_through,
-            },
-        );
+    /// Notes that `conn`'s user lost membership while `conn` may still be
+    /// joining the community, so the join is refused at admission.
+    fn revoke_joining(&self, community: Uuid, conn: &ConnHandle) {
+        if let Some(room) = self.room(community) {
+            let mut st = lock(&room.state);
+            if st.users.contains_key(&conn.user_id) && !st.members.contains_key(&conn.id) {
+                st.revoked.insert(conn.id);
+            }
+        }
     }
 
     /// A fetched window covering `(after, target]`, shared between joiners:
@@ -966,6 +985,8 @@ impl Hub {
                     for (c, _) in conns {
                         if hub.leave(r.community_id, &c).await {
                             c.push(frame.get(c.encoding));
+                        } else {
+                            hub.revoke_joining(r.community_id, &c);
                         }
                     }
                 });
@@ -1018,6 +1039,7 @@ mod tests {
             window: None,
             window_inflight: None,
             retired: false,
+            revoked: HashSet::new(),
         }
     }
 
@@ -1050,6 +1072,47 @@ mod tests {
         Room::advance(&mut st);
         assert_eq!(st.last, 15, "13 delivered, 14 skipped, then 15 is next");
         assert!(st.pending.is_empty());
+    }
+
+    #[test]
+    fn members_get_each_event_once_after_their_replay_and_revoked_joiners_are_refused() {
+        let mut st = state(0);
+        let (a, mut rx_a) = ConnHandle::for_test(1, "a", 16);
+        let (b, mut rx_b) = ConnHandle::for_test(2, "b", 16);
+        admit(&mut st, &a, i64::MIN).expect("admitted");
+        admit(&mut st, &b, 2).expect("admitted after replaying through 2");
+        for seq in 1..=3 {
+            st.pending.insert(seq, frame());
+        }
+        Room::advance(&mut st);
+        let count = |rx: &mut mpsc::Receiver<_>| std::iter::from_fn(|| rx.try_recv().ok()).count();
+        assert_eq!(count(&mut rx_a), 3);
+        assert_eq!(count(&mut rx_b), 1, "b already had 1 and 2 from its replay");
+
+        let (c, _rx_c) = ConnHandle::for_test(3, "c", 16);
+        st.revoked.insert(3);
+        assert!(admit(&mut st, &c, 0).is_err());
+        assert!(!st.members.contains_key(&3));
+        assert!(st.revoked.is_empty(), "the refusal consumes the note");
+    }
+
+    #[test]
+    fn a_full_queue_closes_the_slow_member_only() {
+        let mut st = state(0);
+        let (slow, _rx_slow) = ConnHandle::for_test(1, "slow", 2);
+        let (fast, mut rx_fast) = ConnHandle::for_test(2, "fast", 64);
+        admit(&mut st, &slow, i64::MIN).expect("admitted");
+        admit(&mut st, &fast, i64::MIN).expect("admitted");
+        for seq in 1..=5 {
+            st.pending.insert(seq, frame());
+        }
+        Room::advance(&mut st);
+        assert_eq!(std::iter::from_fn(|| rx_fast.try_recv().ok()).count(), 5);
+        assert_eq!(
+            slow.close_code_for_test(),
+            Some(crate::conn::close::SLOW_CONSUMER)
+        );
+        assert_eq!(fast.close_code_for_test(), None);
     }
 
     #[test]
