@@ -120,24 +120,31 @@ impl std::fmt::Debug for Room {
     }
 }
 
+impl RoomState {
+    fn new(last: i64) -> Self {
+        RoomState {
+            last,
+            complete_through: last,
+            pending: BTreeMap::new(),
+            fetching: false,
+            members: HashMap::new(),
+            users: HashMap::new(),
+            window: None,
+            window_inflight: None,
+            retired: false,
+            revoked: HashSet::new(),
+        }
+    }
+}
+
 impl Room {
     fn new(id: Uuid) -> Self {
         Room {
             id,
             channel: community_channel(&id),
             ready: OnceCell::new(),
-            state: Mutex::new(RoomState {
-                last: -1,
-                complete_through: -1,
-                pending: BTreeMap::new(),
-                fetching: false,
-                members: HashMap::new(),
-                users: HashMap::new(),
-                window: None,
-                window_inflight: None,
-                retired: false,
-                revoked: HashSet::new(),
-            }),
+            // -1: not initialized until the first joiner sets the head.
+            state: Mutex::new(RoomState::new(-1)),
         }
     }
 
@@ -1029,18 +1036,7 @@ mod tests {
     }
 
     fn state(last: i64) -> RoomState {
-        RoomState {
-            last,
-            complete_through: last,
-            pending: BTreeMap::new(),
-            fetching: false,
-            members: HashMap::new(),
-            users: HashMap::new(),
-            window: None,
-            window_inflight: None,
-            retired: false,
-            revoked: HashSet::new(),
-        }
+        RoomState::new(last)
     }
 
     #[test]
