@@ -21,6 +21,17 @@ pub const INTERNAL_TOKEN: &str = "chorus-test-internal-token";
 /// Bound for anything a test waits for; never a performance assertion.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Logs of the servers a test runs, captured with the test's output (shown
+/// when it fails). `RUST_LOG` applies; default `warn`.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// A URL from the environment `scripts/test` prepares.
 pub fn env_url(name: &str) -> String {
     std::env::var(name)

@@ -75,7 +75,7 @@ impl Api {
     }
 
     pub async fn start_with(opts: Opts) -> Api {
-        chorus_shared::telemetry::init_logging(LogFormat::Text);
+        chorus_testkit::init_logging();
         let database_url = match opts.database_url {
             Some(u) => u,
             None => fresh_database().await,

@@ -75,7 +75,7 @@ async fn listeners() -> (TcpListener, TcpListener) {
 }
 
 pub async fn start_api(database_url: &str, redis_url: &str) -> Service {
-    chorus_shared::telemetry::init_logging(LogFormat::Text);
+    chorus_testkit::init_logging();
     let args = ServeArgs {
         addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
