@@ -11,7 +11,11 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::config::API_TIMEOUT;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::config::{API_TIMEOUT, DEFAULT_API_CONCURRENCY};
 use crate::error::GatewayError;
 
 /// Handle to the API; cheap to clone.
@@ -20,19 +24,23 @@ pub struct ApiClient {
     http: reqwest::Client,
     base: String,
     internal_token: String,
+    /// Bounds requests in flight: a reconnect storm queues here instead of
+    /// opening thousands of connections to the API.
+    permits: Arc<Semaphore>,
 }
 
 impl ApiClient {
     pub fn new(base: &str, internal_token: &str) -> Result<Self, GatewayError> {
         let http = reqwest::Client::builder()
             .timeout(API_TIMEOUT)
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(DEFAULT_API_CONCURRENCY)
             .build()
             .map_err(|e| GatewayError::Config(format!("http client: {e}")))?;
         Ok(ApiClient {
             http,
             base: base.trim_end_matches('/').to_owned(),
             internal_token: internal_token.to_owned(),
+            permits: Arc::new(Semaphore::new(DEFAULT_API_CONCURRENCY)),
         })
     }
 
@@ -42,17 +50,10 @@ impl ApiClient {
         community: Uuid,
         user: &str,
     ) -> Result<CommunityAccess, GatewayError> {
-        let url = format!(
+        self.internal_get(format!(
             "{}/internal/communities/{community}/access/{user}",
             self.base
-        );
-        read(
-            self.http
-                .get(url)
-                .bearer_auth(&self.internal_token)
-                .send()
-                .await,
-        )
+        ))
         .await
     }
 
@@ -63,17 +64,10 @@ impl ApiClient {
         after: i64,
         limit: i64,
     ) -> Result<EventsPage, GatewayError> {
-        let url = format!(
+        self.internal_get(format!(
             "{}/internal/communities/{community}/events?after={after}&limit={limit}",
             self.base
-        );
-        read(
-            self.http
-                .get(url)
-                .bearer_auth(&self.internal_token)
-                .send()
-                .await,
-        )
+        ))
         .await
     }
 
@@ -84,6 +78,7 @@ impl ApiClient {
         body: &SendMessage,
     ) -> Result<Message, GatewayError> {
         let url = format!("{}/api/messages-realtime", self.base);
+        let _permit = self.permit().await?;
         read(
             self.http
                 .post(url)
@@ -98,6 +93,7 @@ impl ApiClient {
     /// `delete-message` on the user's behalf.
     pub async fn delete_message(&self, user_token: &str, id: Uuid) -> Result<(), GatewayError> {
         let url = format!("{}/api/messages-realtime/{id}", self.base);
+        let _permit = self.permit().await?;
         let resp = self.http.delete(url).bearer_auth(user_token).send().await;
         match resp {
             Ok(r) if r.status() == StatusCode::NO_CONTENT => Ok(()),
@@ -111,9 +107,32 @@ impl ApiClient {
             "{}/api/notifications-broadcast?unread=true&limit=1",
             self.base
         );
+        let _permit = self.permit().await?;
         let page: NotificationPage =
             read(self.http.get(url).bearer_auth(user_token).send().await).await?;
         Ok(page.unread_count)
+    }
+}
+
+impl ApiClient {
+    /// A GET on an internal endpoint with the service token.
+    async fn internal_get<T: DeserializeOwned>(&self, url: String) -> Result<T, GatewayError> {
+        let _permit = self.permit().await?;
+        read(
+            self.http
+                .get(url)
+                .bearer_auth(&self.internal_token)
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, GatewayError> {
+        self.permits
+            .acquire()
+            .await
+            .map_err(|_| GatewayError::Unavailable("api client closed".into()))
     }
 }
 

@@ -68,6 +68,12 @@ pub const REGISTRY_TTL: Duration = Duration::from_secs(15);
 pub const BACKPLANE_PING_INTERVAL: Duration = Duration::from_secs(1);
 pub const BACKPLANE_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Requests to the API in flight at once from one gateway. Enough to keep
+/// the API's two cores busy; beyond it requests queue in the gateway rather
+/// than opening a connection each (a 20,000-client rejoin would otherwise
+/// open thousands).
+pub const DEFAULT_API_CONCURRENCY: usize = 64;
+
 /// Timeout of one call to the API's endpoints.
 pub const API_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -32,6 +32,7 @@ use crate::Gateway;
 use crate::codec::{Encoding, decode_client};
 use crate::config::{ABUSE_LIMIT, ABUSE_WINDOW, SLOW_CLOSE_TIMEOUT, TYPING_BURST, TYPING_RATE};
 use crate::error::GatewayError;
+use crate::hub::Frame;
 
 /// Close codes of the contract.
 pub mod close {
@@ -44,13 +45,24 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4009;
 }
 
+/// One entry of a connection's outbound queue. Kept to two words so the
+/// queue's first block (32 slots, allocated up front) stays small: a shared
+/// event is a reference-counted pointer, encoded for this connection by its
+/// writer (at most once per encoding per event, see `SharedFrame`); the
+/// rare connection-specific frame (ready, acks, errors) is boxed.
+#[derive(Debug)]
+pub enum Outbound {
+    Event(Frame),
+    Own(Box<Message>),
+}
+
 /// The hub's and the tasks' handle on a connection.
 pub struct ConnHandle {
     pub id: u64,
     pub user_id: Arc<str>,
     pub name: Arc<str>,
     pub encoding: Encoding,
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Outbound>,
     close_code: AtomicU32,
     closing: Notify,
 }
@@ -65,10 +77,20 @@ impl std::fmt::Debug for ConnHandle {
 }
 
 impl ConnHandle {
-    /// Queues a frame without waiting. A full queue means a slow consumer:
-    /// the connection is closed with 4009. False when not queued.
+    /// Queues a connection-specific frame without waiting (see
+    /// [`ConnHandle::push_event`]).
     pub fn push(&self, frame: Message) -> bool {
-        match self.tx.try_send(frame) {
+        self.send_now(Outbound::Own(Box::new(frame)))
+    }
+
+    /// Queues a shared event without waiting. A full queue means a slow
+    /// consumer: the connection is closed with 4009. False when not queued.
+    pub fn push_event(&self, frame: &Frame) -> bool {
+        self.send_now(Outbound::Event(frame.clone()))
+    }
+
+    fn send_now(&self, out: Outbound) -> bool {
+        match self.tx.try_send(out) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if self.close(close::SLOW_CONSUMER) {
@@ -81,11 +103,11 @@ impl ConnHandle {
         }
     }
 
-    /// Queues a frame, waiting for space (replays). False if the connection
-    /// closed meanwhile.
-    pub async fn push_wait(&self, frame: Message) -> bool {
+    /// Queues a shared event, waiting for space (replays). False if the
+    /// connection closed meanwhile.
+    pub async fn push_event_wait(&self, frame: &Frame) -> bool {
         tokio::select! {
-            r = self.tx.send(frame) => r.is_ok(),
+            r = self.tx.send(Outbound::Event(frame.clone())) => r.is_ok(),
             _ = self.closed() => false,
         }
     }
@@ -129,7 +151,7 @@ impl ConnHandle {
         id: u64,
         user: &str,
         queue: usize,
-    ) -> (Arc<ConnHandle>, mpsc::Receiver<Message>) {
+    ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(queue);
         let handle = Arc::new(ConnHandle {
             id,
@@ -183,10 +205,12 @@ pub async fn serve(
         let _ = writer.await;
         return;
     }
-    if let Err(e) = gw.hub().connect(&handle).await {
+    // Setup and teardown futures are boxed so that an idle connection's
+    // task holds only the reader's small waiting state.
+    if let Err(e) = Box::pin(gw.hub().connect(&handle)).await {
         tracing::warn!(error = %e, "could not subscribe the user channel");
         handle.close(close::INTERNAL);
-        gw.hub().disconnect(&handle, &[]).await;
+        Box::pin(gw.hub().disconnect(&handle, &[])).await;
         let _ = writer.await;
         return;
     }
@@ -224,7 +248,7 @@ pub async fn serve(
     reader.run(stream, settings.idle_timeout).await;
     handle.close(close::NORMAL);
     let joined: Vec<Uuid> = reader.joined.drain().collect();
-    gw.hub().disconnect(&handle, &joined).await;
+    Box::pin(gw.hub().disconnect(&handle, &joined)).await;
     let _ = writer.await;
 }
 
@@ -245,7 +269,7 @@ pub fn drain(handle: &ConnHandle, after_ms: u64) {
 
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Message>,
+    mut rx: mpsc::Receiver<Outbound>,
     handle: Arc<ConnHandle>,
     expires_at: tokio::time::Instant,
     heartbeat: Duration,
@@ -267,7 +291,7 @@ async fn write_loop(
                 let Some(frame) = frame else { break close::NORMAL };
                 // A stuck socket must not hold up a close.
                 let wrote = tokio::select! {
-                    r = write_batch(&mut sink, &mut rx, frame) => r,
+                    r = write_batch(&mut sink, &mut rx, handle.encoding, frame) => r,
                     code = &mut closed => break code,
                 };
                 if !wrote {
@@ -283,28 +307,34 @@ async fn write_loop(
             }
         }
     };
-    finish(&mut sink, &mut rx, code).await;
+    Box::pin(finish(&mut sink, &mut rx, handle.encoding, code)).await;
 }
+
+/// The wire frame of a queue entry for this connection's encoding.
+fn wire(out: Outbound, encoding: Encoding) -> Message {
+    match out {
+        Outbound::Event(frame) => frame.get(encoding),
+        Outbound::Own(message) => *message,
+    }
+}
+
+/// Most queued frames written before one flush.
+const WRITE_BATCH: usize = 64;
 
 /// Writes `first` and whatever else is queued, then flushes once.
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<Message>,
-    first: Message,
+    rx: &mut mpsc::Receiver<Outbound>,
+    encoding: Encoding,
+    first: Outbound,
 ) -> bool {
-    if sink.feed(first).await.is_err() {
+    if sink.feed(wire(first, encoding)).await.is_err() {
         return false;
     }
-    let mut n = 1;
-    while n < 64 {
-        match rx.try_recv() {
-            Ok(m) => {
-                if sink.feed(m).await.is_err() {
-                    return false;
-                }
-                n += 1;
-            }
-            Err(_) => break,
+    for _ in 1..WRITE_BATCH {
+        let Ok(next) = rx.try_recv() else { break };
+        if sink.feed(wire(next, encoding)).await.is_err() {
+            return false;
         }
     }
     sink.flush().await.is_ok()
@@ -314,7 +344,8 @@ async fn write_batch(
 /// frame, each bounded in time; then the socket is dropped.
 async fn finish(
     sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<Message>,
+    rx: &mut mpsc::Receiver<Outbound>,
+    encoding: Encoding,
     code: u16,
 ) {
     let reason = match code {
@@ -329,7 +360,7 @@ async fn finish(
     let _ = tokio::time::timeout(SLOW_CLOSE_TIMEOUT, async {
         if code != close::SLOW_CONSUMER {
             while let Ok(m) = rx.try_recv() {
-                if sink.feed(m).await.is_err() {
+                if sink.feed(wire(m, encoding)).await.is_err() {
                     return;
                 }
             }

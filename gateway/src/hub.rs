@@ -13,8 +13,10 @@
 //! deleted since, which the contract allows to skip.
 //!
 //! Fan-out holds the room's lock (a plain mutex, never across `.await`)
-//! while it queues the event's shared, once-encoded bytes to each member:
-//! N members cost N non-blocking queue pushes and no allocation per member.
+//! while it queues a pointer to the shared event to each member: N members
+//! cost N non-blocking queue pushes and no allocation per member. Each
+//! member's writer takes the event's bytes for its encoding, encoded at
+//! most once per encoding and then shared.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -210,7 +212,7 @@ fn admit(
 fn deliver(st: &RoomState, seq: i64, frame: &Frame) {
     let mut n = 0u64;
     for m in st.members.values() {
-        if seq > m.skip_through && m.conn.push(frame.get(m.conn.encoding)) {
+        if seq > m.skip_through && m.conn.push_event(frame) {
             n += 1;
         }
     }
@@ -225,7 +227,7 @@ fn broadcast(st: &RoomState, frame: &Frame, exclude_user: Option<&str>) {
         if exclude_user.is_some_and(|u| *m.conn.user_id == *u) {
             continue;
         }
-        if m.conn.push(frame.get(m.conn.encoding)) {
+        if m.conn.push_event(frame) {
             n += 1;
         }
     }
@@ -572,7 +574,7 @@ impl Hub {
                     continue;
                 }
                 // Paced by the client's reading: waits for queue space.
-                if !conn.push_wait(frame.get(conn.encoding)).await {
+                if !conn.push_event_wait(frame).await {
                     return Err(GatewayError::Unavailable("connection closed".into()));
                 }
                 through = *seq;
@@ -978,20 +980,21 @@ impl Hub {
         };
         match event {
             ServerEvent::Notification(_) => {
-                let frame = SharedFrame::new(event);
+                let frame: Frame = Arc::new(SharedFrame::new(event));
                 for (c, wants) in conns {
                     if wants {
-                        c.push(frame.get(c.encoding));
+                        c.push_event(&frame);
                     }
                 }
             }
             ServerEvent::MembershipRevoked(r) => {
                 let hub = self.clone();
                 tokio::spawn(async move {
-                    let frame = SharedFrame::new(ServerEvent::MembershipRevoked(r.clone()));
+                    let frame: Frame =
+                        Arc::new(SharedFrame::new(ServerEvent::MembershipRevoked(r.clone())));
                     for (c, _) in conns {
                         if hub.leave(r.community_id, &c).await {
-                            c.push(frame.get(c.encoding));
+                            c.push_event(&frame);
                         } else {
                             hub.revoke_joining(r.community_id, &c);
                         }
