@@ -30,7 +30,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// idle, client commands are a few hundred bytes, and tungstenite reserves
 /// a large frame's full length once its header is read. (4 KiB measured
 /// ~3 KiB more per idle connection for no benefit to commands.)
-pub const DEFAULT_READ_BUFFER: usize = 1024;
+pub const DEFAULT_READ_BUFFER: usize = 512;
 
 /// Frames a connection may have queued for sending. A client that falls
 /// this far behind live traffic is closed with 4009 rather than buffered
@@ -45,6 +45,8 @@ pub const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Interval of server WebSocket pings, also announced in `ready`. Below the
 /// 60 s idle timeouts of common load balancers.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(25);
+/// Shortest ping interval accepted, so a zero cannot make writers spin.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 /// A connection that sends nothing (not even a pong) for this long is
 /// closed: two missed heartbeats plus slack.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -120,6 +122,10 @@ pub struct GatewayArgs {
     /// Frames a connection may have queued before it is cut off with 4009.
     #[arg(long, env = "CHORUS_WS_OUTBOUND_QUEUE", default_value_t = DEFAULT_OUTBOUND_QUEUE)]
     pub outbound_queue: usize,
+    /// Interval of server WebSocket pings. Not a configuration variable (the
+    /// contract fixes none); settable from code so tests need not wait 25 s.
+    #[arg(skip = DEFAULT_HEARTBEAT)]
+    pub heartbeat: Duration,
     #[command(flatten)]
     pub jwt: JwtArgs,
     #[command(flatten)]

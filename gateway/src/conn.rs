@@ -26,6 +26,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::Gateway;
@@ -170,28 +171,69 @@ impl ConnHandle {
     }
 }
 
+/// Who a connection speaks for, as verified at the upgrade. Boxed: the
+/// reader needs it only for commands, not while the connection idles.
+pub struct Identity {
+    pub user: AuthUser,
+    /// The client's own token, forwarded when the API acts on its behalf.
+    pub token: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("user", &self.user)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
 /// Serves one upgraded connection until it ends.
-pub async fn serve(
+///
+/// Not an `async fn`: its arguments would stay in the task for the
+/// connection's whole life. Setup runs in a boxed future that owns them and
+/// hands back only what the live connection needs, so an idle connection's
+/// task holds the reader's waiting state and little else.
+pub fn serve(
     gw: Gateway,
     socket: WebSocket,
-    user: AuthUser,
-    token: String,
+    me: Box<Identity>,
     encoding: Encoding,
     origin_ok: bool,
-) {
+) -> impl Future<Output = ()> + Send {
+    let setup = Box::pin(setup(gw, socket, me, encoding, origin_ok));
+    async move {
+        let Some((mut reader, stream, writer)) = setup.await else {
+            return;
+        };
+        let idle = reader.gw.settings().idle_timeout;
+        reader.run(stream, idle).await;
+        Box::pin(teardown(reader, writer)).await;
+    }
+}
+
+/// Starts the writer, registers the connection and queues `ready`. `None`
+/// when the connection was refused or closed during setup.
+async fn setup(
+    gw: Gateway,
+    socket: WebSocket,
+    me: Box<Identity>,
+    encoding: Encoding,
+    origin_ok: bool,
+) -> Option<(Reader, SplitStream<WebSocket>, JoinHandle<()>)> {
     let settings = gw.settings();
     let (tx, rx) = mpsc::channel(settings.outbound_queue);
     let handle = Arc::new(ConnHandle {
         id: gw.hub().next_conn_id(),
-        user_id: Arc::from(user.id.as_str()),
-        name: Arc::from(user.name.as_str()),
+        user_id: Arc::from(me.user.id.as_str()),
+        name: Arc::from(me.user.name.as_str()),
         encoding,
         tx,
         close_code: AtomicU32::new(0),
         closing: Notify::new(),
     });
     let (sink, stream) = socket.split();
-    let expires_at = expiry_instant(user.exp + gw.verifier().leeway_s());
+    let expires_at = expiry_instant(me.user.exp + gw.verifier().leeway_s());
     let writer = tokio::spawn(write_loop(
         sink,
         rx,
@@ -203,52 +245,48 @@ pub async fn serve(
     if !origin_ok {
         handle.close(close::POLICY);
         let _ = writer.await;
-        return;
+        return None;
     }
-    // Setup and teardown futures are boxed so that an idle connection's
-    // task holds only the reader's small waiting state.
-    if let Err(e) = Box::pin(gw.hub().connect(&handle)).await {
+    if let Err(e) = gw.hub().connect(&handle).await {
         tracing::warn!(error = %e, "could not subscribe the user channel");
         handle.close(close::INTERNAL);
-        Box::pin(gw.hub().disconnect(&handle, &[])).await;
+        gw.hub().disconnect(&handle, &[]).await;
         let _ = writer.await;
-        return;
+        return None;
     }
     let ready = ServerEvent::Ready(Ready {
-        user_id: user.id.clone(),
+        user_id: me.user.id.clone(),
         connection_id: format!("{}-{}", gw.hub().gateway_id(), handle.id),
         gateway_id: gw.hub().gateway_id().to_owned(),
         heartbeat_ms: u64::try_from(settings.heartbeat.as_millis()).unwrap_or(u64::MAX),
     });
     handle.push(encoding.encode(&ready));
 
-    let mut reader = Reader {
-        gw: gw.clone(),
-        handle: handle.clone(),
-        user,
-        token,
-        joined: HashSet::new(),
-        commands: TokenBucket::new(
-            settings.command_rate,
-            settings.command_burst,
-            Instant::now(),
-        ),
-        typing: TokenBucket::new(
-            if settings.command_rate > 0.0 {
-                TYPING_RATE
-            } else {
-                0.0
-            },
-            TYPING_BURST,
-            Instant::now(),
-        ),
-        limited: 0,
-        limited_since: Instant::now(),
+    let now = Instant::now();
+    let typing_rate = if settings.command_rate > 0.0 {
+        TYPING_RATE
+    } else {
+        0.0
     };
-    reader.run(stream, settings.idle_timeout).await;
-    handle.close(close::NORMAL);
+    let reader = Reader {
+        gw: gw.clone(),
+        handle,
+        me,
+        joined: HashSet::new(),
+        commands: TokenBucket::new(settings.command_rate, settings.command_burst, now),
+        typing: TokenBucket::new(typing_rate, TYPING_BURST, now),
+        limited: 0,
+        limited_since: now,
+    };
+    Some((reader, stream, writer))
+}
+
+/// Leaves every joined community, unregisters, and waits for the writer to
+/// send what is left and the close frame.
+async fn teardown(mut reader: Reader, writer: JoinHandle<()>) {
+    reader.handle.close(close::NORMAL);
     let joined: Vec<Uuid> = reader.joined.drain().collect();
-    Box::pin(gw.hub().disconnect(&handle, &joined)).await;
+    reader.gw.hub().disconnect(&reader.handle, &joined).await;
     let _ = writer.await;
 }
 
@@ -267,47 +305,64 @@ pub fn drain(handle: &ConnHandle, after_ms: u64) {
     handle.close(close::DRAINING);
 }
 
-async fn write_loop(
+/// The writer task: the only code that writes to the socket.
+///
+/// Not an `async fn`, whose arguments would be stored twice in the task;
+/// one timer serves both the heartbeat ping and the token's expiry (it is
+/// set to whichever comes first), for the same reason.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice in the task"
+)]
+fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     handle: Arc<ConnHandle>,
     expires_at: tokio::time::Instant,
     heartbeat: Duration,
-) {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    let expiry = tokio::time::sleep_until(expires_at);
-    // Registered once, not per frame: the close signal is watched by one
-    // long-lived future.
-    let closed = handle.closed();
-    tokio::pin!(expiry, closed);
-    let code = loop {
-        tokio::select! {
-            biased;
-            code = &mut closed => break code,
-            () = &mut expiry => {
-                handle.close(close::POLICY);
-            }
-            frame = rx.recv() => {
-                let Some(frame) = frame else { break close::NORMAL };
-                // A stuck socket must not hold up a close.
-                let wrote = tokio::select! {
-                    r = write_batch(&mut sink, &mut rx, handle.encoding, frame) => r,
-                    code = &mut closed => break code,
-                };
-                if !wrote {
-                    handle.close(close::NORMAL);
-                    return;
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let mut next_ping = tokio::time::Instant::now() + heartbeat;
+        let timer = tokio::time::sleep_until(next_ping.min(expires_at));
+        // Registered once, not per frame: the close signal is watched by one
+        // long-lived future.
+        let closed = handle.closed();
+        tokio::pin!(timer, closed);
+        let code = loop {
+            tokio::select! {
+                biased;
+                code = &mut closed => break code,
+                () = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if now >= expires_at {
+                        // `closed` resolves on the next turn.
+                        handle.close(close::POLICY);
+                        timer.as_mut().reset(now + heartbeat);
+                        continue;
+                    }
+                    if sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                        handle.close(close::NORMAL);
+                        return;
+                    }
+                    next_ping = now + heartbeat;
+                    timer.as_mut().reset(next_ping.min(expires_at));
+                }
+                frame = rx.recv() => {
+                    let Some(frame) = frame else { break close::NORMAL };
+                    // A stuck socket must not hold up a close.
+                    let wrote = tokio::select! {
+                        r = write_batch(&mut sink, &mut rx, handle.encoding, frame) => r,
+                        code = &mut closed => break code,
+                    };
+                    if !wrote {
+                        handle.close(close::NORMAL);
+                        return;
+                    }
                 }
             }
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                    handle.close(close::NORMAL);
-                    return;
-                }
-            }
-        }
-    };
-    Box::pin(finish(&mut sink, &mut rx, handle.encoding, code)).await;
+        };
+        Box::pin(finish(&mut sink, &mut rx, handle.encoding, code)).await;
+    }
 }
 
 /// The wire frame of a queue entry for this connection's encoding.
@@ -379,8 +434,7 @@ async fn finish(
 struct Reader {
     gw: Gateway,
     handle: Arc<ConnHandle>,
-    user: AuthUser,
-    token: String,
+    me: Box<Identity>,
     joined: HashSet<Uuid>,
     commands: TokenBucket,
     typing: TokenBucket,
@@ -537,8 +591,13 @@ impl Reader {
                 "lastSeq must not be negative".into(),
             ));
         }
-        let access = self.gw.hub().api().access(community, &self.user.id).await?;
-        if access.role.is_none() && !self.user.is_official() {
+        let access = self
+            .gw
+            .hub()
+            .api()
+            .access(community, &self.me.user.id)
+            .await?;
+        if access.role.is_none() && !self.me.user.is_official() {
             return Err(GatewayError::Forbidden("not a member of this community"));
         }
         let joined = self
@@ -554,8 +613,8 @@ impl Reader {
             .presence_online(community)
             .await
             .unwrap_or_default();
-        if !online.contains(&self.user.id) {
-            online.push(self.user.id.clone());
+        if !online.contains(&self.me.user.id) {
+            online.push(self.me.user.id.clone());
         }
         to_value(&JoinAck {
             community_id: community,
@@ -576,14 +635,23 @@ impl Reader {
 
     async fn send(&mut self, data: serde_json::Value) -> Result<serde_json::Value, GatewayError> {
         let req: SendMessage = parse(data)?;
-        let message = self.gw.hub().api().send_message(&self.token, &req).await?;
+        let message = self
+            .gw
+            .hub()
+            .api()
+            .send_message(&self.me.token, &req)
+            .await?;
         to_value(&MessageData { message })
     }
 
     async fn delete(&mut self, data: serde_json::Value) -> Result<serde_json::Value, GatewayError> {
         let req: DeleteMessage = parse(data)?;
         let id = parse_uuid(&req.message_id).ok_or(GatewayError::NotFound("message"))?;
-        self.gw.hub().api().delete_message(&self.token, id).await?;
+        self.gw
+            .hub()
+            .api()
+            .delete_message(&self.me.token, id)
+            .await?;
         Ok(json!({}))
     }
 
@@ -602,8 +670,8 @@ impl Reader {
                 community,
                 ServerEvent::UserTyping(UserTyping {
                     community_id: community,
-                    user_id: self.user.id.clone(),
-                    name: self.user.name.clone(),
+                    user_id: self.me.user.id.clone(),
+                    name: self.me.user.name.clone(),
                     is_typing: req.is_typing,
                 }),
             )
@@ -613,7 +681,7 @@ impl Reader {
 
     async fn subscribe_notifications(&mut self) -> Result<serde_json::Value, GatewayError> {
         self.gw.hub().subscribe_notifications(&self.handle);
-        let unread = self.gw.hub().api().unread_count(&self.token).await?;
+        let unread = self.gw.hub().api().unread_count(&self.me.token).await?;
         Ok(json!({ "unreadCount": unread }))
     }
 }

@@ -40,7 +40,7 @@ use crate::api::ApiClient;
 use crate::backplane::{Backplane, RedisBackplane};
 use crate::codec::{Encoding, JSON_PROTOCOL, MSGPACK_PROTOCOL};
 use crate::config::{
-    DEFAULT_HEARTBEAT, DEFAULT_IDLE_TIMEOUT, DEFAULT_READ_BUFFER, GatewayArgs, MAX_MESSAGE_BYTES,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_READ_BUFFER, GatewayArgs, MAX_MESSAGE_BYTES, MIN_HEARTBEAT,
     PRESENCE_REFRESH, REGISTRY_INTERVAL,
 };
 use crate::error::GatewayError;
@@ -175,7 +175,7 @@ pub async fn run(
                     .filter(|o| !o.is_empty())
                     .collect(),
                 outbound_queue: args.outbound_queue.max(1),
-                heartbeat: DEFAULT_HEARTBEAT,
+                heartbeat: args.heartbeat.max(MIN_HEARTBEAT),
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 drain_seconds: args.drain_seconds,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -356,5 +356,6 @@ async fn upgrade(
         Some(MSGPACK_PROTOCOL) => Encoding::Msgpack,
         _ => Encoding::Json,
     };
-    ws.on_upgrade(move |socket| conn::serve(gw, socket, user, token, encoding, origin_ok))
+    let me = Box::new(conn::Identity { user, token });
+    ws.on_upgrade(move |socket| conn::serve(gw, socket, me, encoding, origin_ok))
 }

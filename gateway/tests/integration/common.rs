@@ -141,6 +141,7 @@ pub struct GwOpts {
     pub leeway_s: u64,
     pub allowed_origins: Vec<String>,
     pub presence_limit: u64,
+    pub heartbeat: Duration,
 }
 
 impl GwOpts {
@@ -154,6 +155,7 @@ impl GwOpts {
             leeway_s: 30,
             allowed_origins: Vec::new(),
             presence_limit: 10_000,
+            heartbeat: chorus_gateway::config::DEFAULT_HEARTBEAT,
         }
     }
 }
@@ -175,6 +177,7 @@ pub async fn start_gateway(api: &Service, opts: GwOpts) -> Service {
         ws_command_burst: 40,
         presence_broadcast_limit: opts.presence_limit,
         outbound_queue: opts.outbound_queue,
+        heartbeat: opts.heartbeat,
         jwt,
         log: LogArgs {
             log_format: LogFormat::Text,
@@ -485,6 +488,22 @@ impl Client {
                 Some(Ok(Message::Close(f))) => return f,
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Reads until the server closes, counting its WebSocket pings.
+    pub async fn pings_until_closed(&mut self) -> (usize, Option<CloseFrame>) {
+        let mut pings = 0;
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("closed within the wait")
+            {
+                Some(Ok(Message::Close(f))) => return (pings, f),
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return (pings, None),
             }
         }
     }

@@ -235,6 +235,25 @@ async fn token_expiry_closes_with_1008() {
 }
 
 #[tokio::test]
+async fn server_pings_on_the_heartbeat_until_the_token_expires() {
+    let mut opts = GwOpts::new(&env_url("REDIS_URL"));
+    opts.leeway_s = 0;
+    opts.heartbeat = Duration::from_millis(200);
+    let cl = Cluster::start_with(opts).await;
+    let mut c =
+        chorus_shared::auth::claims_for(&uid("brief"), None, chorus_shared::auth::Role::Member, 2);
+    c.exp = chorus_shared::auth::now_s() + 3;
+    let t = chorus_shared::auth::mint_hs256(SECRET, &c).unwrap();
+    let mut client = Client::connect(&cl.gw1.url, &t).await;
+    assert_eq!(client.ready["data"]["heartbeatMs"], 200);
+    // One timer serves pings and expiry: pings keep coming, then 1008.
+    let (pings, close) = client.pings_until_closed().await;
+    // About ten are due in the 2-3 s before expiry; two show it repeats.
+    assert!(pings >= 2, "{pings} pings at a 200 ms heartbeat");
+    assert_eq!(u16::from(close.expect("close frame").code), 1008);
+}
+
+#[tokio::test]
 async fn rate_limits_answer_then_close_4008() {
     let cl = Cluster::start().await;
     let alice = uid("alice");
