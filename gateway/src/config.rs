@@ -126,6 +126,9 @@ pub struct GatewayArgs {
     /// contract fixes none); settable from code so tests need not wait 25 s.
     #[arg(skip = DEFAULT_HEARTBEAT)]
     pub heartbeat: Duration,
+    /// How long a silent client is kept; code-only like `heartbeat`.
+    #[arg(skip = DEFAULT_IDLE_TIMEOUT)]
+    pub idle_timeout: Duration,
     #[command(flatten)]
     pub jwt: JwtArgs,
     #[command(flatten)]

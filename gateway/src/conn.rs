@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -66,6 +66,13 @@ pub struct ConnHandle {
     tx: mpsc::Sender<Outbound>,
     close_code: AtomicU32,
     closing: Notify,
+    /// When the connection opened; `seen_ms` counts from here.
+    opened: tokio::time::Instant,
+    /// When the token expires (leeway included): the writer closes with 1008.
+    expires_at: tokio::time::Instant,
+    /// When the client last sent a frame (pongs included), in milliseconds
+    /// after `opened`. Written by the reader, read by the writer's timer.
+    seen_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for ConnHandle {
@@ -131,6 +138,17 @@ impl ConnHandle {
         }
     }
 
+    /// Notes that the client just sent a frame.
+    fn saw_client(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.seen_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the client last sent a frame (or the connection opened).
+    fn last_seen(&self) -> tokio::time::Instant {
+        self.opened + Duration::from_millis(self.seen_ms.load(Ordering::Relaxed))
+    }
+
     /// Resolves with the close code once a close was requested.
     pub async fn closed(&self) -> u16 {
         loop {
@@ -162,6 +180,9 @@ impl ConnHandle {
             tx,
             close_code: AtomicU32::new(0),
             closing: Notify::new(),
+            opened: tokio::time::Instant::now(),
+            expires_at: tokio::time::Instant::now() + Duration::from_secs(3600),
+            seen_ms: AtomicU64::new(0),
         });
         (handle, rx)
     }
@@ -206,8 +227,7 @@ pub fn serve(
         let Some((mut reader, stream, writer)) = setup.await else {
             return;
         };
-        let idle = reader.gw.settings().idle_timeout;
-        reader.run(stream, idle).await;
+        reader.run(stream).await;
         Box::pin(teardown(reader, writer)).await;
     }
 }
@@ -231,16 +251,12 @@ async fn setup(
         tx,
         close_code: AtomicU32::new(0),
         closing: Notify::new(),
+        opened: tokio::time::Instant::now(),
+        expires_at: expiry_instant(me.user.exp + gw.verifier().leeway_s()),
+        seen_ms: AtomicU64::new(0),
     });
     let (sink, stream) = socket.split();
-    let expires_at = expiry_instant(me.user.exp + gw.verifier().leeway_s());
-    let writer = tokio::spawn(write_loop(
-        sink,
-        rx,
-        handle.clone(),
-        expires_at,
-        settings.heartbeat,
-    ));
+    let writer = tokio::spawn(write_loop(sink, rx, handle.clone(), gw.clone()));
 
     if !origin_ok {
         handle.close(close::POLICY);
@@ -307,9 +323,10 @@ pub fn drain(handle: &ConnHandle, after_ms: u64) {
 
 /// The writer task: the only code that writes to the socket.
 ///
-/// Not an `async fn`, whose arguments would be stored twice in the task;
-/// one timer serves both the heartbeat ping and the token's expiry (it is
-/// set to whichever comes first), for the same reason.
+/// Not an `async fn`, whose arguments would be stored twice in the task.
+/// One timer serves the heartbeat ping, the token's expiry and the idle
+/// timeout: it is set to whichever comes first, and on firing each is
+/// checked against the clock (the client may have spoken since).
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn would store its arguments twice in the task"
@@ -318,12 +335,17 @@ fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     handle: Arc<ConnHandle>,
-    expires_at: tokio::time::Instant,
-    heartbeat: Duration,
+    gw: Gateway,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let mut next_ping = tokio::time::Instant::now() + heartbeat;
-        let timer = tokio::time::sleep_until(next_ping.min(expires_at));
+        // Durations are read from the settings when needed, not copied into
+        // the task: every byte here is held by every idle connection.
+        let mut next_ping = tokio::time::Instant::now() + gw.settings().heartbeat;
+        let timer = tokio::time::sleep_until(
+            next_ping
+                .min(handle.expires_at)
+                .min(handle.last_seen() + gw.settings().idle_timeout),
+        );
         // Registered once, not per frame: the close signal is watched by one
         // long-lived future.
         let closed = handle.closed();
@@ -334,18 +356,21 @@ fn write_loop(
                 code = &mut closed => break code,
                 () = &mut timer => {
                     let now = tokio::time::Instant::now();
-                    if now >= expires_at {
-                        // `closed` resolves on the next turn.
-                        handle.close(close::POLICY);
-                        timer.as_mut().reset(now + heartbeat);
-                        continue;
+                    if now >= handle.expires_at {
+                        break close_now(&handle, close::POLICY);
                     }
-                    if sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                        handle.close(close::NORMAL);
-                        return;
+                    let idle_at = handle.last_seen() + gw.settings().idle_timeout;
+                    if now >= idle_at {
+                        break close_now(&handle, close::NORMAL);
                     }
-                    next_ping = now + heartbeat;
-                    timer.as_mut().reset(next_ping.min(expires_at));
+                    if now >= next_ping {
+                        if sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                            handle.close(close::NORMAL);
+                            return;
+                        }
+                        next_ping = now + gw.settings().heartbeat;
+                    }
+                    timer.as_mut().reset(next_ping.min(handle.expires_at).min(idle_at));
                 }
                 frame = rx.recv() => {
                     let Some(frame) = frame else { break close::NORMAL };
@@ -363,6 +388,12 @@ fn write_loop(
         };
         Box::pin(finish(&mut sink, &mut rx, handle.encoding, code)).await;
     }
+}
+
+/// Requests a close with `code` and returns the code that won.
+fn close_now(handle: &ConnHandle, code: u16) -> u16 {
+    handle.close(code);
+    handle.close_code().unwrap_or(code)
 }
 
 /// The wire frame of a queue entry for this connection's encoding.
@@ -443,7 +474,10 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run(&mut self, mut stream: SplitStream<WebSocket>, idle: Duration) {
+    /// Reads and handles the client's frames until the connection closes.
+    /// The idle timeout is the writer's (its one timer), fed by
+    /// [`ConnHandle::saw_client`]: no timer is armed per frame here.
+    async fn run(&mut self, mut stream: SplitStream<WebSocket>) {
         let handle = self.handle.clone();
         let closed = handle.closed();
         tokio::pin!(closed);
@@ -451,22 +485,19 @@ impl Reader {
             let next = tokio::select! {
                 biased;
                 _ = &mut closed => return,
-                r = tokio::time::timeout(idle, stream.next()) => r,
+                r = stream.next() => r,
             };
             let msg = match next {
-                Err(_) => {
-                    self.handle.close(close::NORMAL);
-                    return;
-                }
-                Ok(None) => return,
-                Ok(Some(Err(e))) => {
+                None => return,
+                Some(Err(e)) => {
                     if is_too_big(&e) {
                         self.handle.close(close::TOO_BIG);
                     }
                     return;
                 }
-                Ok(Some(Ok(m))) => m,
+                Some(Ok(m)) => m,
             };
+            self.handle.saw_client();
             let bytes = match (msg, self.handle.encoding) {
                 (Message::Text(t), Encoding::Json) => bytes::Bytes::from(t),
                 (Message::Binary(b), Encoding::Msgpack) => b,

@@ -40,8 +40,8 @@ use crate::api::ApiClient;
 use crate::backplane::{Backplane, RedisBackplane};
 use crate::codec::{Encoding, JSON_PROTOCOL, MSGPACK_PROTOCOL};
 use crate::config::{
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_READ_BUFFER, GatewayArgs, MAX_MESSAGE_BYTES, MIN_HEARTBEAT,
-    PRESENCE_REFRESH, REGISTRY_INTERVAL,
+    DEFAULT_READ_BUFFER, GatewayArgs, MAX_MESSAGE_BYTES, MIN_HEARTBEAT, PRESENCE_REFRESH,
+    REGISTRY_INTERVAL,
 };
 use crate::error::GatewayError;
 use crate::hub::Hub;
@@ -176,7 +176,7 @@ pub async fn run(
                     .collect(),
                 outbound_queue: args.outbound_queue.max(1),
                 heartbeat: args.heartbeat.max(MIN_HEARTBEAT),
-                idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                idle_timeout: args.idle_timeout.max(MIN_HEARTBEAT),
                 drain_seconds: args.drain_seconds,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
             },

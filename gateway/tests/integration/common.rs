@@ -142,6 +142,7 @@ pub struct GwOpts {
     pub allowed_origins: Vec<String>,
     pub presence_limit: u64,
     pub heartbeat: Duration,
+    pub idle_timeout: Duration,
 }
 
 impl GwOpts {
@@ -156,6 +157,7 @@ impl GwOpts {
             allowed_origins: Vec::new(),
             presence_limit: 10_000,
             heartbeat: chorus_gateway::config::DEFAULT_HEARTBEAT,
+            idle_timeout: chorus_gateway::config::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -178,6 +180,7 @@ pub async fn start_gateway(api: &Service, opts: GwOpts) -> Service {
         presence_broadcast_limit: opts.presence_limit,
         outbound_queue: opts.outbound_queue,
         heartbeat: opts.heartbeat,
+        idle_timeout: opts.idle_timeout,
         jwt,
         log: LogArgs {
             log_format: LogFormat::Text,
@@ -478,6 +481,21 @@ impl Client {
         }
     }
 
+    /// Reads for `d`, answering pings; panics if anything but pings (or
+    /// pongs) arrives, a close included.
+    pub async fn reads_pings_for(&mut self, d: Duration) -> usize {
+        let until = tokio::time::Instant::now() + d;
+        let mut pings = 0;
+        loop {
+            match tokio::time::timeout_at(until, self.ws.next()).await {
+                Err(_) => return pings,
+                Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+                Ok(Some(Ok(Message::Pong(_)))) => {}
+                Ok(other) => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
     /// Reads until the server closes; returns the close frame.
     pub async fn closed(&mut self) -> Option<CloseFrame> {
         loop {
@@ -494,9 +512,10 @@ impl Client {
 
     /// Reads until the server closes, counting its WebSocket pings.
     pub async fn pings_until_closed(&mut self) -> (usize, Option<CloseFrame>) {
+        let until = tokio::time::Instant::now() + WAIT;
         let mut pings = 0;
         loop {
-            match tokio::time::timeout(WAIT, self.ws.next())
+            match tokio::time::timeout_at(until, self.ws.next())
                 .await
                 .expect("closed within the wait")
             {

@@ -254,6 +254,29 @@ async fn server_pings_on_the_heartbeat_until_the_token_expires() {
 }
 
 #[tokio::test]
+async fn a_silent_client_is_closed_while_one_answering_pings_stays() {
+    let mut opts = GwOpts::new(&env_url("REDIS_URL"));
+    opts.heartbeat = Duration::from_millis(100);
+    opts.idle_timeout = Duration::from_millis(600);
+    let cl = Cluster::start_with(opts).await;
+    let mut silent = Client::connect(&cl.gw1.url, &token(&uid("silent"))).await;
+    let mut live = Client::connect(&cl.gw1.url, &token(&uid("live"))).await;
+    // `live` reads (so its WebSocket library answers pings) and sends
+    // nothing else; `silent` neither reads nor writes.
+    let pings = live.reads_pings_for(Duration::from_millis(2000)).await;
+    assert!(pings >= 2, "{pings} pings at a 100 ms heartbeat");
+    // Ended by the server (without the idle timeout this read would run
+    // into the wait). Its close frame may be lost to a TCP reset: reading
+    // late, the client answers queued pings after the server closed.
+    let (_, close) = silent.pings_until_closed().await;
+    if let Some(f) = close {
+        assert_eq!(u16::from(f.code), 1000);
+    }
+    let pong = live.request("ping", json!({})).await;
+    assert_eq!(pong["type"], "pong", "{pong}");
+}
+
+#[tokio::test]
 async fn rate_limits_answer_then_close_4008() {
     let cl = Cluster::start().await;
     let alice = uid("alice");
