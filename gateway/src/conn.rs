@@ -364,7 +364,13 @@ fn write_loop(
                         break close_now(&handle, close::NORMAL);
                     }
                     if now >= next_ping {
-                        if sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                        // Like every write, a ping must not hold up a close
+                        // when the client has stopped reading.
+                        let sent = tokio::select! {
+                            r = sink.send(Message::Ping(bytes::Bytes::new())) => r.is_ok(),
+                            code = &mut closed => break code,
+                        };
+                        if !sent {
                             handle.close(close::NORMAL);
                             return;
                         }

@@ -221,21 +221,7 @@ async fn upgrade_auth_query_token_and_origin() {
 }
 
 #[tokio::test]
-async fn token_expiry_closes_with_1008() {
-    let mut opts = GwOpts::new(&env_url("REDIS_URL"));
-    opts.leeway_s = 0;
-    let cl = Cluster::start_with(opts).await;
-    let mut c =
-        chorus_shared::auth::claims_for(&uid("brief"), None, chorus_shared::auth::Role::Member, 2);
-    c.exp = chorus_shared::auth::now_s() + 2;
-    let t = chorus_shared::auth::mint_hs256(SECRET, &c).unwrap();
-    let mut client = Client::connect(&cl.gw1.url, &t).await;
-    let f = client.closed().await.expect("close frame");
-    assert_eq!(u16::from(f.code), 1008);
-}
-
-#[tokio::test]
-async fn server_pings_on_the_heartbeat_until_the_token_expires() {
+async fn pings_on_the_heartbeat_then_token_expiry_closes_with_1008() {
     let mut opts = GwOpts::new(&env_url("REDIS_URL"));
     opts.leeway_s = 0;
     opts.heartbeat = Duration::from_millis(200);
