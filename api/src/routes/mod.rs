@@ -121,12 +121,11 @@ impl Access {
 
 /// Loads the community (`not_found` if unknown) and the user's role in it.
 pub(crate) async fn access(state: &AppState, id: Uuid, user_id: &str) -> Result<Access, ApiError> {
-    let community = state
+    let (community, role) = state
         .store()
-        .community(id)
+        .access(id, user_id)
         .await?
         .ok_or(ApiError::NotFound("community"))?;
-    let role = state.store().member_role(id, user_id).await?;
     Ok(Access { community, role })
 }
 

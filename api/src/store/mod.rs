@@ -127,11 +127,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Community, ApiError>;
     async fn communities_of(&self, user_id: &str) -> Result<Vec<Community>, ApiError>;
     async fn community(&self, id: Uuid) -> Result<Option<Community>, ApiError>;
-    async fn member_role(
+    /// The community and the user's role in it (`None` if not a member),
+    /// in one round trip: every authorization check and every gateway join
+    /// asks this. `None` if the community does not exist.
+    async fn access(
         &self,
         community_id: Uuid,
         user_id: &str,
-    ) -> Result<Option<MemberRole>, ApiError>;
+    ) -> Result<Option<(Community, Option<MemberRole>)>, ApiError>;
     /// Adds a member (creating an unknown user named after their id); a
     /// no-op returning the existing member if already there.
     async fn add_member(

@@ -102,6 +102,14 @@ struct CommunityRow {
     head_seq: i64,
 }
 
+/// A community with the asking user's role, if any.
+#[derive(FromRow)]
+struct AccessRow {
+    #[sqlx(flatten)]
+    community: CommunityRow,
+    role: Option<String>,
+}
+
 impl From<CommunityRow> for Community {
     fn from(r: CommunityRow) -> Self {
         Community {
@@ -322,19 +330,24 @@ impl Store for PgStore {
         Ok(row.map(Into::into))
     }
 
-    async fn member_role(
+    async fn access(
         &self,
         community_id: Uuid,
         user_id: &str,
-    ) -> Result<Option<MemberRole>, ApiError> {
-        let role: Option<String> = sqlx::query_scalar(
-            "select role from community_members where community_id = $1 and user_id = $2",
+    ) -> Result<Option<(Community, Option<MemberRole>)>, ApiError> {
+        let row: Option<AccessRow> = sqlx::query_as(
+            "select c.id, c.name, c.is_public, c.created_by, c.created_at, c.head_seq, m.role \
+             from communities c left join community_members m \
+             on m.community_id = c.id and m.user_id = $2 where c.id = $1",
         )
         .bind(community_id)
         .bind(user_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(role.as_deref().and_then(MemberRole::parse))
+        Ok(row.map(|r| {
+            let role = r.role.as_deref().and_then(MemberRole::parse);
+            (r.community.into(), role)
+        }))
     }
 
     async fn add_member(
