@@ -45,30 +45,54 @@ impl Encoding {
     }
 }
 
-/// A server frame encoded lazily, once per encoding, then shared.
+/// A server frame as queued to connections: one pointer per queue entry.
 #[derive(Debug)]
-pub struct SharedFrame<T> {
-    pub value: T,
-    json: OnceLock<Message>,
-    msgpack: OnceLock<Message>,
+pub enum SharedFrame<T> {
+    /// An event for many connections, encoded lazily, once per encoding,
+    /// then shared by all of them.
+    Event {
+        value: T,
+        json: OnceLock<Message>,
+        msgpack: OnceLock<Message>,
+    },
+    /// A frame for one connection (ready, acks, errors), already encoded in
+    /// that connection's encoding.
+    Encoded(Message),
 }
 
 impl<T: Serialize> SharedFrame<T> {
     pub fn new(value: T) -> Self {
-        SharedFrame {
+        SharedFrame::Event {
             value,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
         }
     }
 
+    /// The event this frame carries; `None` for a connection's own frame.
+    pub fn event(&self) -> Option<&T> {
+        match self {
+            SharedFrame::Event { value, .. } => Some(value),
+            SharedFrame::Encoded(_) => None,
+        }
+    }
+
     /// The frame for `enc`: a reference-count bump after the first call.
     pub fn get(&self, enc: Encoding) -> Message {
-        let cell = match enc {
-            Encoding::Json => &self.json,
-            Encoding::Msgpack => &self.msgpack,
-        };
-        cell.get_or_init(|| enc.encode(&self.value)).clone()
+        match self {
+            SharedFrame::Event {
+                value,
+                json,
+                msgpack,
+            } => {
+                let cell = match enc {
+                    Encoding::Json => json,
+                    Encoding::Msgpack => msgpack,
+                };
+                cell.get_or_init(|| enc.encode(value)).clone()
+            }
+            SharedFrame::Encoded(message) => message.clone(),
+        }
     }
 }
 
@@ -179,5 +203,16 @@ mod tests {
             other => panic!("expected text frames, got {other:?}"),
         }
         assert!(matches!(f.get(Encoding::Msgpack), Message::Binary(_)));
+        assert!(f.event().is_some());
+    }
+
+    #[test]
+    fn a_connections_own_frame_is_sent_as_encoded() {
+        let f: SharedFrame<serde_json::Value> = SharedFrame::Encoded(Message::Text("{}".into()));
+        assert!(f.event().is_none());
+        match f.get(Encoding::Json) {
+            Message::Text(t) => assert_eq!(t.as_str(), "{}"),
+            other => panic!("expected the text frame, got {other:?}"),
+        }
     }
 }

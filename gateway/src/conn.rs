@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::Gateway;
-use crate::codec::{Encoding, decode_client};
+use crate::codec::{Encoding, SharedFrame, decode_client};
 use crate::config::{ABUSE_LIMIT, ABUSE_WINDOW, SLOW_CLOSE_TIMEOUT, TYPING_BURST, TYPING_RATE};
 use crate::error::GatewayError;
 use crate::hub::Frame;
@@ -46,16 +46,13 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4009;
 }
 
-/// One entry of a connection's outbound queue. Kept to two words so the
-/// queue's first block (32 slots, allocated up front) stays small: a shared
-/// event is a reference-counted pointer, encoded for this connection by its
-/// writer (at most once per encoding per event, see `SharedFrame`); the
-/// rare connection-specific frame (ready, acks, errors) is boxed.
-#[derive(Debug)]
-pub enum Outbound {
-    Event(Frame),
-    Own(Box<Message>),
-}
+/// One entry of a connection's outbound queue: a single pointer, so the
+/// queue's first block (32 slots, allocated up front) stays small. A shared
+/// event is encoded for this connection by its writer (at most once per
+/// encoding per event, see `SharedFrame`); the rare connection-specific
+/// frame (ready, acks, errors) arrives encoded.
+pub type Outbound = Frame;
+const _: () = assert!(size_of::<Outbound>() == size_of::<usize>());
 
 /// The hub's and the tasks' handle on a connection.
 pub struct ConnHandle {
@@ -88,13 +85,13 @@ impl ConnHandle {
     /// Queues a connection-specific frame without waiting (see
     /// [`ConnHandle::push_event`]).
     pub fn push(&self, frame: Message) -> bool {
-        self.send_now(Outbound::Own(Box::new(frame)))
+        self.send_now(Arc::new(SharedFrame::Encoded(frame)))
     }
 
     /// Queues a shared event without waiting. A full queue means a slow
     /// consumer: the connection is closed with 4009. False when not queued.
     pub fn push_event(&self, frame: &Frame) -> bool {
-        self.send_now(Outbound::Event(frame.clone()))
+        self.send_now(frame.clone())
     }
 
     fn send_now(&self, out: Outbound) -> bool {
@@ -115,7 +112,7 @@ impl ConnHandle {
     /// connection closed meanwhile.
     pub async fn push_event_wait(&self, frame: &Frame) -> bool {
         tokio::select! {
-            r = self.tx.send(Outbound::Event(frame.clone())) => r.is_ok(),
+            r = self.tx.send(frame.clone()) => r.is_ok(),
             _ = self.closed() => false,
         }
     }
@@ -402,14 +399,6 @@ fn close_now(handle: &ConnHandle, code: u16) -> u16 {
     handle.close_code().unwrap_or(code)
 }
 
-/// The wire frame of a queue entry for this connection's encoding.
-fn wire(out: Outbound, encoding: Encoding) -> Message {
-    match out {
-        Outbound::Event(frame) => frame.get(encoding),
-        Outbound::Own(message) => *message,
-    }
-}
-
 /// Most queued frames written before one flush.
 const WRITE_BATCH: usize = 64;
 
@@ -420,12 +409,12 @@ async fn write_batch(
     encoding: Encoding,
     first: Outbound,
 ) -> bool {
-    if sink.feed(wire(first, encoding)).await.is_err() {
+    if sink.feed(first.get(encoding)).await.is_err() {
         return false;
     }
     for _ in 1..WRITE_BATCH {
         let Ok(next) = rx.try_recv() else { break };
-        if sink.feed(wire(next, encoding)).await.is_err() {
+        if sink.feed(next.get(encoding)).await.is_err() {
             return false;
         }
     }
@@ -452,7 +441,7 @@ async fn finish(
     let _ = tokio::time::timeout(SLOW_CLOSE_TIMEOUT, async {
         if code != close::SLOW_CONSUMER {
             while let Ok(m) = rx.try_recv() {
-                if sink.feed(wire(m, encoding)).await.is_err() {
+                if sink.feed(m.get(encoding)).await.is_err() {
                     return;
                 }
             }

@@ -934,10 +934,10 @@ impl BackplaneSink for Hub {
                 }
             }
             None => {
-                let exclude = match &frame.value {
-                    ServerEvent::UserTyping(t) => Some(t.user_id.clone()),
-                    ServerEvent::UserJoined(j) => Some(j.user_id.clone()),
-                    ServerEvent::UserLeft(l) => Some(l.user_id.clone()),
+                let exclude = match frame.event() {
+                    Some(ServerEvent::UserTyping(t)) => Some(t.user_id.clone()),
+                    Some(ServerEvent::UserJoined(j)) => Some(j.user_id.clone()),
+                    Some(ServerEvent::UserLeft(l)) => Some(l.user_id.clone()),
                     _ => None,
                 };
                 broadcast(&lock(&room.state), &frame, exclude.as_deref());
