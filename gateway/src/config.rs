@@ -26,11 +26,12 @@ pub const DEFAULT_DRAIN_SECONDS: u64 = 20;
 
 /// Largest WebSocket message after reassembly (contract: 64 KiB, then 1009).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// Socket read buffer. Small on purpose: every connection holds it while
-/// idle, client commands are a few hundred bytes, and tungstenite reserves
-/// a large frame's full length once its header is read. (4 KiB measured
-/// ~3 KiB more per idle connection for no benefit to commands.)
-pub const DEFAULT_READ_BUFFER: usize = 512;
+/// Socket read buffer, and the most one read takes. Small on purpose:
+/// every connection holds it while idle (4 KiB measured ~3 KiB more per
+/// idle connection than 1 KiB). Most client commands fit in one read; a
+/// larger one (a long message) takes several, a cost paid per command, not
+/// per delivery, and far below the API call a command makes.
+pub const DEFAULT_READ_BUFFER: usize = 256;
 
 /// Frames a connection may have queued for sending. A client that falls
 /// this far behind live traffic is closed with 4009 rather than buffered

@@ -125,6 +125,13 @@ async fn malformed_frames_get_errors_and_the_connection_stays() {
     let pong = a.answer(r).await;
     assert_eq!(pong, json!({"type": "pong", "ref": r, "data": {}}));
     a.join(&c, Some(0)).await;
+    // Frames far larger than the socket read buffer arrive whole: the
+    // longest message content (4,000 characters, 3 bytes each in UTF-8).
+    let long = "€".repeat(4000);
+    let ack = a
+        .ok("send-message", json!({"communityId": c, "content": long}))
+        .await;
+    assert_eq!(ack["message"]["content"], long.as_str());
 
     // A message over 64 KiB closes with 1009.
     a.send_raw(Message::Text("x".repeat(64 * 1024 + 1).into()))
