@@ -46,8 +46,9 @@ pub const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Interval of server WebSocket pings, also announced in `ready`. Below the
 /// 60 s idle timeouts of common load balancers.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(25);
-/// Shortest ping interval accepted, so a zero cannot make writers spin.
-pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+/// Shortest ping interval or idle timeout accepted, so a zero cannot make
+/// writers spin.
+pub const MIN_CONNECTION_TIMER: Duration = Duration::from_millis(10);
 /// A connection that sends nothing (not even a pong) for this long is
 /// closed: two missed heartbeats plus slack.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);

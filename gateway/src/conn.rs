@@ -54,6 +54,9 @@ pub mod close {
 pub type Outbound = Frame;
 const _: () = assert!(size_of::<Outbound>() == size_of::<usize>());
 
+/// `seen_ms` while the reader is running a command.
+const BUSY: u64 = u64::MAX;
+
 /// The hub's and the tasks' handle on a connection.
 pub struct ConnHandle {
     pub id: u64,
@@ -68,7 +71,8 @@ pub struct ConnHandle {
     /// When the token expires (leeway included): the writer closes with 1008.
     expires_at: tokio::time::Instant,
     /// When the client last sent a frame (pongs included), in milliseconds
-    /// after `opened`. Written by the reader, read by the writer's timer.
+    /// after `opened`, or [`BUSY`]. Written by the reader, read by the
+    /// writer's timer.
     seen_ms: AtomicU64,
 }
 
@@ -135,15 +139,26 @@ impl ConnHandle {
         }
     }
 
-    /// Notes that the client just sent a frame.
+    /// Notes that the client just sent a frame (or that the reader is ready
+    /// for its next one).
     fn saw_client(&self) {
-        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.seen_ms.store(ms, Ordering::Relaxed);
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(BUSY - 1);
+        self.seen_ms.store(ms.min(BUSY - 1), Ordering::Relaxed);
     }
 
-    /// When the client last sent a frame (or the connection opened).
+    /// Notes that the reader is running a command until the next
+    /// [`ConnHandle::saw_client`].
+    fn command_started(&self) {
+        self.seen_ms.store(BUSY, Ordering::Relaxed);
+    }
+
+    /// When the client last sent a frame (or the connection opened); now
+    /// while the reader is running a command.
     fn last_seen(&self) -> tokio::time::Instant {
-        self.opened + Duration::from_millis(self.seen_ms.load(Ordering::Relaxed))
+        match self.seen_ms.load(Ordering::Relaxed) {
+            BUSY => tokio::time::Instant::now(),
+            ms => self.opened + Duration::from_millis(ms),
+        }
     }
 
     /// Resolves with the close code once a close was requested.
@@ -517,11 +532,15 @@ impl Reader {
             // A command runs to completion unless the connection closes.
             // Boxed: a command's future (API calls, a replay) is large, and
             // an idle connection should not carry its space.
+            // While it runs, the client's frames (pongs included) are not
+            // read, so its silence proves nothing: no idle close meanwhile.
+            self.handle.command_started();
             tokio::select! {
                 biased;
                 _ = &mut closed => return,
                 () = Box::pin(self.frame(&bytes)) => {}
             }
+            self.handle.saw_client();
         }
     }
 
@@ -728,4 +747,35 @@ fn community_id(s: &str) -> Result<Uuid, GatewayError> {
 /// limit exceeded: Message too long"); axum only exposes it boxed.
 fn is_too_big(e: &axum::Error) -> bool {
     e.to_string().contains("too long")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_running_command_holds_off_the_idle_timeout() {
+        let (h, _rx) = ConnHandle::for_test(1, "u", 4);
+        let idle = Duration::from_secs(60);
+        h.saw_client();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(
+            h.last_seen() + idle < tokio::time::Instant::now(),
+            "silent: idle"
+        );
+
+        // A command that outlasts the idle timeout (its client's pongs are
+        // not read meanwhile) does not make the connection idle...
+        h.command_started();
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert!(
+            h.last_seen() + idle > tokio::time::Instant::now(),
+            "busy: not idle"
+        );
+        // ...and silence counts again from its end.
+        h.saw_client();
+        let done = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(h.last_seen(), done);
+    }
 }

@@ -40,7 +40,7 @@ use crate::api::ApiClient;
 use crate::backplane::{Backplane, RedisBackplane};
 use crate::codec::{Encoding, JSON_PROTOCOL, MSGPACK_PROTOCOL};
 use crate::config::{
-    DEFAULT_READ_BUFFER, GatewayArgs, MAX_MESSAGE_BYTES, MIN_HEARTBEAT, PRESENCE_REFRESH,
+    DEFAULT_READ_BUFFER, GatewayArgs, MAX_MESSAGE_BYTES, MIN_CONNECTION_TIMER, PRESENCE_REFRESH,
     REGISTRY_INTERVAL,
 };
 use crate::error::GatewayError;
@@ -175,8 +175,8 @@ pub async fn run(
                     .filter(|o| !o.is_empty())
                     .collect(),
                 outbound_queue: args.outbound_queue.max(1),
-                heartbeat: args.heartbeat.max(MIN_HEARTBEAT),
-                idle_timeout: args.idle_timeout.max(MIN_HEARTBEAT),
+                heartbeat: args.heartbeat.max(MIN_CONNECTION_TIMER),
+                idle_timeout: args.idle_timeout.max(MIN_CONNECTION_TIMER),
                 drain_seconds: args.drain_seconds,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
             },
