@@ -3,10 +3,11 @@
 //! most once per encoding ([`SharedFrame`]) and the same bytes are queued to
 //! every recipient.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
+use chorus_shared::protocol::ServerEvent;
 use serde::Serialize;
 
 use crate::error::GatewayError;
@@ -15,6 +16,10 @@ use crate::error::GatewayError;
 pub const MSGPACK_PROTOCOL: &str = "chorus.v1.msgpack";
 /// Subprotocol naming the default JSON encoding explicitly.
 pub const JSON_PROTOCOL: &str = "chorus.v1.json";
+
+/// A server event as queued to connections: shared by every recipient,
+/// encoded at most once per wire encoding.
+pub type Frame = Arc<SharedFrame<ServerEvent>>;
 
 /// A connection's encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

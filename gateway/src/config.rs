@@ -11,27 +11,11 @@ use chorus_shared::config::{DEFAULT_REDIS_URL, LogArgs};
 pub const DEFAULT_WS_COMMAND_RATE: f64 = 20.0;
 /// Command burst per connection (contract default).
 pub const DEFAULT_WS_COMMAND_BURST: u32 = 40;
-/// `typing` frames per connection per second and burst (contract).
-pub const TYPING_RATE: f64 = 5.0;
-pub const TYPING_BURST: u32 = 10;
-/// Rate-limited frames within [`ABUSE_WINDOW`] after which a connection is
-/// closed with 4008 (contract).
-pub const ABUSE_LIMIT: u32 = 100;
-pub const ABUSE_WINDOW: Duration = Duration::from_secs(5);
 
 /// Events replayed at most on a `join-community` with `lastSeq` (contract).
 pub const DEFAULT_RECOVERY_WINDOW: i64 = 1000;
 /// Seconds a SIGTERM'd gateway spreads its reconnect closes over (contract).
 pub const DEFAULT_DRAIN_SECONDS: u64 = 20;
-
-/// Largest WebSocket message after reassembly (contract: 64 KiB, then 1009).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// Socket read buffer, and the most one read takes. Small on purpose:
-/// every connection holds it while idle (4 KiB measured ~3 KiB more per
-/// idle connection than 1 KiB). Most client commands fit in one read; a
-/// larger one (a long message) takes several, a cost paid per command, not
-/// per delivery, and far below the API call a command makes.
-pub const DEFAULT_READ_BUFFER: usize = 256;
 
 /// Frames a connection may have queued for sending. A client that falls
 /// this far behind live traffic is closed with 4009 rather than buffered
@@ -39,9 +23,6 @@ pub const DEFAULT_READ_BUFFER: usize = 256;
 /// more than any reading client lags, while bounded at ~256 pointers plus
 /// shared frame bytes.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
-/// How long the 4009 close frame of a slow consumer may take before the TCP
-/// connection is dropped (contract: 1 s).
-pub const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Interval of server WebSocket pings, also announced in `ready`. Below the
 /// 60 s idle timeouts of common load balancers.
@@ -71,15 +52,6 @@ pub const REGISTRY_TTL: Duration = Duration::from_secs(15);
 /// answer may take before the connection counts as dead.
 pub const BACKPLANE_PING_INTERVAL: Duration = Duration::from_secs(1);
 pub const BACKPLANE_PING_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Requests to the API in flight at once from one gateway. Enough to keep
-/// the API's two cores busy; beyond it requests queue in the gateway rather
-/// than opening a connection each (a 20,000-client rejoin would otherwise
-/// open thousands).
-pub const DEFAULT_API_CONCURRENCY: usize = 64;
-
-/// Timeout of one call to the API's endpoints.
-pub const API_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `chorus-gateway` settings.
 #[derive(Debug, Clone, clap::Parser)]

@@ -16,14 +16,24 @@ use crate::protocol::ServerEvent;
 /// The envelope format this build writes and the newest it reads.
 pub const ENVELOPE_VERSION: u16 = 1;
 
+/// Prefix of the channels carrying one community's events.
+pub const COMMUNITY_CHANNEL_PREFIX: &str = "chorus:community:";
+/// Prefix of the channels carrying one user's events.
+pub const USER_CHANNEL_PREFIX: &str = "chorus:user:";
+
 /// Redis channel carrying one community's events.
 pub fn community_channel(community_id: &Uuid) -> String {
-    format!("chorus:community:{community_id}")
+    format!("{COMMUNITY_CHANNEL_PREFIX}{community_id}")
 }
 
 /// Redis channel carrying one user's events (notifications, revocations).
 pub fn user_channel(user_id: &str) -> String {
-    format!("chorus:user:{user_id}")
+    format!("{USER_CHANNEL_PREFIX}{user_id}")
+}
+
+/// The user whose channel `channel` is, if it is a user channel.
+pub fn user_of_channel(channel: &str) -> Option<&str> {
+    channel.strip_prefix(USER_CHANNEL_PREFIX)
 }
 
 /// One event on the backplane.

@@ -23,10 +23,16 @@ pub const MAX_NOTIFICATION_TITLE_CHARS: usize = 200;
 pub const MAX_NOTIFICATION_MESSAGE_CHARS: usize = 2000;
 /// Largest notification `data` object, serialized as JSON.
 pub const MAX_NOTIFICATION_DATA_BYTES: usize = 8 * 1024;
-/// Largest request body and largest WebSocket message.
+/// Largest request body and largest WebSocket message (after reassembly).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest WebSocket message a client may send; larger closes with 1009.
+pub const MAX_WS_MESSAGE_BYTES: usize = MAX_BODY_BYTES;
 /// Page size bounds for history and notification listings.
 pub const MAX_PAGE_LIMIT: i64 = 100;
+/// Most events one `/internal/communities/{id}/events` request returns:
+/// ten default recovery windows, so a gap fill or a replay needs few round
+/// trips, while one response stays a few MiB at most.
+pub const MAX_EVENTS_PER_REQUEST: i64 = 10_000;
 
 // ---- resources ----------------------------------------------------------------------
 

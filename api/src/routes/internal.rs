@@ -4,16 +4,13 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use chorus_shared::ids::is_valid_user_id;
-use chorus_shared::protocol::{CommunityAccess, EventsPage, SequencedEventBody};
+use chorus_shared::protocol::{
+    CommunityAccess, EventsPage, MAX_EVENTS_PER_REQUEST, SequencedEventBody,
+};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Internal, Params, parse_id};
 use crate::state::AppState;
-
-/// Most events one backfill request returns: ten recovery windows, so a
-/// gateway filling a gap or a replay needs few round trips, while one
-/// response stays a few MiB at most.
-pub const MAX_EVENTS_PER_REQUEST: i64 = 10_000;
 
 /// `GET /internal/communities/{id}/events?after=N&limit=M`.
 pub async fn events(

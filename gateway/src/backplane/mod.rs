@@ -1,7 +1,9 @@
-//! The backplane: how gateways hear about events and share presence. One
-//! small interface, so a single-process mode with an in-process backplane
-//! can be added without touching connection code; Redis implements it now.
+//! The backplane: how gateways hear about events and share presence, as
+//! one small trait. [`RedisBackplane`] is the real one; [`MemoryBackplane`]
+//! runs it inside one process (several gateways on one [`MemoryBus`]), so
+//! the hub can be tested without Redis.
 
+mod memory;
 mod redis;
 
 use async_trait::async_trait;
@@ -11,7 +13,10 @@ use uuid::Uuid;
 
 use crate::error::GatewayError;
 
+pub use self::memory::{MemoryBackplane, MemoryBus};
 pub use self::redis::RedisBackplane;
+
+use std::sync::Arc;
 
 /// What the backplane reports to the gateway.
 pub trait BackplaneSink: Send + Sync + 'static {
@@ -41,7 +46,12 @@ pub struct PresenceLeave {
 
 /// Publish/subscribe, presence and registry operations.
 #[async_trait]
-pub trait Backplane: Send + Sync + 'static {
+pub trait Backplane: Send + Sync + std::fmt::Debug + 'static {
+    /// Starts delivering subscribed channels' messages to `sink`; the
+    /// connection itself may come later.
+    fn start(&self, sink: Arc<dyn BackplaneSink>);
+    /// Closes the backplane's connections.
+    async fn quit(&self);
     /// Starts delivering `channel`'s messages to the sink.
     async fn subscribe(&self, channel: &str) -> Result<(), GatewayError>;
     async fn unsubscribe(&self, channel: &str) -> Result<(), GatewayError>;

@@ -90,8 +90,7 @@ impl RedisBackplane {
     }
 
     /// Connects the subscriber and starts the dispatch and health tasks.
-    /// Returns once the tasks run; the connection itself may come later.
-    pub fn start(&self, sink: Arc<dyn BackplaneSink>) {
+    fn start_tasks(&self, sink: Arc<dyn BackplaneSink>) {
         let mut messages = self.sub.message_rx();
         let mut reconnects = self.sub.reconnect_rx();
         drop(self.sub.connect());
@@ -165,12 +164,6 @@ impl RedisBackplane {
         });
     }
 
-    /// Closes both connections.
-    pub async fn quit(&self) {
-        let _ = self.sub.quit().await;
-        let _ = self.cmd.quit().await;
-    }
-
     async fn script(
         &self,
         script: &str,
@@ -190,6 +183,15 @@ fn int(v: Option<&Value>) -> u64 {
 
 #[async_trait]
 impl Backplane for RedisBackplane {
+    fn start(&self, sink: Arc<dyn BackplaneSink>) {
+        self.start_tasks(sink);
+    }
+
+    async fn quit(&self) {
+        let _ = self.sub.quit().await;
+        let _ = self.cmd.quit().await;
+    }
+
     async fn subscribe(&self, channel: &str) -> Result<(), GatewayError> {
         self.sub.subscribe(channel).await.map_err(redis_err)
     }

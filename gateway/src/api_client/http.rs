@@ -1,26 +1,33 @@
-//! The gateway's client of the API: gateways never touch Postgres, so
-//! membership, backfill and writes go through the API. Internal endpoints
-//! use the service token; writes made over a socket use the user's own
-//! token, so the API applies exactly the rules and rate limits of HTTP.
+//! The real API client, over HTTP. Internal endpoints use the service
+//! token; writes made over a socket use the user's own token.
 
+use std::sync::Arc;
+
+use async_trait::async_trait;
 use chorus_shared::error::{ErrorBody, ErrorCode};
 use chorus_shared::protocol::{
     CommunityAccess, EventsPage, Message, NotificationPage, SendMessage,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use std::sync::Arc;
-
-use tokio::sync::Semaphore;
-
-use crate::config::{API_TIMEOUT, DEFAULT_API_CONCURRENCY};
+use super::Api;
 use crate::error::GatewayError;
 
-/// Handle to the API; cheap to clone.
+/// Requests to the API in flight at once from one gateway. Enough to keep
+/// the API's two cores busy; beyond it requests queue in the gateway rather
+/// than opening a connection each (a 20,000-client rejoin would otherwise
+/// open thousands).
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Timeout of one call to the API.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// HTTP client of the API; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct ApiClient {
+pub struct HttpApi {
     http: reqwest::Client,
     base: String,
     internal_token: String,
@@ -29,92 +36,21 @@ pub struct ApiClient {
     permits: Arc<Semaphore>,
 }
 
-impl ApiClient {
+impl HttpApi {
     pub fn new(base: &str, internal_token: &str) -> Result<Self, GatewayError> {
         let http = reqwest::Client::builder()
-            .timeout(API_TIMEOUT)
-            .pool_max_idle_per_host(DEFAULT_API_CONCURRENCY)
+            .timeout(REQUEST_TIMEOUT)
+            .pool_max_idle_per_host(MAX_IN_FLIGHT)
             .build()
             .map_err(|e| GatewayError::Config(format!("http client: {e}")))?;
-        Ok(ApiClient {
+        Ok(HttpApi {
             http,
             base: base.trim_end_matches('/').to_owned(),
             internal_token: internal_token.to_owned(),
-            permits: Arc::new(Semaphore::new(DEFAULT_API_CONCURRENCY)),
+            permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         })
     }
 
-    /// Community existence, head and the user's role (`not_found` if unknown).
-    pub async fn access(
-        &self,
-        community: Uuid,
-        user: &str,
-    ) -> Result<CommunityAccess, GatewayError> {
-        self.internal_get(format!(
-            "{}/internal/communities/{community}/access/{user}",
-            self.base
-        ))
-        .await
-    }
-
-    /// Sequenced events after `after`, oldest first.
-    pub async fn events(
-        &self,
-        community: Uuid,
-        after: i64,
-        limit: i64,
-    ) -> Result<EventsPage, GatewayError> {
-        self.internal_get(format!(
-            "{}/internal/communities/{community}/events?after={after}&limit={limit}",
-            self.base
-        ))
-        .await
-    }
-
-    /// `send-message` on the user's behalf.
-    pub async fn send_message(
-        &self,
-        user_token: &str,
-        body: &SendMessage,
-    ) -> Result<Message, GatewayError> {
-        let url = format!("{}/api/messages-realtime", self.base);
-        let _permit = self.permit().await?;
-        read(
-            self.http
-                .post(url)
-                .bearer_auth(user_token)
-                .json(body)
-                .send()
-                .await,
-        )
-        .await
-    }
-
-    /// `delete-message` on the user's behalf.
-    pub async fn delete_message(&self, user_token: &str, id: Uuid) -> Result<(), GatewayError> {
-        let url = format!("{}/api/messages-realtime/{id}", self.base);
-        let _permit = self.permit().await?;
-        let resp = self.http.delete(url).bearer_auth(user_token).send().await;
-        match resp {
-            Ok(r) if r.status() == StatusCode::NO_CONTENT => Ok(()),
-            other => read::<serde_json::Value>(other).await.map(|_| ()),
-        }
-    }
-
-    /// The user's unread notification count.
-    pub async fn unread_count(&self, user_token: &str) -> Result<i64, GatewayError> {
-        let url = format!(
-            "{}/api/notifications-broadcast?unread=true&limit=1",
-            self.base
-        );
-        let _permit = self.permit().await?;
-        let page: NotificationPage =
-            read(self.http.get(url).bearer_auth(user_token).send().await).await?;
-        Ok(page.unread_count)
-    }
-}
-
-impl ApiClient {
     /// A GET on an internal endpoint with the service token.
     async fn internal_get<T: DeserializeOwned>(&self, url: String) -> Result<T, GatewayError> {
         let _permit = self.permit().await?;
@@ -133,6 +69,69 @@ impl ApiClient {
             .acquire()
             .await
             .map_err(|_| GatewayError::Unavailable("api client closed".into()))
+    }
+}
+
+#[async_trait]
+impl Api for HttpApi {
+    async fn access(&self, community: Uuid, user: &str) -> Result<CommunityAccess, GatewayError> {
+        self.internal_get(format!(
+            "{}/internal/communities/{community}/access/{user}",
+            self.base
+        ))
+        .await
+    }
+
+    async fn events(
+        &self,
+        community: Uuid,
+        after: i64,
+        limit: i64,
+    ) -> Result<EventsPage, GatewayError> {
+        self.internal_get(format!(
+            "{}/internal/communities/{community}/events?after={after}&limit={limit}",
+            self.base
+        ))
+        .await
+    }
+
+    async fn send_message(
+        &self,
+        user_token: &str,
+        body: &SendMessage,
+    ) -> Result<Message, GatewayError> {
+        let url = format!("{}/api/messages-realtime", self.base);
+        let _permit = self.permit().await?;
+        read(
+            self.http
+                .post(url)
+                .bearer_auth(user_token)
+                .json(body)
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    async fn delete_message(&self, user_token: &str, id: Uuid) -> Result<(), GatewayError> {
+        let url = format!("{}/api/messages-realtime/{id}", self.base);
+        let _permit = self.permit().await?;
+        let resp = self.http.delete(url).bearer_auth(user_token).send().await;
+        match resp {
+            Ok(r) if r.status() == StatusCode::NO_CONTENT => Ok(()),
+            other => read::<serde_json::Value>(other).await.map(|_| ()),
+        }
+    }
+
+    async fn unread_count(&self, user_token: &str) -> Result<i64, GatewayError> {
+        let url = format!(
+            "{}/api/notifications-broadcast?unread=true&limit=1",
+            self.base
+        );
+        let _permit = self.permit().await?;
+        let page: NotificationPage =
+            read(self.http.get(url).bearer_auth(user_token).send().await).await?;
+        Ok(page.unread_count)
     }
 }
 

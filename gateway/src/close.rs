@@ -1,0 +1,31 @@
+//! The contract's WebSocket close codes, and the reason text sent with each.
+//!
+//! At the bottom of the gateway: the connection handle records the code a
+//! connection is closing with, and everything above it (rooms, commands,
+//! draining) only asks for one of these.
+
+pub const NORMAL: u16 = 1000;
+/// Origin not allowed, or the token expired.
+pub const POLICY: u16 = 1008;
+/// A message over the size limit.
+pub const TOO_BIG: u16 = 1009;
+pub const INTERNAL: u16 = 1011;
+/// The gateway is draining: reconnect elsewhere.
+pub const DRAINING: u16 = 1012;
+/// Persistently over the command rate limit.
+pub const RATE_LIMITED: u16 = 4008;
+/// The outbound queue filled up: the client is not reading fast enough.
+pub const SLOW_CONSUMER: u16 = 4009;
+
+/// The reason text of a close frame with `code`.
+pub fn reason(code: u16) -> &'static str {
+    match code {
+        POLICY => "policy violation",
+        TOO_BIG => "message too big",
+        DRAINING => "gateway draining, reconnect",
+        RATE_LIMITED => "rate limited",
+        SLOW_CONSUMER => "slow consumer",
+        INTERNAL => "internal error",
+        _ => "",
+    }
+}

@@ -1,0 +1,198 @@
+//! [`ConnHandle`]: what everything above the socket knows of a connection.
+//!
+//! Rooms, the user registry and draining hold connections only through this
+//! handle: who the connection is, a non-blocking push onto its bounded
+//! outbound queue, and a close signal. The socket layer's reader and writer
+//! hold the same handle, so a close requested anywhere (a full queue, a
+//! revoked token, a drain) ends both tasks. The handle knows nothing of
+//! rooms, and rooms nothing of sockets.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use axum::extract::ws::Message;
+use chorus_shared::protocol::{Reconnect, ServerEvent};
+use tokio::sync::{Notify, mpsc};
+
+use crate::close;
+use crate::codec::{Encoding, Frame, SharedFrame};
+use crate::liveness::Liveness;
+
+/// One entry of a connection's outbound queue: a single pointer, so the
+/// queue's first block (32 slots, allocated up front) stays small. A shared
+/// event is encoded for this connection by its writer (at most once per
+/// encoding per event, see `SharedFrame`); the rare connection-specific
+/// frame (ready, acks, errors) arrives encoded.
+pub type Outbound = Frame;
+const _: () = assert!(size_of::<Outbound>() == size_of::<usize>());
+
+/// A connection as seen by rooms, the registry and the socket tasks.
+pub struct ConnHandle {
+    /// Unique within this gateway process.
+    pub id: u64,
+    pub user_id: Arc<str>,
+    pub name: Arc<str>,
+    pub encoding: Encoding,
+    tx: mpsc::Sender<Outbound>,
+    close_code: AtomicU32,
+    closing: Notify,
+    /// The socket layer's clock (idle timeout, token expiry).
+    pub(crate) liveness: Liveness,
+}
+
+impl std::fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnHandle")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnHandle {
+    /// A handle with an outbound queue of `queue` frames, and the queue's
+    /// receiving end for the writer. The token expires at `expires_at`.
+    pub fn new(
+        id: u64,
+        user_id: &str,
+        name: &str,
+        encoding: Encoding,
+        queue: usize,
+        expires_at: tokio::time::Instant,
+    ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let handle = Arc::new(ConnHandle {
+            id,
+            user_id: Arc::from(user_id),
+            name: Arc::from(name),
+            encoding,
+            tx,
+            close_code: AtomicU32::new(0),
+            closing: Notify::new(),
+            liveness: Liveness::new(expires_at),
+        });
+        (handle, rx)
+    }
+
+    /// Queues a connection-specific frame without waiting (see
+    /// [`ConnHandle::push_event`]).
+    pub fn push(&self, frame: Message) -> bool {
+        self.send_now(Arc::new(SharedFrame::Encoded(frame)))
+    }
+
+    /// Queues `value` encoded for this connection, without waiting.
+    pub fn push_value<T: serde::Serialize>(&self, value: &T) -> bool {
+        self.push(self.encoding.encode(value))
+    }
+
+    /// Queues a shared event without waiting. A full queue means a slow
+    /// consumer: the connection is closed with 4009. False when not queued.
+    pub fn push_event(&self, frame: &Frame) -> bool {
+        self.send_now(frame.clone())
+    }
+
+    fn send_now(&self, out: Outbound) -> bool {
+        match self.tx.try_send(out) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.close(close::SLOW_CONSUMER) {
+                    metrics::counter!("chorus_gateway_slow_consumer_closes_total").increment(1);
+                    tracing::info!(conn = self.id, user = %self.user_id, "slow consumer: outbound queue full");
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues a shared event, waiting for space (replays are paced by the
+    /// client's reading). False if the connection closed meanwhile.
+    pub async fn push_event_wait(&self, frame: &Frame) -> bool {
+        tokio::select! {
+            r = self.tx.send(frame.clone()) => r.is_ok(),
+            _ = self.closed() => false,
+        }
+    }
+
+    /// Asks both tasks to end with `code`; the first code wins. True if this
+    /// call decided the code.
+    pub fn close(&self, code: u16) -> bool {
+        let won = self
+            .close_code
+            .compare_exchange(0, u32::from(code), Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        self.closing.notify_waiters();
+        won
+    }
+
+    /// The code the connection is closing with, once a close was requested.
+    pub fn close_code(&self) -> Option<u16> {
+        match self.close_code.load(Ordering::SeqCst) {
+            0 => None,
+            c => u16::try_from(c).ok(),
+        }
+    }
+
+    /// Resolves with the close code once a close was requested.
+    pub async fn closed(&self) -> u16 {
+        loop {
+            let notified = self.closing.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(code) = self.close_code() {
+                return code;
+            }
+            notified.await;
+        }
+    }
+
+    /// Tells the client to reconnect after `after_ms` and closes with 1012.
+    pub fn drain(&self, after_ms: u64) {
+        self.push_value(&ServerEvent::Reconnect(Reconnect {
+            reason: "draining".into(),
+            after_ms,
+        }));
+        self.close(close::DRAINING);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn handle(queue: usize) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+        let expiry = tokio::time::Instant::now() + Duration::from_secs(60);
+        ConnHandle::new(1, "u", "U", Encoding::Json, queue, expiry)
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_closes_with_4009_and_the_first_code_wins() {
+        let (h, mut rx) = handle(1);
+        assert!(h.push(Message::Text("a".into())));
+        assert!(!h.push(Message::Text("b".into())), "queue full");
+        assert_eq!(h.close_code(), Some(close::SLOW_CONSUMER));
+        assert!(
+            !h.close(close::NORMAL),
+            "a later close does not change the code"
+        );
+        assert_eq!(h.closed().await, close::SLOW_CONSUMER);
+        assert!(rx.try_recv().is_ok());
+    }
+
+    #[tokio::test]
+    async fn drain_queues_reconnect_then_closes_with_1012() {
+        let (h, mut rx) = handle(4);
+        h.drain(750);
+        let frame = rx.try_recv().expect("reconnect queued");
+        match frame.get(Encoding::Json) {
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("json");
+                assert_eq!(v["type"], "reconnect");
+                assert_eq!(v["data"]["afterMs"], 750);
+            }
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+        assert_eq!(h.close_code(), Some(close::DRAINING));
+    }
+}

@@ -1,0 +1,131 @@
+//! Dispatch: what the backplane delivers, routed to local connections.
+//!
+//! A community event is decoded once and wrapped in a shared frame
+//! (encoded at most once per wire encoding); sequenced events go through
+//! the room's ordering, unsequenced ones (presence, typing) straight to
+//! the members. A user event (a notification, a membership revocation)
+//! goes to that user's local connections. After a backplane reconnect or
+//! overflow every room is reconciled, since pub/sub loses what was
+//! published meanwhile.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chorus_shared::envelope::{Envelope, user_of_channel};
+use chorus_shared::protocol::ServerEvent;
+
+use super::Hub;
+use super::room::{Room, lock};
+use crate::backplane::BackplaneSink;
+use crate::codec::{Frame, SharedFrame};
+use crate::handle::ConnHandle;
+
+impl BackplaneSink for Hub {
+    fn on_message(&self, channel: &str, payload: Bytes) {
+        let env = match Envelope::decode(&payload) {
+            Ok(e) => e,
+            Err(e) => {
+                metrics::counter!("chorus_gateway_undecodable_events_total").increment(1);
+                tracing::warn!(channel, error = %e, "skipping an undecodable event");
+                return;
+            }
+        };
+        if env.ts_ms > 0 {
+            let lag_ms = chrono::Utc::now().timestamp_millis() - env.ts_ms;
+            metrics::histogram!("chorus_gateway_event_lag_seconds")
+                .record(lag_ms.max(0) as f64 / 1000.0);
+        }
+        if let Some(user) = user_of_channel(channel) {
+            self.on_user_event(user, env.event);
+            return;
+        }
+        let Some(community) = env.community_id else {
+            return;
+        };
+        let Some(room) = self.room(community) else {
+            return;
+        };
+        let frame: Frame = Arc::new(SharedFrame::new(env.event));
+        match env.seq {
+            Some(seq) => {
+                let gap = {
+                    let mut st = room.state();
+                    if !st.offer(seq, frame) {
+                        // A repeat, or not initialized yet (the first
+                        // reconcile covers it).
+                        metrics::counter!("chorus_gateway_duplicate_events_total").increment(1);
+                        return;
+                    }
+                    st.has_gap()
+                };
+                if gap {
+                    metrics::counter!("chorus_gateway_gaps_total").increment(1);
+                    self.reconcile(&room);
+                }
+            }
+            None => {
+                let exclude = match frame.event() {
+                    Some(ServerEvent::UserTyping(t)) => Some(t.user_id.clone()),
+                    Some(ServerEvent::UserJoined(j)) => Some(j.user_id.clone()),
+                    Some(ServerEvent::UserLeft(l)) => Some(l.user_id.clone()),
+                    _ => None,
+                };
+                room.state().broadcast(&frame, exclude.as_deref());
+            }
+        }
+    }
+
+    fn on_resync(&self) {
+        let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
+        for room in rooms {
+            if room.ready.initialized() {
+                self.reconcile(&room);
+            }
+        }
+    }
+}
+
+impl Hub {
+    fn on_user_event(&self, user: &str, event: ServerEvent) {
+        let Some(conns) = self.user_event_targets(user, &event) else {
+            return;
+        };
+        match event {
+            ServerEvent::Notification(_) => {
+                let frame: Frame = Arc::new(SharedFrame::new(event));
+                for (c, wants) in conns {
+                    if wants {
+                        c.push_event(&frame);
+                    }
+                }
+            }
+            ServerEvent::MembershipRevoked(r) => {
+                let hub = self.clone();
+                tokio::spawn(async move {
+                    let community = r.community_id;
+                    let frame: Frame =
+                        Arc::new(SharedFrame::new(ServerEvent::MembershipRevoked(r)));
+                    for (c, _) in conns {
+                        if hub.leave(community, &c).await {
+                            c.push_event(&frame);
+                        } else {
+                            hub.revoke_joining(community, &c);
+                        }
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// Notes that `conn`'s user lost membership while `conn` may still be
+    /// joining the community, so the join is refused at admission.
+    fn revoke_joining(&self, community: uuid::Uuid, conn: &ConnHandle) {
+        if let Some(room) = self.room(community) {
+            let mut st = room.state();
+            if st.users.contains_key(&conn.user_id) && !st.members.contains_key(&conn.id) {
+                st.revoked.insert(conn.id);
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Gap filling: when a room's sequence has a hole (a dropped or reordered
+//! publication, a backplane reconnect, a receive-buffer overflow), one task
+//! per room fetches the missing range from the API until the room has no
+//! gap, while live events keep arriving and wait in `pending`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Hub;
+use super::room::Room;
+
+/// Most events one gap-filling request asks for: a gap is normally a few
+/// events; a long outage is filled in pages of this size.
+const GAP_FETCH_LIMIT: i64 = 1000;
+/// Retry delays when the API cannot serve a backfill: quick for a blip,
+/// capped so a long API outage costs one request per room every 2 s.
+const FETCH_RETRY_MIN: Duration = Duration::from_millis(100);
+const FETCH_RETRY_MAX: Duration = Duration::from_secs(2);
+
+impl Hub {
+    /// Ensures one task is fetching whatever the room is missing.
+    pub(super) fn reconcile(&self, room: &Arc<Room>) {
+        {
+            let mut st = room.state();
+            if st.fetching || st.retired {
+                return;
+            }
+            st.fetching = true;
+        }
+        let hub = self.clone();
+        let room = room.clone();
+        tokio::spawn(async move { hub.fill(room).await });
+    }
+
+    /// Fills gaps until the room has none.
+    async fn fill(&self, room: Arc<Room>) {
+        let mut retry = FETCH_RETRY_MIN;
+        loop {
+            let after = room.delivered_through();
+            match self.fetch(room.id, after, GAP_FETCH_LIMIT).await {
+                Ok(w) => {
+                    retry = FETCH_RETRY_MIN;
+                    let mut st = room.state();
+                    for (seq, frame) in w.events {
+                        if seq > st.delivered_through {
+                            st.pending.entry(seq).or_insert(frame);
+                        }
+                    }
+                    st.complete_through = st.complete_through.max(w.complete_through);
+                    st.advance();
+                    if !st.has_gap() || st.retired {
+                        st.fetching = false;
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(community = %room.id, error = %e, "backfill failed, retrying");
+                    {
+                        let mut st = room.state();
+                        if st.retired {
+                            st.fetching = false;
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(FETCH_RETRY_MAX);
+                }
+            }
+        }
+    }
+}

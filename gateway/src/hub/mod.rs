@@ -1,0 +1,226 @@
+//! The hub: which of this gateway's connections receive which events, and
+//! in what order.
+//!
+//! One concern per file:
+//! - [`room`]: a community's local state and its ordering rule;
+//! - [`replay`]: joining with `lastSeq` (shared recovery windows, the seam
+//!   with live traffic);
+//! - [`gapfill`]: fetching what a room is missing;
+//! - [`presence`]: presence entries and `user-joined`/`user-left`;
+//! - [`subscriptions`]: channel (un)subscriptions, applied in order;
+//! - [`dispatch`]: backplane messages routed to rooms and users;
+//! - [`registry`]: connections and users of this gateway.
+//!
+//! This file holds the hub itself and the join/leave life cycle of a room
+//! membership. The hub knows connections only through [`ConnHandle`], and
+//! reaches the API and the backplane only through the traits it was given.
+
+mod dispatch;
+mod gapfill;
+mod presence;
+mod registry;
+mod replay;
+mod room;
+mod subscriptions;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use self::registry::UserEntry;
+use self::room::{Room, lock};
+use self::subscriptions::Subscriptions;
+use crate::api_client::Api;
+use crate::backplane::Backplane;
+use crate::error::GatewayError;
+use crate::handle::ConnHandle;
+
+/// Outcome of a join, for the ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined {
+    pub head_seq: i64,
+    pub recovered: bool,
+    pub missed: i64,
+}
+
+/// Settings of the hub.
+#[derive(Debug, Clone, Copy)]
+pub struct HubConfig {
+    /// Most events replayed on a join with `lastSeq`.
+    pub recovery_window: i64,
+    /// Online count above which presence changes are not broadcast.
+    pub presence_limit: u64,
+}
+
+struct HubInner {
+    backplane: Arc<dyn Backplane>,
+    api: Arc<dyn Api>,
+    rooms: Mutex<HashMap<Uuid, Arc<Room>>>,
+    users: Mutex<HashMap<Arc<str>, UserEntry>>,
+    conns: Mutex<HashMap<u64, Arc<ConnHandle>>>,
+    conn_count: AtomicUsize,
+    all_closed: Notify,
+    next_conn: AtomicU64,
+    subs: Subscriptions,
+    recovery_window: i64,
+    presence_limit: u64,
+}
+
+/// Handle to the gateway's routing state; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("connections", &self.connections())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A hub fetching backfill from `api` and subscribing through
+    /// `backplane`. The caller starts the backplane with this hub as its
+    /// sink.
+    pub fn new(backplane: Arc<dyn Backplane>, api: Arc<dyn Api>, config: HubConfig) -> Hub {
+        Hub {
+            inner: Arc::new(HubInner {
+                subs: Subscriptions::start(backplane.clone()),
+                backplane,
+                api,
+                rooms: Mutex::new(HashMap::new()),
+                users: Mutex::new(HashMap::new()),
+                conns: Mutex::new(HashMap::new()),
+                conn_count: AtomicUsize::new(0),
+                all_closed: Notify::new(),
+                next_conn: AtomicU64::new(1),
+                recovery_window: config.recovery_window,
+                presence_limit: config.presence_limit,
+            }),
+        }
+    }
+
+    fn room(&self, id: Uuid) -> Option<Arc<Room>> {
+        lock(&self.inner.rooms).get(&id).cloned()
+    }
+
+    /// True when `conn` is a live member of the community here.
+    pub fn is_member(&self, community: Uuid, conn: u64) -> bool {
+        self.room(community)
+            .is_some_and(|r| r.state().members.contains_key(&conn))
+    }
+
+    /// Joins `conn` to a community whose access was already checked (head
+    /// `head_seq` at that time), replaying from `last_seq` when given.
+    pub async fn join(
+        &self,
+        community: Uuid,
+        head_seq: i64,
+        conn: &Arc<ConnHandle>,
+        last_seq: Option<i64>,
+    ) -> Result<Joined, GatewayError> {
+        loop {
+            let room = lock(&self.inner.rooms)
+                .entry(community)
+                .or_insert_with(|| Arc::new(Room::new(community)))
+                .clone();
+            if let Some(joined) = self.join_room(&room, head_seq, conn, last_seq).await? {
+                return Ok(joined);
+            }
+            // The room was retired under us: take its successor.
+        }
+    }
+
+    async fn join_room(
+        &self,
+        room: &Arc<Room>,
+        head_seq: i64,
+        conn: &Arc<ConnHandle>,
+        last_seq: Option<i64>,
+    ) -> Result<Option<Joined>, GatewayError> {
+        // The first joiner subscribes and sets the starting point;
+        // concurrent joiners wait for the same initialization.
+        room.ready
+            .get_or_try_init(|| async {
+                self.inner
+                    .subs
+                    .subscribe(room.channel.clone())
+                    .done()
+                    .await?;
+                {
+                    let mut st = room.state();
+                    st.delivered_through = head_seq;
+                    st.complete_through = head_seq;
+                }
+                // Anything committed between the access check and the
+                // subscription is fetched now.
+                self.reconcile(room);
+                Ok::<(), GatewayError>(())
+            })
+            .await?;
+
+        let first_local = {
+            let mut st = room.state();
+            if st.retired {
+                return Ok(None);
+            }
+            if st.members.contains_key(&conn.id) {
+                return Ok(Some(Joined {
+                    head_seq: st.delivered_through.max(head_seq),
+                    recovered: true,
+                    missed: 0,
+                }));
+            }
+            let n = st.users.entry(conn.user_id.clone()).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+
+        let result = self.attach(room, head_seq, conn, last_seq).await;
+        if result.is_err() {
+            self.release_user(room, conn).await;
+            return result.map(Some);
+        }
+        if first_local {
+            self.presence_joined(room.id, conn).await;
+        }
+        result.map(Some)
+    }
+
+    /// Removes `conn` from a community (leave, disconnect, revocation).
+    /// Returns whether it was a member.
+    pub async fn leave(&self, community: Uuid, conn: &Arc<ConnHandle>) -> bool {
+        let Some(room) = self.room(community) else {
+            return false;
+        };
+        let was = room.state().members.remove(&conn.id).is_some();
+        if was {
+            self.release_user(&room, conn).await;
+        }
+        was
+    }
+
+    /// Unsubscribes an empty room. The unsubscribe is queued under the rooms
+    /// lock, so a later re-creation's subscribe is ordered after it.
+    fn retire(&self, room: &Arc<Room>) {
+        let mut rooms = lock(&self.inner.rooms);
+        let mut st = room.state();
+        if !st.members.is_empty() || !st.users.is_empty() || st.retired {
+            return;
+        }
+        st.retired = true;
+        if rooms.get(&room.id).is_some_and(|r| Arc::ptr_eq(r, room)) {
+            rooms.remove(&room.id);
+        }
+        if room.ready.initialized() {
+            self.inner.subs.unsubscribe(room.channel.clone());
+        }
+    }
+}

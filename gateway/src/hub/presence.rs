@@ -1,0 +1,160 @@
+//! Presence: who is online in a community, across gateways and tabs.
+//!
+//! The entries live in the backplane (one per user per gateway per
+//! community, however many tabs); this gateway counts its local
+//! connections per user in each room, adds its entry on a user's first
+//! local connection and removes it on the last. The backplane reports
+//! "first anywhere" and "gone everywhere" to exactly one caller, which
+//! publishes `user-joined` or `user-left` on the community channel, unless
+//! the community is over the broadcast limit. Entries are refreshed
+//! periodically and expire, so a dead gateway's users are swept by the
+//! survivors.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chorus_shared::envelope::{Envelope, community_channel};
+use chorus_shared::protocol::{ServerEvent, UserJoined, UserLeft};
+use uuid::Uuid;
+
+use super::Hub;
+use super::room::{Room, lock};
+use crate::handle::ConnHandle;
+
+impl Hub {
+    /// Announces `conn`'s user in `community` if they just came online.
+    pub(super) async fn presence_joined(&self, community: Uuid, conn: &ConnHandle) {
+        match self
+            .inner
+            .backplane
+            .presence_join(community, &conn.user_id)
+            .await
+        {
+            Ok(j) if j.first && j.online <= self.inner.presence_limit => {
+                self.publish_joined(community, &conn.user_id, &conn.name)
+                    .await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "presence join failed"),
+        }
+    }
+
+    /// Drops one local connection of the user from the room's presence
+    /// count; the last one leaves presence; an empty room is retired.
+    pub(super) async fn release_user(&self, room: &Arc<Room>, conn: &Arc<ConnHandle>) {
+        let (last_local, empty) = {
+            let mut st = room.state();
+            let last_local = match st.users.get_mut(&conn.user_id) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    st.users.remove(&conn.user_id);
+                    true
+                }
+                None => false,
+            };
+            (last_local, st.users.is_empty() && st.members.is_empty())
+        };
+        if last_local {
+            match self
+                .inner
+                .backplane
+                .presence_leave(room.id, &conn.user_id)
+                .await
+            {
+                Ok(l) if l.gone && l.online < self.inner.presence_limit => {
+                    self.publish_left(room.id, &conn.user_id).await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence leave failed; the entry will expire")
+                }
+            }
+        }
+        if empty {
+            self.retire(room);
+        }
+    }
+
+    /// Refreshes this gateway's presence entries and sweeps those of dead
+    /// gateways, announcing users who appeared or vanished.
+    pub async fn refresh_presence(&self) {
+        let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
+        for room in rooms {
+            let users: Vec<Arc<str>> = room.state().users.keys().cloned().collect();
+            for user in users {
+                match self.inner.backplane.presence_join(room.id, &user).await {
+                    Ok(j) if j.first && j.online <= self.inner.presence_limit => {
+                        // Our entry had expired (e.g. a long Redis outage).
+                        let name = room
+                            .state()
+                            .members
+                            .values()
+                            .find(|m| m.conn.user_id == user)
+                            .map_or_else(|| user.clone(), |m| m.conn.name.clone());
+                        self.publish_joined(room.id, &user, &name).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "presence refresh failed");
+                        break;
+                    }
+                }
+            }
+            match self.inner.backplane.presence_sweep(room.id).await {
+                Ok((gone, online)) if online < self.inner.presence_limit => {
+                    for user in gone {
+                        self.publish_left(room.id, &user).await;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "presence sweep failed"),
+            }
+        }
+    }
+
+    async fn publish_joined(&self, community: Uuid, user: &str, name: &str) {
+        self.publish_ephemeral(
+            community,
+            ServerEvent::UserJoined(UserJoined {
+                community_id: community,
+                user_id: user.to_owned(),
+                name: name.to_owned(),
+            }),
+        )
+        .await;
+    }
+
+    async fn publish_left(&self, community: Uuid, user: &str) {
+        self.publish_ephemeral(
+            community,
+            ServerEvent::UserLeft(UserLeft {
+                community_id: community,
+                user_id: user.to_owned(),
+            }),
+        )
+        .await;
+    }
+
+    /// Publishes an unsequenced event (presence, typing) on a community's
+    /// channel; every gateway, this one included, delivers it from its
+    /// subscription.
+    pub async fn publish_ephemeral(&self, community: Uuid, event: ServerEvent) {
+        let env = Envelope::new(
+            Some(community),
+            None,
+            chrono::Utc::now().timestamp_millis(),
+            event,
+        );
+        if let Err(e) = self
+            .inner
+            .backplane
+            .publish(&community_channel(&community), Bytes::from(env.encode()))
+            .await
+        {
+            tracing::warn!(error = %e, "publishing an ephemeral event failed");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The registry of this gateway's connections and users.
+//!
+//! Every connection is registered for draining and the connection count;
+//! every user with a local connection has an entry holding their
+//! connections, which of them asked for notifications, and the ids of the
+//! latest notifications delivered (to drop the repeats an at-least-once
+//! outbox may publish). A user's channel is subscribed on their first
+//! local connection and unsubscribed on their last, queued under the users
+//! lock so the two can never be reordered.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use chorus_shared::envelope::user_channel;
+use chorus_shared::protocol::ServerEvent;
+use uuid::Uuid;
+
+use super::Hub;
+use super::room::lock;
+use crate::error::GatewayError;
+use crate::handle::ConnHandle;
+
+/// Notification ids remembered per user for de-duplication: repeats come
+/// right behind the original, so a short memory suffices.
+const RECENT_NOTIFICATIONS: usize = 32;
+
+#[derive(Default)]
+pub(super) struct UserEntry {
+    conns: HashMap<u64, Arc<ConnHandle>>,
+    notify: HashSet<u64>,
+    recent: VecDeque<Uuid>,
+}
+
+impl Hub {
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.inner.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.inner.conn_count.load(Ordering::SeqCst)
+    }
+
+    /// All current connections (for draining).
+    pub fn all_connections(&self) -> Vec<Arc<ConnHandle>> {
+        lock(&self.inner.conns).values().cloned().collect()
+    }
+
+    /// Resolves when no connection is left.
+    pub async fn all_closed(&self) {
+        loop {
+            let notified = self.inner.all_closed.notified();
+            if self.connections() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Registers a new connection; subscribes its user's channel (for
+    /// notifications and membership revocations) on the user's first local
+    /// connection. On error the connection must still be disconnected.
+    pub async fn connect(&self, conn: &Arc<ConnHandle>) -> Result<(), GatewayError> {
+        lock(&self.inner.conns).insert(conn.id, conn.clone());
+        let n = self.inner.conn_count.fetch_add(1, Ordering::SeqCst) + 1;
+        metrics::gauge!("chorus_gateway_connections").set(n as f64);
+        let subscribed = {
+            let mut users = lock(&self.inner.users);
+            let e = users.entry(conn.user_id.clone()).or_default();
+            e.conns.insert(conn.id, conn.clone());
+            (e.conns.len() == 1).then(|| self.inner.subs.subscribe(user_channel(&conn.user_id)))
+        };
+        match subscribed {
+            Some(pending) => pending.done().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Forgets a closed connection: leaves its rooms, then its user channel.
+    pub async fn disconnect(&self, conn: &Arc<ConnHandle>, communities: &[Uuid]) {
+        for c in communities {
+            self.leave(*c, conn).await;
+        }
+        {
+            let mut users = lock(&self.inner.users);
+            if let Some(e) = users.get_mut(&conn.user_id) {
+                e.conns.remove(&conn.id);
+                e.notify.remove(&conn.id);
+                if e.conns.is_empty() {
+                    users.remove(&conn.user_id);
+                    // Queued under the lock: a later first connection's
+                    // subscribe is ordered after it.
+                    self.inner.subs.unsubscribe(user_channel(&conn.user_id));
+                }
+            }
+        }
+        lock(&self.inner.conns).remove(&conn.id);
+        let n = self.inner.conn_count.fetch_sub(1, Ordering::SeqCst) - 1;
+        metrics::gauge!("chorus_gateway_connections").set(n as f64);
+        if n == 0 {
+            self.inner.all_closed.notify_waiters();
+        }
+    }
+
+    /// Marks a connection as wanting `notification` events.
+    pub fn subscribe_notifications(&self, conn: &ConnHandle) {
+        if let Some(e) = lock(&self.inner.users).get_mut(&conn.user_id) {
+            e.notify.insert(conn.id);
+        }
+    }
+
+    /// The user's local connections for a user event, each with whether it
+    /// asked for notifications; `None` when the user has none here or the
+    /// event is a notification already delivered.
+    pub(super) fn user_event_targets(
+        &self,
+        user: &str,
+        event: &ServerEvent,
+    ) -> Option<Vec<(Arc<ConnHandle>, bool)>> {
+        let mut users = lock(&self.inner.users);
+        let e = users.get_mut(user)?;
+        if let ServerEvent::Notification(n) = event {
+            let id = n.notification.id;
+            if e.recent.contains(&id) {
+                metrics::counter!("chorus_gateway_duplicate_events_total").increment(1);
+                return None;
+            }
+            if e.recent.len() >= RECENT_NOTIFICATIONS {
+                e.recent.pop_front();
+            }
+            e.recent.push_back(id);
+        }
+        Some(
+            e.conns
+                .values()
+                .map(|c| (c.clone(), e.notify.contains(&c.id)))
+                .collect(),
+        )
+    }
+}

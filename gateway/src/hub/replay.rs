@@ -1,0 +1,227 @@
+//! Joining with `lastSeq`: replay what the client missed, then go live with
+//! no gap and no repeat at the seam.
+//!
+//! The joiner is not yet a live member while it replays. It is sent the
+//! events after its `lastSeq` from a fetched [`Window`], then, under the
+//! room lock, becomes live only if the room has not delivered past what it
+//! was sent; otherwise it fetches the rest and tries again. Live events at
+//! or below what its replay covered are skipped for it (`skip_through`).
+//!
+//! Windows are shared: the whole recovery window below the room's head is
+//! fetched once and reused for a few seconds, so a reconnect storm costs
+//! one API request per community, not one per client.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chorus_shared::protocol::{EventsPage, MAX_EVENTS_PER_REQUEST};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use super::room::Room;
+use super::{Hub, Joined};
+use crate::codec::{Frame, SharedFrame};
+use crate::error::GatewayError;
+use crate::handle::ConnHandle;
+
+/// How long a fetched recovery window is reused for other joiners: long
+/// enough to absorb a reconnect storm's arrivals, short enough that memory
+/// is returned quickly.
+const WINDOW_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Fewest events a window fetch asks for, so small recovery windows still
+/// fetch in pages worth a round trip.
+pub(super) const MIN_FETCH: i64 = 1000;
+
+/// A shared, in-flight window fetch.
+pub(super) type WindowFetch = Arc<OnceCell<Result<Arc<Window>, GatewayError>>>;
+
+/// A fetched stretch of a community's sequence.
+#[derive(Debug)]
+pub(super) struct Window {
+    /// Events after this seq are included.
+    pub from: i64,
+    pub events: Vec<(i64, Frame)>,
+    /// The sequence is complete up to here (absent seqs were deleted).
+    pub complete_through: i64,
+    /// The fetch hit its limit: more events exist beyond `complete_through`.
+    pub truncated: bool,
+}
+
+impl Window {
+    /// Whether a replay standing at `after` and aiming for `target` can use
+    /// this window: it starts early enough and either reaches the target or
+    /// at least moves the replay forward (a truncated page in a very busy
+    /// room; the replay then fetches the rest).
+    pub fn serves(&self, after: i64, target: i64) -> bool {
+        self.from <= after
+            && (self.complete_through >= target
+                || (self.truncated && self.complete_through > after))
+    }
+}
+
+impl Hub {
+    /// Makes `conn` a live member, after replaying what it missed since
+    /// `last_seq` (none: live from now).
+    pub(super) async fn attach(
+        &self,
+        room: &Arc<Room>,
+        head_seq: i64,
+        conn: &Arc<ConnHandle>,
+        last_seq: Option<i64>,
+    ) -> Result<Joined, GatewayError> {
+        let live_head = room.delivered_through().max(head_seq);
+        let Some(last_seq) = last_seq else {
+            room.state().admit(conn, i64::MIN)?;
+            return Ok(Joined {
+                head_seq: live_head,
+                recovered: true,
+                missed: 0,
+            });
+        };
+        let from = last_seq.min(live_head);
+        if live_head - from > self.inner.recovery_window {
+            room.state().admit(conn, i64::MIN)?;
+            return Ok(Joined {
+                head_seq: live_head,
+                recovered: false,
+                missed: live_head - from,
+            });
+        }
+        let mut through = from;
+        let mut missed = 0i64;
+        loop {
+            {
+                let mut st = room.state();
+                if st.delivered_through <= through {
+                    st.admit(conn, through)?;
+                    break;
+                }
+            }
+            let target = room.delivered_through();
+            let window = self.window(room, through, target).await?;
+            for (seq, frame) in &window.events {
+                if *seq <= through {
+                    continue;
+                }
+                // Paced by the client's reading: waits for queue space.
+                if !conn.push_event_wait(frame).await {
+                    return Err(GatewayError::Unavailable("connection closed".into()));
+                }
+                through = *seq;
+                missed += 1;
+            }
+            through = through.max(window.complete_through);
+        }
+        metrics::counter!("chorus_gateway_replayed_events_total").increment(missed.unsigned_abs());
+        Ok(Joined {
+            head_seq: room.delivered_through().max(through),
+            recovered: true,
+            missed,
+        })
+    }
+
+    /// A fetched window covering `(after, target]`, shared between joiners.
+    async fn window(
+        &self,
+        room: &Arc<Room>,
+        after: i64,
+        target: i64,
+    ) -> Result<Arc<Window>, GatewayError> {
+        let window = self.inner.recovery_window;
+        let limit = window
+            .saturating_mul(2)
+            .clamp(MIN_FETCH, MAX_EVENTS_PER_REQUEST);
+        let cell = {
+            let mut st = room.state();
+            if let Some((at, w)) = &st.window
+                && at.elapsed() < WINDOW_CACHE_TTL
+                && w.serves(after, target)
+            {
+                return Ok(w.clone());
+            }
+            match &st.window_inflight {
+                Some(cell) => cell.clone(),
+                None => {
+                    let cell = Arc::new(OnceCell::new());
+                    st.window_inflight = Some(cell.clone());
+                    cell
+                }
+            }
+        };
+        let from = (target - window).max(0).min(after);
+        let shared = cell
+            .get_or_init(|| async {
+                let r = self.fetch(room.id, from, limit).await.map(Arc::new);
+                let mut st = room.state();
+                st.window_inflight = None;
+                if let Ok(w) = &r {
+                    st.window = Some((Instant::now(), w.clone()));
+                }
+                r
+            })
+            .await
+            .clone()?;
+        if shared.serves(after, target) {
+            return Ok(shared);
+        }
+        // Someone else's fetch that starts too late for us, or a window too
+        // large for one page: fetch exactly what this replay needs, which
+        // always moves it forward.
+        self.fetch(room.id, after, limit).await.map(Arc::new)
+    }
+
+    /// Fetches `(after, …]` from the API as shared frames.
+    pub(super) async fn fetch(
+        &self,
+        community: Uuid,
+        after: i64,
+        limit: i64,
+    ) -> Result<Window, GatewayError> {
+        metrics::counter!("chorus_gateway_backfill_requests_total").increment(1);
+        let EventsPage { head_seq, events } =
+            self.inner.api.events(community, after, limit).await?;
+        let full = events.len() as i64 >= limit;
+        let events: Vec<(i64, Frame)> = events
+            .into_iter()
+            .map(|e| (e.seq, Arc::new(SharedFrame::new(e.event))))
+            .collect();
+        let max_seq = events.last().map_or(after, |(s, _)| *s);
+        let complete_through = if full { max_seq } else { max_seq.max(head_seq) };
+        Ok(Window {
+            from: after,
+            events,
+            complete_through,
+            truncated: full,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_serve_replays_that_they_move_forward() {
+        let w = |from, complete_through, truncated| Window {
+            from,
+            events: Vec::new(),
+            complete_through,
+            truncated,
+        };
+        assert!(w(10, 50, false).serves(20, 50));
+        assert!(!w(10, 50, false).serves(5, 50), "starts too late");
+        assert!(
+            !w(10, 40, false).serves(20, 50),
+            "does not reach the target"
+        );
+        assert!(
+            w(10, 40, true).serves(20, 50),
+            "a truncated page still makes progress"
+        );
+        assert!(
+            !w(10, 20, true).serves(20, 50),
+            "but not when it ends where we stand"
+        );
+    }
+}

@@ -1,0 +1,315 @@
+//! One community's local state, and the ordering rule of its delivery.
+//!
+//! A [`Room`] exists per community with at least one local connection. It
+//! owns the community's delivery order: `delivered_through` is the seq up
+//! to which its live members have been sent everything. Sequenced events
+//! are delivered strictly in order, repeats dropped; an event that skips
+//! ahead waits in `pending` while the gap is filled (see `gapfill`), so a
+//! dropped or reordered publication delays delivery instead of losing it.
+//! `complete_through` marks how far the sequence is known to be complete:
+//! a seq at or below it that was never seen is the creation of a message
+//! deleted since, which the contract allows to skip.
+//!
+//! Everything here is plain data under one mutex, never held across
+//! `.await`: fan-out queues a pointer to the shared event to each member,
+//! so N members cost N non-blocking queue pushes and no allocation.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use chorus_shared::envelope::community_channel;
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use super::replay::{Window, WindowFetch};
+use crate::codec::Frame;
+use crate::error::GatewayError;
+use crate::handle::ConnHandle;
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A live member of a room.
+pub(super) struct Member {
+    pub conn: Arc<ConnHandle>,
+    /// Sequenced events at or below this were already delivered by the
+    /// member's replay.
+    pub skip_through: i64,
+}
+
+pub(super) struct RoomState {
+    /// Every sequenced event up to here was delivered to the live members
+    /// (-1 until the first joiner sets the starting point).
+    pub delivered_through: i64,
+    /// The sequence is known complete up to here: absent seqs at or below
+    /// it are creations of since-deleted messages.
+    pub complete_through: i64,
+    /// Events that arrived ahead of a gap.
+    pub pending: BTreeMap<i64, Frame>,
+    /// A gap-filling task is running.
+    pub fetching: bool,
+    pub members: HashMap<u64, Member>,
+    /// Local connections per user (joined members and replaying joiners),
+    /// for presence: one entry per user however many tabs.
+    pub users: HashMap<Arc<str>, u32>,
+    /// The last fetched recovery window and when, shared by joiners.
+    pub window: Option<(Instant, Arc<Window>)>,
+    pub window_inflight: Option<WindowFetch>,
+    /// Removed from the hub; a joiner that finds it takes its successor.
+    pub retired: bool,
+    /// Connections whose user was removed from the community while they
+    /// were still joining; they are refused instead of admitted.
+    pub revoked: HashSet<u64>,
+}
+
+/// One community's local state.
+pub(super) struct Room {
+    pub id: Uuid,
+    pub channel: String,
+    /// Set once the channel is subscribed and the starting point known.
+    pub ready: OnceCell<()>,
+    pub state: Mutex<RoomState>,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RoomState {
+    pub fn new(delivered_through: i64) -> Self {
+        RoomState {
+            delivered_through,
+            complete_through: delivered_through,
+            pending: BTreeMap::new(),
+            fetching: false,
+            members: HashMap::new(),
+            users: HashMap::new(),
+            window: None,
+            window_inflight: None,
+            retired: false,
+            revoked: HashSet::new(),
+        }
+    }
+
+    /// Takes a sequenced event from the backplane or a backfill: delivers
+    /// what is now in order. False for a repeat (or before the starting
+    /// point is set, which the first backfill covers).
+    pub fn offer(&mut self, seq: i64, frame: Frame) -> bool {
+        if self.delivered_through < 0 || seq <= self.delivered_through {
+            return false;
+        }
+        self.pending.entry(seq).or_insert(frame);
+        self.advance();
+        true
+    }
+
+    /// Delivers what `pending` allows, in order.
+    pub fn advance(&mut self) {
+        while let Some((&seq, _)) = self.pending.first_key_value() {
+            if seq <= self.delivered_through {
+                self.pending.pop_first();
+            } else if seq == self.delivered_through + 1 || seq <= self.complete_through {
+                if let Some((seq, frame)) = self.pending.pop_first() {
+                    self.deliver(seq, &frame);
+                    self.delivered_through = seq;
+                }
+            } else if self.complete_through > self.delivered_through {
+                // Everything up to complete_through that is not pending
+                // does not exist (deleted creations): skip to it.
+                self.delivered_through = self.complete_through;
+            } else {
+                break;
+            }
+        }
+        if self.complete_through > self.delivered_through {
+            self.delivered_through = self.complete_through;
+        }
+    }
+
+    /// True when something is waiting for a missing range.
+    pub fn has_gap(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Makes `conn` a live member unless its membership was revoked while
+    /// it was joining. Its replay covered everything through
+    /// `skip_through`.
+    pub fn admit(&mut self, conn: &Arc<ConnHandle>, skip_through: i64) -> Result<(), GatewayError> {
+        if self.revoked.remove(&conn.id) {
+            return Err(GatewayError::Forbidden("membership revoked"));
+        }
+        self.members.insert(
+            conn.id,
+            Member {
+                conn: conn.clone(),
+                skip_through,
+            },
+        );
+        Ok(())
+    }
+
+    /// Queues one sequenced frame to every live member that needs it.
+    fn deliver(&self, seq: i64, frame: &Frame) {
+        let mut n = 0u64;
+        for m in self.members.values() {
+            if seq > m.skip_through && m.conn.push_event(frame) {
+                n += 1;
+            }
+        }
+        metrics::counter!("chorus_gateway_deliveries_total").increment(n);
+    }
+
+    /// Queues an unsequenced frame to members, skipping `exclude_user`'s
+    /// own connections.
+    pub fn broadcast(&self, frame: &Frame, exclude_user: Option<&str>) {
+        let mut n = 0u64;
+        for m in self.members.values() {
+            if exclude_user.is_some_and(|u| *m.conn.user_id == *u) {
+                continue;
+            }
+            if m.conn.push_event(frame) {
+                n += 1;
+            }
+        }
+        metrics::counter!("chorus_gateway_deliveries_total").increment(n);
+    }
+}
+
+impl Room {
+    pub fn new(id: Uuid) -> Self {
+        Room {
+            id,
+            channel: community_channel(&id),
+            ready: OnceCell::new(),
+            state: Mutex::new(RoomState::new(-1)),
+        }
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, RoomState> {
+        lock(&self.state)
+    }
+
+    /// The seq delivered through, live.
+    pub fn delivered_through(&self) -> i64 {
+        self.state().delivered_through
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::close;
+    use crate::codec::{Encoding, SharedFrame};
+    use crate::handle::Outbound;
+    use chorus_shared::protocol::{MembershipRevoked, ServerEvent};
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+
+    fn frame() -> Frame {
+        Arc::new(SharedFrame::new(ServerEvent::MembershipRevoked(
+            MembershipRevoked {
+                community_id: Uuid::nil(),
+            },
+        )))
+    }
+
+    fn conn(id: u64, queue: usize) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+        let expiry = tokio::time::Instant::now() + Duration::from_secs(3600);
+        ConnHandle::new(id, &format!("u{id}"), "U", Encoding::Json, queue, expiry)
+    }
+
+    fn count(rx: &mut mpsc::Receiver<Outbound>) -> usize {
+        std::iter::from_fn(|| rx.try_recv().ok()).count()
+    }
+
+    #[test]
+    fn in_order_events_advance_and_gaps_wait() {
+        let mut st = RoomState::new(3);
+        assert!(st.offer(4, frame()));
+        assert_eq!(st.delivered_through, 4);
+        st.offer(6, frame());
+        st.offer(7, frame());
+        assert_eq!(st.delivered_through, 4, "5 is missing: 6 and 7 wait");
+        assert!(st.has_gap());
+        st.offer(5, frame());
+        assert_eq!(st.delivered_through, 7);
+        assert!(!st.has_gap());
+        assert!(!st.offer(6, frame()), "a repeat is refused");
+    }
+
+    #[test]
+    fn nothing_is_taken_before_the_starting_point_is_set() {
+        let mut st = RoomState::new(-1);
+        assert!(!st.offer(1, frame()));
+        assert!(st.pending.is_empty());
+    }
+
+    #[test]
+    fn a_known_complete_range_skips_deleted_creations_and_repeats() {
+        let mut st = RoomState::new(10);
+        st.pending.insert(9, frame()); // a repeat
+        st.pending.insert(13, frame());
+        st.pending.insert(15, frame());
+        // A backfill said the sequence is complete through 14: 11, 12 and
+        // 14 were creations of since-deleted messages.
+        st.complete_through = 14;
+        st.advance();
+        assert_eq!(
+            st.delivered_through, 15,
+            "13 delivered, 14 skipped, then 15"
+        );
+        assert!(st.pending.is_empty());
+    }
+
+    #[test]
+    fn members_get_each_event_once_after_their_replay_and_revoked_joiners_are_refused() {
+        let mut st = RoomState::new(0);
+        let (a, mut rx_a) = conn(1, 16);
+        let (b, mut rx_b) = conn(2, 16);
+        st.admit(&a, i64::MIN).expect("admitted");
+        st.admit(&b, 2).expect("admitted after replaying through 2");
+        for seq in 1..=3 {
+            st.offer(seq, frame());
+        }
+        assert_eq!(count(&mut rx_a), 3);
+        assert_eq!(count(&mut rx_b), 1, "b already had 1 and 2 from its replay");
+
+        let (c, _rx_c) = conn(3, 16);
+        st.revoked.insert(3);
+        assert!(st.admit(&c, 0).is_err());
+        assert!(!st.members.contains_key(&3));
+        assert!(st.revoked.is_empty(), "the refusal consumes the note");
+    }
+
+    #[test]
+    fn a_full_queue_closes_the_slow_member_only() {
+        let mut st = RoomState::new(0);
+        let (slow, _rx_slow) = conn(1, 2);
+        let (fast, mut rx_fast) = conn(2, 64);
+        st.admit(&slow, i64::MIN).expect("admitted");
+        st.admit(&fast, i64::MIN).expect("admitted");
+        for seq in 1..=5 {
+            st.offer(seq, frame());
+        }
+        assert_eq!(count(&mut rx_fast), 5);
+        assert_eq!(slow.close_code(), Some(close::SLOW_CONSUMER));
+        assert_eq!(fast.close_code(), None);
+    }
+
+    #[test]
+    fn broadcasts_skip_the_excluded_users_connections() {
+        let mut st = RoomState::new(0);
+        let (a, mut rx_a) = conn(1, 4);
+        let (b, mut rx_b) = conn(2, 4);
+        st.admit(&a, i64::MIN).expect("admitted");
+        st.admit(&b, i64::MIN).expect("admitted");
+        st.broadcast(&frame(), Some("u1"));
+        assert_eq!((count(&mut rx_a), count(&mut rx_b)), (0, 1));
+    }
+}

@@ -1,0 +1,206 @@
+//! A connection's session: the commands of the contract, on top of the
+//! socket layer.
+//!
+//! The socket layer hands each command here with the connection's handle.
+//! Joins check access with the API, then go through the hub (replay,
+//! presence); writes are performed by the API with the user's own token, so
+//! they follow exactly the rules and rate limits of HTTP; typing is
+//! published on the community's channel. When the connection ends the
+//! session leaves every community it joined.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chorus_shared::auth::AuthUser;
+use chorus_shared::ids::parse_uuid;
+use chorus_shared::protocol::{
+    DeleteMessage, JoinAck, JoinCommunity, LeaveCommunity, MessageData, Ready, SendMessage,
+    ServerEvent, Typing, UserTyping,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::close;
+use crate::error::GatewayError;
+use crate::handle::ConnHandle;
+use crate::state::Gateway;
+
+/// Who a connection speaks for, as verified at the upgrade. Boxed: the
+/// session needs it only for commands, not while the connection idles.
+pub struct Identity {
+    pub user: AuthUser,
+    /// The client's own token, forwarded when the API acts on its behalf.
+    pub token: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("user", &self.user)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One connection's command state.
+#[derive(Debug)]
+pub struct Session {
+    gw: Gateway,
+    me: Box<Identity>,
+    joined: HashSet<Uuid>,
+}
+
+impl Session {
+    /// Registers the connection and queues `ready`; `None` (the handle
+    /// closed with its code) when the connection is refused.
+    pub async fn open(
+        gw: Gateway,
+        conn: Arc<ConnHandle>,
+        me: Box<Identity>,
+        origin_ok: bool,
+    ) -> Option<Session> {
+        if !origin_ok {
+            conn.close(close::POLICY);
+            return None;
+        }
+        if let Err(e) = gw.hub().connect(&conn).await {
+            tracing::warn!(error = %e, "could not subscribe the user channel");
+            conn.close(close::INTERNAL);
+            gw.hub().disconnect(&conn, &[]).await;
+            return None;
+        }
+        conn.push_value(&ServerEvent::Ready(Ready {
+            user_id: me.user.id.clone(),
+            connection_id: format!("{}-{}", gw.id(), conn.id),
+            gateway_id: gw.id().to_owned(),
+            heartbeat_ms: u64::try_from(gw.socket_config().heartbeat.as_millis())
+                .unwrap_or(u64::MAX),
+        }));
+        Some(Session {
+            gw,
+            me,
+            joined: HashSet::new(),
+        })
+    }
+
+    async fn join(&mut self, conn: &Arc<ConnHandle>, data: Value) -> Result<Value, GatewayError> {
+        let req: JoinCommunity = parse(data)?;
+        let community = community_id(&req.community_id)?;
+        if req.last_seq.is_some_and(|s| s < 0) {
+            return Err(GatewayError::BadRequest(
+                "lastSeq must not be negative".into(),
+            ));
+        }
+        let access = self.gw.api().access(community, &self.me.user.id).await?;
+        if access.role.is_none() && !self.me.user.is_official() {
+            return Err(GatewayError::Forbidden("not a member of this community"));
+        }
+        let joined = self
+            .gw
+            .hub()
+            .join(community, access.head_seq, conn, req.last_seq)
+            .await?;
+        self.joined.insert(community);
+        let mut online = self
+            .gw
+            .backplane()
+            .presence_online(community)
+            .await
+            .unwrap_or_default();
+        if !online.contains(&self.me.user.id) {
+            online.push(self.me.user.id.clone());
+        }
+        to_value(&JoinAck {
+            community_id: community,
+            head_seq: joined.head_seq,
+            online,
+            recovered: joined.recovered,
+            missed: joined.missed,
+        })
+    }
+
+    async fn leave(&mut self, conn: &Arc<ConnHandle>, data: Value) -> Result<Value, GatewayError> {
+        let req: LeaveCommunity = parse(data)?;
+        let community = community_id(&req.community_id)?;
+        self.joined.remove(&community);
+        self.gw.hub().leave(community, conn).await;
+        Ok(json!({}))
+    }
+
+    async fn send(&self, data: Value) -> Result<Value, GatewayError> {
+        let req: SendMessage = parse(data)?;
+        let message = self.gw.api().send_message(&self.me.token, &req).await?;
+        to_value(&MessageData { message })
+    }
+
+    async fn delete(&self, data: Value) -> Result<Value, GatewayError> {
+        let req: DeleteMessage = parse(data)?;
+        let id = parse_uuid(&req.message_id).ok_or(GatewayError::NotFound("message"))?;
+        self.gw.api().delete_message(&self.me.token, id).await?;
+        Ok(json!({}))
+    }
+
+    async fn typing(&self, conn: &ConnHandle, data: Value) -> Result<Value, GatewayError> {
+        let req: Typing = parse(data)?;
+        let community = community_id(&req.community_id)?;
+        if !self.gw.hub().is_member(community, conn.id) {
+            return Err(GatewayError::Forbidden("join the community first"));
+        }
+        self.gw
+            .hub()
+            .publish_ephemeral(
+                community,
+                ServerEvent::UserTyping(UserTyping {
+                    community_id: community,
+                    user_id: self.me.user.id.clone(),
+                    name: self.me.user.name.clone(),
+                    is_typing: req.is_typing,
+                }),
+            )
+            .await;
+        Ok(json!({}))
+    }
+
+    async fn subscribe_notifications(&self, conn: &ConnHandle) -> Result<Value, GatewayError> {
+        self.gw.hub().subscribe_notifications(conn);
+        let unread = self.gw.api().unread_count(&self.me.token).await?;
+        Ok(json!({ "unreadCount": unread }))
+    }
+}
+
+impl crate::socket::Session for Session {
+    async fn command(
+        &mut self,
+        conn: &Arc<ConnHandle>,
+        kind: &str,
+        data: Value,
+    ) -> Result<Value, GatewayError> {
+        match kind {
+            "join-community" => self.join(conn, data).await,
+            "leave-community" => self.leave(conn, data).await,
+            "send-message" => self.send(data).await,
+            "delete-message" => self.delete(data).await,
+            "typing" => self.typing(conn, data).await,
+            "subscribe-notifications" => self.subscribe_notifications(conn).await,
+            other => Err(GatewayError::BadRequest(format!("unknown type {other:?}"))),
+        }
+    }
+
+    async fn end(self, conn: &Arc<ConnHandle>) {
+        let joined: Vec<Uuid> = self.joined.into_iter().collect();
+        self.gw.hub().disconnect(conn, &joined).await;
+    }
+}
+
+fn parse<T: DeserializeOwned>(data: Value) -> Result<T, GatewayError> {
+    serde_json::from_value(data).map_err(|e| GatewayError::BadRequest(format!("invalid data: {e}")))
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, GatewayError> {
+    serde_json::to_value(v).map_err(|e| GatewayError::Io(e.to_string()))
+}
+
+fn community_id(s: &str) -> Result<Uuid, GatewayError> {
+    parse_uuid(s).ok_or(GatewayError::NotFound("community"))
+}

@@ -1,0 +1,113 @@
+//! The socket layer: one upgraded WebSocket served by a reader task and a
+//! writer task, tied together by the connection's [`ConnHandle`].
+//!
+//! The writer ([`writer`]) is the only code that writes to the socket: it
+//! drains the bounded outbound queue, pings, and closes with the code the
+//! handle records. The reader ([`reader`]) decodes the client's frames,
+//! enforces the per-connection rate limits and answers `ping`; every other
+//! command goes up to a [`Session`], the layer that knows about rooms. This
+//! layer knows nothing of rooms, the API or the backplane.
+
+mod reader;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocket;
+use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::close;
+use crate::error::GatewayError;
+use crate::handle::{ConnHandle, Outbound};
+
+use self::reader::Reader;
+
+/// Per-connection settings of the socket layer, shared by every connection.
+#[derive(Debug, Clone)]
+pub struct SocketConfig {
+    /// Commands per second and burst; a rate of 0 turns every
+    /// per-connection limit off.
+    pub command_rate: f64,
+    pub command_burst: u32,
+    /// Interval of server WebSocket pings.
+    pub heartbeat: Duration,
+    /// How long a silent client is kept.
+    pub idle_timeout: Duration,
+}
+
+/// What a connection's commands are run by: the layer above the socket.
+pub trait Session: Send + 'static {
+    /// Runs one client command (any type but `ping`, which the reader
+    /// answers itself). Its result becomes the `ack` data or the `error`
+    /// frame for the command's `ref`.
+    fn command(
+        &mut self,
+        conn: &Arc<ConnHandle>,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> impl Future<Output = Result<serde_json::Value, GatewayError>> + Send;
+
+    /// The connection has ended: releases what the session holds (rooms,
+    /// registrations).
+    fn end(self, conn: &Arc<ConnHandle>) -> impl Future<Output = ()> + Send;
+}
+
+/// Serves one upgraded connection until it ends.
+///
+/// `open` runs once the writer is started: it registers the connection
+/// and queues its first frames, returning the session, or `None` after
+/// closing the handle when the connection is refused.
+///
+/// Not an `async fn`: its arguments would stay in the task for the
+/// connection's whole life. Setup runs in a boxed future that owns them and
+/// hands back only what the live connection needs, so an idle connection's
+/// task holds the reader's waiting state and little else.
+pub fn serve<S, F>(
+    socket: WebSocket,
+    handle: Arc<ConnHandle>,
+    rx: mpsc::Receiver<Outbound>,
+    config: Arc<SocketConfig>,
+    open: F,
+) -> impl Future<Output = ()> + Send
+where
+    S: Session,
+    F: Future<Output = Option<S>> + Send + 'static,
+{
+    let setup = Box::pin(setup(socket, handle, rx, config, open));
+    async move {
+        let Some((mut reader, stream, writer)) = setup.await else {
+            return;
+        };
+        reader.run(stream).await;
+        Box::pin(reader.teardown(writer)).await;
+    }
+}
+
+/// Starts the writer and opens the session. `None` when the connection was
+/// refused or closed during setup.
+async fn setup<S, F>(
+    socket: WebSocket,
+    handle: Arc<ConnHandle>,
+    rx: mpsc::Receiver<Outbound>,
+    config: Arc<SocketConfig>,
+    open: F,
+) -> Option<(Reader<S>, SplitStream<WebSocket>, JoinHandle<()>)>
+where
+    S: Session,
+    F: Future<Output = Option<S>> + Send,
+{
+    let (sink, stream) = socket.split();
+    let reader_config = config.clone();
+    let writer = tokio::spawn(writer::write_loop(sink, rx, handle.clone(), config));
+    let Some(session) = open.await else {
+        // Refused: the session closed the handle with its code; make sure.
+        handle.close(close::INTERNAL);
+        let _ = writer.await;
+        return None;
+    };
+    Some((Reader::new(handle, session, &reader_config), stream, writer))
+}

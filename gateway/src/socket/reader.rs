@@ -1,0 +1,213 @@
+//! The reader task: a connection's commands, one at a time, in order.
+//!
+//! It decodes each client frame, applies the per-connection rate limits
+//! (commands, and a separate bucket for `typing`), answers `ping` itself and
+//! hands every other command to the [`Session`]; the result becomes an
+//! `ack` or an `error` frame. A client that keeps hitting the limits is
+//! closed with 4008.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket};
+use chorus_shared::protocol::{AckFrame, AckTag};
+use chorus_shared::ratelimit::TokenBucket;
+use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use super::{Session, SocketConfig};
+use crate::close;
+use crate::codec::{Encoding, decode_client};
+use crate::error::GatewayError;
+use crate::handle::ConnHandle;
+
+/// `typing` frames per connection per second and burst (contract): a
+/// separate bucket, so typing indicators never starve real commands.
+const TYPING_RATE: f64 = 5.0;
+const TYPING_BURST: u32 = 10;
+/// Rate-limited frames within [`ABUSE_WINDOW`] after which a connection is
+/// closed with 4008 (contract): a client that ignores `rate_limited`
+/// errors this persistently is broken or hostile.
+const ABUSE_LIMIT: u32 = 100;
+const ABUSE_WINDOW: Duration = Duration::from_secs(5);
+
+/// The reading half of a connection and its command state.
+pub(super) struct Reader<S> {
+    handle: Arc<ConnHandle>,
+    session: S,
+    commands: TokenBucket,
+    typing: TokenBucket,
+    limited: u32,
+    limited_since: Instant,
+}
+
+impl<S: Session> Reader<S> {
+    pub(super) fn new(handle: Arc<ConnHandle>, session: S, config: &SocketConfig) -> Self {
+        let now = Instant::now();
+        let typing_rate = if config.command_rate > 0.0 {
+            TYPING_RATE
+        } else {
+            0.0
+        };
+        Reader {
+            handle,
+            session,
+            commands: TokenBucket::new(config.command_rate, config.command_burst, now),
+            typing: TokenBucket::new(typing_rate, TYPING_BURST, now),
+            limited: 0,
+            limited_since: now,
+        }
+    }
+
+    /// Reads and handles the client's frames until the connection closes.
+    /// The idle timeout is the writer's (its one timer), fed by the
+    /// handle's liveness: no timer is armed per frame here.
+    pub(super) async fn run(&mut self, mut stream: SplitStream<WebSocket>) {
+        let handle = self.handle.clone();
+        let closed = handle.closed();
+        tokio::pin!(closed);
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = &mut closed => return,
+                r = stream.next() => r,
+            };
+            let msg = match next {
+                None => return,
+                Some(Err(e)) => {
+                    if is_too_big(&e) {
+                        self.handle.close(close::TOO_BIG);
+                    }
+                    return;
+                }
+                Some(Ok(m)) => m,
+            };
+            self.handle.liveness.saw_client();
+            let bytes = match (msg, self.handle.encoding) {
+                (Message::Text(t), Encoding::Json) => bytes::Bytes::from(t),
+                (Message::Binary(b), Encoding::Msgpack) => b,
+                (Message::Text(_) | Message::Binary(_), enc) => {
+                    self.count_command();
+                    let want = if enc == Encoding::Json {
+                        "JSON text"
+                    } else {
+                        "MessagePack binary"
+                    };
+                    self.reply(
+                        None,
+                        Err(GatewayError::BadRequest(format!(
+                            "this connection speaks {want} frames"
+                        ))),
+                    );
+                    continue;
+                }
+                (Message::Close(_), _) => return,
+                (Message::Ping(_) | Message::Pong(_), _) => continue,
+            };
+            // A command runs to completion unless the connection closes.
+            // Boxed: a command's future (API calls, a replay) is large, and
+            // an idle connection should not carry its space.
+            // While it runs, the client's frames (pongs included) are not
+            // read, so its silence proves nothing: no idle close meanwhile.
+            self.handle.liveness.command_started();
+            tokio::select! {
+                biased;
+                _ = &mut closed => return,
+                () = Box::pin(self.frame(&bytes)) => {}
+            }
+            self.handle.liveness.saw_client();
+        }
+    }
+
+    /// Ends the session (it leaves its rooms), then waits for the writer to
+    /// send what is left and the close frame.
+    pub(super) async fn teardown(self, writer: JoinHandle<()>) {
+        self.handle.close(close::NORMAL);
+        self.session.end(&self.handle).await;
+        let _ = writer.await;
+    }
+
+    /// Takes a command token; false when limited.
+    fn count_command(&mut self) -> bool {
+        let ok = self.commands.try_take(Instant::now()).is_ok();
+        if !ok {
+            self.note_limited();
+        }
+        ok
+    }
+
+    fn note_limited(&mut self) {
+        metrics::counter!("chorus_gateway_rate_limited_total").increment(1);
+        if self.limited_since.elapsed() > ABUSE_WINDOW {
+            self.limited_since = Instant::now();
+            self.limited = 0;
+        }
+        self.limited += 1;
+        if self.limited > ABUSE_LIMIT {
+            self.handle.close(close::RATE_LIMITED);
+        }
+    }
+
+    fn reply(&self, reference: Option<u64>, result: Result<serde_json::Value, GatewayError>) {
+        match (result, reference) {
+            (Ok(data), Some(r)) => self.handle.push_value(&AckFrame {
+                kind: AckTag::Ack,
+                reference: r,
+                data,
+            }),
+            (Ok(_), None) => return,
+            (Err(e), r) => self.handle.push_value(&e.frame(r)),
+        };
+    }
+
+    async fn frame(&mut self, bytes: &[u8]) {
+        let raw = match decode_client(self.handle.encoding, bytes) {
+            Ok(raw) => raw,
+            Err(e) => {
+                if self.count_command() {
+                    self.reply(e.reference, Err(e.error));
+                } else {
+                    self.reply(e.reference, Err(GatewayError::RateLimited));
+                }
+                return;
+            }
+        };
+        let r = raw.reference;
+        match raw.kind.as_str() {
+            "ping" => {
+                let pong = match r {
+                    Some(r) => json!({"type": "pong", "ref": r, "data": {}}),
+                    None => json!({"type": "pong", "data": {}}),
+                };
+                self.handle.push_value(&pong);
+            }
+            "typing" => {
+                if self.typing.try_take(Instant::now()).is_err() {
+                    self.note_limited();
+                    if r.is_some() {
+                        self.reply(r, Err(GatewayError::RateLimited));
+                    }
+                    return;
+                }
+                let result = self.session.command(&self.handle, "typing", raw.data).await;
+                self.reply(r, result);
+            }
+            kind => {
+                if !self.count_command() {
+                    self.reply(r, Err(GatewayError::RateLimited));
+                    return;
+                }
+                let result = self.session.command(&self.handle, kind, raw.data).await;
+                self.reply(r, result);
+            }
+        }
+    }
+}
+
+/// tungstenite reports an over-limit message as a capacity error ("Space
+/// limit exceeded: Message too long"); axum only exposes it boxed.
+fn is_too_big(e: &axum::Error) -> bool {
+    e.to_string().contains("too long")
+}

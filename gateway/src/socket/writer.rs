@@ -1,0 +1,156 @@
+//! The writer task: the only code that writes to a connection's socket.
+//!
+//! It sends what the outbound queue holds, batching whatever is queued into
+//! one flush; one timer serves the heartbeat ping, the token's expiry and
+//! the idle timeout. When the handle's close signal fires it sends what is
+//! still queued (not to a slow consumer), then the close frame, each
+//! bounded in time, and drops the socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
+use tokio::sync::mpsc;
+
+use super::SocketConfig;
+use crate::close;
+use crate::codec::Encoding;
+use crate::handle::{ConnHandle, Outbound};
+
+/// Most queued frames written before one flush: enough to amortize the
+/// flush under load, small enough that a close is seen between batches.
+const WRITE_BATCH: usize = 64;
+
+/// How long the final frames and the close frame may take before the TCP
+/// connection is dropped (contract: a slow consumer's 4009 is tried for
+/// 1 s).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The writer task.
+///
+/// Not an `async fn`, whose arguments would be stored twice in the task.
+/// The timer is set to whichever deadline comes first, and on firing each
+/// is checked against the clock (the client may have spoken since).
+/// Durations are read from the shared config when needed, not copied into
+/// the task: every byte here is held by every idle connection.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice in the task"
+)]
+pub(super) fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    handle: Arc<ConnHandle>,
+    config: Arc<SocketConfig>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let live = &handle.liveness;
+        let mut next_ping = tokio::time::Instant::now() + config.heartbeat;
+        let timer = tokio::time::sleep_until(
+            next_ping
+                .min(live.expires_at())
+                .min(live.last_seen() + config.idle_timeout),
+        );
+        // Registered once, not per frame: the close signal is watched by one
+        // long-lived future.
+        let closed = handle.closed();
+        tokio::pin!(timer, closed);
+        let code = loop {
+            tokio::select! {
+                biased;
+                code = &mut closed => break code,
+                () = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if now >= live.expires_at() {
+                        break close_now(&handle, close::POLICY);
+                    }
+                    let idle_at = live.last_seen() + config.idle_timeout;
+                    if now >= idle_at {
+                        break close_now(&handle, close::NORMAL);
+                    }
+                    if now >= next_ping {
+                        // Like every write, a ping must not hold up a close
+                        // when the client has stopped reading.
+                        let sent = tokio::select! {
+                            r = sink.send(Message::Ping(bytes::Bytes::new())) => r.is_ok(),
+                            code = &mut closed => break code,
+                        };
+                        if !sent {
+                            handle.close(close::NORMAL);
+                            return;
+                        }
+                        next_ping = now + config.heartbeat;
+                    }
+                    timer.as_mut().reset(next_ping.min(live.expires_at()).min(idle_at));
+                }
+                frame = rx.recv() => {
+                    let Some(frame) = frame else { break close::NORMAL };
+                    // A stuck socket must not hold up a close.
+                    let wrote = tokio::select! {
+                        r = write_batch(&mut sink, &mut rx, handle.encoding, frame) => r,
+                        code = &mut closed => break code,
+                    };
+                    if !wrote {
+                        handle.close(close::NORMAL);
+                        return;
+                    }
+                }
+            }
+        };
+        Box::pin(finish(&mut sink, &mut rx, handle.encoding, code)).await;
+    }
+}
+
+/// Requests a close with `code` and returns the code that won.
+fn close_now(handle: &ConnHandle, code: u16) -> u16 {
+    handle.close(code);
+    handle.close_code().unwrap_or(code)
+}
+
+/// Writes `first` and whatever else is queued, then flushes once.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<Outbound>,
+    encoding: Encoding,
+    first: Outbound,
+) -> bool {
+    if sink.feed(first.get(encoding)).await.is_err() {
+        return false;
+    }
+    for _ in 1..WRITE_BATCH {
+        let Ok(next) = rx.try_recv() else { break };
+        if sink.feed(next.get(encoding)).await.is_err() {
+            return false;
+        }
+    }
+    sink.flush().await.is_ok()
+}
+
+/// Sends what is still queued (not for a slow consumer), then the close
+/// frame, bounded in time; then the socket is dropped.
+async fn finish(
+    sink: &mut SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<Outbound>,
+    encoding: Encoding,
+    code: u16,
+) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if code != close::SLOW_CONSUMER {
+            while let Ok(m) = rx.try_recv() {
+                if sink.feed(m.get(encoding)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: close::reason(code).into(),
+            })))
+            .await;
+    })
+    .await;
+    rx.close();
+}

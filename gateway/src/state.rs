@@ -1,0 +1,137 @@
+//! [`Gateway`]: the state every request and connection shares, as one
+//! cheap clonable handle. It owns the services the gateway uses (the API
+//! client, the backplane) and hands them to the layers that need them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chorus_shared::auth::JwtVerifier;
+use chorus_shared::protocol::GatewayStatus;
+use chrono::{DateTime, Utc};
+
+use crate::api_client::Api;
+use crate::backplane::Backplane;
+use crate::hub::Hub;
+use crate::socket::SocketConfig;
+
+/// What the gateway checks at the upgrade and when draining.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// Browser origins allowed to connect (empty: any).
+    pub allowed_origins: Vec<String>,
+    /// Frames a connection may have queued before a 4009 close.
+    pub outbound_queue: usize,
+    /// Seconds to spread reconnect closes over when draining.
+    pub drain_seconds: u64,
+    /// Most concurrent connections.
+    pub max_connections: usize,
+}
+
+struct Inner {
+    id: String,
+    hub: Hub,
+    api: Arc<dyn Api>,
+    backplane: Arc<dyn Backplane>,
+    verifier: JwtVerifier,
+    admission: Admission,
+    socket: Arc<SocketConfig>,
+    draining: AtomicBool,
+    started_at: DateTime<Utc>,
+}
+
+/// Shared gateway state; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("id", &self.inner.id)
+            .field("hub", &self.inner.hub)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a [`Gateway`] is made of.
+#[derive(Debug)]
+pub struct Parts {
+    pub id: String,
+    pub hub: Hub,
+    pub api: Arc<dyn Api>,
+    pub backplane: Arc<dyn Backplane>,
+    pub verifier: JwtVerifier,
+    pub admission: Admission,
+    pub socket: SocketConfig,
+}
+
+impl Gateway {
+    pub fn new(parts: Parts) -> Self {
+        Gateway {
+            inner: Arc::new(Inner {
+                id: parts.id,
+                hub: parts.hub,
+                api: parts.api,
+                backplane: parts.backplane,
+                verifier: parts.verifier,
+                admission: parts.admission,
+                socket: Arc::new(parts.socket),
+                draining: AtomicBool::new(false),
+                started_at: Utc::now(),
+            }),
+        }
+    }
+
+    /// This gateway's id in the registry.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn api(&self) -> &dyn Api {
+        self.inner.api.as_ref()
+    }
+
+    pub fn backplane(&self) -> &dyn Backplane {
+        self.inner.backplane.as_ref()
+    }
+
+    pub fn verifier(&self) -> &JwtVerifier {
+        &self.inner.verifier
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.inner.admission
+    }
+
+    pub fn socket_config(&self) -> &Arc<SocketConfig> {
+        &self.inner.socket
+    }
+
+    /// Stops admitting connections; `/readyz` answers 503 from now on.
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// Ready for new clients: not draining and the backplane delivers.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.inner.backplane.is_live()
+    }
+
+    /// The registry report for `/api/socket-status`.
+    pub fn status(&self) -> GatewayStatus {
+        GatewayStatus {
+            id: self.inner.id.clone(),
+            connections: self.hub().connections() as u64,
+            started_at: self.inner.started_at,
+        }
+    }
+}
