@@ -1,8 +1,6 @@
 //! Test harness: an in-process API and gateways on ephemeral ports, and a
 //! WebSocket client that speaks the contract in JSON or MessagePack.
 
-#![allow(dead_code)]
-
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -40,15 +38,6 @@ impl Service {
         }
         if let Some(t) = self.task.take() {
             let _ = t.await;
-        }
-    }
-
-    /// Ends the service abruptly, like a killed process: its tasks stop,
-    /// nothing is drained or withdrawn.
-    pub fn kill(mut self) {
-        self.stop.take();
-        if let Some(t) = self.task.take() {
-            t.abort();
         }
     }
 
@@ -465,20 +454,28 @@ impl Client {
         }
     }
 
-    /// True when no event arrives within `d`.
-    pub async fn quiet_for(&mut self, d: Duration) -> bool {
-        if let Some(f) = self
-            .buffered
-            .iter()
-            .find(|f| !matches!(f["type"].as_str(), Some("ack" | "error" | "pong")))
-        {
-            panic!("unexpected buffered event {f}");
+    /// Reads events up to the `new-message` with `content` (a marker sent
+    /// after whatever must not arrive) and returns the events before it:
+    /// an absence proven by order, not by waiting.
+    pub async fn events_before_message(&mut self, content: &str) -> Vec<Value> {
+        let mut before = Vec::new();
+        loop {
+            let e = self.next_event().await;
+            if e["type"] == "new-message" && e["data"]["message"]["content"] == content {
+                return before;
+            }
+            before.push(e);
         }
-        match tokio::time::timeout(d, self.ws.next()).await {
-            Err(_) => true,
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => true,
-            Ok(other) => panic!("unexpected frame {other:?}"),
-        }
+    }
+
+    /// Asserts that the next event is the `new-message` with `content`.
+    pub async fn next_is_message(&mut self, content: &str) {
+        let e = self.next_event().await;
+        assert_eq!(
+            (e["type"].as_str(), e["data"]["message"]["content"].as_str()),
+            (Some("new-message"), Some(content)),
+            "expected the marker next, got {e}"
+        );
     }
 
     /// Reads for `d`, answering pings; panics if anything but pings (or

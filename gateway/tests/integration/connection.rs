@@ -88,11 +88,15 @@ async fn messages_cross_gateways_with_acks_and_errors() {
         b.event_of("user-joined").await["data"]["userId"],
         m.ready["data"]["userId"]
     );
-    // Leaving stops delivery.
+    // Leaving stops delivery: a marker in another community of bob's,
+    // posted afterwards, is the next thing he gets.
+    let other = cl.community(&alice, &[&bob]).await;
+    b.join(&other, None).await;
     b.ok("leave-community", json!({"communityId": c})).await;
     cl.post(&alice, &c, "after bob left").await;
     m.event_of("new-message").await;
-    assert!(b.quiet_for(Duration::from_millis(300)).await);
+    cl.post(&alice, &other, "marker").await;
+    b.next_is_message("marker").await;
 }
 
 #[tokio::test]
