@@ -42,11 +42,10 @@ impl FromRequestParts<AppState> for Authed {
     }
 }
 
-/// A JSON request body, and its raw bytes (for idempotency hashing).
+/// A JSON request body.
 #[derive(Debug)]
 pub struct Body<T> {
     pub value: T,
-    pub raw: Bytes,
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
@@ -62,7 +61,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
         })?;
         let value = serde_json::from_slice(&raw)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        Ok(Body { value, raw })
+        Ok(Body { value })
     }
 }
 

@@ -26,9 +26,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::ServeArgs;
 use crate::error::ApiError;
-use crate::outbox::RedisSink;
+use crate::outbox::{OutboxStore, RedisSink};
 use crate::state::AppState;
-use crate::store::{PgStore, Store};
+use crate::store::PgStore;
 
 /// The two sockets the service listens on.
 #[derive(Debug)]
@@ -72,10 +72,9 @@ pub async fn run(
     if !args.no_migrate {
         pg.migrate().await?;
     }
-    let store: Arc<dyn Store> = Arc::new(pg.clone());
     let sink = RedisSink::connect(&args.redis_url)?;
     let state = AppState::new(
-        store.clone(),
+        Arc::new(pg.clone()),
         live::LiveState::new(sink.client()),
         verifier,
         args.internal_token.clone(),
@@ -85,7 +84,7 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let publisher = tokio::spawn(outbox::run_publisher(
-        store,
+        OutboxStore::new(pg.pool()),
         Arc::new(sink.clone()),
         wake,
         stop_rx.clone(),

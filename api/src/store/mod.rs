@@ -1,9 +1,17 @@
-//! Storage, owned by the API. Handlers speak to this trait only, so the
-//! embedded SQLite mode can add an implementation without touching them.
+//! Storage, owned by the API. Handlers reach Postgres only through
+//! [`Store`], so they never see SQL or manage transactions.
+//!
+//! The interface is one trait per resource ([`UserStore`],
+//! [`CommunityStore`], [`MessageStore`], [`NotificationStore`],
+//! [`IdempotencyStore`]); [`Store`] is their sum plus a liveness ping.
+//! Handlers get a `&dyn Store` from `AppState` and call any resource's
+//! methods on it without importing the resource traits. [`PgStore`]
+//! implements each resource trait in its own file under `postgres/`.
 //!
 //! Each write method is one transaction that also writes the outbox rows
 //! for the events it causes (and wakes the publisher after commit), so an
-//! event exists if and only if its change committed.
+//! event exists if and only if its change committed. Publishing those rows
+//! is not storage: that is the [`crate::outbox`] publisher's job.
 
 mod postgres;
 
@@ -16,7 +24,12 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 
-pub use postgres::{OUTBOX_LOCK_KEY, PgStore};
+pub use postgres::PgStore;
+pub(crate) use postgres::purge_idempotency_keys;
+
+/// Re-exported at its old path for `gateway/tests/integration/delivery.rs`,
+/// which still imports it from here; the key belongs to [`crate::outbox`].
+pub use crate::outbox::OUTBOX_LOCK_KEY;
 
 /// A message to create.
 #[derive(Debug)]
@@ -89,36 +102,26 @@ pub struct SequencedEvent {
     pub event: ServerEvent,
 }
 
-/// What one [`Store::drain_outbox`] pass did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Drained {
-    /// Events published and marked.
-    pub published: usize,
-    /// The sink failed part-way: back off before the next pass.
-    pub failed: bool,
-    /// A full batch went out: more may be waiting, go again at once.
-    pub more: bool,
-}
-
-/// Where the outbox publisher sends events. The Redis publisher in
-/// production; tests may use anything that records.
+/// The storage interface of the API: every resource, and a liveness check.
 #[async_trait]
-pub trait OutboxSink: Send + Sync {
-    /// Publishes the batch in order; returns how many of the leading
-    /// entries were published (all of them unless the backplane failed).
-    async fn publish(&self, batch: &[(String, Vec<u8>)]) -> usize;
-}
-
-/// The storage interface of the API.
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    UserStore + CommunityStore + MessageStore + NotificationStore + IdempotencyStore + 'static
+{
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> Result<(), ApiError>;
+}
 
+/// User profiles.
+#[async_trait]
+pub trait UserStore: Send + Sync {
     /// Creates or refreshes a user's profile from their token.
     async fn upsert_user(&self, id: &str, name: &str, avatar: Option<&str>)
     -> Result<(), ApiError>;
+}
 
+/// Communities, membership, and access checks.
+#[async_trait]
+pub trait CommunityStore: Send + Sync {
     async fn create_community(
         &self,
         creator: &str,
@@ -146,7 +149,11 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a member and emits `membership-revoked`; false if not a member.
     async fn remove_member(&self, community_id: Uuid, user_id: &str) -> Result<bool, ApiError>;
     async fn members(&self, community_id: Uuid) -> Result<Vec<Member>, ApiError>;
+}
 
+/// Messages and the sequenced events of a community.
+#[async_trait]
+pub trait MessageStore: Send + Sync {
     /// Creates a message at the next seq, with its mention notifications and
     /// events. `NotFound` for an unknown community, `Forbidden` for a
     /// non-member sender.
@@ -168,7 +175,11 @@ pub trait Store: Send + Sync + 'static {
         after: i64,
         limit: i64,
     ) -> Result<Vec<SequencedEvent>, ApiError>;
+}
 
+/// The notification center.
+#[async_trait]
+pub trait NotificationStore: Send + Sync {
     async fn create_notification(&self, new: NewNotification<'_>)
     -> Result<Notification, ApiError>;
     /// `NotFound` when `before` is not one of the user's notifications.
@@ -183,7 +194,11 @@ pub trait Store: Send + Sync + 'static {
     async fn mark_read(&self, user_id: &str, id: Uuid) -> Result<Option<Notification>, ApiError>;
     async fn mark_all_read(&self, user_id: &str) -> Result<i64, ApiError>;
     async fn delete_notification(&self, user_id: &str, id: Uuid) -> Result<bool, ApiError>;
+}
 
+/// `Idempotency-Key` records of message creation.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
     async fn idempotency_begin(
         &self,
         user_id: &str,
@@ -202,12 +217,4 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets an in-flight key whose request failed transiently, so a
     /// retry can run.
     async fn idempotency_release(&self, user_id: &str, key: &str) -> Result<(), ApiError>;
-
-    /// Publishes up to `max` unpublished outbox events in order through
-    /// `sink` and marks them published. Only one publisher across all API
-    /// replicas runs at a time.
-    async fn drain_outbox(&self, sink: &dyn OutboxSink, max: i64) -> Result<Drained, ApiError>;
-    /// Deletes published outbox rows and idempotency records past their
-    /// retention.
-    async fn purge_expired(&self) -> Result<(), ApiError>;
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chorus_api::store::OUTBOX_LOCK_KEY;
+use chorus_api::outbox::OUTBOX_LOCK_KEY;
 use chorus_shared::envelope::{community_channel, user_channel};
 use chorus_shared::protocol::ServerEvent;
 use chorus_testkit::{AdvisoryLock, OwnRedis, free_port};

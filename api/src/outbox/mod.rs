@@ -10,17 +10,24 @@
 //! at least once: a crash between publish and mark, or a timed-out batch
 //! that the Redis client still delivers after reconnecting, publishes an
 //! event again, always in order; gateways drop the repeats.
+//!
+//! The publisher is its own component, apart from the [`crate::store`]:
+//! [`run_publisher`] owns an [`OutboxStore`] (the Postgres side: advisory
+//! lock, unpublished rows, marking, retention purge; in `postgres.rs`) and
+//! an [`OutboxSink`] ([`RedisSink`] in production; in `redis.rs`).
+
+mod postgres;
+mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::prelude::{Builder, Client, ClientLike, Config, PubsubInterface, ReconnectPolicy};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::error::ApiError;
-use crate::store::{OutboxSink, Store};
+pub use postgres::{OUTBOX_LOCK_KEY, OutboxStore};
+pub use redis::RedisSink;
 
 /// Most events read and published per pass: large enough to clear a
 /// backlog quickly in pipelined batches, small enough to keep one
@@ -34,87 +41,31 @@ pub const OUTBOX_BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const OUTBOX_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long shutdown keeps trying to flush the outbox.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time for one Redis command (a publish batch) before it counts as failed.
-pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often retention purges run.
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Publishes to Redis pub/sub with fred, pipelining each batch.
-#[derive(Clone)]
-pub struct RedisSink {
-    client: Client,
+/// What one [`OutboxStore::drain`] pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// The sink failed part-way: back off before the next pass.
+    pub failed: bool,
+    /// A full batch went out: more may be waiting, go again at once.
+    pub more: bool,
 }
 
-impl std::fmt::Debug for RedisSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisSink").finish_non_exhaustive()
-    }
-}
-
-impl RedisSink {
-    /// Creates the client and starts connecting in the background; the API
-    /// does not wait for Redis (its outbox queues while Redis is away).
-    pub fn connect(url: &str) -> Result<Self, ApiError> {
-        let config =
-            Config::from_url(url).map_err(|e| ApiError::Config(format!("REDIS_URL: {e}")))?;
-        let client = Builder::from_config(config)
-            .with_performance_config(|p| p.default_command_timeout = DEFAULT_REDIS_COMMAND_TIMEOUT)
-            .with_connection_config(|c| {
-                c.connection_timeout = DEFAULT_REDIS_COMMAND_TIMEOUT;
-                c.max_command_attempts = 1;
-            })
-            .set_policy(ReconnectPolicy::new_constant(0, 250))
-            .build()
-            .map_err(|e| ApiError::Config(format!("redis client: {e}")))?;
-        // The connection task lives as long as the client; failures are
-        // retried by the reconnect policy and seen as failed publishes.
-        drop(client.connect());
-        Ok(RedisSink { client })
-    }
-
-    /// The underlying client, shared with the live-state reader.
-    pub fn client(&self) -> Client {
-        self.client.clone()
-    }
-
-    /// Closes the connection.
-    pub async fn quit(&self) {
-        let _ = self.client.quit().await;
-    }
-}
-
+/// Where the outbox publisher sends events; [`RedisSink`] is the one
+/// implementation.
 #[async_trait]
-impl OutboxSink for RedisSink {
-    async fn publish(&self, batch: &[(String, Vec<u8>)]) -> usize {
-        if !self.client.is_connected() {
-            return 0;
-        }
-        // A batch that times out while Redis is away may still be sent by
-        // fred once it reconnects, and we publish those rows again: that
-        // is the at-least-once half of the outbox. Gateways drop repeats
-        // (by seq, and by id for notifications).
-        let pipeline = self.client.pipeline();
-        for (channel, payload) in batch {
-            let queued: Result<(), _> = pipeline
-                .publish(channel.as_str(), bytes::Bytes::from(payload.clone()))
-                .await;
-            if queued.is_err() {
-                return 0;
-            }
-        }
-        let results = pipeline.try_all::<i64>().await;
-        let ok = results.iter().take_while(|r| r.is_ok()).count();
-        if let Some(Err(e)) = results.get(ok) {
-            tracing::warn!(error = %e, published = ok, "redis publish failed, will retry");
-        }
-        ok
-    }
+pub trait OutboxSink: Send + Sync {
+    /// Publishes the batch in order; returns how many of the leading
+    /// entries were published (all of them unless the backplane failed).
+    async fn publish(&self, batch: &[(String, Vec<u8>)]) -> usize;
 }
 
 /// Runs the publisher until `shutdown` turns true, then flushes what it can
 /// within [`DEFAULT_FLUSH_TIMEOUT`].
 pub async fn run_publisher(
-    store: Arc<dyn Store>,
+    store: OutboxStore,
     sink: Arc<dyn OutboxSink>,
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
@@ -122,10 +73,7 @@ pub async fn run_publisher(
     let mut backoff = OUTBOX_BACKOFF_MIN;
     let mut next_purge = Instant::now();
     loop {
-        let delay = match store
-            .drain_outbox(sink.as_ref(), DEFAULT_OUTBOX_BATCH)
-            .await
-        {
+        let delay = match store.drain(sink.as_ref(), DEFAULT_OUTBOX_BATCH).await {
             Ok(d) if d.more => continue,
             Ok(d) if !d.failed => {
                 backoff = OUTBOX_BACKOFF_MIN;
@@ -149,7 +97,7 @@ pub async fn run_publisher(
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
-    flush(store.as_ref(), sink.as_ref()).await;
+    flush(&store, sink.as_ref()).await;
 }
 
 fn next_backoff(backoff: &mut Duration) -> Duration {
@@ -158,10 +106,10 @@ fn next_backoff(backoff: &mut Duration) -> Duration {
     current
 }
 
-async fn flush(store: &dyn Store, sink: &dyn OutboxSink) {
+async fn flush(store: &OutboxStore, sink: &dyn OutboxSink) {
     let deadline = Instant::now() + DEFAULT_FLUSH_TIMEOUT;
     while Instant::now() < deadline {
-        match store.drain_outbox(sink, DEFAULT_OUTBOX_BATCH).await {
+        match store.drain(sink, DEFAULT_OUTBOX_BATCH).await {
             Ok(d) if d.more => {}
             Ok(d) if !d.failed => return,
             Ok(_) | Err(_) => tokio::time::sleep(OUTBOX_BACKOFF_MIN).await,

@@ -1,0 +1,86 @@
+//! The Redis side of the outbox publisher: [`RedisSink`] publishes each
+//! batch in one pipeline. Its client is also the connection the API reads
+//! live state (presence, gateway registry) with.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::prelude::{Builder, Client, ClientLike, Config, PubsubInterface, ReconnectPolicy};
+
+use super::OutboxSink;
+use crate::error::ApiError;
+
+/// Time for one Redis command (a publish batch) before it counts as failed.
+const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Publishes to Redis pub/sub with fred, pipelining each batch.
+#[derive(Clone)]
+pub struct RedisSink {
+    client: Client,
+}
+
+impl std::fmt::Debug for RedisSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSink").finish_non_exhaustive()
+    }
+}
+
+impl RedisSink {
+    /// Creates the client and starts connecting in the background; the API
+    /// does not wait for Redis (its outbox queues while Redis is away).
+    pub fn connect(url: &str) -> Result<Self, ApiError> {
+        let config =
+            Config::from_url(url).map_err(|e| ApiError::Config(format!("REDIS_URL: {e}")))?;
+        let client = Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = DEFAULT_REDIS_COMMAND_TIMEOUT)
+            .with_connection_config(|c| {
+                c.connection_timeout = DEFAULT_REDIS_COMMAND_TIMEOUT;
+                c.max_command_attempts = 1;
+            })
+            .set_policy(ReconnectPolicy::new_constant(0, 250))
+            .build()
+            .map_err(|e| ApiError::Config(format!("redis client: {e}")))?;
+        // The connection task lives as long as the client; failures are
+        // retried by the reconnect policy and seen as failed publishes.
+        drop(client.connect());
+        Ok(RedisSink { client })
+    }
+
+    /// The underlying client, shared with the live-state reader.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Closes the connection.
+    pub async fn quit(&self) {
+        let _ = self.client.quit().await;
+    }
+}
+
+#[async_trait]
+impl OutboxSink for RedisSink {
+    async fn publish(&self, batch: &[(String, Vec<u8>)]) -> usize {
+        if !self.client.is_connected() {
+            return 0;
+        }
+        // A batch that times out while Redis is away may still be sent by
+        // fred once it reconnects, and we publish those rows again: that
+        // is the at-least-once half of the outbox. Gateways drop repeats
+        // (by seq, and by id for notifications).
+        let pipeline = self.client.pipeline();
+        for (channel, payload) in batch {
+            let queued: Result<(), _> = pipeline
+                .publish(channel.as_str(), bytes::Bytes::from(payload.clone()))
+                .await;
+            if queued.is_err() {
+                return 0;
+            }
+        }
+        let results = pipeline.try_all::<i64>().await;
+        let ok = results.iter().take_while(|r| r.is_ok()).count();
+        if let Some(Err(e)) = results.get(ok) {
+            tracing::warn!(error = %e, published = ok, "redis publish failed, will retry");
+        }
+        ok
+    }
+}
