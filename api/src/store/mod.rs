@@ -27,10 +27,6 @@ use crate::error::ApiError;
 pub use postgres::PgStore;
 pub(crate) use postgres::purge_idempotency_keys;
 
-/// Re-exported at its old path for `gateway/tests/integration/delivery.rs`,
-/// which still imports it from here; the key belongs to [`crate::outbox`].
-pub use crate::outbox::OUTBOX_LOCK_KEY;
-
 /// A message to create.
 #[derive(Debug)]
 pub struct NewMessage<'a> {

@@ -1,8 +1,6 @@
 //! Test harness: fresh databases, in-process API servers, HTTP helpers,
 //! Redis subscribers.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -248,7 +246,8 @@ fn base(addr: SocketAddr) -> String {
 
 /// A Redis subscriber on `channels`, resubscribing after reconnects.
 pub struct Sub {
-    pub client: SubscriberClient,
+    /// Held so the subscription lives as long as the `Sub`.
+    _client: SubscriberClient,
     rx: tokio::sync::broadcast::Receiver<fred::types::Message>,
 }
 
@@ -267,7 +266,10 @@ impl Sub {
             .subscribe(channels.to_vec())
             .await
             .expect("subscribe");
-        Sub { client, rx }
+        Sub {
+            _client: client,
+            rx,
+        }
     }
 
     /// The next envelope, decoded, with its channel.
@@ -281,10 +283,5 @@ impl Sub {
             msg.channel.to_string(),
             Envelope::decode(&bytes).expect("decodes"),
         )
-    }
-
-    /// True if nothing arrives within `d`.
-    pub async fn quiet_for(&mut self, d: Duration) -> bool {
-        tokio::time::timeout(d, self.rx.recv()).await.is_err()
     }
 }

@@ -275,7 +275,7 @@ async fn dropped_and_reordered_publications_are_filled_in_order_once() {
     a.join(&c, None).await;
 
     let mut lock =
-        chorus_testkit::AdvisoryLock::take(&cl.db, chorus_api::store::OUTBOX_LOCK_KEY).await;
+        chorus_testkit::AdvisoryLock::take(&cl.db, chorus_api::outbox::OUTBOX_LOCK_KEY).await;
     for i in 1..=4 {
         cl.post(&alice, &c, &format!("m{i}")).await;
     }
