@@ -29,6 +29,8 @@ pub mod config;
 pub mod error;
 pub mod handle;
 pub mod hub;
+#[cfg(test)]
+mod layers;
 pub mod liveness;
 pub mod routes;
 pub mod session;

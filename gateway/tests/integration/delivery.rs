@@ -155,6 +155,9 @@ async fn mentions_and_notifications_arrive_live() {
     let mut b1 = Client::connect(&cl.gw1.url, &token(&bob)).await;
     let mut b2 = Client::connect(&cl.gw2.url, &token(&bob)).await;
     let mut b3 = Client::connect(&cl.gw2.url, &token(&bob)).await;
+    // b3 joins the community (for the marker below) but does not ask for
+    // notifications.
+    b3.join(&c, None).await;
     let ack = b1.ok("subscribe-notifications", json!({})).await;
     assert_eq!(ack, json!({"unreadCount": 0}));
     b2.ok("subscribe-notifications", json!({})).await;

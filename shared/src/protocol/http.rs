@@ -1,0 +1,113 @@
+//! Bodies of the public HTTP API: requests and responses.
+
+use super::*;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+// ---- HTTP request bodies ------------------------------------------------------------
+
+/// `POST /api/communities`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateCommunity {
+    pub name: String,
+    #[serde(default)]
+    pub is_public: Option<bool>,
+}
+
+/// `POST /api/communities/{id}/members`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddMember {
+    pub user_id: String,
+}
+
+/// `POST /api/messages-realtime` and the `send-message` command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendMessage {
+    pub community_id: String,
+    pub content: String,
+    #[serde(default)]
+    pub mentions: Option<Vec<String>>,
+}
+
+/// `POST /api/notifications-broadcast`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateNotification {
+    pub user_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub message: String,
+    #[serde(default)]
+    pub data: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+// ---- HTTP responses -----------------------------------------------------------------
+
+/// `GET /api/communities`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommunityList {
+    pub communities: Vec<Community>,
+}
+
+/// `GET /api/communities/{id}/members`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberList {
+    pub members: Vec<Member>,
+}
+
+/// `GET /api/communities/{id}/presence`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Presence {
+    pub online: Vec<String>,
+}
+
+/// `GET /api/messages-realtime`: `nextBefore` on a backward page, `nextAfter`
+/// on a forward (`after=`) page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagePage {
+    pub messages: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<Option<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<Option<i64>>,
+}
+
+/// `GET /api/notifications-broadcast`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationPage {
+    pub notifications: Vec<Notification>,
+    pub unread_count: i64,
+    pub next_before: Option<Uuid>,
+}
+
+/// `POST /api/notifications-broadcast/read-all`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadAll {
+    pub updated: i64,
+}
+
+/// One gateway in `GET /api/socket-status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    pub id: String,
+    pub connections: u64,
+    #[serde(with = "crate::time_format")]
+    pub started_at: DateTime<Utc>,
+}
+
+/// `GET /api/socket-status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SocketStatus {
+    /// `ok` when at least one gateway reports, else `degraded`.
+    pub status: String,
+    pub gateways: Vec<GatewayStatus>,
+    pub connections: u64,
+}
