@@ -1,6 +1,7 @@
 //! Wire shapes checked against the contract's examples.
 
 use super::*;
+use crate::error::ErrorDetail;
 use serde_json::json;
 
 fn message() -> Message {
