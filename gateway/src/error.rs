@@ -1,6 +1,6 @@
 //! The gateway's one error type and its single mapping to the contract:
 //! an `error` frame with a contract code for command failures. (Close codes
-//! are decided where connections end, see `conn.rs`.)
+//! are decided where connections end, see `close.rs` and `socket/`.)
 
 use chorus_shared::error::{ErrorCode, ErrorDetail};
 use chorus_shared::protocol::{ErrorFrame, ErrorTag};

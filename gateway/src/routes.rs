@@ -133,17 +133,16 @@ async fn upgrade(
         Some(MSGPACK_PROTOCOL) => Encoding::Msgpack,
         _ => Encoding::Json,
     };
-    let expires_at = expiry_instant(user.exp + gw.verifier().leeway_s());
-    let (conn, rx) = ConnHandle::new(
-        gw.hub().next_conn_id(),
-        &user.id,
-        &user.name,
-        encoding,
-        gw.admission().outbound_queue,
-        expires_at,
-    );
     let me = Box::new(Identity { user, token });
     ws.on_upgrade(move |socket| {
+        let (conn, rx) = ConnHandle::new(
+            gw.hub().next_conn_id(),
+            &me.user.id,
+            &me.user.name,
+            encoding,
+            gw.admission().outbound_queue,
+            expiry_instant(me.user.exp + gw.verifier().leeway_s()),
+        );
         let config = gw.socket_config().clone();
         let open = Session::open(gw, conn.clone(), me, origin_ok);
         socket::serve(socket, conn, rx, config, open)

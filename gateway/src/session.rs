@@ -96,12 +96,24 @@ impl Session {
         if access.role.is_none() && !self.me.user.is_official() {
             return Err(GatewayError::Forbidden("not a member of this community"));
         }
-        let joined = self
+        // Recorded first: if the connection closes during the join (a
+        // replay), `end` leaves the community and releases what the join
+        // took.
+        let rejoin = !self.joined.insert(community);
+        let joined = match self
             .gw
             .hub()
             .join(community, access.head_seq, conn, req.last_seq)
-            .await?;
-        self.joined.insert(community);
+            .await
+        {
+            Ok(j) => j,
+            Err(e) => {
+                if !rejoin {
+                    self.joined.remove(&community);
+                }
+                return Err(e);
+            }
+        };
         let mut online = self
             .gw
             .backplane()

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chorus_shared::envelope::{Envelope, community_channel, user_channel};
 use chorus_shared::protocol::{
-    CommunityAccess, EventsPage, MemberRole, MembershipRevoked, Message, MessageData,
-    MessageDeleted, SendMessage, Sender, SequencedEventBody, ServerEvent,
+    CommunityAccess, EventsPage, MAX_EVENTS_PER_REQUEST, MemberRole, MembershipRevoked, Message,
+    MessageData, MessageDeleted, SendMessage, Sender, SequencedEventBody, ServerEvent,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -63,6 +63,8 @@ pub struct MemoryApi {
     /// Backfill requests wait while this is false.
     backfill_open: watch::Sender<bool>,
     backfills: AtomicU64,
+    /// Backfill requests still to fail (an API that is away).
+    failures: AtomicU64,
     publisher: Mutex<Option<Arc<dyn Backplane>>>,
 }
 
@@ -80,6 +82,7 @@ impl Default for MemoryApi {
             state: Mutex::new(State::default()),
             backfill_open: watch::Sender::new(true),
             backfills: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
             publisher: Mutex::new(None),
         }
     }
@@ -252,6 +255,11 @@ impl MemoryApi {
         self.backfill_open.send_replace(true);
     }
 
+    /// Makes the next `n` backfill requests fail with `unavailable`.
+    pub fn fail_backfills(&self, n: u64) {
+        self.failures.store(n, Ordering::SeqCst);
+    }
+
     /// Backfill requests received so far (held ones included).
     pub fn backfills(&self) -> u64 {
         self.backfills.load(Ordering::SeqCst)
@@ -305,8 +313,21 @@ impl Api for MemoryApi {
         limit: i64,
     ) -> Result<EventsPage, GatewayError> {
         self.backfills.fetch_add(1, Ordering::SeqCst);
+        if !(1..=MAX_EVENTS_PER_REQUEST).contains(&limit) {
+            return Err(GatewayError::Api {
+                code: chorus_shared::error::ErrorCode::BadRequest,
+                message: format!("limit must be between 1 and {MAX_EVENTS_PER_REQUEST}"),
+            });
+        }
         let mut open = self.backfill_open.subscribe();
         let _ = open.wait_for(|o| *o).await;
+        let failing = self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(GatewayError::Unavailable("api away (injected)".into()));
+        }
         let st = self.state();
         let c = st
             .communities

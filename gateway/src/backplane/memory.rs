@@ -11,7 +11,7 @@
 //! so tests with paused time see entries expire.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -121,7 +121,9 @@ impl MemoryBus {
 pub struct MemoryBackplane {
     bus: Arc<MemoryBus>,
     gateway_id: String,
-    sink: OnceLock<Arc<dyn BackplaneSink>>,
+    /// The sink (the hub) owns this backplane, so this is a cycle until
+    /// [`Backplane::quit`] clears it, as with Redis.
+    sink: Mutex<Option<Arc<dyn BackplaneSink>>>,
     /// Channel → the task forwarding it to the sink.
     subscriptions: Mutex<HashMap<String, JoinHandle<()>>>,
 }
@@ -139,8 +141,48 @@ impl MemoryBackplane {
         Arc::new(MemoryBackplane {
             bus,
             gateway_id: gateway_id.to_owned(),
-            sink: OnceLock::new(),
+            sink: Mutex::new(None),
             subscriptions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Simulates losing the connection: nothing is delivered until
+    /// [`MemoryBackplane::reconnect`], and what is published meanwhile is
+    /// lost, as with Redis pub/sub.
+    pub fn disconnect(&self) {
+        for task in lock(&self.subscriptions).values() {
+            task.abort();
+        }
+    }
+
+    /// Simulates the connection coming back: every channel is subscribed
+    /// again and the sink told to resync, as the Redis backplane does.
+    pub fn reconnect(&self) {
+        let Some(sink) = lock(&self.sink).clone() else {
+            return;
+        };
+        let mut subs = lock(&self.subscriptions);
+        let channels: Vec<String> = subs.keys().cloned().collect();
+        for channel in channels {
+            let task = self.forward(&channel, sink.clone());
+            subs.insert(channel, task);
+        }
+        drop(subs);
+        sink.on_resync();
+    }
+
+    /// A task delivering `channel`'s messages to `sink`.
+    fn forward(&self, channel: &str, sink: Arc<dyn BackplaneSink>) -> JoinHandle<()> {
+        let mut rx = self.bus.receiver(channel);
+        let name = channel.to_owned();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(payload) => sink.on_message(&name, payload),
+                    Err(RecvError::Lagged(_)) => sink.on_resync(),
+                    Err(RecvError::Closed) => return,
+                }
+            }
         })
     }
 
@@ -161,36 +203,25 @@ impl Drop for MemoryBackplane {
 #[async_trait]
 impl Backplane for MemoryBackplane {
     fn start(&self, sink: Arc<dyn BackplaneSink>) {
-        let _ = self.sink.set(sink);
+        *lock(&self.sink) = Some(sink);
     }
 
     async fn quit(&self) {
         for (_, task) in lock(&self.subscriptions).drain() {
             task.abort();
         }
+        lock(&self.sink).take();
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), GatewayError> {
-        let sink = self
-            .sink
-            .get()
-            .cloned()
+        let sink = lock(&self.sink)
+            .clone()
             .ok_or_else(|| GatewayError::Backplane("not started".into()))?;
         let mut subs = lock(&self.subscriptions);
         if subs.contains_key(channel) {
             return Ok(());
         }
-        let mut rx = self.bus.receiver(channel);
-        let name = channel.to_owned();
-        let task = tokio::spawn(async move {
-            loop {
-                match rx.recv().await {
-                    Ok(payload) => sink.on_message(&name, payload),
-                    Err(RecvError::Lagged(_)) => sink.on_resync(),
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
+        let task = self.forward(channel, sink);
         subs.insert(channel.to_owned(), task);
         Ok(())
     }
@@ -208,7 +239,7 @@ impl Backplane for MemoryBackplane {
     }
 
     fn is_live(&self) -> bool {
-        self.sink.get().is_some()
+        lock(&self.sink).is_some()
     }
 
     async fn presence_join(

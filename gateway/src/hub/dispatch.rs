@@ -106,10 +106,8 @@ impl Hub {
                     let frame: Frame =
                         Arc::new(SharedFrame::new(ServerEvent::MembershipRevoked(r)));
                     for (c, _) in conns {
-                        if hub.leave(community, &c).await {
+                        if hub.revoke(community, &c).await {
                             c.push_event(&frame);
-                        } else {
-                            hub.revoke_joining(community, &c);
                         }
                     }
                 });
@@ -118,14 +116,23 @@ impl Hub {
         }
     }
 
-    /// Notes that `conn`'s user lost membership while `conn` may still be
-    /// joining the community, so the join is refused at admission.
-    fn revoke_joining(&self, community: uuid::Uuid, conn: &ConnHandle) {
-        if let Some(room) = self.room(community) {
+    /// Ends `conn`'s membership after a revocation: a live member leaves
+    /// (true: tell it); a connection still joining is refused at admission.
+    async fn revoke(&self, community: uuid::Uuid, conn: &Arc<ConnHandle>) -> bool {
+        let Some(room) = self.room(community) else {
+            return false;
+        };
+        let member = {
             let mut st = room.state();
-            if st.users.contains_key(&conn.user_id) && !st.members.contains_key(&conn.id) {
+            let member = st.members.remove(&conn.id).is_some();
+            if !member && st.joining.contains(&conn.id) {
                 st.revoked.insert(conn.id);
             }
+            member
+        };
+        if member {
+            self.release_user(&room, conn).await;
         }
+        member
     }
 }

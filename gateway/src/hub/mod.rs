@@ -178,14 +178,20 @@ impl Hub {
                     missed: 0,
                 }));
             }
+            st.joining.insert(conn.id);
             let n = st.users.entry(conn.user_id.clone()).or_insert(0);
             *n += 1;
             *n == 1
         };
 
+        // If the connection closes meanwhile this future is dropped: the
+        // session's `leave` then finds it in `joining` and releases it.
         let result = self.attach(room, head_seq, conn, last_seq).await;
         if result.is_err() {
-            self.release_user(room, conn).await;
+            let joining = room.state().joining.remove(&conn.id);
+            if joining {
+                self.release_user(room, conn).await;
+            }
             return result.map(Some);
         }
         if first_local {
@@ -194,17 +200,23 @@ impl Hub {
         result.map(Some)
     }
 
-    /// Removes `conn` from a community (leave, disconnect, revocation).
-    /// Returns whether it was a member.
+    /// Removes `conn` from a community (leave, disconnect, revocation),
+    /// whether a member or still joining. Returns whether it was a member.
     pub async fn leave(&self, community: Uuid, conn: &Arc<ConnHandle>) -> bool {
         let Some(room) = self.room(community) else {
             return false;
         };
-        let was = room.state().members.remove(&conn.id).is_some();
-        if was {
+        let (member, joining) = {
+            let mut st = room.state();
+            (
+                st.members.remove(&conn.id).is_some(),
+                st.joining.remove(&conn.id),
+            )
+        };
+        if member || joining {
             self.release_user(&room, conn).await;
         }
-        was
+        member
     }
 
     /// Unsubscribes an empty room. The unsubscribe is queued under the rooms

@@ -51,6 +51,9 @@ pub(super) struct RoomState {
     /// A gap-filling task is running.
     pub fetching: bool,
     pub members: HashMap<u64, Member>,
+    /// Connections counted in `users` that are still joining (replaying):
+    /// a join cut short by its connection closing is released by `leave`.
+    pub joining: HashSet<u64>,
     /// Local connections per user (joined members and replaying joiners),
     /// for presence: one entry per user however many tabs.
     pub users: HashMap<Arc<str>, u32>,
@@ -89,6 +92,7 @@ impl RoomState {
             pending: BTreeMap::new(),
             fetching: false,
             members: HashMap::new(),
+            joining: HashSet::new(),
             users: HashMap::new(),
             window: None,
             window_inflight: None,
@@ -142,8 +146,10 @@ impl RoomState {
     /// `skip_through`.
     pub fn admit(&mut self, conn: &Arc<ConnHandle>, skip_through: i64) -> Result<(), GatewayError> {
         if self.revoked.remove(&conn.id) {
+            // Still `joining`: the join's error path releases it.
             return Err(GatewayError::Forbidden("membership revoked"));
         }
+        self.joining.remove(&conn.id);
         self.members.insert(
             conn.id,
             Member {

@@ -322,6 +322,8 @@ async fn a_reconnect_storm_shares_one_window_fetch() {
             .is_some_and(|r| r.delivered_through() == 20)
     })
     .await;
+    // Every joiner arrives while the first window fetch is in flight.
+    f.api.hold_backfill();
     let before = f.api.backfills();
     let mut joins = Vec::new();
     let mut queues = Vec::new();
@@ -333,6 +335,11 @@ async fn a_reconnect_storm_shares_one_window_fetch() {
         }));
         queues.push((i, rx));
     }
+    until(|| f.api.backfills() > before).await;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    f.api.release_backfill();
     for j in joins {
         j.await.expect("task").expect("joined");
     }
@@ -345,6 +352,90 @@ async fn a_reconnect_storm_shares_one_window_fetch() {
         let want: Vec<i64> = (i + 1..=20).collect();
         assert_eq!(seqs(&mut rx, want.len()).await, want);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lagging_subscription_resyncs_and_loses_nothing() {
+    let mut f = Fixture::new(1000);
+    let (a, mut rx) = f.conn("a", 4096).await;
+    f.join(&a, None).await.expect("joined");
+    // Published without yielding: the subscription's buffer overflows, as
+    // a Redis subscriber falling behind does, and the room is reconciled.
+    for _ in 0..3000 {
+        f.post();
+    }
+    let want: Vec<i64> = (1..=3000).collect();
+    assert_eq!(seqs(&mut rx, 3000).await, want);
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_was_published_during_a_backplane_outage_is_recovered_on_reconnect() {
+    let mut f = Fixture::new(1000);
+    let (a, mut rx) = f.conn("a", 64).await;
+    f.join(&a, None).await.expect("joined");
+    f.post();
+    assert_eq!(seqs(&mut rx, 1).await, [1]);
+    f.backplane.disconnect();
+    // Lost with the connection; nothing after them reveals the gap.
+    for _ in 0..3 {
+        f.post();
+    }
+    f.backplane.reconnect();
+    assert_eq!(seqs(&mut rx, 3).await, [2, 3, 4]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gap_fill_retries_while_the_api_is_away() {
+    let mut f = Fixture::new(1000);
+    let (a, mut rx) = f.conn("a", 64).await;
+    f.join(&a, None).await.expect("joined");
+    f.api.fail_backfills(3);
+    let before = f.api.backfills();
+    let _lost = f.commit();
+    f.post();
+    assert_eq!(seqs(&mut rx, 2).await, [1, 2]);
+    assert_eq!(
+        f.api.backfills() - before,
+        4,
+        "three failures, then success"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_join_cut_short_by_its_connection_closing_is_released() {
+    let mut f = Fixture::new(1000);
+    let (w, mut rx_w) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    for _ in 0..5 {
+        f.post();
+    }
+    assert_eq!(seqs(&mut rx_w, 5).await, [1, 2, 3, 4, 5]);
+    // a's replay stalls on its one-frame queue; its connection then closes
+    // and the join is dropped mid-way, as the reader drops a command.
+    let (a, _rx_a) = f.conn("a", 1).await;
+    let joining = {
+        let (hub, api, community, a) = (f.hub.clone(), f.api.clone(), f.community, a.clone());
+        tokio::spawn(async move { join(&hub, &api, community, &a, Some(0)).await })
+    };
+    until(|| {
+        f.hub
+            .room(f.community)
+            .is_some_and(|r| r.state().joining.contains(&a.id))
+    })
+    .await;
+    joining.abort();
+    let _ = joining.await;
+    f.hub.disconnect(&a, &[f.community]).await;
+    let room = f.hub.room(f.community).expect("w keeps the room");
+    assert!(!room.state().users.contains_key("a"), "a left the room");
+    assert!(room.state().joining.is_empty());
+    use crate::backplane::Backplane;
+    let online = f
+        .backplane
+        .presence_online(f.community)
+        .await
+        .expect("online");
+    assert_eq!(online, ["w"], "a is not left online");
 }
 
 #[tokio::test(start_paused = true)]
@@ -442,7 +533,8 @@ async fn presence_counts_users_not_tabs() {
     assert!(f.hub.leave(f.community, &tab1).await);
     f.marker().await;
     assert_marker_next(&mut rx).await;
-    assert!(f.hub.leave(f.community, &tab2).await);
+    // Closing the last tab (the connection ends) announces the leave.
+    f.hub.disconnect(&tab2, &[f.community]).await;
     assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
 }
 

@@ -46,12 +46,11 @@ pub(super) fn write_loop(
     config: Arc<SocketConfig>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let live = &handle.liveness;
         let mut next_ping = tokio::time::Instant::now() + config.heartbeat;
         let timer = tokio::time::sleep_until(
             next_ping
-                .min(live.expires_at())
-                .min(live.last_seen() + config.idle_timeout),
+                .min(handle.liveness.expires_at())
+                .min(handle.liveness.last_seen() + config.idle_timeout),
         );
         // Registered once, not per frame: the close signal is watched by one
         // long-lived future.
@@ -63,10 +62,10 @@ pub(super) fn write_loop(
                 code = &mut closed => break code,
                 () = &mut timer => {
                     let now = tokio::time::Instant::now();
-                    if now >= live.expires_at() {
+                    if now >= handle.liveness.expires_at() {
                         break close_now(&handle, close::POLICY);
                     }
-                    let idle_at = live.last_seen() + config.idle_timeout;
+                    let idle_at = handle.liveness.last_seen() + config.idle_timeout;
                     if now >= idle_at {
                         break close_now(&handle, close::NORMAL);
                     }
@@ -83,7 +82,7 @@ pub(super) fn write_loop(
                         }
                         next_ping = now + config.heartbeat;
                     }
-                    timer.as_mut().reset(next_ping.min(live.expires_at()).min(idle_at));
+                    timer.as_mut().reset(next_ping.min(handle.liveness.expires_at()).min(idle_at));
                 }
                 frame = rx.recv() => {
                     let Some(frame) = frame else { break close::NORMAL };

@@ -45,7 +45,21 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_keep_receiving() {
         .await
         .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Reads up to the join's ack (after `ready`), then stops reading.
+    loop {
+        use futures_util::StreamExt;
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame within the wait")
+            .expect("open")
+            .expect("frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["type"] == "ack" && v["ref"] == 1 {
+                break;
+            }
+        }
+    }
 
     let big = "x".repeat(3900);
     // More than the largest kernel send buffer (tcp_wmem max, 4 MiB here)
