@@ -17,6 +17,16 @@ pub const DEFAULT_RECOVERY_WINDOW: i64 = 1000;
 /// Seconds a SIGTERM'd gateway spreads its reconnect closes over (contract).
 pub const DEFAULT_DRAIN_SECONDS: u64 = 20;
 
+/// Open connections one user may hold on one gateway (contract default):
+/// far more tabs and devices than a person uses, few enough that one
+/// account cannot multiply the per-connection limits by thousands.
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: u32 = 32;
+
+/// File descriptors kept out of `CHORUS_MAX_CONNECTIONS`'s default: the
+/// Redis connections, the API client's pool (64 in flight plus idle ones),
+/// the admin listener's scrapes and probes, logs, with room to spare.
+pub const FD_RESERVE: u64 = 512;
+
 /// Frames a connection may have queued for sending. A client that falls
 /// this far behind live traffic is closed with 4009 rather than buffered
 /// without bound: 256 frames is several seconds of a very busy room, far
@@ -93,6 +103,14 @@ pub struct GatewayArgs {
     /// Online count above which join/leave presence events are not broadcast.
     #[arg(long, env = "CHORUS_PRESENCE_BROADCAST_LIMIT", default_value_t = DEFAULT_PRESENCE_BROADCAST_LIMIT)]
     pub presence_broadcast_limit: u64,
+    /// Most open connections (WebSockets and requests not yet upgraded);
+    /// upgrades past it get 503 (default: the open-file limit less a
+    /// reserve).
+    #[arg(long, env = "CHORUS_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+    /// Open connections per user on this gateway; 0 turns the cap off.
+    #[arg(long, env = "CHORUS_MAX_CONNECTIONS_PER_USER", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_USER)]
+    pub max_connections_per_user: u32,
     /// Frames a connection may have queued before it is cut off with 4009.
     #[arg(long, env = "CHORUS_WS_OUTBOUND_QUEUE", default_value_t = DEFAULT_OUTBOUND_QUEUE)]
     pub outbound_queue: usize,
@@ -110,6 +128,19 @@ pub struct GatewayArgs {
 }
 
 impl GatewayArgs {
+    /// `CHORUS_MAX_CONNECTIONS`, or what the process can open: its
+    /// open-file limit (raised to the hard limit first) less
+    /// [`FD_RESERVE`].
+    pub fn effective_max_connections(&self) -> usize {
+        let n = self.max_connections.unwrap_or_else(|| {
+            let limit = rlimit::increase_nofile_limit(u64::MAX)
+                .or_else(|_| rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft))
+                .unwrap_or(1024);
+            limit.saturating_sub(FD_RESERVE).max(1)
+        });
+        usize::try_from(n).unwrap_or(usize::MAX)
+    }
+
     /// The effective gateway id.
     pub fn id(&self, bound: SocketAddr) -> String {
         self.gateway_id.clone().unwrap_or_else(|| {

@@ -41,6 +41,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chorus_shared::http::ServeOptions;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -52,13 +53,14 @@ use crate::hub::{Hub, HubConfig};
 use crate::socket::SocketConfig;
 use crate::state::{Admission, Gateway, Parts};
 
-/// Most concurrent connections one gateway accepts; past it, upgrades get
-/// 503 and the load balancer tries another node.
-pub const MAX_CONNECTIONS: usize = 100_000;
-
 /// How long a drain waits for the last connections to finish their close
 /// after every client was told to reconnect.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long shutdown waits for upgrade requests in flight: an upgrade is a
+/// single round trip, so whatever is still unfinished after this is a
+/// client trickling its request, which must not hold up the drain.
+const UPGRADE_GRACE: Duration = Duration::from_secs(1);
 
 /// The two sockets a gateway listens on.
 #[derive(Debug)]
@@ -117,6 +119,11 @@ pub async fn run_with(
 ) -> Result<(), GatewayError> {
     let verifier = chorus_shared::auth::JwtVerifier::new(&args.jwt)
         .map_err(|e| GatewayError::Config(e.to_string()))?;
+    let max_connections = args.effective_max_connections();
+    let serve_opts = ServeOptions {
+        nodelay: true,
+        ..ServeOptions::new(max_connections, UPGRADE_GRACE)
+    };
     let id = args.id(listeners.ws.local_addr()?);
     let hub = Hub::new(
         services.backplane.clone(),
@@ -142,7 +149,9 @@ pub async fn run_with(
                 .collect(),
             outbound_queue: args.outbound_queue.max(1),
             drain_seconds: args.drain_seconds,
-            max_connections: MAX_CONNECTIONS,
+            max_connections,
+            max_connections_per_user: args.max_connections_per_user,
+            pending: serve_opts.pending.clone(),
         },
         socket: SocketConfig {
             command_rate: args.ws_command_rate,
@@ -157,19 +166,24 @@ pub async fn run_with(
     let admin =
         tokio::spawn(axum::serve(listeners.admin, routes::admin_router(gw.clone())).into_future());
 
-    tracing::info!(gateway = %id, addr = %listeners.ws.local_addr()?, "chorus-gateway listening");
+    tracing::info!(
+        gateway = %id,
+        addr = %listeners.ws.local_addr()?,
+        max_connections,
+        "chorus-gateway listening"
+    );
     let drain_gw = gw.clone();
-    // Frames are small and latency matters: no Nagle delay.
-    let ws_listener = axum::serve::ListenerExt::tap_io(listeners.ws, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(ws_listener, routes::ws_router(gw.clone()))
-        .with_graceful_shutdown(async move {
+    chorus_shared::http::serve(
+        listeners.ws,
+        routes::ws_router(gw.clone()),
+        serve_opts,
+        async move {
             shutdown.await;
             drain_gw.start_draining();
             tracing::info!("draining");
-        })
-        .await?;
+        },
+    )
+    .await;
 
     // axum's graceful shutdown does not wait for upgraded sockets: the
     // gateway drains them itself.

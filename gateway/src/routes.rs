@@ -77,7 +77,8 @@ async fn upgrade(
             "gateway draining",
         );
     }
-    if gw.hub().connections() >= gw.admission().max_connections {
+    if gw.is_full() {
+        metrics::counter!("chorus_gateway_refused_upgrades_total", "reason" => "full").increment(1);
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
@@ -106,6 +107,18 @@ async fn upgrade(
                 &e.to_string(),
             );
         }
+    };
+    let Some(slot) = gw
+        .hub()
+        .reserve(&user.id, gw.admission().max_connections_per_user)
+    else {
+        metrics::counter!("chorus_gateway_refused_upgrades_total", "reason" => "per_user")
+            .increment(1);
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many connections for this user",
+        );
     };
     let ws = match ws {
         Ok(ws) => ws,
@@ -144,7 +157,7 @@ async fn upgrade(
             expiry_instant(me.user.exp + gw.verifier().leeway_s()),
         );
         let config = gw.socket_config().clone();
-        let open = Session::open(gw, conn.clone(), me, origin_ok);
+        let open = Session::open(gw, conn.clone(), me, origin_ok, slot);
         socket::serve(socket, conn, rx, config, open)
     })
 }

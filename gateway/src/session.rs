@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::close;
 use crate::error::GatewayError;
 use crate::handle::ConnHandle;
+use crate::hub::UserSlot;
 use crate::state::Gateway;
 
 /// Who a connection speaks for, as verified at the upgrade. Boxed: the
@@ -59,12 +60,13 @@ impl Session {
         conn: Arc<ConnHandle>,
         me: Box<Identity>,
         origin_ok: bool,
+        slot: UserSlot,
     ) -> Option<Session> {
         if !origin_ok {
             conn.close(close::POLICY);
             return None;
         }
-        if let Err(e) = gw.hub().connect(&conn).await {
+        if let Err(e) = gw.hub().connect(&conn, slot).await {
             tracing::warn!(error = %e, "could not subscribe the user channel");
             conn.close(close::INTERNAL);
             gw.hub().disconnect(&conn, &[]).await;

@@ -3,7 +3,7 @@
 //! client, the backplane) and hands them to the layers that need them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use chorus_shared::auth::JwtVerifier;
 use chorus_shared::protocol::GatewayStatus;
@@ -23,8 +23,13 @@ pub struct Admission {
     pub outbound_queue: usize,
     /// Seconds to spread reconnect closes over when draining.
     pub drain_seconds: u64,
-    /// Most concurrent connections.
+    /// Most open connections: WebSockets plus connections not yet
+    /// upgraded.
     pub max_connections: usize,
+    /// Most connections per user (0: no cap).
+    pub max_connections_per_user: u32,
+    /// Connections the HTTP server is serving (not yet upgraded).
+    pub pending: Arc<AtomicUsize>,
 }
 
 struct Inner {
@@ -124,6 +129,13 @@ impl Gateway {
     /// Ready for new clients: not draining and the backplane delivers.
     pub fn is_ready(&self) -> bool {
         !self.is_draining() && self.inner.backplane.is_live()
+    }
+
+    /// Whether one more connection would exceed the cap. The asking
+    /// connection is itself among the pending ones.
+    pub fn is_full(&self) -> bool {
+        let pending = self.inner.admission.pending.load(Ordering::SeqCst);
+        self.hub().connections() + pending.saturating_sub(1) >= self.inner.admission.max_connections
     }
 
     /// The registry report for `/api/socket-status`.

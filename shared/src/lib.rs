@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod http;
 pub mod ids;
 pub mod presence;
 pub mod protocol;

@@ -33,6 +33,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use self::registry::UserEntry;
+pub use self::registry::UserSlot;
 use self::room::{Room, lock};
 use self::subscriptions::Subscriptions;
 use crate::api_client::Api;

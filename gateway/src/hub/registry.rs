@@ -28,8 +28,35 @@ const RECENT_NOTIFICATIONS: usize = 32;
 #[derive(Default)]
 pub(super) struct UserEntry {
     conns: HashMap<u64, Arc<ConnHandle>>,
+    /// Upgrades admitted under the per-user cap but not connected yet.
+    reserved: u32,
     notify: HashSet<u64>,
     recent: VecDeque<Uuid>,
+}
+
+/// A connection slot of a user under the per-user cap, taken before the
+/// upgrade; [`Hub::connect`] uses it, and dropping it unused (an upgrade
+/// that never completed) gives it back.
+#[derive(Debug)]
+pub struct UserSlot {
+    hub: Hub,
+    user: Arc<str>,
+    used: bool,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        if self.used {
+            return;
+        }
+        let mut users = lock(&self.hub.inner.users);
+        if let Some(e) = users.get_mut(&self.user) {
+            e.reserved = e.reserved.saturating_sub(1);
+            if e.conns.is_empty() && e.reserved == 0 {
+                users.remove(&self.user);
+            }
+        }
+    }
 }
 
 impl Hub {
@@ -59,16 +86,48 @@ impl Hub {
         }
     }
 
-    /// Registers a new connection; subscribes its user's channel (for
-    /// notifications and membership revocations) on the user's first local
-    /// connection. On error the connection must still be disconnected.
-    pub async fn connect(&self, conn: &Arc<ConnHandle>) -> Result<(), GatewayError> {
+    /// Takes a connection slot for `user` unless they already hold `cap`
+    /// (connected or upgrading); a `cap` of 0 means no cap.
+    pub fn reserve(&self, user: &str, cap: u32) -> Option<UserSlot> {
+        let user: Arc<str> = Arc::from(user);
+        let mut users = lock(&self.inner.users);
+        let e = users.entry(user.clone()).or_default();
+        let held = u32::try_from(e.conns.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(e.reserved);
+        if cap > 0 && held >= cap {
+            if e.conns.is_empty() && e.reserved == 0 {
+                users.remove(&user);
+            }
+            return None;
+        }
+        e.reserved += 1;
+        Some(UserSlot {
+            hub: self.clone(),
+            user,
+            used: false,
+        })
+    }
+
+    /// Registers a new connection in the slot taken for it; subscribes its
+    /// user's channel (for notifications and membership revocations) on
+    /// the user's first local connection. On error the connection must
+    /// still be disconnected.
+    pub async fn connect(
+        &self,
+        conn: &Arc<ConnHandle>,
+        mut slot: UserSlot,
+    ) -> Result<(), GatewayError> {
         lock(&self.inner.conns).insert(conn.id, conn.clone());
         let n = self.inner.conn_count.fetch_add(1, Ordering::SeqCst) + 1;
         metrics::gauge!("chorus_gateway_connections").set(n as f64);
         let subscribed = {
             let mut users = lock(&self.inner.users);
             let e = users.entry(conn.user_id.clone()).or_default();
+            if !slot.used && *slot.user == *conn.user_id {
+                slot.used = true;
+                e.reserved = e.reserved.saturating_sub(1);
+            }
             e.conns.insert(conn.id, conn.clone());
             (e.conns.len() == 1).then(|| self.inner.subs.subscribe(user_channel(&conn.user_id)))
         };
@@ -89,7 +148,9 @@ impl Hub {
                 e.conns.remove(&conn.id);
                 e.notify.remove(&conn.id);
                 if e.conns.is_empty() {
-                    users.remove(&conn.user_id);
+                    if e.reserved == 0 {
+                        users.remove(&conn.user_id);
+                    }
                     // Queued under the lock: a later first connection's
                     // subscribe is ordered after it.
                     self.inner.subs.unsubscribe(user_channel(&conn.user_id));

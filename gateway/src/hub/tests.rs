@@ -70,7 +70,11 @@ impl Fixture {
         let expiry = tokio::time::Instant::now() + Duration::from_secs(3600);
         let (c, rx) = ConnHandle::new(self.next_conn, user, user, Encoding::Json, queue, expiry);
         self.next_conn += 1;
-        self.hub.connect(&c).await.expect("user channel subscribed");
+        let slot = self.hub.reserve(user, 0).expect("no cap");
+        self.hub
+            .connect(&c, slot)
+            .await
+            .expect("user channel subscribed");
         (c, rx)
     }
 

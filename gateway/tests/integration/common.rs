@@ -132,6 +132,8 @@ pub struct GwOpts {
     pub presence_limit: u64,
     pub heartbeat: Duration,
     pub idle_timeout: Duration,
+    pub max_connections: Option<u64>,
+    pub max_connections_per_user: u32,
 }
 
 impl GwOpts {
@@ -147,6 +149,8 @@ impl GwOpts {
             presence_limit: 10_000,
             heartbeat: chorus_gateway::config::DEFAULT_HEARTBEAT,
             idle_timeout: chorus_gateway::config::DEFAULT_IDLE_TIMEOUT,
+            max_connections: None,
+            max_connections_per_user: chorus_gateway::config::DEFAULT_MAX_CONNECTIONS_PER_USER,
         }
     }
 }
@@ -168,6 +172,8 @@ pub async fn start_gateway(api: &Service, opts: GwOpts) -> Service {
         ws_command_burst: 40,
         presence_broadcast_limit: opts.presence_limit,
         outbound_queue: opts.outbound_queue,
+        max_connections: opts.max_connections,
+        max_connections_per_user: opts.max_connections_per_user,
         heartbeat: opts.heartbeat,
         idle_timeout: opts.idle_timeout,
         jwt,

@@ -328,3 +328,26 @@ async fn rate_limits_answer_then_close_4008() {
         .await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test]
+async fn connections_per_user_are_capped_before_the_upgrade() {
+    let mut opts = GwOpts::new(&env_url("REDIS_URL"));
+    opts.max_connections_per_user = 3;
+    let cl = Cluster::start_with(opts).await;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let mut tabs = Vec::new();
+    for _ in 0..3 {
+        tabs.push(Client::connect(&cl.gw1.url, &token(&alice)).await);
+    }
+    let refused = Client::connect_with(&cl.gw1.url, &token(&alice), Enc::Json, None).await;
+    assert_eq!(refused.err(), Some(429), "a fourth connection is refused");
+    // Other users are not affected, and a closed tab frees its slot.
+    Client::connect(&cl.gw1.url, &token(&bob)).await;
+    tabs.pop().unwrap().close().await;
+    wait_until(|| async {
+        Client::connect_with(&cl.gw1.url, &token(&alice), Enc::Json, None)
+            .await
+            .is_ok()
+    })
+    .await;
+}

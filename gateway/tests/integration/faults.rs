@@ -7,6 +7,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use chorus_testkit::{OwnRedis, free_port};
+use tokio::net::TcpStream;
 
 use crate::common::*;
 
@@ -182,8 +183,13 @@ impl GatewayProcess {
     }
 
     async fn start(api: &Service, redis_url: &str) -> GatewayProcess {
+        GatewayProcess::start_with(api, redis_url, &[]).await
+    }
+
+    async fn start_with(api: &Service, redis_url: &str, env: &[(&str, &str)]) -> GatewayProcess {
         let (port, admin) = (free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_chorus-gateway"))
+            .envs(env.iter().copied())
             .env("CHORUS_GATEWAY_ADDR", format!("127.0.0.1:{port}"))
             .env("CHORUS_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
             .env("CHORUS_API_URL", &api.url)
@@ -344,4 +350,59 @@ async fn a_reconnect_storm_costs_the_api_one_backfill_per_community() {
         (1.0..=4.0).contains(&requests),
         "30 rejoins cost {requests} backfill requests"
     );
+}
+
+/// Clients that trickle a request head hold nothing for long: a real client
+/// still connects past 2,000 of them, and SIGTERM still drains and exits
+/// (without a header-read timeout and a bounded shutdown it waits for them
+/// forever).
+#[tokio::test]
+async fn trickling_clients_neither_block_others_nor_the_drain() {
+    use tokio::io::AsyncWriteExt;
+    let cl = Cluster::start().await;
+    let alice = uid("alice");
+    let c = cl.community(&alice, &[]).await;
+    let gp = GatewayProcess::start_with(
+        &cl.api,
+        &env_url("REDIS_URL"),
+        &[("CHORUS_DRAIN_SECONDS", "1")],
+    )
+    .await;
+    let addr = gp
+        .url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .to_owned();
+    let mut tricklers = Vec::new();
+    for _ in 0..2000 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        tricklers.push(s);
+    }
+    let mut a = Client::connect(&gp.url, &token(&alice)).await;
+    a.join(&c, None).await;
+
+    let pid = gp.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    assert_eq!(a.event_of("reconnect").await["type"], "reconnect");
+    let close = a.closed().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1012);
+    let mut gp = gp;
+    let exited = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(s)) = gp.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert!(exited.is_some(), "the drained gateway exited");
+    drop(tricklers);
 }
