@@ -15,7 +15,7 @@ use chorus_shared::auth::AuthUser;
 use chorus_shared::ids::parse_uuid;
 use chorus_shared::protocol::{
     DeleteMessage, JoinAck, JoinCommunity, LeaveCommunity, MessageData, Ready, SendMessage,
-    ServerEvent, Typing, UserTyping,
+    ServerEvent, Typing,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -43,6 +43,11 @@ impl std::fmt::Debug for Identity {
             .finish()
     }
 }
+
+/// Communities one connection may have joined at once. Far more than any
+/// client shows; bounded because each join holds room state and presence
+/// (officials may join every community).
+pub const MAX_JOINS_PER_CONNECTION: usize = 1000;
 
 /// One connection's command state.
 #[derive(Debug)]
@@ -94,6 +99,16 @@ impl Session {
                 "lastSeq must not be negative".into(),
             ));
         }
+        if self.joined.contains(&community) && self.gw.hub().is_member(community, conn.id) {
+            // Already live here: nothing to check, replay or announce.
+            let head = self.gw.hub().delivered_through(community).unwrap_or(0);
+            return self.ack(community, head, true, 0).await;
+        }
+        if !self.joined.contains(&community) && self.joined.len() >= MAX_JOINS_PER_CONNECTION {
+            return Err(GatewayError::BadRequest(format!(
+                "at most {MAX_JOINS_PER_CONNECTION} communities per connection"
+            )));
+        }
         let access = self.gw.api().access(community, &self.me.user.id).await?;
         if access.role.is_none() && !self.me.user.is_official() {
             return Err(GatewayError::Forbidden("not a member of this community"));
@@ -116,21 +131,28 @@ impl Session {
                 return Err(e);
             }
         };
-        let mut online = self
-            .gw
-            .backplane()
-            .presence_online(community)
+        self.ack(community, joined.head_seq, joined.recovered, joined.missed)
             .await
-            .unwrap_or_default();
+    }
+
+    /// The join ack, with the community's online users.
+    async fn ack(
+        &self,
+        community: Uuid,
+        head_seq: i64,
+        recovered: bool,
+        missed: i64,
+    ) -> Result<Value, GatewayError> {
+        let mut online = self.gw.hub().online(community).await;
         if !online.contains(&self.me.user.id) {
             online.push(self.me.user.id.clone());
         }
         to_value(&JoinAck {
             community_id: community,
-            head_seq: joined.head_seq,
+            head_seq,
             online,
-            recovered: joined.recovered,
-            missed: joined.missed,
+            recovered,
+            missed,
         })
     }
 
@@ -158,21 +180,7 @@ impl Session {
     async fn typing(&self, conn: &ConnHandle, data: Value) -> Result<Value, GatewayError> {
         let req: Typing = parse(data)?;
         let community = community_id(&req.community_id)?;
-        if !self.gw.hub().is_member(community, conn.id) {
-            return Err(GatewayError::Forbidden("join the community first"));
-        }
-        self.gw
-            .hub()
-            .publish_ephemeral(
-                community,
-                ServerEvent::UserTyping(UserTyping {
-                    community_id: community,
-                    user_id: self.me.user.id.clone(),
-                    name: self.me.user.name.clone(),
-                    is_typing: req.is_typing,
-                }),
-            )
-            .await;
+        self.gw.hub().typing(community, conn, req.is_typing).await?;
         Ok(json!({}))
     }
 

@@ -25,6 +25,12 @@ const MAX_IN_FLIGHT: usize = 64;
 /// Timeout of one call to the API.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Longest wait for a free request slot: past it the command fails with
+/// `unavailable` instead of queueing behind a flood (one user's thousands
+/// of joins must not starve everyone's commands). Half the request
+/// timeout, so a slot normally frees within it.
+const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// HTTP client of the API; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct HttpApi {
@@ -38,16 +44,21 @@ pub struct HttpApi {
 
 impl HttpApi {
     pub fn new(base: &str, internal_token: &str) -> Result<Self, GatewayError> {
+        Self::with_slots(base, internal_token, MAX_IN_FLIGHT)
+    }
+
+    /// A client with `slots` requests in flight at most.
+    fn with_slots(base: &str, internal_token: &str, slots: usize) -> Result<Self, GatewayError> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
-            .pool_max_idle_per_host(MAX_IN_FLIGHT)
+            .pool_max_idle_per_host(slots)
             .build()
             .map_err(|e| GatewayError::Config(format!("http client: {e}")))?;
         Ok(HttpApi {
             http,
             base: base.trim_end_matches('/').to_owned(),
             internal_token: internal_token.to_owned(),
-            permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            permits: Arc::new(Semaphore::new(slots)),
         })
     }
 
@@ -65,10 +76,14 @@ impl HttpApi {
     }
 
     async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, GatewayError> {
-        self.permits
-            .acquire()
-            .await
-            .map_err(|_| GatewayError::Unavailable("api client closed".into()))
+        match tokio::time::timeout(SLOT_WAIT, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(GatewayError::Unavailable("api client closed".into())),
+            Err(_) => {
+                metrics::counter!("chorus_gateway_api_busy_total").increment(1);
+                Err(GatewayError::Unavailable("api busy".into()))
+            }
+        }
     }
 }
 
@@ -161,5 +176,48 @@ async fn read<T: DeserializeOwned>(
             code: ErrorCode::from_http_status(status.as_u16()),
             message: format!("api answered {status}"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With every slot held by a request the API never answers, the next
+    /// call gives up after the slot wait, before the first one times out.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_waits_for_a_slot_a_bounded_time() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let api = HttpApi::with_slots(&base, "t", 1).expect("client");
+        let first = {
+            let api = api.clone();
+            tokio::spawn(async move { api.unread_count("u").await })
+        };
+        while api.permits.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let started = tokio::time::Instant::now();
+        let second = api.unread_count("u").await;
+        assert!(
+            matches!(&second, Err(GatewayError::Unavailable(m)) if m == "api busy"),
+            "{second:?}"
+        );
+        assert_eq!(
+            started.elapsed(),
+            SLOT_WAIT,
+            "virtual time: exactly the slot wait"
+        );
+        assert!(!first.is_finished(), "the first call still holds its slot");
+        first.abort();
+        silent.abort();
     }
 }

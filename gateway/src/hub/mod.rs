@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
+use chorus_shared::protocol::{ServerEvent, UserTyping};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -112,10 +113,51 @@ impl Hub {
         lock(&self.inner.rooms).get(&id).cloned()
     }
 
+    /// The seq delivered through in a community with local members.
+    pub fn delivered_through(&self, community: Uuid) -> Option<i64> {
+        self.room(community).map(|r| r.delivered_through())
+    }
+
     /// True when `conn` is a live member of the community here.
     pub fn is_member(&self, community: Uuid, conn: u64) -> bool {
         self.room(community)
             .is_some_and(|r| r.state().members.contains_key(&conn))
+    }
+
+    /// Broadcasts `conn`'s user's typing state in a community it is a live
+    /// member of, at most once per second per state; `Forbidden` when not
+    /// a member.
+    pub async fn typing(
+        &self,
+        community: Uuid,
+        conn: &ConnHandle,
+        is_typing: bool,
+    ) -> Result<(), GatewayError> {
+        let due = {
+            let room = self
+                .room(community)
+                .ok_or(GatewayError::Forbidden("join the community first"))?;
+            let mut st = room.state();
+            if !st.members.contains_key(&conn.id) {
+                return Err(GatewayError::Forbidden("join the community first"));
+            }
+            st.typing_due(&conn.user_id, is_typing)
+        };
+        if due {
+            self.publish_ephemeral(
+                community,
+                ServerEvent::UserTyping(UserTyping {
+                    community_id: community,
+                    user_id: conn.user_id.to_string(),
+                    name: conn.name.to_string(),
+                    is_typing,
+                }),
+            )
+            .await;
+        } else {
+            metrics::counter!("chorus_gateway_typing_coalesced_total").increment(1);
+        }
+        Ok(())
     }
 
     /// Joins `conn` to a community whose access was already checked (head

@@ -10,15 +10,18 @@
 //! periodically and expire, so a dead gateway's users are swept by the
 //! survivors.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use chorus_shared::envelope::{Envelope, community_channel};
 use chorus_shared::protocol::{ServerEvent, UserJoined, UserLeft};
+use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::Hub;
-use super::room::{Room, lock};
+use super::room::{ONLINE_SNAPSHOT_TTL, Room, lock};
 use crate::handle::ConnHandle;
 
 impl Hub {
@@ -51,6 +54,7 @@ impl Hub {
                 }
                 Some(_) => {
                     st.users.remove(&conn.user_id);
+                    st.typing.remove(&conn.user_id);
                     true
                 }
                 None => false,
@@ -76,6 +80,49 @@ impl Hub {
         if empty {
             self.retire(room);
         }
+    }
+
+    /// The community's online users for a join ack: a snapshot of the
+    /// backplane's list at most [`ONLINE_SNAPSHOT_TTL`] old, fetched once
+    /// for concurrent callers, plus this gateway's own users.
+    pub async fn online(&self, community: Uuid) -> Vec<String> {
+        let Some(room) = self.room(community) else {
+            return self
+                .inner
+                .backplane
+                .presence_online(community)
+                .await
+                .unwrap_or_default();
+        };
+        let cell = {
+            let mut st = room.state();
+            if let Some((at, list)) = &st.online
+                && at.elapsed() < ONLINE_SNAPSHOT_TTL
+            {
+                return with_local(list, &st.users);
+            }
+            st.online_inflight
+                .get_or_insert_with(|| Arc::new(OnceCell::new()))
+                .clone()
+        };
+        let list = cell
+            .get_or_init(|| async {
+                let list = match self.inner.backplane.presence_online(community).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reading the online list failed");
+                        Vec::new()
+                    }
+                };
+                let list = Arc::new(list);
+                let mut st = room.state();
+                st.online = Some((Instant::now(), list.clone()));
+                st.online_inflight = None;
+                list
+            })
+            .await
+            .clone();
+        with_local(&list, &room.state().users)
     }
 
     /// Refreshes this gateway's presence entries and sweeps those of dead
@@ -157,4 +204,17 @@ impl Hub {
             tracing::warn!(error = %e, "publishing an ephemeral event failed");
         }
     }
+}
+
+/// `listed` plus the local users missing from it.
+fn with_local(listed: &[String], local: &HashMap<Arc<str>, u32>) -> Vec<String> {
+    let known: HashSet<&str> = listed.iter().map(String::as_str).collect();
+    let mut out = listed.to_vec();
+    out.extend(
+        local
+            .keys()
+            .filter(|u| !known.contains(&***u))
+            .map(|u| u.to_string()),
+    );
+    out
 }

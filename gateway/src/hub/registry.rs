@@ -21,9 +21,11 @@ use super::room::lock;
 use crate::error::GatewayError;
 use crate::handle::ConnHandle;
 
-/// Notification ids remembered per user for de-duplication: repeats come
-/// right behind the original, so a short memory suffices.
-const RECENT_NOTIFICATIONS: usize = 32;
+/// Notification ids remembered per user for de-duplication. The outbox
+/// re-publishes at most one batch (500 events) after a failure, so a repeat
+/// is never more than that many notifications behind its original; the
+/// memory is only allocated for users who receive notifications.
+const RECENT_NOTIFICATIONS: usize = 1024;
 
 #[derive(Default)]
 pub(super) struct UserEntry {
@@ -31,7 +33,10 @@ pub(super) struct UserEntry {
     /// Upgrades admitted under the per-user cap but not connected yet.
     reserved: u32,
     notify: HashSet<u64>,
+    /// The latest notification ids delivered, oldest first, and the same
+    /// ids as a set for O(1) lookups.
     recent: VecDeque<Uuid>,
+    recent_set: HashSet<Uuid>,
 }
 
 /// A connection slot of a user under the per-user cap, taken before the
@@ -184,12 +189,14 @@ impl Hub {
         let e = users.get_mut(user)?;
         if let ServerEvent::Notification(n) = event {
             let id = n.notification.id;
-            if e.recent.contains(&id) {
+            if !e.recent_set.insert(id) {
                 metrics::counter!("chorus_gateway_duplicate_events_total").increment(1);
                 return None;
             }
-            if e.recent.len() >= RECENT_NOTIFICATIONS {
-                e.recent.pop_front();
+            if e.recent.len() >= RECENT_NOTIFICATIONS
+                && let Some(old) = e.recent.pop_front()
+            {
+                e.recent_set.remove(&old);
             }
             e.recent.push_back(id);
         }

@@ -27,6 +27,19 @@ use crate::codec::Frame;
 use crate::error::GatewayError;
 use crate::handle::ConnHandle;
 
+/// Shortest interval between two broadcasts of the same typing state of
+/// one user in one community, however many connections send it: clients
+/// repeat `typing` while a user types, and members need it once a second
+/// at most. A change of state always passes.
+pub(super) const TYPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a listing of a community's online users is reused by join
+/// acks: a reconnect storm's thousands of joins read it once, and a user
+/// who came online on another gateway within this long may be missing
+/// from an ack (`user-joined` still announces them). This gateway's own
+/// users are always included, from the room.
+pub(super) const ONLINE_SNAPSHOT_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -60,6 +73,13 @@ pub(super) struct RoomState {
     /// The last fetched recovery window and when, shared by joiners.
     pub window: Option<(Instant, Arc<Window>)>,
     pub window_inflight: Option<WindowFetch>,
+    /// The community's online users as the backplane last listed them, and
+    /// when: join acks within [`ONLINE_SNAPSHOT_TTL`] share it.
+    pub online: Option<(Instant, Arc<Vec<String>>)>,
+    pub online_inflight: Option<Arc<OnceCell<Arc<Vec<String>>>>>,
+    /// The last `typing` state broadcast per local user, and when: the
+    /// same state is broadcast at most once per [`TYPING_INTERVAL`].
+    pub typing: HashMap<Arc<str>, (bool, tokio::time::Instant)>,
     /// Removed from the hub; a joiner that finds it takes its successor.
     pub retired: bool,
     /// Connections whose user was removed from the community while they
@@ -96,6 +116,9 @@ impl RoomState {
             users: HashMap::new(),
             window: None,
             window_inflight: None,
+            online: None,
+            online_inflight: None,
+            typing: HashMap::new(),
             retired: false,
             revoked: HashSet::new(),
         }
@@ -139,6 +162,19 @@ impl RoomState {
     /// True when something is waiting for a missing range.
     pub fn has_gap(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// Whether `user`'s typing state `is_typing` should be broadcast now,
+    /// noting it if so.
+    pub fn typing_due(&mut self, user: &Arc<str>, is_typing: bool) -> bool {
+        let now = tokio::time::Instant::now();
+        match self.typing.get(user) {
+            Some((state, at)) if *state == is_typing && now < *at + TYPING_INTERVAL => false,
+            _ => {
+                self.typing.insert(user.clone(), (is_typing, now));
+                true
+            }
+        }
     }
 
     /// Makes `conn` a live member unless its membership was revoked while

@@ -618,3 +618,110 @@ async fn concurrent_joins_and_lossy_publications_give_every_member_a_contiguous_
     let all = seqs(&mut rx_b, usize::try_from(MESSAGES + 1).expect("small")).await;
     assert_eq!(all, (1..=MESSAGES + 1).collect::<Vec<_>>());
 }
+
+#[tokio::test(start_paused = true)]
+async fn typing_is_broadcast_once_a_second_per_state_however_many_tabs() {
+    let mut f = Fixture::new(1000);
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    let mut tabs = Vec::new();
+    for _ in 0..3 {
+        let (t, rx_t) = f.conn("a", 64).await;
+        f.join(&t, None).await.expect("joined");
+        tabs.push((t, rx_t));
+    }
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(_)));
+    let typing = |e: ServerEvent| match e {
+        ServerEvent::UserTyping(t) => (t.user_id, t.is_typing),
+        other => panic!("expected user-typing, got {other:?}"),
+    };
+    for round in 0..5 {
+        for (t, _) in &tabs {
+            f.hub.typing(f.community, t, true).await.expect("member");
+        }
+        if round == 0 {
+            assert_eq!(typing(next(&mut rx).await), ("a".into(), true));
+        }
+    }
+    // Fifteen `true`s in the same second: one broadcast. A change of state
+    // passes at once.
+    f.hub
+        .typing(f.community, &tabs[0].0, false)
+        .await
+        .expect("member");
+    assert_eq!(typing(next(&mut rx).await), ("a".into(), false));
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    tokio::time::advance(Duration::from_millis(1001)).await;
+    f.hub
+        .typing(f.community, &tabs[1].0, false)
+        .await
+        .expect("member");
+    assert_eq!(
+        typing(next(&mut rx).await),
+        ("a".into(), false),
+        "a second later"
+    );
+
+    let (outsider, _rx_o) = f.conn("o", 4).await;
+    assert!(matches!(
+        f.hub.typing(f.community, &outsider, true).await,
+        Err(GatewayError::Forbidden(_))
+    ));
+}
+
+/// A notification for `user` as the outbox publishes it.
+fn notification(user: &str, n: u32) -> Publication {
+    use chorus_shared::envelope::{Envelope, user_channel};
+    use chorus_shared::protocol::{Notification, NotificationData};
+    let event = ServerEvent::Notification(NotificationData {
+        notification: Notification {
+            id: Uuid::now_v7(),
+            user_id: user.into(),
+            kind: "t".into(),
+            title: format!("n{n}"),
+            message: String::new(),
+            data: serde_json::json!({}),
+            read: false,
+            created_at: chrono::Utc::now(),
+        },
+    });
+    Publication {
+        channel: user_channel(user),
+        payload: bytes::Bytes::from(Envelope::new(None, None, 0, event).encode()),
+        seq: None,
+    }
+}
+
+fn title(e: ServerEvent) -> String {
+    match e {
+        ServerEvent::Notification(n) => n.notification.title,
+        other => panic!("expected a notification, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_republished_outbox_batch_of_notifications_is_delivered_once() {
+    let mut f = Fixture::new(1000);
+    let (a, mut rx) = f.conn("a", 2048).await;
+    f.hub.subscribe_notifications(&a);
+    let sent: Vec<Publication> = (0..600).map(|n| notification("a", n)).collect();
+    for p in &sent {
+        f.publish(p);
+        tokio::task::yield_now().await;
+    }
+    for n in 0..600 {
+        assert_eq!(title(next(&mut rx).await), format!("n{n}"));
+    }
+    // A failed batch of 500 goes out again: all repeats, all dropped.
+    for p in &sent[100..] {
+        f.publish(p);
+        tokio::task::yield_now().await;
+    }
+    f.publish(&notification("a", 600));
+    assert_eq!(
+        title(next(&mut rx).await),
+        "n600",
+        "nothing repeated before it"
+    );
+}
