@@ -95,10 +95,7 @@ impl ConnHandle {
         match self.tx.try_send(out) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.close(close::SLOW_CONSUMER) {
-                    metrics::counter!("chorus_gateway_slow_consumer_closes_total").increment(1);
-                    tracing::info!(conn = self.id, user = %self.user_id, "slow consumer: outbound queue full");
-                }
+                self.slow_consumer();
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -106,11 +103,27 @@ impl ConnHandle {
     }
 
     /// Queues a shared event, waiting for space (replays are paced by the
-    /// client's reading). False if the connection closed meanwhile.
+    /// client's reading), but not longer than [`close::SLOW_CONSUMER_GRACE`]
+    /// without progress: then the connection is closed with 4009. False
+    /// when not queued.
     pub async fn push_event_wait(&self, frame: &Frame) -> bool {
         tokio::select! {
-            r = self.tx.send(frame.clone()) => r.is_ok(),
+            r = tokio::time::timeout(close::SLOW_CONSUMER_GRACE, self.tx.send(frame.clone())) => match r {
+                Ok(sent) => sent.is_ok(),
+                Err(_) => {
+                    self.slow_consumer();
+                    false
+                }
+            },
             _ = self.closed() => false,
+        }
+    }
+
+    /// Closes a connection that stopped keeping up with 4009.
+    pub fn slow_consumer(&self) {
+        if self.close(close::SLOW_CONSUMER) {
+            metrics::counter!("chorus_gateway_slow_consumer_closes_total").increment(1);
+            tracing::info!(conn = self.id, user = %self.user_id, "slow consumer");
         }
     }
 

@@ -73,12 +73,19 @@ pub(super) fn write_loop(
                         // Like every write, a ping must not hold up a close
                         // when the client has stopped reading.
                         let sent = tokio::select! {
-                            r = sink.send(Message::Ping(bytes::Bytes::new())) => r.is_ok(),
+                            r = bounded(sink.send(Message::Ping(bytes::Bytes::new()))) => r,
                             code = &mut closed => break code,
                         };
-                        if !sent {
-                            handle.close(close::NORMAL);
-                            return;
+                        match sent {
+                            Ok(()) => {}
+                            Err(Written::Stalled) => {
+                                handle.slow_consumer();
+                                break close::SLOW_CONSUMER;
+                            }
+                            Err(_) => {
+                                handle.close(close::NORMAL);
+                                return;
+                            }
                         }
                         next_ping = now + config.heartbeat;
                     }
@@ -86,14 +93,25 @@ pub(super) fn write_loop(
                 }
                 frame = rx.recv() => {
                     let Some(frame) = frame else { break close::NORMAL };
-                    // A stuck socket must not hold up a close.
+                    // A stuck socket must not hold up a close, nor outlive
+                    // the token.
                     let wrote = tokio::select! {
                         r = write_batch(&mut sink, &mut rx, handle.encoding, frame) => r,
                         code = &mut closed => break code,
+                        () = tokio::time::sleep_until(handle.liveness.expires_at()) => {
+                            break close_now(&handle, close::POLICY);
+                        }
                     };
-                    if !wrote {
-                        handle.close(close::NORMAL);
-                        return;
+                    match wrote {
+                        Written::All => {}
+                        Written::Stalled => {
+                            handle.slow_consumer();
+                            break close::SLOW_CONSUMER;
+                        }
+                        Written::Failed => {
+                            handle.close(close::NORMAL);
+                            return;
+                        }
                     }
                 }
             }
@@ -108,23 +126,44 @@ fn close_now(handle: &ConnHandle, code: u16) -> u16 {
     handle.close_code().unwrap_or(code)
 }
 
-/// Writes `first` and whatever else is queued, then flushes once.
+/// How a batch write ended.
+enum Written {
+    All,
+    /// One write made no progress for [`close::SLOW_CONSUMER_GRACE`]: the
+    /// client stopped reading.
+    Stalled,
+    /// The socket failed (the client is gone).
+    Failed,
+}
+
+/// One socket operation, bounded by the slow-consumer grace.
+async fn bounded<E>(op: impl Future<Output = Result<(), E>>) -> Result<(), Written> {
+    match tokio::time::timeout(close::SLOW_CONSUMER_GRACE, op).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Written::Failed),
+        Err(_) => Err(Written::Stalled),
+    }
+}
+
+/// Writes `first` and whatever else is queued, then flushes once. Each
+/// frame is written straight to the socket (no write buffer), so each
+/// write finishing is progress.
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
     rx: &mut mpsc::Receiver<Outbound>,
     encoding: Encoding,
     first: Outbound,
-) -> bool {
-    if sink.feed(first.get(encoding)).await.is_err() {
-        return false;
-    }
-    for _ in 1..WRITE_BATCH {
-        let Ok(next) = rx.try_recv() else { break };
-        if sink.feed(next.get(encoding)).await.is_err() {
-            return false;
+) -> Written {
+    let r = async {
+        bounded(sink.feed(first.get(encoding))).await?;
+        for _ in 1..WRITE_BATCH {
+            let Ok(next) = rx.try_recv() else { break };
+            bounded(sink.feed(next.get(encoding))).await?;
         }
+        bounded(sink.flush()).await
     }
-    sink.flush().await.is_ok()
+    .await;
+    r.err().unwrap_or(Written::All)
 }
 
 /// Sends what is still queued (not for a slow consumer), then the close

@@ -169,6 +169,13 @@ struct GatewayProcess {
 
 impl GatewayProcess {
     async fn metric(&self, name: &str) -> f64 {
+        self.metric_opt(name)
+            .await
+            .unwrap_or_else(|| panic!("metric {name} not exported"))
+    }
+
+    /// A metric's value, `None` while it was never recorded.
+    async fn metric_opt(&self, name: &str) -> Option<f64> {
         let text = reqwest::get(format!("{}/metrics", self.admin))
             .await
             .unwrap()
@@ -179,7 +186,6 @@ impl GatewayProcess {
             .find(|l| l.starts_with(name))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("metric {name} not exported:\n{text}"))
     }
 
     async fn start(api: &Service, redis_url: &str) -> GatewayProcess {
@@ -405,4 +411,83 @@ async fn trickling_clients_neither_block_others_nor_the_drain() {
     .unwrap();
     assert!(exited.is_some(), "the drained gateway exited");
     drop(tricklers);
+}
+
+/// A client that joins with `lastSeq` and then stops reading is cut off
+/// with 4009 once its replay makes no progress for a second, instead of
+/// holding the replay (and its window) forever.
+#[tokio::test]
+async fn a_replay_to_a_client_that_stopped_reading_ends_in_4009() {
+    let cl = Cluster::start().await;
+    let alice = uid("alice");
+    let c = cl.community(&alice, &[]).await;
+    let gp = GatewayProcess::start_with(
+        &cl.api,
+        &env_url("REDIS_URL"),
+        &[
+            ("CHORUS_WS_OUTBOUND_QUEUE", "8"),
+            ("CHORUS_RECOVERY_WINDOW", "2000"),
+        ],
+    )
+    .await;
+    // More than the kernel's buffers can hold (4 MiB send buffer here).
+    let big = "x".repeat(3900);
+    for _ in 0..1600 {
+        let r = cl
+            .http
+            .post(format!("{}/api/messages-realtime", cl.api.url))
+            .bearer_auth(token(&alice))
+            .json(&json!({"communityId": c, "content": big}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let addr = gp.url.trim_start_matches("ws://").trim_end_matches("/ws");
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(addr.parse().unwrap()).await.unwrap();
+    let mut req = gp.url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(&alice)).parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    {
+        use futures_util::SinkExt;
+        let join =
+            json!({"type": "join-community", "ref": 1, "data": {"communityId": c, "lastSeq": 0}});
+        ws.send(tokio_tungstenite::tungstenite::Message::Text(
+            join.to_string().into(),
+        ))
+        .await
+        .unwrap();
+    }
+    // Not reading: the gateway gives up on this client.
+    wait_until(|| async {
+        gp.metric_opt("chorus_gateway_slow_consumer_closes_total")
+            .await
+            .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    // Reading now yields what was buffered, then the end, never the ack.
+    let ended = tokio::time::timeout(WAIT, async {
+        use futures_util::StreamExt;
+        loop {
+            match ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
+                    return f.map(|f| u16::from(f.code));
+                }
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                    let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                    assert_ne!(v["type"], "ack", "the replay must not complete");
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the connection ends");
+    assert!(matches!(ended, Some(4009) | None), "closed: {ended:?}");
 }
