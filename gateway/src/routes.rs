@@ -50,6 +50,11 @@ async fn readyz(State(gw): State<Gateway>) -> (StatusCode, &'static str) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else if gw.is_ready() {
         (StatusCode::OK, "ready")
+    } else if gw.hub().is_repair_stalled() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rooms cannot fetch missing events",
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -126,9 +126,10 @@ impl Gateway {
         self.inner.draining.load(Ordering::SeqCst)
     }
 
-    /// Ready for new clients: not draining and the backplane delivers.
+    /// Ready for new clients: not draining, the backplane delivers, and
+    /// no room has been unable to repair its sequence for long.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.inner.backplane.is_live()
+        !self.is_draining() && self.inner.backplane.is_live() && !self.hub().is_repair_stalled()
     }
 
     /// Whether one more connection would exceed the cap. The asking

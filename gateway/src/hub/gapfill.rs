@@ -17,7 +17,23 @@ const GAP_FETCH_LIMIT: i64 = 1000;
 const FETCH_RETRY_MIN: Duration = Duration::from_millis(100);
 const FETCH_RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// How long a room may fail to repair its sequence before the gateway
+/// reports itself not ready: long enough to ride out a blip, short enough
+/// that a load balancer moves new clients elsewhere while the API is away.
+pub(super) const REPAIR_GRACE: Duration = Duration::from_secs(5);
+
 impl Hub {
+    /// True while some room has failed to fill a gap for longer than
+    /// [`REPAIR_GRACE`]: its members are missing events.
+    pub fn is_repair_stalled(&self) -> bool {
+        let rooms: Vec<Arc<Room>> = super::room::lock(&self.inner.rooms).values().cloned().collect();
+        rooms.iter().any(|r| {
+            r.state()
+                .failing_since
+                .is_some_and(|since| since.elapsed() > REPAIR_GRACE)
+        })
+    }
+
     /// Ensures one task is fetching whatever the room is missing.
     pub(super) fn reconcile(&self, room: &Arc<Room>) {
         {
@@ -41,12 +57,14 @@ impl Hub {
                 Ok(w) => {
                     retry = FETCH_RETRY_MIN;
                     let mut st = room.state();
+                    st.failing_since = None;
                     for (seq, frame) in w.events {
                         if seq > st.delivered_through {
                             st.pending.entry(seq).or_insert(frame);
                         }
                     }
                     st.complete_through = st.complete_through.max(w.complete_through);
+                    st.heard_through = st.heard_through.max(w.complete_through);
                     st.advance();
                     if !st.has_gap() || st.retired {
                         st.fetching = false;
@@ -54,13 +72,17 @@ impl Hub {
                     }
                 }
                 Err(e) => {
+                    metrics::counter!("chorus_gateway_backfill_failures_total").increment(1);
                     tracing::warn!(community = %room.id, error = %e, "backfill failed, retrying");
                     {
                         let mut st = room.state();
                         if st.retired {
                             st.fetching = false;
+                            st.failing_since = None;
                             return;
                         }
+                        st.failing_since
+                            .get_or_insert_with(tokio::time::Instant::now);
                     }
                     tokio::time::sleep(retry).await;
                     retry = (retry * 2).min(FETCH_RETRY_MAX);

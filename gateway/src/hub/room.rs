@@ -40,6 +40,12 @@ pub(super) const TYPING_INTERVAL: std::time::Duration = std::time::Duration::fro
 /// users are always included, from the room.
 pub(super) const ONLINE_SNAPSHOT_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Events a room holds while a gap is filled. Past it only the highest seq
+/// is remembered and the rest is fetched with the gap: a room cannot grow
+/// without bound while the API is slow or away. A thousand events is one
+/// gap-fill page.
+pub(super) const MAX_PENDING: usize = 1000;
+
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -59,8 +65,13 @@ pub(super) struct RoomState {
     /// The sequence is known complete up to here: absent seqs at or below
     /// it are creations of since-deleted messages.
     pub complete_through: i64,
-    /// Events that arrived ahead of a gap.
+    /// Events that arrived ahead of a gap, at most [`MAX_PENDING`].
     pub pending: BTreeMap<i64, Frame>,
+    /// The highest seq heard of: events past the pending cap are dropped
+    /// and fetched later, only their bound is kept.
+    pub heard_through: i64,
+    /// Since when the gap filling of this room has been failing.
+    pub failing_since: Option<tokio::time::Instant>,
     /// A gap-filling task is running.
     pub fetching: bool,
     pub members: HashMap<u64, Member>,
@@ -110,6 +121,8 @@ impl RoomState {
             delivered_through,
             complete_through: delivered_through,
             pending: BTreeMap::new(),
+            heard_through: delivered_through,
+            failing_since: None,
             fetching: false,
             members: HashMap::new(),
             joining: HashSet::new(),
@@ -131,7 +144,12 @@ impl RoomState {
         if self.delivered_through < 0 || seq <= self.delivered_through {
             return false;
         }
-        self.pending.entry(seq).or_insert(frame);
+        self.heard_through = self.heard_through.max(seq);
+        if self.pending.len() < MAX_PENDING || seq == self.delivered_through + 1 {
+            self.pending.entry(seq).or_insert(frame);
+        } else {
+            metrics::counter!("chorus_gateway_pending_dropped_total").increment(1);
+        }
         self.advance();
         true
     }
@@ -161,7 +179,7 @@ impl RoomState {
 
     /// True when something is waiting for a missing range.
     pub fn has_gap(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || self.heard_through > self.delivered_through
     }
 
     /// Whether `user`'s typing state `is_typing` should be broadcast now,

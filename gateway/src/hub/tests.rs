@@ -725,3 +725,47 @@ async fn a_republished_outbox_batch_of_notifications_is_delivered_once() {
         "nothing repeated before it"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_room_holds_a_bounded_number_of_events_behind_a_gap() {
+    let mut f = Fixture::new(1000);
+    let (a, mut rx) = f.conn("a", 8192).await;
+    f.join(&a, None).await.expect("joined");
+    f.api.hold_backfill();
+    let _lost = f.commit();
+    for _ in 0..3000 {
+        f.post();
+        tokio::task::yield_now().await;
+    }
+    let room = f.hub.room(f.community).expect("room");
+    {
+        let st = room.state();
+        assert!(st.pending.len() <= super::room::MAX_PENDING, "{}", st.pending.len());
+        assert_eq!(st.heard_through, 3001);
+    }
+    f.api.release_backfill();
+    let want: Vec<i64> = (1..=3001).collect();
+    assert_eq!(seqs(&mut rx, 3001).await, want, "the rest is fetched");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_room_that_cannot_repair_makes_the_gateway_unready_until_it_can() {
+    let mut f = Fixture::new(1000);
+    let (a, mut rx) = f.conn("a", 64).await;
+    f.join(&a, None).await.expect("joined");
+    f.api.fail_backfills(u64::MAX);
+    let _lost = f.commit();
+    f.post();
+    until(|| {
+        f.hub
+            .room(f.community)
+            .is_some_and(|r| r.state().failing_since.is_some())
+    })
+    .await;
+    assert!(!f.hub.is_repair_stalled(), "a blip is ridden out");
+    tokio::time::sleep(super::gapfill::REPAIR_GRACE + Duration::from_secs(1)).await;
+    assert!(f.hub.is_repair_stalled());
+    f.api.fail_backfills(0);
+    assert_eq!(seqs(&mut rx, 2).await, [1, 2]);
+    assert!(!f.hub.is_repair_stalled(), "repaired");
+}
