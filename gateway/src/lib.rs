@@ -162,7 +162,8 @@ pub async fn run_with(
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let background = tokio::spawn(background(gw.clone(), stop_rx));
+    let registry = tokio::spawn(report_registry(gw.clone(), stop_rx.clone()));
+    let presence = tokio::spawn(refresh_presence(gw.clone(), stop_rx));
     let admin =
         tokio::spawn(axum::serve(listeners.admin, routes::admin_router(gw.clone())).into_future());
 
@@ -189,7 +190,8 @@ pub async fn run_with(
     // gateway drains them itself.
     drain(&gw).await;
     let _ = stop_tx.send(true);
-    let _ = background.await;
+    let _ = registry.await;
+    let _ = presence.await;
     if let Err(e) = gw.backplane().withdraw(gw.id()).await {
         tracing::warn!(error = %e, "could not withdraw the registry entry; it expires by itself");
     }
@@ -216,23 +218,40 @@ async fn drain(gw: &Gateway) {
     let _ = tokio::time::timeout(DRAIN_GRACE, gw.hub().all_closed()).await;
 }
 
-/// Registry reports and presence upkeep until stopped.
-async fn background(gw: Gateway, mut stop: watch::Receiver<bool>) {
-    let mut report = tokio::time::interval(REGISTRY_INTERVAL);
-    let mut presence = tokio::time::interval(PRESENCE_REFRESH);
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            () = &mut stopped => return,
-            _ = report.tick() => {
-                if let Err(e) = gw.backplane().report(&gw.status()).await {
-                    tracing::debug!(error = %e, "registry report failed");
-                }
+/// Reports this gateway to the registry on its own timer, until stopped:
+/// slow presence work never delays the report.
+async fn report_registry(gw: Gateway, stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(REGISTRY_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    until_stopped(stop, async move {
+        loop {
+            tick.tick().await;
+            if let Err(e) = gw.backplane().report(&gw.status()).await {
+                tracing::debug!(error = %e, "registry report failed");
             }
-            _ = presence.tick() => gw.hub().refresh_presence().await,
         }
+    })
+    .await;
+}
+
+/// Refreshes presence entries (and sweeps dead gateways' ones) until
+/// stopped; a refresh that runs long delays the next rather than piling up.
+async fn refresh_presence(gw: Gateway, stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(PRESENCE_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    until_stopped(stop, async move {
+        loop {
+            tick.tick().await;
+            gw.hub().refresh_presence().await;
+        }
+    })
+    .await;
+}
+
+/// Runs `work` until the stop signal.
+async fn until_stopped(mut stop: watch::Receiver<bool>, work: impl Future<Output = ()>) {
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => {}
+        () = work => {}
     }
 }

@@ -84,3 +84,33 @@ end
 table.insert(out, 1, redis.call('HLEN', KEYS[2]))
 return out
 ";
+
+/// Refreshes one gateway's entries of many users in one community and
+/// sweeps the community's expired entries, in one call: what a gateway
+/// runs every few seconds for each of its rooms. KEYS: conns, users. ARGV:
+/// gateway, ttl_ms, user... Returns `{first, gone, online}`: the users
+/// whose entry had expired and who came back online anywhere (announce
+/// `user-joined`), the users of dead gateways who went offline everywhere
+/// (announce `user-left`), and the online count.
+pub const REFRESH_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local first = {}
+for i = 3, #ARGV do
+  local e = ARGV[i] .. '\n' .. ARGV[1]
+  if redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), e) == 1 then
+    if redis.call('HINCRBY', KEYS[2], ARGV[i], 1) == 1 then table.insert(first, ARGV[i]) end
+  end
+end
+local gone = {}
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, m in ipairs(expired) do
+  redis.call('ZREM', KEYS[1], m)
+  local user = string.match(m, '^(.-)\n')
+  if user and redis.call('HINCRBY', KEYS[2], user, -1) <= 0 then
+    redis.call('HDEL', KEYS[2], user)
+    table.insert(gone, user)
+  end
+end
+return {first, gone, redis.call('HLEN', KEYS[2])}
+";

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{Backplane, BackplaneSink, PresenceJoin, PresenceLeave};
+use super::{Backplane, BackplaneSink, PresenceJoin, PresenceLeave, Refreshed};
 use crate::config::PRESENCE_TTL;
 use crate::error::GatewayError;
 
@@ -282,22 +282,51 @@ impl Backplane for MemoryBackplane {
         })
     }
 
-    async fn presence_sweep(&self, community: Uuid) -> Result<(Vec<String>, u64), GatewayError> {
+    async fn presence_refresh(
+        &self,
+        batch: &[(Uuid, Vec<Arc<str>>)],
+    ) -> Result<Vec<Refreshed>, GatewayError> {
         let mut st = lock(&self.bus.state);
-        let p = st.presence.entry(community).or_default();
         let now = Instant::now();
-        let expired: Vec<(String, String)> = p
-            .entries
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        let gone = expired
-            .into_iter()
-            .filter(|(user, gateway)| p.remove_entry(user, gateway))
-            .map(|(user, _)| user)
-            .collect();
-        Ok((gone, p.users.len() as u64))
+        let mut out = Vec::with_capacity(batch.len());
+        for (community, users) in batch {
+            let p = st.presence.entry(*community).or_default();
+            let mut first = Vec::new();
+            for user in users {
+                let added = p
+                    .entries
+                    .insert(
+                        (user.to_string(), self.gateway_id.clone()),
+                        now + PRESENCE_TTL,
+                    )
+                    .is_none();
+                if added {
+                    let n = p.users.entry(user.to_string()).or_insert(0);
+                    *n += 1;
+                    if *n == 1 {
+                        first.push(user.to_string());
+                    }
+                }
+            }
+            let expired: Vec<(String, String)> = p
+                .entries
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let gone = expired
+                .into_iter()
+                .filter(|(user, gateway)| p.remove_entry(user, gateway))
+                .map(|(user, _)| user)
+                .collect();
+            out.push(Refreshed {
+                community: *community,
+                first,
+                gone,
+                online: p.users.len() as u64,
+            });
+        }
+        Ok(out)
     }
 
     async fn presence_online(&self, community: Uuid) -> Result<Vec<String>, GatewayError> {

@@ -44,6 +44,17 @@ pub struct PresenceLeave {
     pub online: u64,
 }
 
+/// What refreshing one community's entries found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refreshed {
+    pub community: Uuid,
+    /// Users whose entry had expired and who are online again anywhere.
+    pub first: Vec<String>,
+    /// Users of dead gateways who went offline everywhere.
+    pub gone: Vec<String>,
+    pub online: u64,
+}
+
 /// Publish/subscribe, presence and registry operations.
 #[async_trait]
 pub trait Backplane: Send + Sync + std::fmt::Debug + 'static {
@@ -71,9 +82,14 @@ pub trait Backplane: Send + Sync + std::fmt::Debug + 'static {
         community: Uuid,
         user: &str,
     ) -> Result<PresenceLeave, GatewayError>;
-    /// Removes expired entries (of dead gateways); returns the users who
-    /// went offline, each reported to exactly one caller, and the online count.
-    async fn presence_sweep(&self, community: Uuid) -> Result<(Vec<String>, u64), GatewayError>;
+    /// Refreshes this gateway's entries for the given users of each
+    /// community and sweeps the communities' expired entries, in batches;
+    /// each user who came back or went away is reported to exactly one
+    /// caller. Communities whose batch failed are left out.
+    async fn presence_refresh(
+        &self,
+        batch: &[(Uuid, Vec<Arc<str>>)],
+    ) -> Result<Vec<Refreshed>, GatewayError>;
     /// Users online in a community, across gateways.
     async fn presence_online(&self, community: Uuid) -> Result<Vec<String>, GatewayError>;
     /// Reports this gateway for `/api/socket-status`.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chorus_shared::presence::{
-    GATEWAY_IDS_KEY, JOIN_SCRIPT, LEAVE_SCRIPT, SWEEP_SCRIPT, conns_key, entry, gateway_key,
+    GATEWAY_IDS_KEY, JOIN_SCRIPT, LEAVE_SCRIPT, REFRESH_SCRIPT, conns_key, entry, gateway_key,
     users_key,
 };
 use chorus_shared::protocol::GatewayStatus;
@@ -22,7 +22,7 @@ use fred::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use super::{Backplane, BackplaneSink, PresenceJoin, PresenceLeave};
+use super::{Backplane, BackplaneSink, PresenceJoin, PresenceLeave, Refreshed};
 use crate::config::{BACKPLANE_PING_INTERVAL, BACKPLANE_PING_TIMEOUT, PRESENCE_TTL, REGISTRY_TTL};
 use crate::error::GatewayError;
 
@@ -30,6 +30,11 @@ use crate::error::GatewayError;
 /// dispatcher. Overflow is detected (lag) and triggers a resync, so this
 /// only needs to absorb bursts: 16k messages is ~100 ms at 150k msg/s.
 const INBOUND_BUFFER: usize = 16 * 1024;
+
+/// Communities refreshed per pipeline: large enough that a gateway with
+/// 100,000 (room, user) pairs refreshes in a few round trips, small enough
+/// that one pipeline's reply stays small.
+const REFRESH_PIPELINE: usize = 1000;
 
 /// Timeout of backplane commands (publish, presence, registry).
 const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -41,6 +46,8 @@ pub struct RedisBackplane {
     cmd: Client,
     gateway_id: Arc<str>,
     live: Arc<AtomicBool>,
+    /// Hash of the loaded refresh script.
+    refresh_sha: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for RedisBackplane {
@@ -86,6 +93,7 @@ impl RedisBackplane {
             cmd,
             gateway_id: Arc::from(gateway_id),
             live: Arc::new(AtomicBool::new(false)),
+            refresh_sha: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 
@@ -164,6 +172,58 @@ impl RedisBackplane {
         });
     }
 
+    /// Loads [`REFRESH_SCRIPT`] and remembers its hash.
+    async fn load_refresh_script(&self) -> Result<String, GatewayError> {
+        let sha: String = self
+            .cmd
+            .script_load(REFRESH_SCRIPT)
+            .await
+            .map_err(redis_err)?;
+        *self.refresh_sha.lock().unwrap_or_else(|p| p.into_inner()) = Some(sha.clone());
+        Ok(sha)
+    }
+
+    /// One batch of refresh calls, one per community, sent together (the
+    /// client pipelines concurrent commands on its connection). A community
+    /// whose call failed is left out (its entries expire unless a later
+    /// refresh works); a NOSCRIPT error is returned to reload the script.
+    async fn refresh_chunk(
+        &self,
+        chunk: &[(Uuid, Vec<Arc<str>>)],
+    ) -> Result<Vec<Refreshed>, GatewayError> {
+        let known = self
+            .refresh_sha
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let sha = match known {
+            Some(sha) => sha,
+            None => self.load_refresh_script().await?,
+        };
+        let ttl = PRESENCE_TTL.as_millis().to_string();
+        let calls = chunk.iter().map(|(community, users)| {
+            let mut args = Vec::with_capacity(users.len() + 2);
+            args.push(self.gateway_id.to_string());
+            args.push(ttl.clone());
+            args.extend(users.iter().map(|u| u.to_string()));
+            self.cmd.evalsha::<Value, _, _, _>(
+                sha.as_str(),
+                vec![conns_key(community), users_key(community)],
+                args,
+            )
+        });
+        let results: Vec<Result<Value, Error>> = futures_util::future::join_all(calls).await;
+        let mut out = Vec::with_capacity(chunk.len());
+        for ((community, _), r) in chunk.iter().zip(results) {
+            match r {
+                Ok(v) => out.push(refreshed(*community, v)),
+                Err(e) if e.to_string().contains("NOSCRIPT") => return Err(redis_err(e)),
+                Err(e) => tracing::debug!(%community, error = %e, "presence refresh failed"),
+            }
+        }
+        Ok(out)
+    }
+
     async fn script(
         &self,
         script: &str,
@@ -179,6 +239,30 @@ impl RedisBackplane {
 
 fn int(v: Option<&Value>) -> u64 {
     v.and_then(|v| v.as_u64()).unwrap_or(0)
+}
+
+fn strings(v: Option<Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(items)) => items.into_iter().filter_map(|v| v.into_string()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Reads the `{first, gone, online}` reply of the refresh script.
+fn refreshed(community: Uuid, v: Value) -> Refreshed {
+    let mut parts = match v {
+        Value::Array(parts) => parts.into_iter(),
+        _ => Vec::new().into_iter(),
+    };
+    let first = strings(parts.next());
+    let gone = strings(parts.next());
+    let online = int(parts.next().as_ref());
+    Refreshed {
+        community,
+        first,
+        gone,
+        online,
+    }
 }
 
 #[async_trait]
@@ -251,21 +335,23 @@ impl Backplane for RedisBackplane {
         })
     }
 
-    async fn presence_sweep(&self, community: Uuid) -> Result<(Vec<String>, u64), GatewayError> {
-        let r = self
-            .script(
-                SWEEP_SCRIPT,
-                vec![conns_key(&community), users_key(&community)],
-                vec![],
-            )
-            .await?;
-        let online = int(r.first());
-        let gone = r
-            .into_iter()
-            .skip(1)
-            .filter_map(|v| v.into_string())
-            .collect();
-        Ok((gone, online))
+    async fn presence_refresh(
+        &self,
+        batch: &[(Uuid, Vec<Arc<str>>)],
+    ) -> Result<Vec<Refreshed>, GatewayError> {
+        let mut out = Vec::with_capacity(batch.len());
+        for chunk in batch.chunks(REFRESH_PIPELINE) {
+            let results = match self.refresh_chunk(chunk).await {
+                Err(e) if e.to_string().contains("NOSCRIPT") => {
+                    // Redis restarted and forgot the script: load it again.
+                    self.load_refresh_script().await?;
+                    self.refresh_chunk(chunk).await?
+                }
+                other => other?,
+            };
+            out.extend(results);
+        }
+        Ok(out)
     }
 
     async fn presence_online(&self, community: Uuid) -> Result<Vec<String>, GatewayError> {

@@ -26,7 +26,10 @@ impl Hub {
     /// True while some room has failed to fill a gap for longer than
     /// [`REPAIR_GRACE`]: its members are missing events.
     pub fn is_repair_stalled(&self) -> bool {
-        let rooms: Vec<Arc<Room>> = super::room::lock(&self.inner.rooms).values().cloned().collect();
+        let rooms: Vec<Arc<Room>> = super::room::lock(&self.inner.rooms)
+            .values()
+            .cloned()
+            .collect();
         rooms.iter().any(|r| {
             r.state()
                 .failing_since

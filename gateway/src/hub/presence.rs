@@ -126,38 +126,42 @@ impl Hub {
     }
 
     /// Refreshes this gateway's presence entries and sweeps those of dead
-    /// gateways, announcing users who appeared or vanished.
+    /// gateways, in batches (one script call per room, pipelined),
+    /// announcing users who appeared or vanished.
     pub async fn refresh_presence(&self) {
         let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
-        for room in rooms {
-            let users: Vec<Arc<str>> = room.state().users.keys().cloned().collect();
-            for user in users {
-                match self.inner.backplane.presence_join(room.id, &user).await {
-                    Ok(j) if j.first && j.online <= self.inner.presence_limit => {
-                        // Our entry had expired (e.g. a long Redis outage).
-                        let name = room
-                            .state()
-                            .members
-                            .values()
-                            .find(|m| m.conn.user_id == user)
-                            .map_or_else(|| user.clone(), |m| m.conn.name.clone());
-                        self.publish_joined(room.id, &user, &name).await;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "presence refresh failed");
-                        break;
-                    }
-                }
+        let batch: Vec<(Uuid, Vec<Arc<str>>)> = rooms
+            .iter()
+            .map(|r| (r.id, r.state().users.keys().cloned().collect()))
+            .collect();
+        let results = match self.inner.backplane.presence_refresh(&batch).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "presence refresh failed");
+                return;
             }
-            match self.inner.backplane.presence_sweep(room.id).await {
-                Ok((gone, online)) if online < self.inner.presence_limit => {
-                    for user in gone {
-                        self.publish_left(room.id, &user).await;
-                    }
+        };
+        metrics::counter!("chorus_gateway_presence_refreshes_total").increment(1);
+        for r in results {
+            for user in &r.first {
+                if r.online > self.inner.presence_limit {
+                    break;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "presence sweep failed"),
+                // Our entry had expired (e.g. a long Redis outage).
+                let name = self.room(r.community).and_then(|room| {
+                    room.state()
+                        .members
+                        .values()
+                        .find(|m| *m.conn.user_id == **user)
+                        .map(|m| m.conn.name.clone())
+                });
+                let name = name.map_or_else(|| user.clone(), |n| n.to_string());
+                self.publish_joined(r.community, user, &name).await;
+            }
+            if r.online < self.inner.presence_limit {
+                for user in &r.gone {
+                    self.publish_left(r.community, user).await;
+                }
             }
         }
     }

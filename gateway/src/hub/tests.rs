@@ -740,7 +740,11 @@ async fn a_room_holds_a_bounded_number_of_events_behind_a_gap() {
     let room = f.hub.room(f.community).expect("room");
     {
         let st = room.state();
-        assert!(st.pending.len() <= super::room::MAX_PENDING, "{}", st.pending.len());
+        assert!(
+            st.pending.len() <= super::room::MAX_PENDING,
+            "{}",
+            st.pending.len()
+        );
         assert_eq!(st.heard_through, 3001);
     }
     f.api.release_backfill();
@@ -768,4 +772,30 @@ async fn a_room_that_cannot_repair_makes_the_gateway_unready_until_it_can() {
     f.api.fail_backfills(0);
     assert_eq!(seqs(&mut rx, 2).await, [1, 2]);
     assert!(!f.hub.is_repair_stalled(), "repaired");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_keeps_local_users_and_sweeps_a_dead_gateways() {
+    let mut f = Fixture::new(1000);
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    // z is online only through another gateway, which then dies.
+    let dead = MemoryBackplane::new(f.bus.clone(), "gw-dead");
+    let j = dead.presence_join(f.community, "z").await.expect("join");
+    assert!(j.first);
+    for _ in 0..6 {
+        tokio::time::advance(crate::config::PRESENCE_REFRESH).await;
+        f.hub.refresh_presence().await;
+    }
+    // Thirty seconds on: w stayed online through the refreshes, z expired
+    // and was announced gone exactly once.
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "z"));
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    let online = f
+        .backplane
+        .presence_online(f.community)
+        .await
+        .expect("online");
+    assert_eq!(online, ["w"]);
 }
