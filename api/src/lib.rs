@@ -84,7 +84,7 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let publisher = tokio::spawn(outbox::run_publisher(
-        OutboxStore::new(pg.pool()),
+        Arc::new(OutboxStore::new(pg.pool())),
         Arc::new(sink.clone()),
         wake,
         stop_rx.clone(),
