@@ -5,13 +5,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chorus_shared::ids::is_valid_user_id;
 use chorus_shared::protocol::{
-    AddMember, Community, CommunityList, CreateCommunity, MAX_COMMUNITY_NAME_CHARS, Member,
-    MemberList, MemberRole, Presence,
+    AddMember, Community, CommunityList, CreateCommunity, MAX_COMMUNITY_NAME_CHARS,
+    MAX_MEMBERS_PAGE_LIMIT, Member, MemberList, MemberRole, Presence,
 };
 
 use super::{access, trimmed};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Authed, Body, parse_id};
+use crate::extract::{Authed, Body, Params, parse_id};
 use crate::state::AppState;
 
 pub async fn create(
@@ -103,18 +103,35 @@ pub async fn remove_member(
     }
 }
 
+/// `GET /api/communities/{id}/members?limit=&after=`: a page ordered by
+/// user id.
 pub async fn members(
     State(state): State<AppState>,
     Authed(user): Authed,
     Path(id): Path<String>,
+    params: Params,
 ) -> ApiResult<Json<MemberList>> {
     let id = parse_id(&id, "community")?;
+    let limit = params.limit_up_to(MAX_MEMBERS_PAGE_LIMIT, MAX_MEMBERS_PAGE_LIMIT)?;
+    let after = match params.get("after") {
+        Some(a) if !is_valid_user_id(a) => {
+            return Err(ApiError::bad_request("after must be a user id"));
+        }
+        after => after,
+    };
     let a = access(&state, id, &user.id).await?;
     if !a.can_read(&user) {
         return Err(ApiError::Forbidden("only members can list members"));
     }
-    let members = state.store().members(id).await?;
-    Ok(Json(MemberList { members }))
+    let page = state.store().members(id, after, limit).await?;
+    let next_after = page
+        .more
+        .then(|| page.items.last().map(|m| m.user_id.clone()))
+        .flatten();
+    Ok(Json(MemberList {
+        members: page.items,
+        next_after,
+    }))
 }
 
 pub async fn presence(
