@@ -21,13 +21,14 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chorus_shared::auth::JwtVerifier;
+use chorus_shared::config::check_internal_token;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::config::ServeArgs;
 use crate::error::ApiError;
 use crate::outbox::{OutboxStore, RedisSink};
-use crate::state::AppState;
+use crate::state::{AppState, RateSetting};
 use crate::store::PgStore;
 
 /// The two sockets the service listens on.
@@ -57,11 +58,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
-    if args.internal_token.is_empty() {
-        return Err(ApiError::Config(
-            "CHORUS_INTERNAL_TOKEN must not be empty".into(),
-        ));
-    }
+    check_internal_token(&args.internal_token).map_err(ApiError::Config)?;
     let verifier = JwtVerifier::new(&args.jwt).map_err(|e| ApiError::Config(e.to_string()))?;
     let wake = Arc::new(Notify::new());
     let pg = PgStore::connect_lazy(
@@ -78,10 +75,17 @@ pub async fn run(
         live::LiveState::new(sink.client()),
         verifier,
         args.internal_token.clone(),
-        args.message_rate,
-        args.message_burst,
+        RateSetting {
+            rate: args.message_rate,
+            burst: args.message_burst,
+        },
+        RateSetting {
+            rate: args.write_rate,
+            burst: args.write_burst,
+        },
     );
 
+    let _upkeep = chorus_shared::telemetry::spawn_metrics_upkeep();
     let (stop_tx, stop_rx) = watch::channel(false);
     let publisher = tokio::spawn(outbox::run_publisher(
         Arc::new(OutboxStore::new(pg.pool())),

@@ -12,14 +12,14 @@ use chorus_shared::protocol::{
 use super::{access, trimmed};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Authed, Body, Params, parse_id};
-use crate::state::AppState;
+use crate::state::{AppState, Bucket};
 
 pub async fn create(
     State(state): State<AppState>,
     Authed(user): Authed,
     body: Body<CreateCommunity>,
 ) -> ApiResult<(StatusCode, Json<Community>)> {
-    state.check_rate(&user.id)?;
+    state.check_rate(Bucket::Write, &user.id)?;
     let name = trimmed(&body.value.name, "name", MAX_COMMUNITY_NAME_CHARS)?;
     let c = state
         .store()
@@ -49,7 +49,7 @@ pub async fn join(
     if !a.community.is_public && !user.is_official() {
         return Err(ApiError::Forbidden("this community is private"));
     }
-    state.check_rate(&user.id)?;
+    state.check_rate(Bucket::Write, &user.id)?;
     state
         .store()
         .add_member(id, &user.id, MemberRole::Member)
@@ -75,7 +75,7 @@ pub async fn add_member(
             "userId must be 1-64 characters of [A-Za-z0-9_.-]",
         ));
     }
-    state.check_rate(&user.id)?;
+    state.check_rate(Bucket::Write, &user.id)?;
     let member = state
         .store()
         .add_member(id, &body.value.user_id, MemberRole::Member)
@@ -95,7 +95,7 @@ pub async fn remove_member(
             "only the member, the owner or an official can remove a member",
         ));
     }
-    state.check_rate(&user.id)?;
+    state.check_rate(Bucket::Write, &user.id)?;
     if state.store().remove_member(id, &target).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -33,3 +33,32 @@ async fn health_readiness_metrics_and_shutdown() {
         "listener closed"
     );
 }
+
+#[tokio::test]
+async fn short_secrets_and_service_tokens_refuse_to_start() {
+    let listeners = || async {
+        chorus_api::Listeners {
+            api: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        }
+    };
+    // Nothing is touched before the checks: no database is needed.
+    let mut short_secret = serve_args(&Opts::default(), "postgres://127.0.0.1:1/none");
+    short_secret.no_migrate = true;
+    let mut short_token = short_secret.clone();
+    short_secret.jwt = chorus_shared::auth::JwtArgs::with_secret("x".repeat(31));
+    short_token.internal_token = "y".repeat(31);
+    for (args, var) in [
+        (short_secret, "CHORUS_JWT_SECRET"),
+        (short_token, "CHORUS_INTERNAL_TOKEN"),
+    ] {
+        // Were the value accepted, `run` would serve and stop at once: Ok.
+        let r = chorus_api::run(args, listeners().await, std::future::ready(())).await;
+        match r {
+            Err(e @ chorus_api::error::ApiError::Config(_)) => {
+                assert!(e.to_string().contains(var), "{e}");
+            }
+            other => panic!("{var}: expected a configuration error, got {other:?}"),
+        }
+    }
+}

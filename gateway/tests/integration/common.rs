@@ -77,6 +77,8 @@ pub async fn start_api(database_url: &str, redis_url: &str) -> Service {
         jwt: JwtArgs::with_secret(SECRET),
         message_rate: 0.0,
         message_burst: 40,
+        write_rate: 0.0,
+        write_burst: 100,
         no_migrate: false,
         log: LogArgs {
             log_format: LogFormat::Text,
