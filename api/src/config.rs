@@ -70,7 +70,8 @@ pub struct ServeArgs {
     /// Public HTTP listener.
     #[arg(long, env = "CHORUS_API_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
-    /// Admin listener: /healthz, /readyz, /metrics.
+    /// Admin listener: /healthz, /readyz, /metrics and the gateways'
+    /// /internal/* (cluster-internal, never routed publicly).
     #[arg(long, env = "CHORUS_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
     pub admin_addr: SocketAddr,
     #[command(flatten)]

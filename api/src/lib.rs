@@ -4,7 +4,8 @@
 //! messages and notifications in Postgres ([`store`]), and publishes the
 //! resulting events to the Redis backplane through a transactional outbox
 //! ([`outbox`]) so that nothing committed is ever lost. Gateways read what
-//! they need through the service-token `/internal/*` endpoints.
+//! they need through the service-token `/internal/*` endpoints of the
+//! admin listener.
 //!
 //! [`run`] is the whole service; `main.rs` only parses configuration.
 
@@ -36,7 +37,7 @@ use crate::store::PgStore;
 pub struct Listeners {
     /// Public HTTP API.
     pub api: TcpListener,
-    /// `/healthz`, `/readyz`, `/metrics`.
+    /// `/healthz`, `/readyz`, `/metrics` and the gateways' `/internal/*`.
     pub admin: TcpListener,
 }
 

@@ -63,9 +63,16 @@ pub struct GatewayArgs {
     /// Admin listener: /healthz, /readyz, /metrics.
     #[arg(long, env = "CHORUS_ADMIN_ADDR", default_value = "127.0.0.1:9091")]
     pub admin_addr: SocketAddr,
-    /// Where the API's endpoints are.
+    /// The API's public listener: requests on a user's behalf.
     #[arg(long, env = "CHORUS_API_URL", default_value = "http://127.0.0.1:8080")]
     pub api_url: String,
+    /// The API's admin listener: its /internal/* endpoints.
+    #[arg(
+        long,
+        env = "CHORUS_API_INTERNAL_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    pub api_internal_url: String,
     /// Service token presented to the API's /internal/* endpoints.
     #[arg(long, env = "CHORUS_INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: String,

@@ -92,14 +92,15 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    if args.internal_token.is_empty() {
-        return Err(GatewayError::Config(
-            "CHORUS_INTERNAL_TOKEN must not be empty".into(),
-        ));
-    }
+    chorus_shared::config::check_internal_token(&args.internal_token)
+        .map_err(GatewayError::Config)?;
     let id = args.id(listeners.ws.local_addr()?);
     let services = Services {
-        api: Arc::new(HttpApi::new(&args.api_url, &args.internal_token)?),
+        api: Arc::new(HttpApi::new(
+            &args.api_url,
+            &args.api_internal_url,
+            &args.internal_token,
+        )?),
         backplane: Arc::new(RedisBackplane::new(&args.redis_url, &id)?),
     };
     run_with(args, services, listeners, shutdown).await

@@ -1,5 +1,6 @@
-//! HTTP routes: the public contract under `/api`, gateway-only endpoints
-//! under `/internal`, and the admin listener's operational endpoints.
+//! HTTP routes: the public contract under `/api` (the public listener),
+//! and on the admin listener the operational endpoints plus the
+//! gateway-only endpoints under `/internal`.
 
 mod communities;
 mod internal;
@@ -23,7 +24,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use chorus_shared::auth::AuthUser;
 
-/// The public (and internal) router.
+/// The public router: the contract's `/api/*`, nothing else.
 pub fn api_router(state: AppState) -> Router {
     Router::new()
         .route(
@@ -62,11 +63,6 @@ pub fn api_router(state: AppState) -> Router {
             "/api/notifications-broadcast/{id}",
             delete(notifications::delete),
         )
-        .route("/internal/communities/{id}/events", get(internal::events))
-        .route(
-            "/internal/communities/{id}/access/{user_id}",
-            get(internal::access),
-        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -74,7 +70,20 @@ pub fn api_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> ApiError {
+/// The gateway-only endpoints (service token), served on the admin
+/// listener with the same error envelope and request metrics as `/api/*`.
+pub(crate) fn internal_routes() -> Router<AppState> {
+    Router::new()
+        .route("/internal/communities/{id}/events", get(internal::events))
+        .route(
+            "/internal/communities/{id}/access/{user_id}",
+            get(internal::access),
+        )
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(track))
+}
+
+pub(crate) async fn not_found() -> ApiError {
     ApiError::NotFound("route")
 }
 

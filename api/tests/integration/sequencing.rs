@@ -73,10 +73,11 @@ async fn backfill_returns_every_event_after_a_seq_in_order() {
     )
     .await; // 6
 
+    // On the admin listener, with the service token.
     let internal = |path: String| {
         let req = api
             .http
-            .get(format!("{}{path}", api.url))
+            .get(format!("{}{path}", api.admin_url))
             .bearer_auth(INTERNAL_TOKEN);
         async move { into_resp(req.send().await.unwrap()).await }
     };
@@ -131,19 +132,32 @@ async fn backfill_returns_every_event_after_a_seq_in_order() {
     assert_eq!(r.body["headSeq"], 6);
 
     // Without the service token (or with a user token) it is refused.
-    let r = api
-        .call(
-            Method::GET,
-            &format!("/internal/communities/{c}/events"),
-            None,
-            None,
-        )
-        .await;
-    assert_eq!((r.status, r.code()), (401, "unauthorized"));
-    let r = api
-        .get(&format!("/internal/communities/{c}/events"), &alice)
-        .await;
-    assert_eq!((r.status, r.code()), (401, "unauthorized"));
+    let events = format!("/internal/communities/{c}/events");
+    let admin = |token: Option<&str>| {
+        let mut req = api.http.get(format!("{}{events}", api.admin_url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { into_resp(req.send().await.unwrap()).await }
+    };
+    for t in [None, Some(alice.as_str()), Some("not-the-token")] {
+        let r = admin(t).await;
+        assert_eq!((r.status, r.code()), (401, "unauthorized"), "{t:?}");
+    }
+    // The public listener does not serve it at all, token or not.
+    for t in [Some(INTERNAL_TOKEN), Some(alice.as_str()), None] {
+        let r = api.call(Method::GET, &events, t, None).await;
+        assert_eq!((r.status, r.code()), (404, "not_found"), "{t:?}");
+        let r = api
+            .call(
+                Method::GET,
+                &format!("/internal/communities/{c}/access/nobody"),
+                t,
+                None,
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (404, "not_found"), "{t:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

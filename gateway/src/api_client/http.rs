@@ -1,5 +1,6 @@
-//! The real API client, over HTTP. Internal endpoints use the service
-//! token; writes made over a socket use the user's own token.
+//! The real API client, over HTTP. Internal endpoints are on the API's
+//! admin listener and use the service token; requests on a user's behalf
+//! go to its public listener with the user's own token.
 
 use std::sync::Arc;
 
@@ -29,7 +30,10 @@ const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct HttpApi {
     http: reqwest::Client,
+    /// The public listener (`CHORUS_API_URL`).
     base: String,
+    /// The admin listener (`CHORUS_API_INTERNAL_URL`).
+    internal_base: String,
     internal_token: String,
     /// Bounds requests in flight: a reconnect storm queues here instead of
     /// opening thousands of connections to the API.
@@ -37,7 +41,11 @@ pub struct HttpApi {
 }
 
 impl HttpApi {
-    pub fn new(base: &str, internal_token: &str) -> Result<Self, GatewayError> {
+    pub fn new(
+        base: &str,
+        internal_base: &str,
+        internal_token: &str,
+    ) -> Result<Self, GatewayError> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .pool_max_idle_per_host(MAX_IN_FLIGHT)
@@ -46,6 +54,7 @@ impl HttpApi {
         Ok(HttpApi {
             http,
             base: base.trim_end_matches('/').to_owned(),
+            internal_base: internal_base.trim_end_matches('/').to_owned(),
             internal_token: internal_token.to_owned(),
             permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         })
@@ -77,7 +86,7 @@ impl Api for HttpApi {
     async fn access(&self, community: Uuid, user: &str) -> Result<CommunityAccess, GatewayError> {
         self.internal_get(format!(
             "{}/internal/communities/{community}/access/{user}",
-            self.base
+            self.internal_base
         ))
         .await
     }
@@ -90,7 +99,7 @@ impl Api for HttpApi {
     ) -> Result<EventsPage, GatewayError> {
         self.internal_get(format!(
             "{}/internal/communities/{community}/events?after={after}&limit={limit}",
-            self.base
+            self.internal_base
         ))
         .await
     }

@@ -160,6 +160,7 @@ pub async fn start_gateway(api: &Service, opts: GwOpts) -> Service {
         addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         api_url: api.url.clone(),
+        api_internal_url: api.admin_url.clone(),
         internal_token: INTERNAL_TOKEN.into(),
         redis_url: opts.redis_url,
         gateway_id: Some(uid("gw")),
