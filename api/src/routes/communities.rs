@@ -144,6 +144,6 @@ pub async fn presence(
     if !a.can_read(&user) {
         return Err(ApiError::Forbidden("only members can see presence"));
     }
-    let online = state.live().online(id).await?;
+    let online = state.live().online(id).await?.as_ref().clone();
     Ok(Json(Presence { online }))
 }
