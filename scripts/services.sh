@@ -2,8 +2,12 @@
 # Private Postgres and Redis for development and tests: installed from
 # Debian's packages when missing, started on free loopback ports with their
 # data in a directory of ours, never as system services. Sourced by
-# scripts/test and scripts/run; `chorus_services_start DIR` exports
-# DATABASE_URL and REDIS_URL, `chorus_services_stop` stops what it started.
+# scripts/test and scripts/run; `chorus_services_start DIR [durable]`
+# exports DATABASE_URL and REDIS_URL, `chorus_services_stop` stops what it
+# started. Without `durable` Postgres runs without fsync (throwaway test
+# data, fast); with it (scripts/run, whose data is the user's) fsync,
+# synchronous_commit and full_page_writes are on, so a crash or power cut
+# loses nothing committed.
 
 chorus_pg_bindir() {
     local d
@@ -41,7 +45,17 @@ chorus_as_pg() {
 }
 
 chorus_services_start() {
-    local dir=$1 bindir
+    local dir=$1 durability=${2:-throwaway} bindir pg_durability
+    case $durability in
+    durable) pg_durability="-c fsync=on -c synchronous_commit=on -c full_page_writes=on" ;;
+    # Tests create and drop many short-lived databases; durability is not
+    # needed for throwaway data, speed is.
+    throwaway) pg_durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off" ;;
+    *)
+        echo "chorus_services_start: durability must be 'durable' or 'throwaway', not '$durability'" >&2
+        return 1
+        ;;
+    esac
     chorus_install_services || return 1
     bindir=$(chorus_pg_bindir) || return 1
     mkdir -p "$dir"
@@ -66,10 +80,8 @@ chorus_services_start() {
         kill "$(cat "$dir/redis.pid")" 2>/dev/null || true
         sleep 0.5
     fi
-    # Tests create and drop many short-lived databases; durability is not
-    # needed for throwaway data, speed is.
     chorus_as_pg "$bindir/pg_ctl" -D "$dir/pg" -l "$dir/pg/postgres.log" -w -t 60 start -o \
-        "-p $CHORUS_PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+        "-p $CHORUS_PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories= $pg_durability -c max_connections=400" \
         >/dev/null || { cat "$dir/pg/postgres.log" >&2; return 1; }
     redis-server --port "$CHORUS_REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
         --daemonize yes --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \

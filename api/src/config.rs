@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chorus_shared::auth::{JwtArgs, Role};
-use chorus_shared::config::{DEFAULT_REDIS_URL, LogArgs, parse_duration};
+use chorus_shared::config::{
+    DEFAULT_REDIS_URL, LogArgs, boolean, burst, integer, parse_duration, rate,
+};
 
 /// Default Postgres URL (the contract's loopback default).
 pub const DEFAULT_DATABASE_URL: &str = "postgres://chorus:chorus@127.0.0.1:5432/chorus";
@@ -15,11 +17,19 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://chorus:chorus@127.0.0.1:5432/
 /// transactions, small enough that several API replicas fit under
 /// Postgres's default `max_connections` of 100.
 pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 16;
+/// Largest accepted pool size: ten times Postgres's default
+/// `max_connections`; more connections than that only queue inside
+/// Postgres.
+pub const MAX_DB_MAX_CONNECTIONS: u32 = 1000;
 
-/// Default message writes per user per second (contract default).
+/// Default message creations per user per second (contract default).
 pub const DEFAULT_MESSAGE_RATE: f64 = 20.0;
-/// Default burst of message writes per user (contract default).
+/// Default burst of message creations per user (contract default).
 pub const DEFAULT_MESSAGE_BURST: u32 = 40;
+/// Default other writes per user per second (contract default).
+pub const DEFAULT_WRITE_RATE: f64 = 50.0;
+/// Default burst of other writes per user (contract default).
+pub const DEFAULT_WRITE_BURST: u32 = 100;
 
 #[derive(Debug, clap::Parser)]
 #[command(name = "chorus-api", version, about = "Chorus API service")]
@@ -44,8 +54,13 @@ pub struct DbArgs {
     /// Postgres connection URL.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
-    /// Largest number of pooled Postgres connections.
-    #[arg(long, env = "CHORUS_DB_MAX_CONNECTIONS", default_value_t = DEFAULT_DB_MAX_CONNECTIONS)]
+    /// Largest number of pooled Postgres connections (1-1000).
+    #[arg(
+        long,
+        env = "CHORUS_DB_MAX_CONNECTIONS",
+        default_value_t = DEFAULT_DB_MAX_CONNECTIONS,
+        value_parser = integer("CHORUS_DB_MAX_CONNECTIONS", 1, MAX_DB_MAX_CONNECTIONS)
+    )]
     pub db_max_connections: u32,
 }
 
@@ -55,7 +70,8 @@ pub struct ServeArgs {
     /// Public HTTP listener.
     #[arg(long, env = "CHORUS_API_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
-    /// Admin listener: /healthz, /readyz, /metrics.
+    /// Admin listener: /healthz, /readyz, /metrics and the gateways'
+    /// /internal/* (cluster-internal, never routed publicly).
     #[arg(long, env = "CHORUS_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
     pub admin_addr: SocketAddr,
     #[command(flatten)]
@@ -68,14 +84,50 @@ pub struct ServeArgs {
     pub internal_token: String,
     #[command(flatten)]
     pub jwt: JwtArgs,
-    /// Message writes per user per second; 0 turns the limit off.
-    #[arg(long, env = "CHORUS_MESSAGE_RATE", default_value_t = DEFAULT_MESSAGE_RATE)]
+    /// Message creations per user per second; 0 turns the limit off.
+    #[arg(
+        long,
+        env = "CHORUS_MESSAGE_RATE",
+        default_value_t = DEFAULT_MESSAGE_RATE,
+        value_parser = rate("CHORUS_MESSAGE_RATE")
+    )]
     pub message_rate: f64,
-    /// Burst of message writes per user.
-    #[arg(long, env = "CHORUS_MESSAGE_BURST", default_value_t = DEFAULT_MESSAGE_BURST)]
+    /// Burst of message creations per user.
+    #[arg(
+        long,
+        env = "CHORUS_MESSAGE_BURST",
+        default_value_t = DEFAULT_MESSAGE_BURST,
+        value_parser = burst("CHORUS_MESSAGE_BURST")
+    )]
     pub message_burst: u32,
-    /// Do not run migrations at start.
-    #[arg(long, env = "CHORUS_NO_MIGRATE")]
+    /// Other writes (communities, members, joins, deletions,
+    /// notifications) per user per second; 0 turns the limit off.
+    #[arg(
+        long,
+        env = "CHORUS_WRITE_RATE",
+        default_value_t = DEFAULT_WRITE_RATE,
+        value_parser = rate("CHORUS_WRITE_RATE")
+    )]
+    pub write_rate: f64,
+    /// Burst of other writes per user.
+    #[arg(
+        long,
+        env = "CHORUS_WRITE_BURST",
+        default_value_t = DEFAULT_WRITE_BURST,
+        value_parser = burst("CHORUS_WRITE_BURST")
+    )]
+    pub write_burst: u32,
+    /// Do not run migrations at start (`true`/`false`/`1`/`0`; a bare flag
+    /// means true).
+    #[arg(
+        long,
+        env = "CHORUS_NO_MIGRATE",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = boolean("CHORUS_NO_MIGRATE")
+    )]
     pub no_migrate: bool,
     #[command(flatten)]
     pub log: LogArgs,
@@ -114,5 +166,74 @@ impl From<TokenRole> for Role {
             TokenRole::Member => Role::Member,
             TokenRole::Official => Role::Official,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// `chorus-api serve` with the required values plus `extra`.
+    fn serve(extra: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut argv = vec![
+            "chorus-api",
+            "serve",
+            "--internal-token",
+            "t",
+            "--jwt-secret",
+            "s",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(args) => Ok(*args),
+            _ => unreachable!("serve parses as serve"),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let a = serve(&[]).expect("parses");
+        assert_eq!((a.message_rate, a.message_burst), (20.0, 40));
+        assert_eq!((a.write_rate, a.write_burst), (50.0, 100));
+        assert!(!a.no_migrate);
+        assert_eq!(a.db.db_max_connections, DEFAULT_DB_MAX_CONNECTIONS);
+        assert_eq!(a.jwt.jwt_leeway_s, 30);
+    }
+
+    #[test]
+    fn booleans_take_true_false_one_zero_and_a_bare_flag() {
+        for (flag, v) in [
+            ("--no-migrate", true),
+            ("--no-migrate=1", true),
+            ("--no-migrate=true", true),
+            ("--no-migrate=0", false),
+            ("--no-migrate=false", false),
+        ] {
+            assert_eq!(serve(&[flag]).expect(flag).no_migrate, v, "{flag}");
+        }
+        let e = serve(&["--no-migrate=yes"]).expect_err("yes is not a boolean");
+        assert!(e.to_string().contains("CHORUS_NO_MIGRATE"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_naming_the_variable() {
+        for (flag, var) in [
+            ("--message-rate=1e-30", "CHORUS_MESSAGE_RATE"),
+            ("--message-rate=-1", "CHORUS_MESSAGE_RATE"),
+            ("--message-burst=-5", "CHORUS_MESSAGE_BURST"),
+            ("--message-burst=0", "CHORUS_MESSAGE_BURST"),
+            ("--write-rate=NaN", "CHORUS_WRITE_RATE"),
+            ("--write-burst=99999999999", "CHORUS_WRITE_BURST"),
+            ("--db-max-connections=0", "CHORUS_DB_MAX_CONNECTIONS"),
+            ("--jwt-leeway-s=-30", "CHORUS_JWT_LEEWAY_S"),
+            ("--jwt-leeway-s=86400", "CHORUS_JWT_LEEWAY_S"),
+        ] {
+            let e = serve(&[flag]).expect_err(flag);
+            assert!(e.to_string().contains(var), "{flag}: {e}");
+        }
+        let a = serve(&["--message-rate=0", "--write-rate=0"]).expect("0 turns limits off");
+        assert_eq!((a.message_rate, a.write_rate), (0.0, 0.0));
     }
 }

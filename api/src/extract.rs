@@ -97,11 +97,16 @@ impl Params {
 
     /// `limit`, 1-100, `default` when absent.
     pub fn limit(&self, default: i64) -> Result<i64, ApiError> {
+        self.limit_up_to(default, MAX_PAGE_LIMIT)
+    }
+
+    /// `limit`, 1-`max`, `default` when absent.
+    pub fn limit_up_to(&self, default: i64, max: i64) -> Result<i64, ApiError> {
         match self.int("limit")? {
             None => Ok(default),
-            Some(l) if (1..=MAX_PAGE_LIMIT).contains(&l) => Ok(l),
+            Some(l) if (1..=max).contains(&l) => Ok(l),
             Some(_) => Err(ApiError::bad_request(format!(
-                "limit must be between 1 and {MAX_PAGE_LIMIT}"
+                "limit must be between 1 and {max}"
             ))),
         }
     }

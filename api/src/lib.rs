@@ -4,7 +4,8 @@
 //! messages and notifications in Postgres ([`store`]), and publishes the
 //! resulting events to the Redis backplane through a transactional outbox
 //! ([`outbox`]) so that nothing committed is ever lost. Gateways read what
-//! they need through the service-token `/internal/*` endpoints.
+//! they need through the service-token `/internal/*` endpoints of the
+//! admin listener.
 //!
 //! [`run`] is the whole service; `main.rs` only parses configuration.
 
@@ -21,21 +22,34 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chorus_shared::auth::JwtVerifier;
+use chorus_shared::config::check_internal_token;
+use chorus_shared::http::ServeOptions;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::config::ServeArgs;
 use crate::error::ApiError;
 use crate::outbox::{OutboxStore, RedisSink};
-use crate::state::AppState;
+use crate::state::{AppState, RateSetting};
 use crate::store::PgStore;
+
+/// Most connections the public listener serves at once (requests in
+/// flight, idle keep-alives, heads being read); past it new connections
+/// are closed at once. Well under the process's file limit, which the
+/// database pool and Redis share.
+const MAX_HTTP_CONNECTIONS: usize = 10_000;
+
+/// How long shutdown waits for requests in flight before dropping them:
+/// longer than any request takes (the pool's acquire timeout is 5 s),
+/// short enough to exit within a Kubernetes grace period.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The two sockets the service listens on.
 #[derive(Debug)]
 pub struct Listeners {
     /// Public HTTP API.
     pub api: TcpListener,
-    /// `/healthz`, `/readyz`, `/metrics`.
+    /// `/healthz`, `/readyz`, `/metrics` and the gateways' `/internal/*`.
     pub admin: TcpListener,
 }
 
@@ -57,11 +71,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
-    if args.internal_token.is_empty() {
-        return Err(ApiError::Config(
-            "CHORUS_INTERNAL_TOKEN must not be empty".into(),
-        ));
-    }
+    check_internal_token(&args.internal_token).map_err(ApiError::Config)?;
     let verifier = JwtVerifier::new(&args.jwt).map_err(|e| ApiError::Config(e.to_string()))?;
     let wake = Arc::new(Notify::new());
     let pg = PgStore::connect_lazy(
@@ -78,13 +88,20 @@ pub async fn run(
         live::LiveState::new(sink.client()),
         verifier,
         args.internal_token.clone(),
-        args.message_rate,
-        args.message_burst,
+        RateSetting {
+            rate: args.message_rate,
+            burst: args.message_burst,
+        },
+        RateSetting {
+            rate: args.write_rate,
+            burst: args.write_burst,
+        },
     );
 
+    let _upkeep = chorus_shared::telemetry::spawn_metrics_upkeep();
     let (stop_tx, stop_rx) = watch::channel(false);
     let publisher = tokio::spawn(outbox::run_publisher(
-        OutboxStore::new(pg.pool()),
+        Arc::new(OutboxStore::new(pg.pool())),
         Arc::new(sink.clone()),
         wake,
         stop_rx.clone(),
@@ -103,13 +120,17 @@ pub async fn run(
     let api_addr = listeners.api.local_addr()?;
     tracing::info!(%api_addr, "chorus-api listening");
     let drain_state = state.clone();
-    axum::serve(listeners.api, routes::api_router(state))
-        .with_graceful_shutdown(async move {
+    chorus_shared::http::serve(
+        listeners.api,
+        routes::api_router(state),
+        ServeOptions::new(MAX_HTTP_CONNECTIONS, SHUTDOWN_GRACE),
+        async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
             drain_state.set_draining();
-        })
-        .await?;
+        },
+    )
+    .await;
 
     // Requests are done; flush the outbox, then close the admin listener.
     let _ = stop_tx.send(true);

@@ -2,6 +2,15 @@
 //! `GET /api/communities/{id}/presence`) and the gateway registry (for
 //! `GET /api/socket-status`). Gateways write both; the layout and scripts
 //! are in `chorus_shared::presence`.
+//!
+//! Presence is served from a per-community snapshot at most
+//! [`PRESENCE_SNAPSHOT_TTL`] old: a popular community's presence costs one
+//! sweep script and one `HKEYS` per second, however many clients ask, and
+//! concurrent askers of an expired snapshot share one read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chorus_shared::envelope::{Envelope, community_channel};
@@ -10,14 +19,41 @@ use chorus_shared::protocol::{GatewayStatus, ServerEvent, UserLeft};
 use fred::prelude::{
     Client, HashesInterface, KeysInterface, LuaInterface, PubsubInterface, SetsInterface, Value,
 };
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+
+/// Longest a presence answer may lag the gateways' state. Presence changes
+/// reach clients live as `user-joined`/`user-left`; the HTTP list is for a
+/// first look, where a second is invisible, and it caps the Redis work per
+/// community at one read per second.
+pub const PRESENCE_SNAPSHOT_TTL: Duration = Duration::from_secs(1);
+
+/// Communities whose snapshot is kept: ~10k lists of online users is a
+/// few MiB at most. When full, expired snapshots are dropped first and, if
+/// that is not enough, all of them (they are at most a second old anyway).
+pub const PRESENCE_SNAPSHOTS: usize = 10_000;
+
+/// One community's online users as read at `taken`; filled once, by the
+/// first asker, while later askers wait for it.
+struct Snapshot {
+    taken: Instant,
+    online: OnceCell<Arc<Vec<String>>>,
+}
+
+impl Snapshot {
+    fn fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.taken) < PRESENCE_SNAPSHOT_TTL
+    }
+}
 
 /// Reader of presence and registry data; shares the outbox's connection.
 #[derive(Clone)]
 pub struct LiveState {
     client: Client,
+    snapshots: Arc<Mutex<HashMap<Uuid, Arc<Snapshot>>>>,
 }
 
 impl std::fmt::Debug for LiveState {
@@ -33,13 +69,48 @@ fn unavailable(e: fred::error::Error) -> ApiError {
 
 impl LiveState {
     pub fn new(client: Client) -> Self {
-        LiveState { client }
+        LiveState {
+            client,
+            snapshots: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
-    /// Users online in a community. Entries of gateways that died are
+    /// Users online in a community, sorted, as of at most
+    /// [`PRESENCE_SNAPSHOT_TTL`] ago.
+    pub async fn online(&self, community: Uuid) -> Result<Arc<Vec<String>>, ApiError> {
+        let snapshot = self.snapshot(community, Instant::now());
+        // A failed read leaves the cell empty: the next asker tries again.
+        let online = snapshot
+            .online
+            .get_or_try_init(|| async { self.read_online(community).await.map(Arc::new) })
+            .await?;
+        Ok(online.clone())
+    }
+
+    /// The community's snapshot if fresh, else a new empty one in its place.
+    fn snapshot(&self, community: Uuid, now: Instant) -> Arc<Snapshot> {
+        let mut map = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(&community).filter(|s| s.fresh(now)) {
+            return s.clone();
+        }
+        if map.len() >= PRESENCE_SNAPSHOTS && !map.contains_key(&community) {
+            map.retain(|_, s| s.fresh(now));
+            if map.len() >= PRESENCE_SNAPSHOTS {
+                map.clear();
+            }
+        }
+        let s = Arc::new(Snapshot {
+            taken: now,
+            online: OnceCell::new(),
+        });
+        map.insert(community, s.clone());
+        s
+    }
+
+    /// Reads the online users from Redis. Entries of gateways that died are
     /// swept first (announcing `user-left` for users who thereby went
     /// offline), so a community no live gateway serves is still right.
-    pub async fn online(&self, community: Uuid) -> Result<Vec<String>, ApiError> {
+    async fn read_online(&self, community: Uuid) -> Result<Vec<String>, ApiError> {
         let swept: Vec<Value> = self
             .client
             .eval(

@@ -17,11 +17,37 @@ use crate::store::Store;
 /// Users whose last-written profile is remembered, so an unchanged profile
 /// costs no database write. 100k entries of ~100 bytes is ~10 MiB; past it
 /// the cache starts over (one extra write per active user, no harm).
-pub const DEFAULT_PROFILE_CACHE_ENTRIES: usize = 100_000;
+pub const PROFILE_CACHE_ENTRIES: usize = 100_000;
 
-/// Users with a live rate-limit bucket. Idle (full) buckets are dropped
-/// when the map reaches this size, bounding memory under many users.
-pub const DEFAULT_RATE_LIMIT_ENTRIES: usize = 100_000;
+/// Users with a live bucket, per bucket kind. Idle (full) buckets are
+/// dropped when the map reaches this size, bounding memory under many
+/// users: 100k buckets of ~100 bytes is ~10 MiB.
+pub const RATE_LIMIT_ENTRIES: usize = 100_000;
+
+/// The two per-user write buckets of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// Message creation (`CHORUS_MESSAGE_RATE`/`_BURST`).
+    Message,
+    /// Every other write (`CHORUS_WRITE_RATE`/`_BURST`).
+    Write,
+}
+
+impl Bucket {
+    fn label(self) -> &'static str {
+        match self {
+            Bucket::Message => "message",
+            Bucket::Write => "write",
+        }
+    }
+}
+
+/// One bucket kind's setting: tokens per second (0: no limit) and burst.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateSetting {
+    pub rate: f64,
+    pub burst: u32,
+}
 
 /// Handle to the API's shared state.
 #[derive(Clone)]
@@ -41,7 +67,8 @@ struct Inner {
     verifier: JwtVerifier,
     internal_token: String,
     profiles: Mutex<HashMap<String, (String, Option<String>)>>,
-    limiter: UserRateLimiter,
+    messages: UserRateLimiter,
+    writes: UserRateLimiter,
     draining: AtomicBool,
 }
 
@@ -51,8 +78,8 @@ impl AppState {
         live: LiveState,
         verifier: JwtVerifier,
         internal_token: String,
-        message_rate: f64,
-        message_burst: u32,
+        messages: RateSetting,
+        writes: RateSetting,
     ) -> Self {
         AppState {
             inner: Arc::new(Inner {
@@ -61,7 +88,8 @@ impl AppState {
                 verifier,
                 internal_token,
                 profiles: Mutex::new(HashMap::new()),
-                limiter: UserRateLimiter::new(message_rate, message_burst),
+                messages: UserRateLimiter::new(messages),
+                writes: UserRateLimiter::new(writes),
                 draining: AtomicBool::new(false),
             }),
         }
@@ -123,28 +151,33 @@ impl AppState {
             .profiles
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if profiles.len() >= DEFAULT_PROFILE_CACHE_ENTRIES {
+        if profiles.len() >= PROFILE_CACHE_ENTRIES {
             profiles.clear();
         }
         profiles.insert(user.id.clone(), (user.name.clone(), user.avatar.clone()));
         Ok(())
     }
 
-    /// Takes one write token for `user_id`, or `rate_limited`.
-    pub fn check_rate(&self, user_id: &str) -> Result<(), ApiError> {
-        self.inner
-            .limiter
-            .check(user_id, Instant::now())
-            .map_err(|wait| {
-                metrics::counter!("chorus_api_rate_limited_total").increment(1);
-                ApiError::RateLimited {
-                    retry_after_s: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-                }
-            })
+    /// Takes one token from `user_id`'s `bucket`, or `rate_limited` with
+    /// the wait rounded up to whole seconds.
+    pub fn check_rate(&self, bucket: Bucket, user_id: &str) -> Result<(), ApiError> {
+        let limiter = match bucket {
+            Bucket::Message => &self.inner.messages,
+            Bucket::Write => &self.inner.writes,
+        };
+        limiter.check(user_id, Instant::now()).map_err(|wait| {
+            metrics::counter!("chorus_api_rate_limited_total", "bucket" => bucket.label())
+                .increment(1);
+            ApiError::RateLimited {
+                retry_after_s: wait
+                    .as_secs()
+                    .saturating_add(u64::from(wait.subsec_nanos() > 0)),
+            }
+        })
     }
 }
 
-/// Per-user token buckets for writes.
+/// Per-user token buckets of one kind.
 struct UserRateLimiter {
     rate: f64,
     burst: u32,
@@ -152,10 +185,10 @@ struct UserRateLimiter {
 }
 
 impl UserRateLimiter {
-    fn new(rate: f64, burst: u32) -> Self {
+    fn new(setting: RateSetting) -> Self {
         UserRateLimiter {
-            rate,
-            burst,
+            rate: setting.rate,
+            burst: setting.burst,
             buckets: Mutex::new(HashMap::new()),
         }
     }
@@ -165,7 +198,7 @@ impl UserRateLimiter {
             return Ok(());
         }
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= DEFAULT_RATE_LIMIT_ENTRIES && !buckets.contains_key(user_id) {
+        if buckets.len() >= RATE_LIMIT_ENTRIES && !buckets.contains_key(user_id) {
             buckets.retain(|_, b| !b.is_full(now));
         }
         buckets
@@ -181,7 +214,10 @@ mod tests {
 
     #[test]
     fn limiter_is_per_user_and_reports_wait() {
-        let l = UserRateLimiter::new(1.0, 2);
+        let l = UserRateLimiter::new(RateSetting {
+            rate: 1.0,
+            burst: 2,
+        });
         let t = Instant::now();
         assert!(l.check("a", t).is_ok());
         assert!(l.check("a", t).is_ok());

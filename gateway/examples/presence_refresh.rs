@@ -4,6 +4,8 @@
 //! must finish well inside the entries' 25 s expiry; the figure goes in
 //! BENCHMARKS.md.
 
+#![allow(clippy::print_stdout, reason = "a measurement tool prints its figures")]
+
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -17,9 +17,9 @@ pub const RATE_LIMITED: u16 = 4008;
 /// The outbound queue filled up: the client is not reading fast enough.
 pub const SLOW_CONSUMER: u16 = 4009;
 
-/// How long a connection may make no progress (its queue stays full, a
-/// socket write stays blocked) before it counts as a slow consumer and is
-/// closed with 4009 (contract: a slow consumer's close is tried for 1 s).
+/// How long a replay may wait for room in a connection's queue (the client
+/// reads nothing) before the client counts as a slow consumer and is
+/// closed with 4009, as a live event finding the queue full is at once.
 pub const SLOW_CONSUMER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The reason text of a close frame with `code`.

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chorus_shared::auth::JwtArgs;
-use chorus_shared::config::{DEFAULT_REDIS_URL, LogArgs};
+use chorus_shared::config::{DEFAULT_REDIS_URL, LogArgs, burst, integer, rate};
 
 /// Commands per connection per second (contract default).
 pub const DEFAULT_WS_COMMAND_RATE: f64 = 20.0;
@@ -16,6 +16,15 @@ pub const DEFAULT_WS_COMMAND_BURST: u32 = 40;
 pub const DEFAULT_RECOVERY_WINDOW: i64 = 1000;
 /// Seconds a SIGTERM'd gateway spreads its reconnect closes over (contract).
 pub const DEFAULT_DRAIN_SECONDS: u64 = 20;
+/// Largest recovery window accepted: half of what one backfill request
+/// returns, so a replay's window always fits in one fetch.
+pub const MAX_RECOVERY_WINDOW: i64 = chorus_shared::protocol::MAX_EVENTS_PER_REQUEST / 2;
+/// Longest drain accepted: Kubernetes' grace period must cover it, and an
+/// hour is beyond any sensible one.
+pub const MAX_DRAIN_SECONDS: u64 = 3600;
+/// Largest outbound queue accepted: each slot is a pointer, but a queue
+/// this deep already means seconds of backlog for a client.
+pub const MAX_OUTBOUND_QUEUE: usize = 65_536;
 
 /// Open connections one user may hold on one gateway (contract default):
 /// far more tabs and devices than a person uses, few enough that one
@@ -73,9 +82,16 @@ pub struct GatewayArgs {
     /// Admin listener: /healthz, /readyz, /metrics.
     #[arg(long, env = "CHORUS_ADMIN_ADDR", default_value = "127.0.0.1:9091")]
     pub admin_addr: SocketAddr,
-    /// Where the API's endpoints are.
+    /// The API's public listener: requests on a user's behalf.
     #[arg(long, env = "CHORUS_API_URL", default_value = "http://127.0.0.1:8080")]
     pub api_url: String,
+    /// The API's admin listener: its /internal/* endpoints.
+    #[arg(
+        long,
+        env = "CHORUS_API_INTERNAL_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    pub api_internal_url: String,
     /// Service token presented to the API's /internal/* endpoints.
     #[arg(long, env = "CHORUS_INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: String,
@@ -89,16 +105,36 @@ pub struct GatewayArgs {
     #[arg(long, env = "CHORUS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
     /// Most events replayed on a join with lastSeq.
-    #[arg(long, env = "CHORUS_RECOVERY_WINDOW", default_value_t = DEFAULT_RECOVERY_WINDOW)]
+    #[arg(
+        long,
+        env = "CHORUS_RECOVERY_WINDOW",
+        default_value_t = DEFAULT_RECOVERY_WINDOW,
+        value_parser = integer("CHORUS_RECOVERY_WINDOW", 0, MAX_RECOVERY_WINDOW)
+    )]
     pub recovery_window: i64,
     /// Seconds to spread reconnect closes over when draining.
-    #[arg(long, env = "CHORUS_DRAIN_SECONDS", default_value_t = DEFAULT_DRAIN_SECONDS)]
+    #[arg(
+        long,
+        env = "CHORUS_DRAIN_SECONDS",
+        default_value_t = DEFAULT_DRAIN_SECONDS,
+        value_parser = integer("CHORUS_DRAIN_SECONDS", 0, MAX_DRAIN_SECONDS)
+    )]
     pub drain_seconds: u64,
     /// Commands per connection per second; 0 turns every per-connection limit off.
-    #[arg(long, env = "CHORUS_WS_COMMAND_RATE", default_value_t = DEFAULT_WS_COMMAND_RATE)]
+    #[arg(
+        long,
+        env = "CHORUS_WS_COMMAND_RATE",
+        default_value_t = DEFAULT_WS_COMMAND_RATE,
+        value_parser = rate("CHORUS_WS_COMMAND_RATE")
+    )]
     pub ws_command_rate: f64,
     /// Command burst per connection.
-    #[arg(long, env = "CHORUS_WS_COMMAND_BURST", default_value_t = DEFAULT_WS_COMMAND_BURST)]
+    #[arg(
+        long,
+        env = "CHORUS_WS_COMMAND_BURST",
+        default_value_t = DEFAULT_WS_COMMAND_BURST,
+        value_parser = burst("CHORUS_WS_COMMAND_BURST")
+    )]
     pub ws_command_burst: u32,
     /// Online count above which join/leave presence events are not broadcast.
     #[arg(long, env = "CHORUS_PRESENCE_BROADCAST_LIMIT", default_value_t = DEFAULT_PRESENCE_BROADCAST_LIMIT)]
@@ -106,13 +142,27 @@ pub struct GatewayArgs {
     /// Most open connections (WebSockets and requests not yet upgraded);
     /// upgrades past it get 503 (default: the open-file limit less a
     /// reserve).
-    #[arg(long, env = "CHORUS_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long,
+        env = "CHORUS_MAX_CONNECTIONS",
+        value_parser = integer("CHORUS_MAX_CONNECTIONS", 1, u64::MAX)
+    )]
     pub max_connections: Option<u64>,
     /// Open connections per user on this gateway; 0 turns the cap off.
-    #[arg(long, env = "CHORUS_MAX_CONNECTIONS_PER_USER", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_USER)]
+    #[arg(
+        long,
+        env = "CHORUS_MAX_CONNECTIONS_PER_USER",
+        default_value_t = DEFAULT_MAX_CONNECTIONS_PER_USER,
+        value_parser = integer("CHORUS_MAX_CONNECTIONS_PER_USER", 0, u32::MAX)
+    )]
     pub max_connections_per_user: u32,
     /// Frames a connection may have queued before it is cut off with 4009.
-    #[arg(long, env = "CHORUS_WS_OUTBOUND_QUEUE", default_value_t = DEFAULT_OUTBOUND_QUEUE)]
+    #[arg(
+        long,
+        env = "CHORUS_WS_OUTBOUND_QUEUE",
+        default_value_t = DEFAULT_OUTBOUND_QUEUE,
+        value_parser = integer("CHORUS_WS_OUTBOUND_QUEUE", 1, MAX_OUTBOUND_QUEUE)
+    )]
     pub outbound_queue: usize,
     /// Interval of server WebSocket pings. Not a configuration variable (the
     /// contract fixes none); settable from code so tests need not wait 25 s.
@@ -151,5 +201,45 @@ impl GatewayArgs {
                 .unwrap_or_else(|| "gateway".to_owned());
             format!("{host}:{}", bound.port())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<GatewayArgs, String> {
+        let mut all = vec!["chorus-gateway", "--internal-token", "t"];
+        all.extend_from_slice(args);
+        GatewayArgs::try_parse_from(all).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn out_of_range_values_refuse_to_start_naming_the_variable() {
+        for (flag, value, var) in [
+            ("--recovery-window", "-1", "CHORUS_RECOVERY_WINDOW"),
+            ("--ws-command-rate", "1e-30", "CHORUS_WS_COMMAND_RATE"),
+            ("--ws-command-burst", "0", "CHORUS_WS_COMMAND_BURST"),
+            ("--outbound-queue", "0", "CHORUS_WS_OUTBOUND_QUEUE"),
+            ("--max-connections", "0", "CHORUS_MAX_CONNECTIONS"),
+            ("--drain-seconds", "-5", "CHORUS_DRAIN_SECONDS"),
+        ] {
+            let arg = format!("{flag}={value}");
+            let err = parse(&[&arg]).expect_err(flag);
+            assert!(err.contains(var), "{flag} {value}: {err}");
+        }
+    }
+
+    #[test]
+    fn defaults_and_zero_rates_are_accepted() {
+        let args = parse(&["--ws-command-rate", "0"]).expect("valid");
+        assert_eq!(args.ws_command_rate, 0.0);
+        assert_eq!(args.recovery_window, DEFAULT_RECOVERY_WINDOW);
+        assert_eq!(
+            args.max_connections_per_user,
+            DEFAULT_MAX_CONNECTIONS_PER_USER
+        );
+        assert!(args.effective_max_connections() > 0);
     }
 }

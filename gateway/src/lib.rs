@@ -94,14 +94,15 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    if args.internal_token.is_empty() {
-        return Err(GatewayError::Config(
-            "CHORUS_INTERNAL_TOKEN must not be empty".into(),
-        ));
-    }
+    chorus_shared::config::check_internal_token(&args.internal_token)
+        .map_err(GatewayError::Config)?;
     let id = args.id(listeners.ws.local_addr()?);
     let services = Services {
-        api: Arc::new(HttpApi::new(&args.api_url, &args.internal_token)?),
+        api: Arc::new(HttpApi::new(
+            &args.api_url,
+            &args.api_internal_url,
+            &args.internal_token,
+        )?),
         backplane: Arc::new(RedisBackplane::new(&args.redis_url, &id)?),
     };
     run_with(args, services, listeners, shutdown).await
@@ -161,6 +162,7 @@ pub async fn run_with(
         },
     });
 
+    let _upkeep = chorus_shared::telemetry::spawn_metrics_upkeep();
     let (stop_tx, stop_rx) = watch::channel(false);
     let registry = tokio::spawn(report_registry(gw.clone(), stop_rx.clone()));
     let presence = tokio::spawn(refresh_presence(gw.clone(), stop_rx));

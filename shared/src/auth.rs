@@ -15,10 +15,25 @@ use std::path::PathBuf;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::config::integer;
 use crate::ids::is_valid_user_id;
 
-/// Default clock leeway for `exp`, in seconds (the contract's default).
+/// Default clock leeway for `exp` and `nbf`, in seconds (the contract's
+/// default).
 pub const DEFAULT_JWT_LEEWAY_S: u64 = 30;
+/// Largest accepted leeway: an hour of clock skew is already a broken
+/// clock, and a larger leeway would keep expired tokens alive for longer
+/// than the tokens themselves usually live.
+pub const MAX_JWT_LEEWAY_S: u64 = 3600;
+/// Shortest HS256 secret, in bytes (contract): 256 bits, the size of the
+/// HMAC-SHA256 output; a shorter secret is open to brute force.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+/// Longest display name kept from a token's `name`, in Unicode scalar
+/// values (contract); a longer one is cut to this length, never refused.
+pub const MAX_NAME_CHARS: usize = 100;
+/// Longest avatar URL kept from a token's `avatar`, in Unicode scalar
+/// values (contract); a longer one is cut to this length, never refused.
+pub const MAX_AVATAR_CHARS: usize = 2048;
 
 /// Token settings shared by both services.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,8 +51,13 @@ pub struct JwtArgs {
     /// Required `aud` claim, checked when set.
     #[arg(long, env = "CHORUS_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
-    /// Clock leeway for `exp`, in seconds.
-    #[arg(long, env = "CHORUS_JWT_LEEWAY_S", default_value_t = DEFAULT_JWT_LEEWAY_S)]
+    /// Clock leeway for `exp` and `nbf`, in seconds (0-3600).
+    #[arg(
+        long,
+        env = "CHORUS_JWT_LEEWAY_S",
+        default_value_t = DEFAULT_JWT_LEEWAY_S,
+        value_parser = integer("CHORUS_JWT_LEEWAY_S", 0, MAX_JWT_LEEWAY_S)
+    )]
     pub jwt_leeway_s: u64,
 }
 
@@ -59,8 +79,10 @@ impl JwtArgs {
 pub enum AuthConfigError {
     #[error("neither CHORUS_JWT_SECRET nor CHORUS_JWT_PUBLIC_KEY is set")]
     NoKey,
-    #[error("CHORUS_JWT_SECRET is empty")]
-    EmptySecret,
+    #[error("CHORUS_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes (it has {0})")]
+    ShortSecret(usize),
+    #[error("CHORUS_JWT_LEEWAY_S must be at most {MAX_JWT_LEEWAY_S} (it is {0})")]
+    Leeway(u64),
     #[error("cannot read the public key {path}: {source}")]
     ReadKey {
         path: PathBuf,
@@ -97,9 +119,19 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+}
+
+/// A token's `aud`: one audience or several (RFC 7519 allows both).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// The role a token grants.
@@ -160,17 +192,24 @@ impl JwtVerifier {
                     return Err(AuthConfigError::BadKey(path.clone()));
                 }
             }
-            (None, Some(secret)) if secret.is_empty() => return Err(AuthConfigError::EmptySecret),
+            (None, Some(secret)) if secret.len() < MIN_JWT_SECRET_BYTES => {
+                return Err(AuthConfigError::ShortSecret(secret.len()));
+            }
             (None, Some(secret)) => (
                 DecodingKey::from_secret(secret.as_bytes()),
                 Algorithm::HS256,
             ),
             (None, None) => return Err(AuthConfigError::NoKey),
         };
+        if args.jwt_leeway_s > MAX_JWT_LEEWAY_S {
+            return Err(AuthConfigError::Leeway(args.jwt_leeway_s));
+        }
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
         validation.leeway = args.jwt_leeway_s;
         validation.validate_exp = true;
+        // `nbf` is checked when present, with the same leeway as `exp`.
+        validation.validate_nbf = true;
         // A configured iss/aud must be present, not merely right when present.
         let mut required = vec!["exp", "sub"];
         match &args.jwt_audience {
@@ -219,13 +258,25 @@ impl JwtVerifier {
             name: c
                 .name
                 .filter(|n| !n.trim().is_empty())
+                .map(|n| cut(n, MAX_NAME_CHARS))
                 .unwrap_or_else(|| c.sub.clone()),
-            avatar: c.avatar.filter(|a| !a.is_empty()),
+            avatar: c
+                .avatar
+                .filter(|a| !a.is_empty())
+                .map(|a| cut(a, MAX_AVATAR_CHARS)),
             id: c.sub,
             role,
             exp: c.exp,
         })
     }
+}
+
+/// `s` cut to at most `max` Unicode scalar values.
+fn cut(mut s: String, max: usize) -> String {
+    if let Some((i, _)) = s.char_indices().nth(max) {
+        s.truncate(i);
+    }
+    s
 }
 
 fn describe(kind: &jsonwebtoken::errors::ErrorKind) -> String {
@@ -279,6 +330,7 @@ pub fn claims_for(sub: &str, name: Option<&str>, role: Role, ttl_s: u64) -> Clai
             Role::Member => "member".into(),
             Role::Official => "official".into(),
         }),
+        nbf: None,
         iss: None,
         aud: None,
     }
@@ -288,7 +340,7 @@ pub fn claims_for(sub: &str, name: Option<&str>, role: Role, ttl_s: u64) -> Clai
 mod tests {
     use super::*;
 
-    const SECRET: &str = "test-secret";
+    const SECRET: &str = "test-secret-of-at-least-32-bytes!";
 
     fn verifier() -> JwtVerifier {
         JwtVerifier::new(&JwtArgs::with_secret(SECRET)).expect("verifier")
@@ -376,10 +428,76 @@ mod tests {
         let mut c = claims_for("alice", None, Role::Member, 60);
         assert!(v.verify(&mint_hs256(SECRET, &c).expect("mint")).is_err());
         c.iss = Some("chorus".into());
-        c.aud = Some("web".into());
+        c.aud = Some(Audience::One("web".into()));
         assert!(v.verify(&mint_hs256(SECRET, &c).expect("mint")).is_ok());
-        c.aud = Some("mobile".into());
+        c.aud = Some(Audience::One("mobile".into()));
         assert!(v.verify(&mint_hs256(SECRET, &c).expect("mint")).is_err());
+    }
+
+    #[test]
+    fn audience_may_be_an_array() {
+        let mut args = JwtArgs::with_secret(SECRET);
+        args.jwt_audience = Some("web".into());
+        let v = JwtVerifier::new(&args).expect("verifier");
+        let mut c = claims_for("alice", None, Role::Member, 60);
+        c.aud = Some(Audience::Many(vec!["mobile".into(), "web".into()]));
+        let t = mint_hs256(SECRET, &c).expect("mint");
+        assert_eq!(v.verify(&t).expect("valid").id, "alice");
+        // Without a configured audience an array is no reason to refuse.
+        assert!(verifier().verify(&t).is_ok());
+        c.aud = Some(Audience::Many(vec!["mobile".into(), "tv".into()]));
+        let t = mint_hs256(SECRET, &c).expect("mint");
+        assert!(matches!(v.verify(&t), Err(AuthError::Invalid(_))));
+        c.aud = Some(Audience::Many(Vec::new()));
+        let t = mint_hs256(SECRET, &c).expect("mint");
+        assert!(v.verify(&t).is_err(), "an empty array names no audience");
+    }
+
+    #[test]
+    fn not_before_is_honoured_with_the_leeway() {
+        let v = verifier();
+        let mut c = claims_for("alice", None, Role::Member, 3600);
+        c.nbf = Some(now_s() + 600);
+        let t = mint_hs256(SECRET, &c).expect("mint");
+        assert_eq!(
+            v.verify(&t),
+            Err(AuthError::Invalid("token not yet valid".into()))
+        );
+        c.nbf = Some(now_s() + 10);
+        let t = mint_hs256(SECRET, &c).expect("mint");
+        assert!(v.verify(&t).is_ok(), "within the 30 s leeway");
+        c.nbf = Some(now_s() - 10);
+        let t = mint_hs256(SECRET, &c).expect("mint");
+        assert!(v.verify(&t).is_ok());
+    }
+
+    #[test]
+    fn long_names_and_avatars_are_cut_not_refused() {
+        let mut c = claims_for("alice", Some(&"é".repeat(150)), Role::Member, 60);
+        c.avatar = Some(format!("https://x.example/{}", "a".repeat(3000)));
+        let t = mint_hs256(SECRET, &c).expect("mint");
+        let u = verifier().verify(&t).expect("valid");
+        assert_eq!(u.name, "é".repeat(MAX_NAME_CHARS));
+        let avatar = u.avatar.expect("avatar kept");
+        assert_eq!(avatar.chars().count(), MAX_AVATAR_CHARS);
+        assert!(avatar.starts_with("https://x.example/aaa"));
+        let mut c = claims_for("bob", Some(&"n".repeat(100)), Role::Member, 60);
+        c.avatar = Some("b".repeat(2048));
+        let t = mint_hs256(SECRET, &c).expect("mint");
+        let u = verifier().verify(&t).expect("valid");
+        assert_eq!((u.name.len(), u.avatar.map(|a| a.len())), (100, Some(2048)));
+    }
+
+    #[test]
+    fn short_secrets_and_huge_leeways_are_configuration_errors() {
+        let e = JwtVerifier::new(&JwtArgs::with_secret("x".repeat(31))).expect_err("short");
+        assert!(e.to_string().contains("CHORUS_JWT_SECRET"), "{e}");
+        assert!(JwtVerifier::new(&JwtArgs::with_secret("")).is_err());
+        assert!(JwtVerifier::new(&JwtArgs::with_secret("x".repeat(32))).is_ok());
+        let mut args = JwtArgs::with_secret(SECRET);
+        args.jwt_leeway_s = MAX_JWT_LEEWAY_S + 1;
+        let e = JwtVerifier::new(&args).expect_err("leeway");
+        assert!(e.to_string().contains("CHORUS_JWT_LEEWAY_S"), "{e}");
     }
 
     fn testdata(name: &str) -> PathBuf {

@@ -47,7 +47,10 @@ impl TokenBucket {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+            // Configuration keeps rates in a range where this wait is a
+            // few seconds; a rate set from code outside it must not panic.
+            Err(Duration::try_from_secs_f64((1.0 - self.tokens) / self.rate)
+                .unwrap_or(Duration::MAX))
         }
     }
 
@@ -74,6 +77,14 @@ mod tests {
         assert!(b.try_take(t0 + Duration::from_millis(100)).is_ok());
         assert!(b.try_take(t0 + Duration::from_millis(100)).is_err());
         assert!(b.is_full(t0 + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_tiny_rate_reports_a_long_wait_without_panicking() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1e-30, 1, t0);
+        assert!(b.try_take(t0).is_ok());
+        assert_eq!(b.try_take(t0), Err(Duration::MAX));
     }
 
     #[test]

@@ -3,8 +3,12 @@
 //! The Prometheus recorder is process-global (the `metrics` facade has one
 //! slot), so it is installed once and every server started in the process,
 //! including the several a test may run, renders from the same handle.
+//! Each service also runs the recorder's upkeep ([`spawn_metrics_upkeep`]):
+//! without it histogram samples pile up between scrapes, without bound when
+//! nothing scrapes.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{EnvFilter, fmt};
@@ -44,4 +48,38 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// How often the recorder's upkeep folds recorded histogram samples into
+/// their buckets: often enough that unscraped samples stay a few seconds'
+/// worth, rarely enough to cost nothing (the exporter's own default).
+pub const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The recorder's upkeep task; stops when dropped.
+#[derive(Debug)]
+pub struct MetricsUpkeep {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MetricsUpkeep {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Runs [`PrometheusHandle::run_upkeep`] every [`METRICS_UPKEEP_INTERVAL`]
+/// on a task of the current runtime until the returned guard is dropped.
+/// Each service's `run` holds one for as long as it runs (a test process
+/// running several services runs several; upkeep is idempotent).
+pub fn spawn_metrics_upkeep() -> MetricsUpkeep {
+    let handle = metrics_handle();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    });
+    MetricsUpkeep { task }
 }

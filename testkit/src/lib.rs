@@ -14,10 +14,12 @@ use std::time::Duration;
 use chorus_shared::auth::{Role, claims_for, mint_hs256};
 use sqlx::Connection;
 
-/// HS256 secret every test server and token uses.
-pub const SECRET: &str = "chorus-test-secret";
-/// Service token of test APIs and gateways.
-pub const INTERNAL_TOKEN: &str = "chorus-test-internal-token";
+/// HS256 secret every test server and token uses (at least 32 bytes, as
+/// the services require).
+pub const SECRET: &str = "chorus-test-secret-0123456789abcdef";
+/// Service token of test APIs and gateways (at least 32 characters, as the
+/// services require).
+pub const INTERNAL_TOKEN: &str = "chorus-test-internal-token-0123456789";
 /// Bound for anything a test waits for; never a performance assertion.
 pub const WAIT: Duration = Duration::from_secs(20);
 

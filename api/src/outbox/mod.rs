@@ -12,9 +12,10 @@
 //! event again, always in order; gateways drop the repeats.
 //!
 //! The publisher is its own component, apart from the [`crate::store`]:
-//! [`run_publisher`] owns an [`OutboxStore`] (the Postgres side: advisory
-//! lock, unpublished rows, marking, retention purge; in `postgres.rs`) and
-//! an [`OutboxSink`] ([`RedisSink`] in production; in `redis.rs`).
+//! [`run_publisher`] owns an [`OutboxSource`] ([`OutboxStore`] in
+//! production, the Postgres side: advisory lock, unpublished rows, marking,
+//! retention purge; in `postgres.rs`) and an [`OutboxSink`] ([`RedisSink`]
+//! in production; in `redis.rs`).
 
 mod postgres;
 mod redis;
@@ -26,25 +27,28 @@ use async_trait::async_trait;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::error::ApiError;
+
 pub use postgres::{OUTBOX_LOCK_KEY, OutboxStore};
 pub use redis::RedisSink;
 
 /// Most events read and published per pass: large enough to clear a
 /// backlog quickly in pipelined batches, small enough to keep one
 /// transaction short.
-pub const DEFAULT_OUTBOX_BATCH: i64 = 500;
+pub const OUTBOX_BATCH: i64 = 500;
 /// Fallback poll for events this process was not woken for.
-pub const DEFAULT_OUTBOX_POLL: Duration = Duration::from_millis(250);
+pub const OUTBOX_POLL: Duration = Duration::from_millis(250);
 /// First and largest wait after a failed pass. Capped at one second so a
 /// returning Redis sees the backlog within about a second.
 pub const OUTBOX_BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const OUTBOX_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long shutdown keeps trying to flush the outbox.
-pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often retention purges run.
-const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often retention purges run: often enough that an hour's retention
+/// is kept to within a minute, rarely enough to cost nothing.
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
-/// What one [`OutboxStore::drain`] pass did.
+/// What one [`OutboxSource::drain`] pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Drained {
     /// The sink failed part-way: back off before the next pass.
@@ -62,10 +66,27 @@ pub trait OutboxSink: Send + Sync {
     async fn publish(&self, batch: &[(String, Vec<u8>)]) -> usize;
 }
 
+/// Where the outbox publisher reads events from and what it keeps tidy;
+/// [`OutboxStore`] is the one implementation (a trait so the loop's
+/// scheduling can be tested on its own).
+#[async_trait]
+pub trait OutboxSource: Send + Sync {
+    /// Publishes up to `max` unpublished events in order through `sink`
+    /// and marks them published.
+    async fn drain(&self, sink: &dyn OutboxSink, max: i64) -> Result<Drained, ApiError>;
+    /// Deletes what is past its retention.
+    async fn purge_expired(&self) -> Result<(), ApiError>;
+}
+
 /// Runs the publisher until `shutdown` turns true, then flushes what it can
-/// within [`DEFAULT_FLUSH_TIMEOUT`].
+/// within [`FLUSH_TIMEOUT`].
+///
+/// The retention purge is checked after every pass, before a full batch
+/// sends the loop straight round again, so constant load (full batch after
+/// full batch) cannot starve it: it runs at least every
+/// [`PURGE_INTERVAL`] plus one pass.
 pub async fn run_publisher(
-    store: OutboxStore,
+    source: Arc<dyn OutboxSource>,
     sink: Arc<dyn OutboxSink>,
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
@@ -73,11 +94,23 @@ pub async fn run_publisher(
     let mut backoff = OUTBOX_BACKOFF_MIN;
     let mut next_purge = Instant::now();
     loop {
-        let delay = match store.drain(sink.as_ref(), DEFAULT_OUTBOX_BATCH).await {
-            Ok(d) if d.more => continue,
+        let pass = source.drain(sink.as_ref(), OUTBOX_BATCH).await;
+        if Instant::now() >= next_purge {
+            next_purge = Instant::now() + PURGE_INTERVAL;
+            if let Err(e) = source.purge_expired().await {
+                tracing::warn!(error = %e, "outbox purge failed");
+            }
+        }
+        let delay = match pass {
+            Ok(d) if d.more => {
+                if *shutdown.borrow() {
+                    break;
+                }
+                continue;
+            }
             Ok(d) if !d.failed => {
                 backoff = OUTBOX_BACKOFF_MIN;
-                DEFAULT_OUTBOX_POLL
+                OUTBOX_POLL
             }
             Ok(_) => next_backoff(&mut backoff),
             Err(e) => {
@@ -85,19 +118,13 @@ pub async fn run_publisher(
                 next_backoff(&mut backoff)
             }
         };
-        if Instant::now() >= next_purge {
-            next_purge = Instant::now() + PURGE_INTERVAL;
-            if let Err(e) = store.purge_expired().await {
-                tracing::warn!(error = %e, "outbox purge failed");
-            }
-        }
         tokio::select! {
-            _ = wake.notified(), if delay == DEFAULT_OUTBOX_POLL => {}
+            _ = wake.notified(), if delay == OUTBOX_POLL => {}
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
-    flush(&store, sink.as_ref()).await;
+    flush(source.as_ref(), sink.as_ref()).await;
 }
 
 fn next_backoff(backoff: &mut Duration) -> Duration {
@@ -106,14 +133,81 @@ fn next_backoff(backoff: &mut Duration) -> Duration {
     current
 }
 
-async fn flush(store: &OutboxStore, sink: &dyn OutboxSink) {
-    let deadline = Instant::now() + DEFAULT_FLUSH_TIMEOUT;
+async fn flush(source: &dyn OutboxSource, sink: &dyn OutboxSink) {
+    let deadline = Instant::now() + FLUSH_TIMEOUT;
     while Instant::now() < deadline {
-        match store.drain(sink, DEFAULT_OUTBOX_BATCH).await {
+        match source.drain(sink, OUTBOX_BATCH).await {
             Ok(d) if d.more => {}
             Ok(d) if !d.failed => return,
             Ok(_) | Err(_) => tokio::time::sleep(OUTBOX_BACKOFF_MIN).await,
         }
     }
     tracing::warn!("outbox not fully flushed at shutdown; the next start publishes the rest");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A source whose every pass publishes a full batch and takes 100 ms:
+    /// constant load that never lets the loop rest.
+    #[derive(Default)]
+    struct AlwaysFull {
+        passes: AtomicUsize,
+        purges: AtomicUsize,
+    }
+
+    /// Passes of [`AlwaysFull`] in one [`PURGE_INTERVAL`].
+    const PASSES_PER_INTERVAL: usize = 600;
+
+    #[async_trait]
+    impl OutboxSource for AlwaysFull {
+        async fn drain(&self, _: &dyn OutboxSink, _: i64) -> Result<Drained, ApiError> {
+            tokio::time::sleep(PURGE_INTERVAL / PASSES_PER_INTERVAL as u32).await;
+            self.passes.fetch_add(1, Ordering::SeqCst);
+            Ok(Drained {
+                failed: false,
+                more: true,
+            })
+        }
+
+        async fn purge_expired(&self) -> Result<(), ApiError> {
+            self.purges.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    struct Accepting;
+
+    #[async_trait]
+    impl OutboxSink for Accepting {
+        async fn publish(&self, batch: &[(String, Vec<u8>)]) -> usize {
+            batch.len()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_batches_do_not_starve_the_purge() {
+        let source = Arc::new(AlwaysFull::default());
+        let (stop, stopped) = watch::channel(false);
+        let publisher = tokio::spawn(run_publisher(
+            source.clone(),
+            Arc::new(Accepting),
+            Arc::new(Notify::new()),
+            stopped,
+        ));
+        // Three and a half purge intervals of nothing but full batches.
+        while source.passes.load(Ordering::SeqCst) < PASSES_PER_INTERVAL * 7 / 2 {
+            tokio::time::sleep(PURGE_INTERVAL / PASSES_PER_INTERVAL as u32).await;
+        }
+        let _ = stop.send(true);
+        publisher.await.expect("publisher ends");
+        let purges = source.purges.load(Ordering::SeqCst);
+        assert!(
+            (4..=5).contains(&purges),
+            "one purge at start and one per interval, got {purges}"
+        );
+    }
 }

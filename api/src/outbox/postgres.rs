@@ -7,7 +7,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgPool;
 
-use super::{Drained, OutboxSink};
+use async_trait::async_trait;
+
+use super::{Drained, OutboxSink, OutboxSource};
 use crate::error::ApiError;
 use crate::store::purge_idempotency_keys;
 
@@ -28,11 +30,14 @@ impl OutboxStore {
     pub fn new(pool: PgPool) -> Self {
         OutboxStore { pool }
     }
+}
 
+#[async_trait]
+impl OutboxSource for OutboxStore {
     /// Publishes up to `max` unpublished events in order through `sink` and
     /// marks them published. Only one publisher across all API replicas
     /// runs at a time: a pass that does not get the lock does nothing.
-    pub async fn drain(&self, sink: &dyn OutboxSink, max: i64) -> Result<Drained, ApiError> {
+    async fn drain(&self, sink: &dyn OutboxSink, max: i64) -> Result<Drained, ApiError> {
         let mut tx = self.pool.begin().await?;
         let leader: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1)")
             .bind(OUTBOX_LOCK_KEY)
@@ -79,7 +84,7 @@ impl OutboxStore {
     /// Deletes published outbox rows and idempotency records past their
     /// retention (the publisher is the API's one periodic task, so it runs
     /// both), and updates the pending-events gauge.
-    pub async fn purge_expired(&self) -> Result<(), ApiError> {
+    async fn purge_expired(&self) -> Result<(), ApiError> {
         sqlx::query("delete from outbox where published_at < now() - make_interval(mins => $1)")
             .bind(OUTBOX_RETENTION_MIN as i32)
             .execute(&self.pool)

@@ -5,21 +5,21 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chorus_shared::ids::is_valid_user_id;
 use chorus_shared::protocol::{
-    AddMember, Community, CommunityList, CreateCommunity, MAX_COMMUNITY_NAME_CHARS, Member,
-    MemberList, MemberRole, Presence,
+    AddMember, Community, CommunityList, CreateCommunity, MAX_COMMUNITY_NAME_CHARS,
+    MAX_MEMBERS_PAGE_LIMIT, Member, MemberList, MemberRole, Presence,
 };
 
 use super::{access, trimmed};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Authed, Body, parse_id};
-use crate::state::AppState;
+use crate::extract::{Authed, Body, Params, parse_id};
+use crate::state::{AppState, Bucket};
 
 pub async fn create(
     State(state): State<AppState>,
     Authed(user): Authed,
     body: Body<CreateCommunity>,
 ) -> ApiResult<(StatusCode, Json<Community>)> {
-    state.check_rate(&user.id)?;
+    state.check_rate(Bucket::Write, &user.id)?;
     let name = trimmed(&body.value.name, "name", MAX_COMMUNITY_NAME_CHARS)?;
     let c = state
         .store()
@@ -49,7 +49,7 @@ pub async fn join(
     if !a.community.is_public && !user.is_official() {
         return Err(ApiError::Forbidden("this community is private"));
     }
-    state.check_rate(&user.id)?;
+    state.check_rate(Bucket::Write, &user.id)?;
     state
         .store()
         .add_member(id, &user.id, MemberRole::Member)
@@ -75,7 +75,7 @@ pub async fn add_member(
             "userId must be 1-64 characters of [A-Za-z0-9_.-]",
         ));
     }
-    state.check_rate(&user.id)?;
+    state.check_rate(Bucket::Write, &user.id)?;
     let member = state
         .store()
         .add_member(id, &body.value.user_id, MemberRole::Member)
@@ -95,7 +95,7 @@ pub async fn remove_member(
             "only the member, the owner or an official can remove a member",
         ));
     }
-    state.check_rate(&user.id)?;
+    state.check_rate(Bucket::Write, &user.id)?;
     if state.store().remove_member(id, &target).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -103,18 +103,35 @@ pub async fn remove_member(
     }
 }
 
+/// `GET /api/communities/{id}/members?limit=&after=`: a page ordered by
+/// user id.
 pub async fn members(
     State(state): State<AppState>,
     Authed(user): Authed,
     Path(id): Path<String>,
+    params: Params,
 ) -> ApiResult<Json<MemberList>> {
     let id = parse_id(&id, "community")?;
+    let limit = params.limit_up_to(MAX_MEMBERS_PAGE_LIMIT, MAX_MEMBERS_PAGE_LIMIT)?;
+    let after = match params.get("after") {
+        Some(a) if !is_valid_user_id(a) => {
+            return Err(ApiError::bad_request("after must be a user id"));
+        }
+        after => after,
+    };
     let a = access(&state, id, &user.id).await?;
     if !a.can_read(&user) {
         return Err(ApiError::Forbidden("only members can list members"));
     }
-    let members = state.store().members(id).await?;
-    Ok(Json(MemberList { members }))
+    let page = state.store().members(id, after, limit).await?;
+    let next_after = page
+        .more
+        .then(|| page.items.last().map(|m| m.user_id.clone()))
+        .flatten();
+    Ok(Json(MemberList {
+        members: page.items,
+        next_after,
+    }))
 }
 
 pub async fn presence(
@@ -127,6 +144,6 @@ pub async fn presence(
     if !a.can_read(&user) {
         return Err(ApiError::Forbidden("only members can see presence"));
     }
-    let online = state.live().online(id).await?;
+    let online = state.live().online(id).await?.as_ref().clone();
     Ok(Json(Presence { online }))
 }

@@ -1,5 +1,7 @@
 //! Gateway-only endpoints (service token required): what gateways need from
-//! storage without touching Postgres themselves. Not for public routing.
+//! storage without touching Postgres themselves. Served on the admin
+//! listener only (`CHORUS_API_INTERNAL_URL` on the gateways); the public
+//! listener answers 404 there.
 
 use axum::Json;
 use axum::extract::{Path, State};

@@ -1,5 +1,7 @@
 //! Messages: create (with `Idempotency-Key`), history pages, deletion.
 
+use std::collections::HashSet;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -11,13 +13,15 @@ use sha2::{Digest, Sha256};
 use super::trimmed;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Authed, Body, Params, parse_id};
-use crate::state::AppState;
+use crate::state::{AppState, Bucket};
 use crate::store::{HistoryCursor, IdempotencyBegin, NewMessage};
 
-/// Most users one message may mention: a bound on the notification fan-out
-/// a single request can cause (Discord's own cap on mass mentions is in
-/// this range).
-pub const DEFAULT_MAX_MENTIONS: usize = 50;
+/// Most entries a message's `mentions` may hold: a bound on the
+/// notification fan-out a single request can cause (Discord's own cap on
+/// mass mentions is in this range). Entries are counted as sent,
+/// duplicates included, so an over-long list is refused before any work
+/// per entry; a client has no reason to name a user twice.
+pub const MAX_MENTIONS: usize = 50;
 
 /// Longest accepted `Idempotency-Key` (UUIDs and ULIDs fit easily).
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -31,7 +35,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Body<SendMessage>,
 ) -> ApiResult<Response> {
-    state.check_rate(&user.id)?;
+    state.check_rate(Bucket::Message, &user.id)?;
     let Some(key) = idempotency_key(&headers)? else {
         let message = send(&state, &user, &body.value, None).await?;
         return Ok((StatusCode::CREATED, Json(message)).into_response());
@@ -77,19 +81,21 @@ async fn send(
     req: &SendMessage,
     key: Option<&str>,
 ) -> ApiResult<Message> {
-    let community_id = parse_id(&req.community_id, "community")?;
-    let content = trimmed(&req.content, "content", MAX_MESSAGE_CHARS)?;
-    let mut mentions: Vec<String> = Vec::new();
-    for m in req.mentions.iter().flatten() {
-        if !mentions.contains(m) {
-            mentions.push(m.clone());
-        }
-    }
-    if mentions.len() > DEFAULT_MAX_MENTIONS {
+    let requested = req.mentions.as_deref().unwrap_or_default();
+    if requested.len() > MAX_MENTIONS {
         return Err(ApiError::bad_request(format!(
-            "at most {DEFAULT_MAX_MENTIONS} users can be mentioned"
+            "mentions may hold at most {MAX_MENTIONS} entries"
         )));
     }
+    let community_id = parse_id(&req.community_id, "community")?;
+    let content = trimmed(&req.content, "content", MAX_MESSAGE_CHARS)?;
+    // First occurrence wins, in the client's order.
+    let mut seen = HashSet::with_capacity(requested.len());
+    let mentions: Vec<String> = requested
+        .iter()
+        .filter(|m| seen.insert(m.as_str()))
+        .cloned()
+        .collect();
     state
         .store()
         .create_message(NewMessage {
@@ -182,7 +188,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = parse_id(&id, "message")?;
-    state.check_rate(&user.id)?;
+    state.check_rate(Bucket::Write, &user.id)?;
     state.store().delete_message(id, &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,5 +1,6 @@
-//! HTTP routes: the public contract under `/api`, gateway-only endpoints
-//! under `/internal`, and the admin listener's operational endpoints.
+//! HTTP routes: the public contract under `/api` (the public listener),
+//! and on the admin listener the operational endpoints plus the
+//! gateway-only endpoints under `/internal`.
 
 mod communities;
 mod internal;
@@ -12,6 +13,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -22,7 +24,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use chorus_shared::auth::AuthUser;
 
-/// The public (and internal) router.
+/// The public router: the contract's `/api/*`, nothing else.
 pub fn api_router(state: AppState) -> Router {
     Router::new()
         .route(
@@ -61,11 +63,6 @@ pub fn api_router(state: AppState) -> Router {
             "/api/notifications-broadcast/{id}",
             delete(notifications::delete),
         )
-        .route("/internal/communities/{id}/events", get(internal::events))
-        .route(
-            "/internal/communities/{id}/access/{user_id}",
-            get(internal::access),
-        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -73,31 +70,73 @@ pub fn api_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> ApiError {
+/// The gateway-only endpoints (service token), served on the admin
+/// listener with the same error envelope and request metrics as `/api/*`.
+pub(crate) fn internal_routes() -> Router<AppState> {
+    Router::new()
+        .route("/internal/communities/{id}/events", get(internal::events))
+        .route(
+            "/internal/communities/{id}/access/{user_id}",
+            get(internal::access),
+        )
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(track))
+}
+
+pub(crate) async fn not_found() -> ApiError {
     ApiError::NotFound("route")
 }
 
 async fn method_not_allowed() -> Response {
     let (_, body) = ApiError::bad_request("method not allowed on this path").body();
-    (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 
-/// Request count and latency by route and status.
+/// The `route` label of requests no route matched (404) and of requests
+/// whose method a route does not serve (405): one label for both, so
+/// neither a client's paths nor its methods can add series.
+const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Request count and latency by route template, method and status. Every
+/// label value comes from a fixed set: the route templates of this router,
+/// [`method_label`]'s methods and the statuses the handlers produce, so the
+/// number of series is bounded whatever clients send.
 async fn track(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+        .map(|p| p.as_str().to_owned());
+    let method = method_label(req.method());
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
+    let status = resp.status();
+    let route = match route {
+        Some(r) if status != StatusCode::METHOD_NOT_ALLOWED => r,
+        _ => UNMATCHED_ROUTE.to_owned(),
+    };
+    let labels = [
+        ("method", method.to_owned()),
+        ("route", route),
+        ("status", status.as_u16().to_string()),
+    ];
     metrics::counter!("chorus_api_requests_total", &labels).increment(1);
     metrics::histogram!("chorus_api_request_duration_seconds", &labels)
         .record(start.elapsed().as_secs_f64());
     resp
+}
+
+/// The `method` label: the methods HTTP APIs use, anything else `other`.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// How a user relates to a community.

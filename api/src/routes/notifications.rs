@@ -15,7 +15,7 @@ use chorus_shared::protocol::{
 use super::trimmed;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Authed, Body, Params, parse_id};
-use crate::state::AppState;
+use crate::state::{AppState, Bucket};
 use crate::store::NewNotification;
 
 /// Default notification page size (contract).
@@ -54,7 +54,7 @@ pub async fn create(
     {
         return Err(ApiError::bad_request("data must be at most 8 KiB of JSON"));
     }
-    state.check_rate(&user.id)?;
+    state.check_rate(Bucket::Write, &user.id)?;
     let n = state
         .store()
         .create_notification(NewNotification {
@@ -98,6 +98,7 @@ pub async fn read(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Notification>> {
     let id = parse_id(&id, "notification")?;
+    state.check_rate(Bucket::Write, &user.id)?;
     state
         .store()
         .mark_read(&user.id, id)
@@ -110,6 +111,7 @@ pub async fn read_all(
     State(state): State<AppState>,
     Authed(user): Authed,
 ) -> ApiResult<Json<ReadAll>> {
+    state.check_rate(Bucket::Write, &user.id)?;
     let updated = state.store().mark_all_read(&user.id).await?;
     Ok(Json(ReadAll { updated }))
 }
@@ -120,6 +122,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = parse_id(&id, "notification")?;
+    state.check_rate(Bucket::Write, &user.id)?;
     if state.store().delete_notification(&user.id, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -1,5 +1,6 @@
-//! The admin listener: liveness, readiness and Prometheus metrics. Kept off
-//! the public port so a load balancer never exposes it.
+//! The admin listener: liveness, readiness, Prometheus metrics and the
+//! gateways' `/internal/*` endpoints. Kept off the public port so a load
+//! balancer never exposes it.
 
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(move || std::future::ready(handle.render())))
+        .merge(super::internal_routes())
+        .fallback(super::not_found)
         .with_state(state)
 }
 

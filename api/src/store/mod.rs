@@ -144,7 +144,14 @@ pub trait CommunityStore: Send + Sync {
     ) -> Result<Member, ApiError>;
     /// Removes a member and emits `membership-revoked`; false if not a member.
     async fn remove_member(&self, community_id: Uuid, user_id: &str) -> Result<bool, ApiError>;
-    async fn members(&self, community_id: Uuid) -> Result<Vec<Member>, ApiError>;
+    /// Up to `limit` members with user ids after `after` (from the first
+    /// when `None`), ordered by user id.
+    async fn members(
+        &self,
+        community_id: Uuid,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Page<Member>, ApiError>;
 }
 
 /// Messages and the sequenced events of a community.

@@ -25,6 +25,8 @@ pub use chorus_testkit::{
 pub struct Opts {
     pub message_rate: f64,
     pub message_burst: u32,
+    pub write_rate: f64,
+    pub write_burst: u32,
     pub redis_url: String,
     pub database_url: Option<String>,
 }
@@ -34,9 +36,34 @@ impl Default for Opts {
         Opts {
             message_rate: 0.0,
             message_burst: 40,
+            write_rate: 0.0,
+            write_burst: 100,
             redis_url: env_url("REDIS_URL"),
             database_url: None,
         }
+    }
+}
+
+/// Settings of a test API over `database_url`.
+pub fn serve_args(opts: &Opts, database_url: &str) -> ServeArgs {
+    ServeArgs {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        db: DbArgs {
+            database_url: database_url.to_owned(),
+            db_max_connections: 20,
+        },
+        redis_url: opts.redis_url.clone(),
+        internal_token: INTERNAL_TOKEN.into(),
+        jwt: JwtArgs::with_secret(SECRET),
+        message_rate: opts.message_rate,
+        message_burst: opts.message_burst,
+        write_rate: opts.write_rate,
+        write_burst: opts.write_burst,
+        no_migrate: false,
+        log: LogArgs {
+            log_format: LogFormat::Text,
+        },
     }
 }
 
@@ -74,27 +101,11 @@ impl Api {
 
     pub async fn start_with(opts: Opts) -> Api {
         chorus_testkit::init_logging();
-        let database_url = match opts.database_url {
+        let database_url = match opts.database_url.clone() {
             Some(u) => u,
             None => fresh_database().await,
         };
-        let args = ServeArgs {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            admin_addr: "127.0.0.1:0".parse().unwrap(),
-            db: DbArgs {
-                database_url: database_url.clone(),
-                db_max_connections: 20,
-            },
-            redis_url: opts.redis_url,
-            internal_token: INTERNAL_TOKEN.into(),
-            jwt: JwtArgs::with_secret(SECRET),
-            message_rate: opts.message_rate,
-            message_burst: opts.message_burst,
-            no_migrate: false,
-            log: LogArgs {
-                log_format: LogFormat::Text,
-            },
-        };
+        let args = serve_args(&opts, &database_url);
         let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (url, admin_url) = (

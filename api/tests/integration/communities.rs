@@ -2,7 +2,7 @@
 //! non-member, owner and official on every community endpoint.
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::*;
 
@@ -226,4 +226,92 @@ async fn member_management_matrix() {
         let r = api.call(m, &p, Some(&owner), None).await;
         assert_eq!((r.status, r.code()), (404, "not_found"), "{p}");
     }
+}
+
+#[tokio::test]
+async fn members_are_paged_by_user_id() {
+    let api = Api::start().await;
+    let owner_id = uid("owner");
+    let owner = token(&owner_id);
+    let c = api.community(&owner, "paged", true).await;
+    let p = uid("m");
+    // Every character class of a user id, so the order is seen to be
+    // bytewise: - 0 A Z _ a b.
+    let mut ids: Vec<String> = ["b", "A", "a", "_", "-", "0", "Z"]
+        .iter()
+        .map(|s| format!("{p}.{s}"))
+        .collect();
+    for id in &ids {
+        api.add(&owner, &c, id).await;
+    }
+    ids.push(owner_id.clone());
+    ids.sort();
+    let path = format!("/api/communities/{c}/members");
+
+    let all = api.get(&path, &owner).await;
+    assert_eq!(all.status, 200);
+    assert_eq!(
+        all.body["nextAfter"],
+        Value::Null,
+        "everything fits the default page"
+    );
+    assert_eq!(user_ids(&all.body), ids);
+
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let q = match &after {
+            Some(a) => format!("{path}?limit=3&after={a}"),
+            None => format!("{path}?limit=3"),
+        };
+        let r = api.get(&q, &owner).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        pages += 1;
+        let page = user_ids(&r.body);
+        assert!(page.len() <= 3);
+        paged.extend(page);
+        match r.body["nextAfter"].as_str() {
+            Some(next) => {
+                assert_eq!(Some(next), paged.last().map(String::as_str));
+                after = Some(next.to_owned());
+            }
+            None => break,
+        }
+    }
+    assert_eq!((paged, pages), (ids.clone(), 3), "8 members in pages of 3");
+    // A page that ends exactly at the last member says there is no more.
+    let r = api
+        .get(&format!("{path}?limit=4&after={}", ids[3]), &owner)
+        .await;
+    assert_eq!(user_ids(&r.body), ids[4..].to_vec());
+    assert_eq!(r.body["nextAfter"], Value::Null);
+    // `after` need not be a member: the page starts after it.
+    let r = api.get(&format!("{path}?after={p}.Zz"), &owner).await;
+    assert_eq!(user_ids(&r.body)[0], format!("{p}._"));
+    assert_eq!(
+        api.get(&format!("{path}?limit=1000"), &owner).await.status,
+        200
+    );
+
+    for q in [
+        "limit=0",
+        "limit=1001",
+        "limit=-1",
+        "limit=x",
+        "after=bad%20id",
+        "after=",
+    ] {
+        let r = api.get(&format!("{path}?{q}"), &owner).await;
+        assert_eq!((r.status, r.code()), (400, "bad_request"), "{q}");
+    }
+}
+
+fn user_ids(body: &Value) -> Vec<String> {
+    body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["userId"].as_str().unwrap().to_owned())
+        .collect()
 }

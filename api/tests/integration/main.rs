@@ -14,4 +14,5 @@ mod messages;
 mod notifications;
 mod ops;
 mod outbox;
+mod presence;
 mod sequencing;

@@ -317,6 +317,45 @@ async fn mentions_keep_members_and_notify_them() {
         )
         .await;
     assert_eq!(r.code(), "bad_request");
+    let fifty: Vec<String> = (0..50).map(|i| format!("u{}", i % 5)).collect();
+    let r = api
+        .post(
+            "/api/messages-realtime",
+            &alice,
+            json!({"communityId": c, "content": "x", "mentions": fifty}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "50 entries, duplicates included, are fine");
+}
+
+#[tokio::test]
+async fn an_over_long_mention_list_is_refused_whatever_its_duplicates() {
+    let api = Api::start().await;
+    let alice = token(&uid("alice"));
+    let c = api.community(&alice, "mentions", true).await;
+    // A body just under 64 KiB of ~12k short mentions of ten users: ten
+    // distinct users, but far more than 50 entries.
+    let base = format!(r#"{{"communityId":"{c}","content":"x","mentions":[]}}"#);
+    let entries = (64 * 1024 - base.len()) / r#""u0","#.len();
+    let list: Vec<String> = (0..entries).map(|i| format!(r#""u{}""#, i % 10)).collect();
+    let body = base.replace("[]", &format!("[{}]", list.join(",")));
+    assert!(
+        body.len() <= 64 * 1024 && entries > 12_000,
+        "{} {entries}",
+        body.len()
+    );
+    let r = into_resp(
+        api.http
+            .post(format!("{}/api/messages-realtime", api.url))
+            .bearer_auth(&alice)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (400, "bad_request"), "{:?}", r.body);
 }
 
 #[tokio::test]
@@ -361,29 +400,84 @@ async fn body_limits_malformed_json_and_unknown_routes() {
     assert_eq!(r.code(), "bad_request");
 }
 
+/// Slowest configurable refill, so a burst test does not depend on how long
+/// its requests take: within the test no token comes back.
+const NO_REFILL: f64 = 0.001;
+
 #[tokio::test]
-async fn writes_are_rate_limited_per_user_with_retry_after() {
+async fn messages_and_other_writes_draw_from_separate_buckets() {
     let api = Api::start_with(Opts {
-        message_rate: 1.0,
-        message_burst: 3,
+        message_rate: NO_REFILL,
+        message_burst: 40,
+        write_rate: NO_REFILL,
+        write_burst: 100,
         ..Opts::default()
     })
     .await;
-    let (alice, bob_id) = (token(&uid("alice")), uid("bob"));
-    let c = api.community(&alice, "limited", true).await; // 1 token
-    api.send(&alice, &c, "1").await;
-    api.send(&alice, &c, "2").await;
+    let (owner_id, bob_id) = (uid("owner"), uid("bob"));
+    let owner = token(&owner_id);
+    let c = api.community(&owner, "big", true).await; // write 1
+    // 51 members in a burst: more than the message burst, no 429.
+    for i in 0..51 {
+        api.add(&owner, &c, &format!("m{i}-{owner_id}")).await; // writes 2-52
+    }
+    // Other kinds of write share the bucket: 48 more are the 100th.
+    for i in 0..48 {
+        let r = api
+            .post(
+                "/api/notifications-broadcast",
+                &owner,
+                json!({"userId": owner_id, "type": "t", "title": format!("{i}"), "message": ""}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "write {}: {:?}", 53 + i, r.body);
+    }
+    let r = api
+        .post(
+            &format!("/api/communities/{c}/members"),
+            &owner,
+            json!({"userId": "late"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (429, "rate_limited"),
+        "the 101st other write"
+    );
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1, "whole seconds: {retry}");
+    for (method, path) in [
+        (
+            Method::POST,
+            "/api/notifications-broadcast/read-all".to_owned(),
+        ),
+        (Method::POST, "/api/communities".to_owned()),
+        (
+            Method::DELETE,
+            format!("/api/communities/{c}/members/m0-{owner_id}"),
+        ),
+    ] {
+        let r = api
+            .call(method, &path, Some(&owner), Some(json!({"name": "x"})))
+            .await;
+        assert_eq!(r.code(), "rate_limited", "{path}");
+    }
+
+    // Messages have their own bucket: 40, then 429.
+    for i in 0..40 {
+        api.send(&owner, &c, &format!("{i}")).await;
+    }
     let r = api
         .post(
             "/api/messages-realtime",
-            &alice,
-            json!({"communityId": c, "content": "3"}),
+            &owner,
+            json!({"communityId": c, "content": "41st"}),
         )
         .await;
     assert_eq!((r.status, r.code()), (429, "rate_limited"));
-    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((1..=2).contains(&retry), "whole seconds: {retry}");
-    // Another user has their own bucket.
+    assert!(r.headers.contains_key("retry-after"));
+    // Reads are never limited; another user has their own buckets.
+    assert_eq!(api.get("/api/communities", &owner).await.status, 200);
     let bob = token(&bob_id);
     let r = api
         .post(&format!("/api/communities/{c}/join"), &bob, json!({}))

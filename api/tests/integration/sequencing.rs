@@ -2,8 +2,10 @@
 //! take a seq, and the internal backfill endpoint returns exactly the
 //! committed events.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
+use chorus_shared::envelope::{Envelope, user_channel};
+use chorus_shared::protocol::ServerEvent;
 use reqwest::Method;
 use serde_json::json;
 
@@ -71,10 +73,11 @@ async fn backfill_returns_every_event_after_a_seq_in_order() {
     )
     .await; // 6
 
+    // On the admin listener, with the service token.
     let internal = |path: String| {
         let req = api
             .http
-            .get(format!("{}{path}", api.url))
+            .get(format!("{}{path}", api.admin_url))
             .bearer_auth(INTERNAL_TOKEN);
         async move { into_resp(req.send().await.unwrap()).await }
     };
@@ -129,17 +132,103 @@ async fn backfill_returns_every_event_after_a_seq_in_order() {
     assert_eq!(r.body["headSeq"], 6);
 
     // Without the service token (or with a user token) it is refused.
-    let r = api
-        .call(
-            Method::GET,
-            &format!("/internal/communities/{c}/events"),
-            None,
-            None,
-        )
-        .await;
-    assert_eq!((r.status, r.code()), (401, "unauthorized"));
-    let r = api
-        .get(&format!("/internal/communities/{c}/events"), &alice)
-        .await;
-    assert_eq!((r.status, r.code()), (401, "unauthorized"));
+    let events = format!("/internal/communities/{c}/events");
+    let admin = |token: Option<&str>| {
+        let mut req = api.http.get(format!("{}{events}", api.admin_url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { into_resp(req.send().await.unwrap()).await }
+    };
+    for t in [None, Some(alice.as_str()), Some("not-the-token")] {
+        let r = admin(t).await;
+        assert_eq!((r.status, r.code()), (401, "unauthorized"), "{t:?}");
+    }
+    // The public listener does not serve it at all, token or not.
+    for t in [Some(INTERNAL_TOKEN), Some(alice.as_str()), None] {
+        let r = api.call(Method::GET, &events, t, None).await;
+        assert_eq!((r.status, r.code()), (404, "not_found"), "{t:?}");
+        let r = api
+            .call(
+                Method::GET,
+                &format!("/internal/communities/{c}/access/nobody"),
+                t,
+                None,
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (404, "not_found"), "{t:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_is_never_accepted_after_its_senders_removal() {
+    const ROUNDS: usize = 60;
+    const POSTS_PER_ROUND: usize = 5;
+    let api = Api::start().await;
+    let owner = token(&uid("owner"));
+    let c = api.community(&owner, "racy", true).await;
+    let (mut accepted, mut refused) = (0, 0);
+    let mut posters = Vec::new();
+    for round in 0..ROUNDS {
+        let poster = uid(&format!("poster{round}"));
+        api.add(&owner, &c, &poster).await;
+        let mut tasks = Vec::new();
+        for i in 0..POSTS_PER_ROUND {
+            let (http, url, t, c) = (api.http.clone(), api.url.clone(), token(&poster), c.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = http
+                    .post(format!("{url}/api/messages-realtime"))
+                    .bearer_auth(&t)
+                    .json(&json!({"communityId": c, "content": format!("{round}.{i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                into_resp(r).await
+            }));
+        }
+        let removal = api
+            .delete(&format!("/api/communities/{c}/members/{poster}"), &owner)
+            .await;
+        assert_eq!(removal.status, 204);
+        for t in tasks {
+            let p = t.await.unwrap();
+            match (p.status, p.code()) {
+                (201, _) => accepted += 1,
+                (403, "forbidden") => refused += 1,
+                other => panic!("unexpected answer {other:?}: {:?}", p.body),
+            }
+        }
+        posters.push(poster);
+    }
+    assert_eq!(accepted + refused, ROUNDS * POSTS_PER_ROUND);
+
+    // In outbox (commit) order, no new-message of a user follows their
+    // membership-revoked.
+    let pool = sqlx::PgPool::connect(&api.database_url).await.unwrap();
+    let rows: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("select channel, payload from outbox order by id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut revoked = HashSet::new();
+    let mut messages = 0;
+    for (channel, payload) in rows {
+        match Envelope::decode(&payload).unwrap().event {
+            ServerEvent::MembershipRevoked(_) => {
+                revoked.insert(channel);
+            }
+            ServerEvent::NewMessage(m) => {
+                messages += 1;
+                assert!(
+                    !revoked.contains(&user_channel(&m.message.sender.id)),
+                    "{}'s message {:?} committed after their removal",
+                    m.message.sender.id,
+                    m.message.content
+                );
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(revoked.len(), ROUNDS);
+    assert_eq!(messages, accepted);
 }

@@ -1,5 +1,6 @@
-//! The real API client, over HTTP. Internal endpoints use the service
-//! token; writes made over a socket use the user's own token.
+//! The real API client, over HTTP. Internal endpoints are on the API's
+//! admin listener and use the service token; requests on a user's behalf
+//! go to its public listener with the user's own token.
 
 use std::sync::Arc;
 
@@ -35,7 +36,10 @@ const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct HttpApi {
     http: reqwest::Client,
+    /// The public listener (`CHORUS_API_URL`).
     base: String,
+    /// The admin listener (`CHORUS_API_INTERNAL_URL`).
+    internal_base: String,
     internal_token: String,
     /// Bounds requests in flight: a reconnect storm queues here instead of
     /// opening thousands of connections to the API.
@@ -43,12 +47,21 @@ pub struct HttpApi {
 }
 
 impl HttpApi {
-    pub fn new(base: &str, internal_token: &str) -> Result<Self, GatewayError> {
-        Self::with_slots(base, internal_token, MAX_IN_FLIGHT)
+    pub fn new(
+        base: &str,
+        internal_base: &str,
+        internal_token: &str,
+    ) -> Result<Self, GatewayError> {
+        Self::with_slots(base, internal_base, internal_token, MAX_IN_FLIGHT)
     }
 
     /// A client with `slots` requests in flight at most.
-    fn with_slots(base: &str, internal_token: &str, slots: usize) -> Result<Self, GatewayError> {
+    fn with_slots(
+        base: &str,
+        internal_base: &str,
+        internal_token: &str,
+        slots: usize,
+    ) -> Result<Self, GatewayError> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .pool_max_idle_per_host(slots)
@@ -57,6 +70,7 @@ impl HttpApi {
         Ok(HttpApi {
             http,
             base: base.trim_end_matches('/').to_owned(),
+            internal_base: internal_base.trim_end_matches('/').to_owned(),
             internal_token: internal_token.to_owned(),
             permits: Arc::new(Semaphore::new(slots)),
         })
@@ -92,7 +106,7 @@ impl Api for HttpApi {
     async fn access(&self, community: Uuid, user: &str) -> Result<CommunityAccess, GatewayError> {
         self.internal_get(format!(
             "{}/internal/communities/{community}/access/{user}",
-            self.base
+            self.internal_base
         ))
         .await
     }
@@ -105,7 +119,7 @@ impl Api for HttpApi {
     ) -> Result<EventsPage, GatewayError> {
         self.internal_get(format!(
             "{}/internal/communities/{community}/events?after={after}&limit={limit}",
-            self.base
+            self.internal_base
         ))
         .await
     }
@@ -197,7 +211,7 @@ mod tests {
                 held.push(s);
             }
         });
-        let api = HttpApi::with_slots(&base, "t", 1).expect("client");
+        let api = HttpApi::with_slots(&base, &base, "t", 1).expect("client");
         let first = {
             let api = api.clone();
             tokio::spawn(async move { api.unread_count("u").await })

@@ -23,6 +23,14 @@ use crate::handle::{ConnHandle, Outbound};
 /// flush under load, small enough that a close is seen between batches.
 const WRITE_BATCH: usize = 64;
 
+/// How long one socket write may make no progress before the client counts
+/// as a slow consumer (4009). Longer than the queue's one-second rule on
+/// purpose: with any traffic the queue fills and closes the connection
+/// first; this bounds the quiet case (a client that stopped reading in a
+/// quiet room) without mistaking a moment of CPU starvation, when the
+/// writer is not polled, for a stalled client.
+const WRITE_STALL: Duration = Duration::from_secs(10);
+
 /// How long the final frames and the close frame may take before the TCP
 /// connection is dropped (contract: a slow consumer's 4009 is tried for
 /// 1 s).
@@ -129,16 +137,16 @@ fn close_now(handle: &ConnHandle, code: u16) -> u16 {
 /// How a batch write ended.
 enum Written {
     All,
-    /// One write made no progress for [`close::SLOW_CONSUMER_GRACE`]: the
-    /// client stopped reading.
+    /// One write made no progress for [`WRITE_STALL`]: the client stopped
+    /// reading.
     Stalled,
     /// The socket failed (the client is gone).
     Failed,
 }
 
-/// One socket operation, bounded by the slow-consumer grace.
+/// One socket operation, bounded by [`WRITE_STALL`].
 async fn bounded<E>(op: impl Future<Output = Result<(), E>>) -> Result<(), Written> {
-    match tokio::time::timeout(close::SLOW_CONSUMER_GRACE, op).await {
+    match tokio::time::timeout(WRITE_STALL, op).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(Written::Failed),
         Err(_) => Err(Written::Stalled),

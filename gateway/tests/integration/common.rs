@@ -77,6 +77,8 @@ pub async fn start_api(database_url: &str, redis_url: &str) -> Service {
         jwt: JwtArgs::with_secret(SECRET),
         message_rate: 0.0,
         message_burst: 40,
+        write_rate: 0.0,
+        write_burst: 100,
         no_migrate: false,
         log: LogArgs {
             log_format: LogFormat::Text,
@@ -162,6 +164,7 @@ pub async fn start_gateway(api: &Service, opts: GwOpts) -> Service {
         addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         api_url: api.url.clone(),
+        api_internal_url: api.admin_url.clone(),
         internal_token: INTERNAL_TOKEN.into(),
         redis_url: opts.redis_url,
         gateway_id: Some(uid("gw")),

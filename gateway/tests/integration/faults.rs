@@ -199,6 +199,7 @@ impl GatewayProcess {
             .env("CHORUS_GATEWAY_ADDR", format!("127.0.0.1:{port}"))
             .env("CHORUS_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
             .env("CHORUS_API_URL", &api.url)
+            .env("CHORUS_API_INTERNAL_URL", &api.admin_url)
             .env("CHORUS_INTERNAL_TOKEN", INTERNAL_TOKEN)
             .env("CHORUS_JWT_SECRET", SECRET)
             .env("REDIS_URL", redis_url)

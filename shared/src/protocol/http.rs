@@ -54,10 +54,13 @@ pub struct CommunityList {
     pub communities: Vec<Community>,
 }
 
-/// `GET /api/communities/{id}/members`.
+/// `GET /api/communities/{id}/members`: a page ordered by `userId`;
+/// `nextAfter` is the `after` of the next page, null on the last.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MemberList {
     pub members: Vec<Member>,
+    pub next_after: Option<String>,
 }
 
 /// `GET /api/communities/{id}/presence`.

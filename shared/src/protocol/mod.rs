@@ -42,6 +42,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_WS_MESSAGE_BYTES: usize = MAX_BODY_BYTES;
 /// Page size bounds for history and notification listings.
 pub const MAX_PAGE_LIMIT: i64 = 100;
+/// Largest (and default) page of `GET /api/communities/{id}/members`
+/// (contract): member rows are small, so a thousand is one modest response.
+pub const MAX_MEMBERS_PAGE_LIMIT: i64 = 1000;
 /// Most events one `/internal/communities/{id}/events` request returns:
 /// ten default recovery windows, so a gap fill or a replay needs few round
 /// trips, while one response stays a few MiB at most.

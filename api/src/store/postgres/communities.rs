@@ -11,9 +11,9 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::users::ensure_user;
-use super::{PgStore, enqueue, now_ms};
+use super::{PgStore, enqueue, lock_community, now_ms};
 use crate::error::ApiError;
-use crate::store::CommunityStore;
+use crate::store::{CommunityStore, Page};
 
 /// Postgres SQLSTATE for a foreign key violation.
 const FOREIGN_KEY_VIOLATION: &str = "23503";
@@ -182,6 +182,12 @@ impl CommunityStore for PgStore {
 
     async fn remove_member(&self, community_id: Uuid, user_id: &str) -> Result<bool, ApiError> {
         let mut tx = self.pool.begin().await?;
+        // Serializes with posting: a message of this user either committed
+        // before (and its event precedes `membership-revoked`) or will see
+        // the removal.
+        if !lock_community(&mut tx, community_id).await? {
+            return Ok(false);
+        }
         let removed =
             sqlx::query("delete from community_members where community_id = $1 and user_id = $2")
                 .bind(community_id)
@@ -208,14 +214,26 @@ impl CommunityStore for PgStore {
         Ok(removed)
     }
 
-    async fn members(&self, community_id: Uuid) -> Result<Vec<Member>, ApiError> {
+    async fn members(
+        &self,
+        community_id: Uuid,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Page<Member>, ApiError> {
+        // Keyset page on the (community_id, user_id) index. User ids are
+        // ASCII and compared bytewise (collate "C") so the order is the
+        // same on every database, whatever its default collation.
         let rows: Vec<MemberRow> = sqlx::query_as(
             "select m.user_id, u.name, u.avatar, m.role from community_members m \
-             join users u on u.id = m.user_id where m.community_id = $1 order by m.joined_at, m.user_id",
+             join users u on u.id = m.user_id \
+             where m.community_id = $1 and m.user_id collate \"C\" > $2 \
+             order by m.user_id collate \"C\" limit $3",
         )
         .bind(community_id)
+        .bind(after.unwrap_or(""))
+        .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        Ok(Page::from_overfetch(rows, limit))
     }
 }

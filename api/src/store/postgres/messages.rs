@@ -4,6 +4,8 @@
 //! and deletion are the two sequenced writes: both take their seq from
 //! [`next_seq`].
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use chorus_shared::auth::AuthUser;
 use chorus_shared::envelope::{Envelope, community_channel, user_channel};
@@ -74,42 +76,40 @@ fn preview(content: &str) -> String {
 impl MessageStore for PgStore {
     async fn create_message(&self, new: NewMessage<'_>) -> Result<Message, ApiError> {
         let mut tx = self.pool.begin().await?;
-        let access: Option<(Option<String>,)> = sqlx::query_as(
-            "select m.role from communities c left join community_members m \
-             on m.community_id = c.id and m.user_id = $2 where c.id = $1",
+        // The community row lock comes first (`next_seq` takes it) and the
+        // membership check runs under it. `remove_member` takes the same
+        // lock before deleting, so a removal either committed before this
+        // check (which then sees it: 403) or waits until this message has
+        // committed; a message is never accepted after its sender's
+        // removal. A refused message rolls back and gives its seq back.
+        let seq = next_seq(&mut tx, new.community_id)
+            .await?
+            .ok_or(ApiError::NotFound("community"))?;
+        // The sender and the mentioned users who are members, in one query.
+        let mut asked: Vec<&str> = Vec::with_capacity(new.mentions.len() + 1);
+        asked.push(&new.sender.id);
+        asked.extend(new.mentions.iter().map(String::as_str));
+        let members: HashSet<String> = sqlx::query_scalar(
+            "select user_id from community_members where community_id = $1 and user_id = any($2)",
         )
         .bind(new.community_id)
-        .bind(&new.sender.id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        match access {
-            None => return Err(ApiError::NotFound("community")),
-            Some((None,)) => {
-                return Err(ApiError::Forbidden(
-                    "only members can post in this community",
-                ));
-            }
-            Some((Some(_),)) => {}
+        .bind(&asked)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        if !members.contains(&new.sender.id) {
+            return Err(ApiError::Forbidden(
+                "only members can post in this community",
+            ));
         }
-        let member_mentions: Vec<String> = if new.mentions.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_scalar(
-                "select user_id from community_members where community_id = $1 and user_id = any($2)",
-            )
-            .bind(new.community_id)
-            .bind(new.mentions)
-            .fetch_all(&mut *tx)
-            .await?
-        };
         // Keep the client's order, members only.
         let mentions: Vec<String> = new
             .mentions
             .iter()
-            .filter(|m| member_mentions.contains(m))
+            .filter(|m| members.contains(*m))
             .cloned()
             .collect();
-        let seq = next_seq(&mut tx, new.community_id).await?;
         let id = Uuid::now_v7();
         let created_at: DateTime<Utc> = sqlx::query_scalar(
             "insert into messages (id, community_id, seq, sender_id, content, mentions) \
@@ -258,7 +258,9 @@ impl MessageStore for PgStore {
                 "only the sender or an official can delete this message",
             ));
         }
-        let seq = next_seq(&mut tx, community_id).await?;
+        let seq = next_seq(&mut tx, community_id)
+            .await?
+            .ok_or(ApiError::NotFound("community"))?;
         // A concurrent delete may have won while we waited for the lock;
         // then this transaction rolls back and gives its seq back.
         let updated = sqlx::query(

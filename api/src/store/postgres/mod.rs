@@ -90,23 +90,45 @@ impl Store for PgStore {
     }
 }
 
-/// Takes the next seq of a community inside `tx`. This is the sequencing
-/// rule of Chorus, written only here: every sequenced change (creating or
-/// deleting a message) calls it, before it enqueues its events.
+/// Takes the next seq of a community inside `tx`; `None` if the community
+/// does not exist. This is the sequencing rule of Chorus, written only
+/// here: every sequenced change (creating or deleting a message) calls it,
+/// before it enqueues its events.
 ///
 /// The update takes the community's row lock and holds it until `tx` ends,
 /// so writers of one community queue behind each other and commit in seq
 /// order; a rolled-back transaction gives its number back, so committed
 /// seqs are gap-free; and outbox rows inserted after it get ids in seq
 /// order within the community, which is what the publisher relies on.
-/// Different communities never contend.
-async fn next_seq(tx: &mut Transaction<'_, Postgres>, community_id: Uuid) -> Result<i64, ApiError> {
+/// Different communities never contend. [`lock_community`] takes the same
+/// lock without taking a seq.
+async fn next_seq(
+    tx: &mut Transaction<'_, Postgres>,
+    community_id: Uuid,
+) -> Result<Option<i64>, ApiError> {
     Ok(sqlx::query_scalar(
         "update communities set head_seq = head_seq + 1 where id = $1 returning head_seq",
     )
     .bind(community_id)
-    .fetch_one(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await?)
+}
+
+/// Takes the community's row lock inside `tx`, the one [`next_seq`] takes
+/// (`for no key update` conflicts with the update's lock but not with the
+/// key-share locks that inserting members takes), and holds it until `tx`
+/// ends; false if the community does not exist. Removing a member takes it
+/// so that removal and posting serialize (see `create_message`).
+async fn lock_community(
+    tx: &mut Transaction<'_, Postgres>,
+    community_id: Uuid,
+) -> Result<bool, ApiError> {
+    let found: Option<i32> =
+        sqlx::query_scalar("select 1 from communities where id = $1 for no key update")
+            .bind(community_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(found.is_some())
 }
 
 /// Queues events in the outbox inside `tx`.

@@ -1,0 +1,89 @@
+//! `GET /api/communities/{id}/presence`: what the gateways wrote to Redis,
+//! read through a short-lived per-community snapshot.
+
+use std::time::Instant;
+
+use chorus_api::live::PRESENCE_SNAPSHOT_TTL;
+use chorus_shared::presence::{JOIN_SCRIPT, conns_key, entry, users_key};
+use chorus_testkit::{OwnRedis, free_port, wait_until};
+use fred::prelude::*;
+use fred::types::InfoKind;
+use serde_json::json;
+
+use crate::common::*;
+
+/// Puts `user` online in `community` the way a gateway does.
+async fn gateway_joins(redis: &Client, community: &str, user: &str) {
+    let c: uuid::Uuid = community.parse().unwrap();
+    let _: Value = redis
+        .eval(
+            JOIN_SCRIPT,
+            vec![conns_key(&c), users_key(&c)],
+            vec![entry(user, "gw-test"), user.to_owned(), "25000".to_owned()],
+        )
+        .await
+        .unwrap();
+}
+
+/// How many times Redis ran `command` so far.
+async fn calls(redis: &Client, command: &str) -> u64 {
+    let stats: String = redis.info(Some(InfoKind::CommandStats)).await.unwrap();
+    let key = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_read_from_redis_once_per_snapshot() {
+    // A Redis of this test's own, so its command counts are this test's.
+    let own = OwnRedis::start(free_port()).await;
+    let api = Api::start_with(Opts {
+        redis_url: own.url(),
+        ..Opts::default()
+    })
+    .await;
+    let redis = Builder::from_config(Config::from_url(&own.url()).unwrap())
+        .build()
+        .unwrap();
+    redis.init().await.unwrap();
+    let (alice_id, bob_id) = (uid("alice"), uid("bob"));
+    let alice = token(&alice_id);
+    let c = api.community(&alice, "present", true).await;
+    api.add(&alice, &c, &bob_id).await;
+    gateway_joins(&redis, &c, &alice_id).await;
+
+    let path = format!("/api/communities/{c}/presence");
+    let before = calls(&redis, "hkeys").await;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (http, url, t) = (
+            api.http.clone(),
+            format!("{}{path}", api.url),
+            alice.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            into_resp(http.get(url).bearer_auth(t).send().await.unwrap()).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, json!({"online": [alice_id]}));
+    }
+    let windows = start.elapsed().as_secs_f64() / PRESENCE_SNAPSHOT_TTL.as_secs_f64();
+    let reads = calls(&redis, "hkeys").await - before;
+    assert!(
+        reads as f64 <= windows.ceil() + 1.0,
+        "{reads} reads for 100 requests within {windows:.1} snapshot lifetimes"
+    );
+
+    // A change shows once the snapshot has aged out.
+    gateway_joins(&redis, &c, &bob_id).await;
+    let mut both = vec![alice_id.clone(), bob_id.clone()];
+    both.sort();
+    wait_until(|| async { api.get(&path, &alice).await.body == json!({"online": both}) }).await;
+}
