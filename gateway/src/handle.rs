@@ -33,6 +33,8 @@ pub struct ConnHandle {
     pub user_id: Arc<str>,
     pub name: Arc<str>,
     pub encoding: Encoding,
+    /// An official may be in any community without being a member.
+    pub official: bool,
     tx: mpsc::Sender<Outbound>,
     close_code: AtomicU32,
     closing: Notify,
@@ -60,12 +62,26 @@ impl ConnHandle {
         queue: usize,
         expires_at: tokio::time::Instant,
     ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+        Self::with_role(id, user_id, name, false, encoding, queue, expires_at)
+    }
+
+    /// [`ConnHandle::new`] for a user who may be an official.
+    pub fn with_role(
+        id: u64,
+        user_id: &str,
+        name: &str,
+        official: bool,
+        encoding: Encoding,
+        queue: usize,
+        expires_at: tokio::time::Instant,
+    ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let handle = Arc::new(ConnHandle {
             id,
             user_id: Arc::from(user_id),
             name: Arc::from(name),
             encoding,
+            official,
             tx,
             close_code: AtomicU32::new(0),
             closing: Notify::new(),

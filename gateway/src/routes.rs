@@ -153,10 +153,11 @@ async fn upgrade(
     };
     let me = Box::new(Identity { user, token });
     ws.on_upgrade(move |socket| {
-        let (conn, rx) = ConnHandle::new(
+        let (conn, rx) = ConnHandle::with_role(
             gw.hub().next_conn_id(),
             &me.user.id,
             &me.user.name,
+            me.user.is_official(),
             encoding,
             gw.admission().outbound_queue,
             expiry_instant(me.user.exp + gw.verifier().leeway_s()),

@@ -109,6 +109,7 @@ impl Session {
                 "at most {MAX_JOINS_PER_CONNECTION} communities per connection"
             )));
         }
+        let checked_at = self.gw.hub().revocation_epoch();
         let access = self.gw.api().access(community, &self.me.user.id).await?;
         if access.role.is_none() && !self.me.user.is_official() {
             return Err(GatewayError::Forbidden("not a member of this community"));
@@ -120,7 +121,7 @@ impl Session {
         let joined = match self
             .gw
             .hub()
-            .join(community, access.head_seq, conn, req.last_seq)
+            .join(community, access.head_seq, conn, req.last_seq, checked_at)
             .await
         {
             Ok(j) => j,

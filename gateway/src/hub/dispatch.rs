@@ -77,13 +77,20 @@ impl BackplaneSink for Hub {
 
     fn on_resync(&self) {
         let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
-        for room in rooms {
+        for room in &rooms {
             if room.ready.initialized() {
-                self.reconcile(&room);
+                self.reconcile(room);
             }
         }
+        // A `membership-revoked` published meanwhile is lost too.
+        let hub = self.clone();
+        tokio::spawn(async move { hub.recheck_memberships(rooms).await });
     }
 }
+
+/// Membership checks run at once after a resync: enough to use the API's
+/// parallelism, bounded so a large gateway does not flood it.
+const RECHECKS_IN_FLIGHT: usize = 32;
 
 impl Hub {
     fn on_user_event(&self, user: &str, event: ServerEvent) {
@@ -113,6 +120,62 @@ impl Hub {
                 });
             }
             _ => {}
+        }
+    }
+
+    /// Asks the API whether each local member (officials aside) still
+    /// belongs to each room, and revokes those who do not: the repair for
+    /// revocations lost while the backplane was away.
+    async fn recheck_memberships(&self, rooms: Vec<Arc<Room>>) {
+        let mut checks: Vec<(Arc<Room>, Arc<str>)> = Vec::new();
+        for room in rooms {
+            let users: std::collections::HashSet<Arc<str>> = room
+                .state()
+                .members
+                .values()
+                .filter(|m| !m.conn.official)
+                .map(|m| m.conn.user_id.clone())
+                .collect();
+            checks.extend(users.into_iter().map(|u| (room.clone(), u)));
+        }
+        for chunk in checks.chunks(RECHECKS_IN_FLIGHT) {
+            let answers = futures_util::future::join_all(
+                chunk
+                    .iter()
+                    .map(|(room, user)| self.inner.api.access(room.id, user)),
+            )
+            .await;
+            for ((room, user), answer) in chunk.iter().zip(answers) {
+                match answer {
+                    Ok(a) if a.role.is_none() => self.revoke_user(room, user).await,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(community = %room.id, error = %e, "membership recheck failed")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Revokes every local connection of `user` in `room`.
+    async fn revoke_user(&self, room: &Arc<Room>, user: &str) {
+        metrics::counter!("chorus_gateway_revocations_repaired_total").increment(1);
+        let conns: Vec<Arc<ConnHandle>> = room
+            .state()
+            .members
+            .values()
+            .filter(|m| *m.conn.user_id == *user)
+            .map(|m| m.conn.clone())
+            .collect();
+        let frame: Frame = Arc::new(SharedFrame::new(ServerEvent::MembershipRevoked(
+            chorus_shared::protocol::MembershipRevoked {
+                community_id: room.id,
+            },
+        )));
+        for c in conns {
+            if self.revoke(room.id, &c).await {
+                c.push_event(&frame);
+            }
         }
     }
 

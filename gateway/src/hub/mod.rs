@@ -68,6 +68,8 @@ struct HubInner {
     conn_count: AtomicUsize,
     all_closed: Notify,
     next_conn: AtomicU64,
+    /// Counts membership revocations heard (see `revocation_epoch`).
+    revocations: AtomicU64,
     subs: Subscriptions,
     recovery_window: i64,
     presence_limit: u64,
@@ -103,6 +105,7 @@ impl Hub {
                 conn_count: AtomicUsize::new(0),
                 all_closed: Notify::new(),
                 next_conn: AtomicU64::new(1),
+                revocations: AtomicU64::new(0),
                 recovery_window: config.recovery_window,
                 presence_limit: config.presence_limit,
             }),
@@ -160,21 +163,27 @@ impl Hub {
         Ok(())
     }
 
-    /// Joins `conn` to a community whose access was already checked (head
-    /// `head_seq` at that time), replaying from `last_seq` when given.
+    /// Joins `conn` to a community whose access was checked (head
+    /// `head_seq` at that time) after revocation epoch `checked_at`,
+    /// replaying from `last_seq` when given. A revocation heard since the
+    /// check refuses the join.
     pub async fn join(
         &self,
         community: Uuid,
         head_seq: i64,
         conn: &Arc<ConnHandle>,
         last_seq: Option<i64>,
+        checked_at: u64,
     ) -> Result<Joined, GatewayError> {
         loop {
             let room = lock(&self.inner.rooms)
                 .entry(community)
                 .or_insert_with(|| Arc::new(Room::new(community)))
                 .clone();
-            if let Some(joined) = self.join_room(&room, head_seq, conn, last_seq).await? {
+            if let Some(joined) = self
+                .join_room(&room, head_seq, conn, last_seq, checked_at)
+                .await?
+            {
                 return Ok(joined);
             }
             // The room was retired under us: take its successor.
@@ -187,6 +196,7 @@ impl Hub {
         head_seq: i64,
         conn: &Arc<ConnHandle>,
         last_seq: Option<i64>,
+        checked_at: u64,
     ) -> Result<Option<Joined>, GatewayError> {
         // The first joiner subscribes and sets the starting point;
         // concurrent joiners wait for the same initialization.
@@ -227,6 +237,13 @@ impl Hub {
             *n == 1
         };
 
+        // From here on a revocation finds the connection `joining` and
+        // marks it; one heard since the access check is in the user's log.
+        if !conn.official && self.revoked_since(&conn.user_id, room.id, checked_at) {
+            room.state().joining.remove(&conn.id);
+            self.release_user(room, conn).await;
+            return Err(GatewayError::Forbidden("membership revoked"));
+        }
         // If the connection closes meanwhile this future is dropped: the
         // session's `leave` then finds it in `joining` and releases it.
         let result = self.attach(room, head_seq, conn, last_seq).await;

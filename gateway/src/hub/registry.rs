@@ -21,6 +21,11 @@ use super::room::lock;
 use crate::error::GatewayError;
 use crate::handle::ConnHandle;
 
+/// Revocations remembered per user, to refuse joins whose access check
+/// came before one: a join takes a fraction of a second, so the last few
+/// revocations of a user are all that can race it.
+const REVOCATIONS_REMEMBERED: usize = 16;
+
 /// Notification ids remembered per user for de-duplication. The outbox
 /// re-publishes at most one batch (500 events) after a failure, so a repeat
 /// is never more than that many notifications behind its original; the
@@ -37,6 +42,8 @@ pub(super) struct UserEntry {
     /// ids as a set for O(1) lookups.
     recent: VecDeque<Uuid>,
     recent_set: HashSet<Uuid>,
+    /// The user's latest revocations: community and revocation epoch.
+    revoked: VecDeque<(Uuid, u64)>,
 }
 
 /// A connection slot of a user under the per-user cap, taken before the
@@ -170,6 +177,21 @@ impl Hub {
         }
     }
 
+    /// The revocation epoch now: a join's access check taken after it is
+    /// refused if a revocation with a later epoch arrives.
+    pub fn revocation_epoch(&self) -> u64 {
+        self.inner.revocations.load(Ordering::SeqCst)
+    }
+
+    /// Whether `user` lost membership of `community` after `epoch`.
+    pub(super) fn revoked_since(&self, user: &str, community: Uuid, epoch: u64) -> bool {
+        lock(&self.inner.users).get(user).is_some_and(|e| {
+            e.revoked
+                .iter()
+                .any(|&(c, at)| c == community && at > epoch)
+        })
+    }
+
     /// Marks a connection as wanting `notification` events.
     pub fn subscribe_notifications(&self, conn: &ConnHandle) {
         if let Some(e) = lock(&self.inner.users).get_mut(&conn.user_id) {
@@ -187,6 +209,13 @@ impl Hub {
     ) -> Option<Vec<(Arc<ConnHandle>, bool)>> {
         let mut users = lock(&self.inner.users);
         let e = users.get_mut(user)?;
+        if let ServerEvent::MembershipRevoked(r) = event {
+            let epoch = self.inner.revocations.fetch_add(1, Ordering::SeqCst) + 1;
+            if e.revoked.len() >= REVOCATIONS_REMEMBERED {
+                e.revoked.pop_front();
+            }
+            e.revoked.push_back((r.community_id, epoch));
+        }
         if let ServerEvent::Notification(n) = event {
             let id = n.notification.id;
             if !e.recent_set.insert(id) {

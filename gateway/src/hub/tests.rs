@@ -126,8 +126,10 @@ async fn join(
     last_seq: Option<i64>,
 ) -> Result<Joined, GatewayError> {
     use crate::api_client::Api;
+    let checked_at = hub.revocation_epoch();
     let access = api.access(community, &conn.user_id).await?;
-    hub.join(community, access.head_seq, conn, last_seq).await
+    hub.join(community, access.head_seq, conn, last_seq, checked_at)
+        .await
 }
 
 /// The next frame's event.
@@ -798,4 +800,53 @@ async fn a_refresh_keeps_local_users_and_sweeps_a_dead_gateways() {
         .await
         .expect("online");
     assert_eq!(online, ["w"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revocation_between_the_access_check_and_the_join_refuses_it() {
+    use crate::api_client::Api;
+    let mut f = Fixture::new(1000);
+    let (a, _rx) = f.conn("a", 64).await;
+    // The access check passes...
+    let checked_at = f.hub.revocation_epoch();
+    let access = f.api.access(f.community, "a").await.expect("access");
+    assert!(access.role.is_some());
+    // ...then the removal is heard, before the join reaches the room.
+    f.publish(&f.api.remove_member(f.community, "a"));
+    until(|| f.hub.revocation_epoch() > checked_at).await;
+    let r = f
+        .hub
+        .join(f.community, access.head_seq, &a, None, checked_at)
+        .await;
+    assert!(matches!(r, Err(GatewayError::Forbidden(_))), "{r:?}");
+    assert!(!f.hub.is_member(f.community, a.id));
+    assert!(f.hub.room(f.community).is_none(), "nothing left behind");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revocation_lost_with_the_backplane_is_repaired_on_reconnect() {
+    let mut f = Fixture::new(1000);
+    let (a, mut rx) = f.conn("a", 64).await;
+    let (b, mut rx_b) = f.conn("b", 64).await;
+    f.join(&a, None).await.expect("joined");
+    f.join(&b, None).await.expect("joined");
+    f.backplane.disconnect();
+    let _lost = f.api.remove_member(f.community, "a");
+    f.backplane.reconnect();
+    let revoked = loop {
+        match next(&mut rx).await {
+            ServerEvent::MembershipRevoked(r) => break r,
+            ServerEvent::UserJoined(_) => {}
+            other => panic!("expected membership-revoked, got {other:?}"),
+        }
+    };
+    assert_eq!(revoked.community_id, f.community);
+    assert!(!f.hub.is_member(f.community, a.id));
+    // b stays: the next message reaches b, and a no more (a notification
+    // sent to a afterwards is the next thing a gets).
+    f.hub.subscribe_notifications(&a);
+    f.post();
+    assert_eq!(seqs(&mut rx_b, 1).await, [1]);
+    f.publish(&notification("a", 0));
+    assert_eq!(title(next(&mut rx).await), "n0");
 }
