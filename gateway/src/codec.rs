@@ -220,4 +220,61 @@ mod tests {
             other => panic!("expected the text frame, got {other:?}"),
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Any JSON value, a few levels deep.
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(serde_json::Value::from),
+                ".{0,12}".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6)
+                        .prop_map(serde_json::Value::from),
+                    proptest::collection::btree_map("[a-z]{0,6}", inner, 0..6)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Any bytes, in either encoding: a frame or an error, never a
+            /// panic.
+            #[test]
+            fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let _ = decode_client(Encoding::Json, &bytes);
+                let _ = decode_client(Encoding::Msgpack, &bytes);
+            }
+
+            /// Any JSON value, sent as JSON or MessagePack: decoded exactly
+            /// when it is a map with a string `type`, an unsigned `ref` and
+            /// a map (or no) `data`.
+            #[test]
+            fn any_json_value_decodes_only_when_well_formed(v in json_value()) {
+                let well_formed = v.as_object().is_some_and(|m| {
+                    m.get("type").is_some_and(serde_json::Value::is_string)
+                        && m.get("ref").is_none_or(|r| r.is_null() || r.is_u64())
+                        && m.get("data").is_none_or(|d| d.is_null() || d.is_object())
+                });
+                let json = serde_json::to_vec(&v).expect("serializes");
+                prop_assert_eq!(decode_client(Encoding::Json, &json).is_ok(), well_formed);
+                let packed = match Encoding::Msgpack.encode(&v) {
+                    Message::Binary(b) => b,
+                    other => panic!("expected binary, got {other:?}"),
+                };
+                prop_assert_eq!(decode_client(Encoding::Msgpack, &packed).is_ok(), well_formed);
+            }
+        }
+    }
 }

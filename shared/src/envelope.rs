@@ -199,4 +199,38 @@ mod tests {
         assert_eq!(e.ts_ms, 5);
         assert_eq!(e.seq, None);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Any bytes from the backplane: an envelope or an error, never
+            /// a panic.
+            #[test]
+            fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = Envelope::decode(&bytes);
+            }
+
+            /// A real envelope with bytes flipped or cut: still no panic.
+            #[test]
+            fn damaged_envelopes_fail_cleanly(
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let event = ServerEvent::MembershipRevoked(crate::protocol::MembershipRevoked {
+                    community_id: Uuid::nil(),
+                });
+                let mut bytes = Envelope::new(Some(Uuid::nil()), Some(7), 1, event).encode();
+                for (i, b) in flips {
+                    let at = i.index(bytes.len());
+                    bytes[at] ^= b;
+                }
+                bytes.truncate(cut.index(bytes.len() + 1));
+                let _ = Envelope::decode(&bytes);
+            }
+        }
+    }
 }
