@@ -63,6 +63,7 @@ pub struct MemoryApi {
     /// Backfill requests wait while this is false.
     backfill_open: watch::Sender<bool>,
     backfills: AtomicU64,
+    accesses: AtomicU64,
     /// Backfill requests still to fail (an API that is away).
     failures: AtomicU64,
     publisher: Mutex<Option<Arc<dyn Backplane>>>,
@@ -82,6 +83,7 @@ impl Default for MemoryApi {
             state: Mutex::new(State::default()),
             backfill_open: watch::Sender::new(true),
             backfills: AtomicU64::new(0),
+            accesses: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             publisher: Mutex::new(None),
         }
@@ -260,6 +262,11 @@ impl MemoryApi {
         self.failures.store(n, Ordering::SeqCst);
     }
 
+    /// Access checks received so far.
+    pub fn accesses(&self) -> u64 {
+        self.accesses.load(Ordering::SeqCst)
+    }
+
     /// Backfill requests received so far (held ones included).
     pub fn backfills(&self) -> u64 {
         self.backfills.load(Ordering::SeqCst)
@@ -293,6 +300,7 @@ impl MemoryApi {
 #[async_trait]
 impl Api for MemoryApi {
     async fn access(&self, community: Uuid, user: &str) -> Result<CommunityAccess, GatewayError> {
+        self.accesses.fetch_add(1, Ordering::SeqCst);
         let st = self.state();
         let c = st
             .communities

@@ -158,13 +158,46 @@ impl GwOpts {
 }
 
 pub async fn start_gateway(api: &Service, opts: GwOpts) -> Service {
+    let args = gateway_args(&api.url, &api.admin_url, opts);
+    let (ws, admin) = listeners().await;
+    let url = format!("ws://{}/ws", ws.local_addr().unwrap());
+    let admin_url = format!("http://{}", admin.local_addr().unwrap());
+    spawn_service(url, admin_url, move |stop| async move {
+        chorus_gateway::run(args, chorus_gateway::Listeners { ws, admin }, stop)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// A gateway on the given services (in-process ones, say), no API or
+/// Redis of its own.
+pub async fn start_gateway_on(services: chorus_gateway::Services, opts: GwOpts) -> Service {
+    let args = gateway_args("http://127.0.0.1:9", "http://127.0.0.1:9", opts);
+    let (ws, admin) = listeners().await;
+    let url = format!("ws://{}/ws", ws.local_addr().unwrap());
+    let admin_url = format!("http://{}", admin.local_addr().unwrap());
+    spawn_service(url, admin_url, move |stop| async move {
+        chorus_gateway::run_with(
+            args,
+            services,
+            chorus_gateway::Listeners { ws, admin },
+            stop,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    })
+    .await
+}
+
+fn gateway_args(api_url: &str, api_internal_url: &str, opts: GwOpts) -> GatewayArgs {
     let mut jwt = JwtArgs::with_secret(SECRET);
     jwt.jwt_leeway_s = opts.leeway_s;
-    let args = GatewayArgs {
+    GatewayArgs {
         addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
-        api_url: api.url.clone(),
-        api_internal_url: api.admin_url.clone(),
+        api_url: api_url.to_owned(),
+        api_internal_url: api_internal_url.to_owned(),
         internal_token: INTERNAL_TOKEN.into(),
         redis_url: opts.redis_url,
         gateway_id: Some(uid("gw")),
@@ -183,16 +216,7 @@ pub async fn start_gateway(api: &Service, opts: GwOpts) -> Service {
         log: LogArgs {
             log_format: LogFormat::Text,
         },
-    };
-    let (ws, admin) = listeners().await;
-    let url = format!("ws://{}/ws", ws.local_addr().unwrap());
-    let admin_url = format!("http://{}", admin.local_addr().unwrap());
-    spawn_service(url, admin_url, move |stop| async move {
-        chorus_gateway::run(args, chorus_gateway::Listeners { ws, admin }, stop)
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await
+    }
 }
 
 /// An API, two gateways and a fresh database on the shared Redis.

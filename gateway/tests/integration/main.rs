@@ -10,4 +10,5 @@ mod common;
 mod connection;
 mod delivery;
 mod faults;
+mod in_process;
 mod presence;
