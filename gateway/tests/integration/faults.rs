@@ -22,30 +22,8 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_keep_receiving() {
     fast.join(&c, None).await;
 
     // The slow client: a tiny receive buffer, and it never reads.
-    let addr = cl
-        .gw1
-        .url
-        .trim_start_matches("ws://")
-        .trim_end_matches("/ws")
-        .to_owned();
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(addr.parse().unwrap()).await.unwrap();
-    let mut req = cl.gw1.url.as_str().into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", token(&slow)).parse().unwrap(),
-    );
-    let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
-    {
-        use futures_util::SinkExt;
-        let join = json!({"type": "join-community", "ref": 1, "data": {"communityId": c}});
-        ws.send(tokio_tungstenite::tungstenite::Message::Text(
-            join.to_string().into(),
-        ))
-        .await
-        .unwrap();
-    }
+    let join = json!({"type": "join-community", "ref": 1, "data": {"communityId": c}});
+    let mut ws = stalling_client(&cl.gw1.url, &token(&slow), &join).await;
     // Reads up to the join's ack (after `ready`), then stops reading.
     loop {
         use futures_util::StreamExt;
@@ -444,26 +422,9 @@ async fn a_replay_to_a_client_that_stopped_reading_ends_in_4009() {
             .unwrap();
         assert_eq!(r.status(), 201);
     }
-    let addr = gp.url.trim_start_matches("ws://").trim_end_matches("/ws");
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(addr.parse().unwrap()).await.unwrap();
-    let mut req = gp.url.as_str().into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", token(&alice)).parse().unwrap(),
-    );
-    let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
-    {
-        use futures_util::SinkExt;
-        let join =
-            json!({"type": "join-community", "ref": 1, "data": {"communityId": c, "lastSeq": 0}});
-        ws.send(tokio_tungstenite::tungstenite::Message::Text(
-            join.to_string().into(),
-        ))
-        .await
-        .unwrap();
-    }
+    let join =
+        json!({"type": "join-community", "ref": 1, "data": {"communityId": c, "lastSeq": 0}});
+    let mut ws = stalling_client(&gp.url, &token(&alice), &join).await;
     // Not reading: the gateway gives up on this client.
     wait_until(|| async {
         gp.metric_opt("chorus_gateway_slow_consumer_closes_total")
@@ -491,4 +452,28 @@ async fn a_replay_to_a_client_that_stopped_reading_ends_in_4009() {
     .await
     .expect("the connection ends");
     assert!(matches!(ended, Some(4009) | None), "closed: {ended:?}");
+}
+
+/// A WebSocket client with a tiny receive buffer that has sent `first`
+/// and will read only when the test says so.
+async fn stalling_client(
+    url: &str,
+    token: &str,
+    first: &serde_json::Value,
+) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    use futures_util::SinkExt;
+    let addr = url.trim_start_matches("ws://").trim_end_matches("/ws");
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(addr.parse().unwrap()).await.unwrap();
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        first.to_string().into(),
+    ))
+    .await
+    .unwrap();
+    ws
 }
