@@ -6,6 +6,7 @@
 //! still queued (not to a slow consumer), then the close frame, each
 //! bounded in time, and drops the socket.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,17 +81,23 @@ pub(super) fn write_loop(
                     if now >= next_ping {
                         // Like every write, a ping must not hold up a close
                         // when the client has stopped reading.
-                        let sent = tokio::select! {
-                            r = bounded(sink.send(Message::Ping(bytes::Bytes::new()))) => r,
-                            code = &mut closed => break code,
+                        let ping = async {
+                            bounded(sink.send(Message::Ping(bytes::Bytes::new())))
+                                .await
+                                .err()
+                                .unwrap_or(Written::All)
                         };
-                        match sent {
-                            Ok(()) => {}
-                            Err(Written::Stalled) => {
+                        // Boxed: an idle connection's task should not carry
+                        // the space of a write in progress.
+                        match Box::pin(guarded(ping, &handle, closed.as_mut())).await {
+                            Step::Done => {}
+                            Step::Closed(code) => break code,
+                            Step::Expired => break close_now(&handle, close::POLICY),
+                            Step::Stalled => {
                                 handle.slow_consumer();
                                 break close::SLOW_CONSUMER;
                             }
-                            Err(_) => {
+                            Step::Failed => {
                                 handle.close(close::NORMAL);
                                 return;
                             }
@@ -101,22 +108,16 @@ pub(super) fn write_loop(
                 }
                 frame = rx.recv() => {
                     let Some(frame) = frame else { break close::NORMAL };
-                    // A stuck socket must not hold up a close, nor outlive
-                    // the token.
-                    let wrote = tokio::select! {
-                        r = write_batch(&mut sink, &mut rx, handle.encoding, frame) => r,
-                        code = &mut closed => break code,
-                        () = tokio::time::sleep_until(handle.liveness.expires_at()) => {
-                            break close_now(&handle, close::POLICY);
-                        }
-                    };
-                    match wrote {
-                        Written::All => {}
-                        Written::Stalled => {
+                    let batch = write_batch(&mut sink, &mut rx, handle.encoding, frame);
+                    match Box::pin(guarded(batch, &handle, closed.as_mut())).await {
+                        Step::Done => {}
+                        Step::Closed(code) => break code,
+                        Step::Expired => break close_now(&handle, close::POLICY),
+                        Step::Stalled => {
                             handle.slow_consumer();
                             break close::SLOW_CONSUMER;
                         }
-                        Written::Failed => {
+                        Step::Failed => {
                             handle.close(close::NORMAL);
                             return;
                         }
@@ -125,6 +126,34 @@ pub(super) fn write_loop(
             }
         };
         Box::pin(finish(&mut sink, &mut rx, handle.encoding, code)).await;
+    }
+}
+
+/// How a guarded write ended.
+enum Step {
+    Done,
+    Closed(u16),
+    Expired,
+    Stalled,
+    Failed,
+}
+
+/// Runs a socket write until it ends, the connection is asked to close, or
+/// the token expires: a stuck socket must not hold up a close, nor outlive
+/// the token.
+async fn guarded<W, C>(write: W, handle: &ConnHandle, closed: Pin<&mut C>) -> Step
+where
+    W: Future<Output = Written>,
+    C: Future<Output = u16>,
+{
+    tokio::select! {
+        w = write => match w {
+            Written::All => Step::Done,
+            Written::Stalled => Step::Stalled,
+            Written::Failed => Step::Failed,
+        },
+        code = closed => Step::Closed(code),
+        () = tokio::time::sleep_until(handle.liveness.expires_at()) => Step::Expired,
     }
 }
 
