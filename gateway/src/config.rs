@@ -36,6 +36,12 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_USER: u32 = 32;
 /// the admin listener's scrapes and probes, logs, with room to spare.
 pub const FD_RESERVE: u64 = 512;
 
+/// Communities one connection may have joined at once. Far more than any
+/// client shows; bounded because each join holds room state and presence
+/// (officials may join every community). Not a configuration variable:
+/// settable from code (tests) only.
+pub const DEFAULT_MAX_JOINS_PER_CONNECTION: usize = 1000;
+
 /// Frames a connection may have queued for sending. A client that falls
 /// this far behind live traffic is closed with 4009 rather than buffered
 /// without bound: 256 frames is several seconds of a very busy room, far
@@ -171,6 +177,9 @@ pub struct GatewayArgs {
     /// How long a silent client is kept; code-only like `heartbeat`.
     #[arg(skip = DEFAULT_IDLE_TIMEOUT)]
     pub idle_timeout: Duration,
+    /// Most communities one connection may be in; code-only.
+    #[arg(skip = DEFAULT_MAX_JOINS_PER_CONNECTION)]
+    pub max_joins: usize,
     #[command(flatten)]
     pub jwt: JwtArgs,
     #[command(flatten)]

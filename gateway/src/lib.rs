@@ -152,6 +152,7 @@ pub async fn run_with(
             drain_seconds: args.drain_seconds,
             max_connections,
             max_connections_per_user: args.max_connections_per_user,
+            max_joins: args.max_joins,
             pending: serve_opts.pending.clone(),
         },
         socket: SocketConfig {

@@ -44,11 +44,6 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-/// Communities one connection may have joined at once. Far more than any
-/// client shows; bounded because each join holds room state and presence
-/// (officials may join every community).
-pub const MAX_JOINS_PER_CONNECTION: usize = 1000;
-
 /// One connection's command state.
 #[derive(Debug)]
 pub struct Session {
@@ -104,9 +99,10 @@ impl Session {
             let head = self.gw.hub().delivered_through(community).unwrap_or(0);
             return self.ack(community, head, true, 0).await;
         }
-        if !self.joined.contains(&community) && self.joined.len() >= MAX_JOINS_PER_CONNECTION {
+        let max_joins = self.gw.admission().max_joins;
+        if !self.joined.contains(&community) && self.joined.len() >= max_joins {
             return Err(GatewayError::BadRequest(format!(
-                "at most {MAX_JOINS_PER_CONNECTION} communities per connection"
+                "at most {max_joins} communities per connection"
             )));
         }
         let checked_at = self.gw.hub().revocation_epoch();

@@ -28,6 +28,8 @@ pub struct Admission {
     pub max_connections: usize,
     /// Most connections per user (0: no cap).
     pub max_connections_per_user: u32,
+    /// Most communities one connection may be in.
+    pub max_joins: usize,
     /// Connections the HTTP server is serving (not yet upgraded).
     pub pending: Arc<AtomicUsize>,
 }

@@ -229,3 +229,44 @@ async fn finish(
     .await;
     rx.close();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Encoding;
+
+    /// A write blocked on a client that stopped reading still ends at the
+    /// token's expiry (1008), not when the write gives up.
+    #[tokio::test(start_paused = true)]
+    async fn a_blocked_write_still_ends_at_the_tokens_expiry() {
+        let expiry = tokio::time::Instant::now() + Duration::from_secs(3);
+        let (handle, _rx) = ConnHandle::new(1, "u", "U", Encoding::Json, 4, expiry);
+        let closed = handle.closed();
+        tokio::pin!(closed);
+        let stuck = std::future::pending::<Written>();
+        let step = guarded(stuck, &handle, closed.as_mut()).await;
+        assert!(matches!(step, Step::Expired));
+        assert_eq!(tokio::time::Instant::now(), expiry);
+    }
+
+    /// A close requested elsewhere (a drain, a full queue) ends a blocked
+    /// write at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_blocked_write_ends_when_the_connection_is_closed() {
+        let expiry = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let (handle, _rx) = ConnHandle::new(1, "u", "U", Encoding::Json, 4, expiry);
+        let closed = handle.closed();
+        tokio::pin!(closed);
+        handle.close(close::DRAINING);
+        let step = guarded(std::future::pending::<Written>(), &handle, closed.as_mut()).await;
+        assert!(matches!(step, Step::Closed(close::DRAINING)));
+    }
+
+    /// A socket operation that makes no progress counts as stalled after
+    /// the bound.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_without_progress_is_a_stall() {
+        let r = bounded(std::future::pending::<Result<(), ()>>()).await;
+        assert!(matches!(r, Err(Written::Stalled)));
+    }
+}

@@ -136,6 +136,7 @@ pub struct GwOpts {
     pub idle_timeout: Duration,
     pub max_connections: Option<u64>,
     pub max_connections_per_user: u32,
+    pub max_joins: usize,
 }
 
 impl GwOpts {
@@ -153,6 +154,7 @@ impl GwOpts {
             idle_timeout: chorus_gateway::config::DEFAULT_IDLE_TIMEOUT,
             max_connections: None,
             max_connections_per_user: chorus_gateway::config::DEFAULT_MAX_CONNECTIONS_PER_USER,
+            max_joins: chorus_gateway::config::DEFAULT_MAX_JOINS_PER_CONNECTION,
         }
     }
 }
@@ -212,6 +214,7 @@ fn gateway_args(api_url: &str, api_internal_url: &str, opts: GwOpts) -> GatewayA
         max_connections_per_user: opts.max_connections_per_user,
         heartbeat: opts.heartbeat,
         idle_timeout: opts.idle_timeout,
+        max_joins: opts.max_joins,
         jwt,
         log: LogArgs {
             log_format: LogFormat::Text,

@@ -11,4 +11,5 @@ mod connection;
 mod delivery;
 mod faults;
 mod in_process;
+mod limits;
 mod presence;
