@@ -33,11 +33,11 @@ use crate::outbox::{OutboxStore, RedisSink};
 use crate::state::{AppState, RateSetting};
 use crate::store::PgStore;
 
-/// Most connections the public listener serves at once (requests in
-/// flight, idle keep-alives, heads being read); past it new connections
-/// are closed at once. Well under the process's file limit, which the
-/// database pool and Redis share.
-const MAX_HTTP_CONNECTIONS: usize = 10_000;
+/// File descriptors kept out of the public listener's connection cap: the
+/// database pool, Redis, the admin listener, logs, with room to spare. The
+/// cap is the rest of the open-file limit (raised to the hard limit), so
+/// clients can never starve the pool of descriptors.
+const FD_RESERVE: u64 = 512;
 
 /// How long shutdown waits for requests in flight before dropping them:
 /// longer than any request takes (the pool's acquire timeout is 5 s),
@@ -123,7 +123,10 @@ pub async fn run(
     chorus_shared::http::serve(
         listeners.api,
         routes::api_router(state),
-        ServeOptions::new(MAX_HTTP_CONNECTIONS, SHUTDOWN_GRACE),
+        ServeOptions::new(
+            chorus_shared::http::connection_budget(FD_RESERVE),
+            SHUTDOWN_GRACE,
+        ),
         async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");

@@ -191,13 +191,10 @@ impl GatewayArgs {
     /// open-file limit (raised to the hard limit first) less
     /// [`FD_RESERVE`].
     pub fn effective_max_connections(&self) -> usize {
-        let n = self.max_connections.unwrap_or_else(|| {
-            let limit = rlimit::increase_nofile_limit(u64::MAX)
-                .or_else(|_| rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft))
-                .unwrap_or(1024);
-            limit.saturating_sub(FD_RESERVE).max(1)
-        });
-        usize::try_from(n).unwrap_or(usize::MAX)
+        match self.max_connections {
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => chorus_shared::http::connection_budget(FD_RESERVE),
+        }
     }
 
     /// The effective gateway id.

@@ -121,7 +121,7 @@ pub async fn run_with(
     let verifier = chorus_shared::auth::JwtVerifier::new(&args.jwt)
         .map_err(|e| GatewayError::Config(e.to_string()))?;
     let max_connections = args.effective_max_connections();
-    let serve_opts = ServeOptions {
+    let mut serve_opts = ServeOptions {
         nodelay: true,
         ..ServeOptions::new(max_connections, UPGRADE_GRACE)
     };
@@ -135,6 +135,8 @@ pub async fn run_with(
         },
     );
     services.backplane.start(Arc::new(hub.clone()));
+    let open_sockets = hub.clone();
+    serve_opts.also_open = Some(Arc::new(move || open_sockets.connections()));
     let gw = Gateway::new(Parts {
         id: id.clone(),
         hub,

@@ -32,6 +32,11 @@ use crate::state::Gateway;
 /// per delivery, and far below the API call a command makes.
 const READ_BUFFER: usize = 256;
 
+/// `Retry-After` (seconds) on a refusal for too many connections of one
+/// user: a slot frees when one of their connections closes, which a client
+/// cannot know; a few seconds keeps retries from hammering.
+const PER_USER_RETRY_AFTER: &str = "5";
+
 pub fn ws_router(gw: Gateway) -> Router {
     Router::new().route("/ws", get(upgrade)).with_state(gw)
 }
@@ -119,11 +124,16 @@ async fn upgrade(
     else {
         metrics::counter!("chorus_gateway_refused_upgrades_total", "reason" => "per_user")
             .increment(1);
-        return refuse(
+        let mut r = refuse(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
             "too many connections for this user",
         );
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from_static(PER_USER_RETRY_AFTER),
+        );
+        return r;
     };
     let ws = match ws {
         Ok(ws) => ws,

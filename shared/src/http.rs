@@ -34,13 +34,20 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// clears as connections close, and retrying at once would spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
+/// Connections the owner holds that this server no longer serves
+/// (upgraded WebSockets), counted against the same cap.
+pub type OpenCount = Arc<dyn Fn() -> usize + Send + Sync>;
+
 /// How a listener is served.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeOptions {
-    /// Most connections being served at once (request heads not yet read,
-    /// requests in flight, idle keep-alives); past it, accepted sockets
-    /// are closed at once.
+    /// Most connections at once: those being served (request heads not yet
+    /// read, requests in flight, idle keep-alives) plus `also_open`; past
+    /// it, accepted sockets are closed at once.
     pub max_pending: usize,
+    /// Connections that left this server at an upgrade but still hold a
+    /// file descriptor.
+    pub also_open: Option<OpenCount>,
     /// How long shutdown waits for in-flight requests before dropping them.
     pub shutdown_grace: Duration,
     /// Count of connections being served; shared so a caller can add it
@@ -50,10 +57,30 @@ pub struct ServeOptions {
     pub nodelay: bool,
 }
 
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("max_pending", &self.max_pending)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What this process can open: its open-file limit, raised to the hard
+/// limit first, less `reserve` descriptors kept for everything but client
+/// connections (database and Redis pools, logs, the admin listener).
+pub fn connection_budget(reserve: u64) -> usize {
+    let limit = rlimit::increase_nofile_limit(u64::MAX)
+        .or_else(|_| rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft))
+        .unwrap_or(1024);
+    usize::try_from(limit.saturating_sub(reserve).max(1)).unwrap_or(usize::MAX)
+}
+
 impl ServeOptions {
     pub fn new(max_pending: usize, shutdown_grace: Duration) -> Self {
         ServeOptions {
             max_pending,
+            also_open: None,
             shutdown_grace,
             pending: Arc::new(AtomicUsize::new(0)),
             nodelay: false,
@@ -95,7 +122,9 @@ pub async fn serve(
                         continue;
                     }
                 };
-                if opts.pending.load(Ordering::SeqCst) >= opts.max_pending {
+                let open = opts.pending.load(Ordering::SeqCst)
+                    + opts.also_open.as_ref().map_or(0, |f| f());
+                if open >= opts.max_pending {
                     metrics::counter!("chorus_http_connections_refused_total").increment(1);
                     drop(tcp);
                     continue;

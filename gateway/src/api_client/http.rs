@@ -26,6 +26,11 @@ const MAX_IN_FLIGHT: usize = 64;
 /// Timeout of one call to the API.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long an idle connection to the API is kept for reuse: below the
+/// API's 10 s keep-alive (`chorus_shared::http::HEADER_READ_TIMEOUT`), so
+/// the gateway never sends a request on a connection the API is closing.
+const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Longest wait for a free request slot: past it the command fails with
 /// `unavailable` instead of queueing behind a flood (one user's thousands
 /// of joins must not starve everyone's commands). Half the request
@@ -64,6 +69,7 @@ impl HttpApi {
     ) -> Result<Self, GatewayError> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE)
             .pool_max_idle_per_host(slots)
             .build()
             .map_err(|e| GatewayError::Config(format!("http client: {e}")))?;

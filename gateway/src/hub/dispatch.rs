@@ -9,6 +9,7 @@
 //! published meanwhile.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use chorus_shared::envelope::{Envelope, user_of_channel};
@@ -77,14 +78,24 @@ impl BackplaneSink for Hub {
 
     fn on_resync(&self) {
         let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
-        for room in &rooms {
+        for room in rooms {
             if room.ready.initialized() {
-                self.reconcile(room);
+                self.reconcile(&room);
             }
         }
-        // A `membership-revoked` published meanwhile is lost too.
+        // A `membership-revoked` published meanwhile is lost too. One
+        // recheck at a time; a resync during it asks for one more pass.
+        if self.inner.recheck_again.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let hub = self.clone();
-        tokio::spawn(async move { hub.recheck_memberships(rooms).await });
+        tokio::spawn(async move {
+            while hub.inner.recheck_again.load(Ordering::SeqCst) {
+                hub.inner.recheck_again.store(false, Ordering::SeqCst);
+                let rooms: Vec<Arc<Room>> = lock(&hub.inner.rooms).values().cloned().collect();
+                hub.recheck_memberships(rooms).await;
+            }
+        });
     }
 }
 
@@ -107,17 +118,30 @@ impl Hub {
                 }
             }
             ServerEvent::MembershipRevoked(r) => {
-                let hub = self.clone();
-                tokio::spawn(async move {
-                    let community = r.community_id;
-                    let frame: Frame =
-                        Arc::new(SharedFrame::new(ServerEvent::MembershipRevoked(r)));
-                    for (c, _) in conns {
-                        if hub.revoke(community, &c).await {
-                            c.push_event(&frame);
+                // Removed here, before the next backplane message is
+                // dispatched: nothing published after the revocation
+                // reaches the removed connections. Only the presence
+                // cleanup waits for Redis.
+                let community = r.community_id;
+                let frame: Frame = Arc::new(SharedFrame::new(ServerEvent::MembershipRevoked(r)));
+                let removed: Vec<Arc<ConnHandle>> = conns
+                    .into_iter()
+                    .map(|(c, _)| c)
+                    .filter(|c| self.revoke_now(community, c))
+                    .collect();
+                for c in &removed {
+                    c.push_event(&frame);
+                }
+                if !removed.is_empty() {
+                    let hub = self.clone();
+                    tokio::spawn(async move {
+                        if let Some(room) = hub.room(community) {
+                            for c in removed {
+                                hub.release_user(&room, &c).await;
+                            }
                         }
-                    }
-                });
+                    });
+                }
             }
             _ => {}
         }
@@ -129,13 +153,20 @@ impl Hub {
     async fn recheck_memberships(&self, rooms: Vec<Arc<Room>>) {
         let mut checks: Vec<(Arc<Room>, Arc<str>)> = Vec::new();
         for room in rooms {
-            let users: std::collections::HashSet<Arc<str>> = room
-                .state()
-                .members
-                .values()
-                .filter(|m| !m.conn.official)
-                .map(|m| m.conn.user_id.clone())
-                .collect();
+            let users: std::collections::HashSet<Arc<str>> = {
+                let st = room.state();
+                let joining = st.joining.iter().filter_map(|id| {
+                    // A joiner's handle is in the registry, not the room.
+                    lock(&self.inner.conns).get(id).cloned()
+                });
+                st.members
+                    .values()
+                    .map(|m| m.conn.clone())
+                    .chain(joining)
+                    .filter(|c| !c.official)
+                    .map(|c| c.user_id.clone())
+                    .collect()
+            };
             checks.extend(users.into_iter().map(|u| (room.clone(), u)));
         }
         for chunk in checks.chunks(RECHECKS_IN_FLIGHT) {
@@ -157,16 +188,24 @@ impl Hub {
         }
     }
 
-    /// Revokes every local connection of `user` in `room`.
+    /// Revokes every local connection of `user` in `room`, joining ones
+    /// included.
     async fn revoke_user(&self, room: &Arc<Room>, user: &str) {
         metrics::counter!("chorus_gateway_revocations_repaired_total").increment(1);
-        let conns: Vec<Arc<ConnHandle>> = room
-            .state()
-            .members
-            .values()
-            .filter(|m| *m.conn.user_id == *user)
-            .map(|m| m.conn.clone())
-            .collect();
+        let conns: Vec<Arc<ConnHandle>> = {
+            let st = room.state();
+            let joining: Vec<Arc<ConnHandle>> = st
+                .joining
+                .iter()
+                .filter_map(|id| lock(&self.inner.conns).get(id).cloned())
+                .collect();
+            st.members
+                .values()
+                .map(|m| m.conn.clone())
+                .chain(joining)
+                .filter(|c| *c.user_id == *user)
+                .collect()
+        };
         let frame: Frame = Arc::new(SharedFrame::new(ServerEvent::MembershipRevoked(
             chorus_shared::protocol::MembershipRevoked {
                 community_id: room.id,
@@ -182,19 +221,25 @@ impl Hub {
     /// Ends `conn`'s membership after a revocation: a live member leaves
     /// (true: tell it); a connection still joining is refused at admission.
     async fn revoke(&self, community: uuid::Uuid, conn: &Arc<ConnHandle>) -> bool {
+        let member = self.revoke_now(community, conn);
+        if member && let Some(room) = self.room(community) {
+            self.release_user(&room, conn).await;
+        }
+        member
+    }
+
+    /// The part of a revocation that must not wait: a live member stops
+    /// receiving (true: its presence is released by the caller); a
+    /// connection still joining is marked, so its replay stops and its
+    /// admission is refused.
+    fn revoke_now(&self, community: uuid::Uuid, conn: &ConnHandle) -> bool {
         let Some(room) = self.room(community) else {
             return false;
         };
-        let member = {
-            let mut st = room.state();
-            let member = st.members.remove(&conn.id).is_some();
-            if !member && st.joining.contains(&conn.id) {
-                st.revoked.insert(conn.id);
-            }
-            member
-        };
-        if member {
-            self.release_user(&room, conn).await;
+        let mut st = room.state();
+        let member = st.members.remove(&conn.id).is_some();
+        if !member && st.joining.contains(&conn.id) {
+            st.revoked.insert(conn.id);
         }
         member
     }

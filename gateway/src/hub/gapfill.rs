@@ -23,18 +23,25 @@ const FETCH_RETRY_MAX: Duration = Duration::from_secs(2);
 pub(super) const REPAIR_GRACE: Duration = Duration::from_secs(5);
 
 impl Hub {
-    /// True while some room has failed to fill a gap for longer than
-    /// [`REPAIR_GRACE`]: its members are missing events.
+    /// True while most rooms have failed to fill a gap for longer than
+    /// [`REPAIR_GRACE`]: the API is away for this gateway, and its members
+    /// are missing events. One room that cannot repair (a bad event, say)
+    /// shows in `chorus_gateway_backfill_failures_total` instead of taking
+    /// the whole gateway out of the load balancer.
     pub fn is_repair_stalled(&self) -> bool {
         let rooms: Vec<Arc<Room>> = super::room::lock(&self.inner.rooms)
             .values()
             .cloned()
             .collect();
-        rooms.iter().any(|r| {
-            r.state()
-                .failing_since
-                .is_some_and(|since| since.elapsed() > REPAIR_GRACE)
-        })
+        let stalled = rooms
+            .iter()
+            .filter(|r| {
+                r.state()
+                    .failing_since
+                    .is_some_and(|since| since.elapsed() > REPAIR_GRACE)
+            })
+            .count();
+        stalled > 0 && stalled * 2 > rooms.len()
     }
 
     /// Ensures one task is fetching whatever the room is missing.
@@ -58,20 +65,31 @@ impl Hub {
             let after = room.delivered_through();
             match self.fetch(room.id, after, GAP_FETCH_LIMIT).await {
                 Ok(w) => {
-                    retry = FETCH_RETRY_MIN;
-                    let mut st = room.state();
-                    st.failing_since = None;
-                    for (seq, frame) in w.events {
-                        if seq > st.delivered_through {
-                            st.pending.entry(seq).or_insert(frame);
+                    let moved = {
+                        let mut st = room.state();
+                        st.failing_since = None;
+                        for (seq, frame) in w.events {
+                            if seq > st.delivered_through {
+                                st.pending.entry(seq).or_insert(frame);
+                            }
                         }
-                    }
-                    st.complete_through = st.complete_through.max(w.complete_through);
-                    st.heard_through = st.heard_through.max(w.complete_through);
-                    st.advance();
-                    if !st.has_gap() || st.retired {
-                        st.fetching = false;
-                        return;
+                        st.complete_through = st.complete_through.max(w.complete_through);
+                        st.heard_through = st.heard_through.max(w.complete_through);
+                        st.advance();
+                        if !st.has_gap() || st.retired {
+                            st.fetching = false;
+                            return;
+                        }
+                        st.delivered_through > after
+                    };
+                    if moved {
+                        retry = FETCH_RETRY_MIN;
+                    } else {
+                        // The API has nothing past what we hold (an event
+                        // from beyond its head, or not committed yet): ask
+                        // again later rather than at once.
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(FETCH_RETRY_MAX);
                     }
                 }
                 Err(e) => {

@@ -26,7 +26,7 @@ mod subscriptions;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
 use chorus_shared::protocol::{ServerEvent, UserTyping};
@@ -70,6 +70,8 @@ struct HubInner {
     next_conn: AtomicU64,
     /// Counts membership revocations heard (see `revocation_epoch`).
     revocations: AtomicU64,
+    /// A membership recheck is wanted (or running and wanted once more).
+    recheck_again: AtomicBool,
     subs: Subscriptions,
     recovery_window: i64,
     presence_limit: u64,
@@ -106,6 +108,7 @@ impl Hub {
                 all_closed: Notify::new(),
                 next_conn: AtomicU64::new(1),
                 revocations: AtomicU64::new(0),
+                recheck_again: AtomicBool::new(false),
                 recovery_window: config.recovery_window,
                 presence_limit: config.presence_limit,
             }),
@@ -248,7 +251,11 @@ impl Hub {
         // session's `leave` then finds it in `joining` and releases it.
         let result = self.attach(room, head_seq, conn, last_seq).await;
         if result.is_err() {
-            let joining = room.state().joining.remove(&conn.id);
+            let joining = {
+                let mut st = room.state();
+                st.revoked.remove(&conn.id);
+                st.joining.remove(&conn.id)
+            };
             if joining {
                 self.release_user(room, conn).await;
             }

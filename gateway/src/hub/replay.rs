@@ -104,6 +104,11 @@ impl Hub {
                 if *seq <= through {
                     continue;
                 }
+                // Revoked meanwhile: not one more event (the admission,
+                // refused, releases the rest).
+                if room.state().revoked.contains(&conn.id) {
+                    return Err(GatewayError::Forbidden("membership revoked"));
+                }
                 // Paced by the client's reading: waits for queue space.
                 if !conn.push_event_wait(frame).await {
                     return Err(GatewayError::Unavailable("connection closed".into()));

@@ -30,7 +30,9 @@ use crate::handle::ConnHandle;
 /// Shortest interval between two broadcasts of the same typing state of
 /// one user in one community, however many connections send it: clients
 /// repeat `typing` while a user types, and members need it once a second
-/// at most. A change of state always passes.
+/// at most. A change of state passes unless that state was itself
+/// broadcast within the interval, so flipping states cannot go faster
+/// than two broadcasts a second.
 pub(super) const TYPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long a listing of a community's online users is reused by join
@@ -88,9 +90,9 @@ pub(super) struct RoomState {
     /// when: join acks within [`ONLINE_SNAPSHOT_TTL`] share it.
     pub online: Option<(Instant, Arc<Vec<String>>)>,
     pub online_inflight: Option<Arc<OnceCell<Arc<Vec<String>>>>>,
-    /// The last `typing` state broadcast per local user, and when: the
-    /// same state is broadcast at most once per [`TYPING_INTERVAL`].
-    pub typing: HashMap<Arc<str>, (bool, tokio::time::Instant)>,
+    /// When each `typing` state (false, true) of a local user was last
+    /// broadcast: each state at most once per [`TYPING_INTERVAL`].
+    pub typing: HashMap<Arc<str>, [Option<tokio::time::Instant>; 2]>,
     /// Removed from the hub; a joiner that finds it takes its successor.
     pub retired: bool,
     /// Connections whose user was removed from the community while they
@@ -186,13 +188,13 @@ impl RoomState {
     /// noting it if so.
     pub fn typing_due(&mut self, user: &Arc<str>, is_typing: bool) -> bool {
         let now = tokio::time::Instant::now();
-        match self.typing.get(user) {
-            Some((state, at)) if *state == is_typing && now < *at + TYPING_INTERVAL => false,
-            _ => {
-                self.typing.insert(user.clone(), (is_typing, now));
-                true
-            }
+        let last = self.typing.entry(user.clone()).or_default();
+        let slot = &mut last[usize::from(is_typing)];
+        if slot.is_some_and(|at| now < at + TYPING_INTERVAL) {
+            return false;
         }
+        *slot = Some(now);
+        true
     }
 
     /// Makes `conn` a live member unless its membership was revoked while

@@ -17,7 +17,7 @@ async fn a_revocation_racing_a_join_refuses_the_join() {
     })
     .await;
 
-    let (a, _rx_a) = f.conn("a", 64).await;
+    let (a, mut rx_a) = f.conn("a", 64).await;
     f.api.hold_backfill();
     let before = f.api.backfills();
     let joining = {
@@ -39,6 +39,12 @@ async fn a_revocation_racing_a_join_refuses_the_join() {
     assert!(
         matches!(refused, Err(GatewayError::Forbidden(_))),
         "{refused:?}"
+    );
+    // The join has ended: whatever its replay sent is queued by now, and
+    // it sent nothing after the revocation.
+    assert!(
+        rx_a.try_recv().is_err(),
+        "no replayed event after the revocation"
     );
     assert!(!f.hub.is_member(f.community, a.id));
     let room = f.hub.room(f.community).expect("b keeps the room");

@@ -124,3 +124,29 @@ async fn a_refresh_keeps_local_users_and_sweeps_a_dead_gateways() {
         .expect("online");
     assert_eq!(online, ["w"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn flipping_typing_states_cannot_go_faster_than_two_broadcasts_a_second() {
+    let mut f = Fixture::new(1000);
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    let (t, _rx_t) = f.conn("a", 64).await;
+    f.join(&t, None).await.expect("joined");
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(_)));
+    for i in 0..20 {
+        f.hub
+            .typing(f.community, &t, i % 2 == 0)
+            .await
+            .expect("member");
+    }
+    let states: Vec<bool> = [next(&mut rx).await, next(&mut rx).await]
+        .into_iter()
+        .map(|e| match e {
+            ServerEvent::UserTyping(t) => t.is_typing,
+            other => panic!("expected user-typing, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(states, [true, false]);
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+}
