@@ -66,8 +66,26 @@ pub fn api_router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(deadline))
         .layer(middleware::from_fn(track))
         .with_state(state)
+}
+
+/// Longest a request may take from its head to its response, the body
+/// upload included: a client trickling a 64 KiB body must not hold a
+/// handler (and a database connection) for long. Far above any honest
+/// request; the pool's own acquire timeout is 5 s.
+const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Ends a request that outlasts [`REQUEST_DEADLINE`] with 503.
+async fn deadline(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_DEADLINE, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            metrics::counter!("chorus_api_request_deadline_exceeded_total").increment(1);
+            ApiError::Unavailable("request took too long").into_response()
+        }
+    }
 }
 
 /// The gateway-only endpoints (service token), served on the admin

@@ -144,11 +144,21 @@ impl Hub {
         metrics::counter!("chorus_gateway_presence_refreshes_total").increment(1);
         for r in results {
             for user in &r.first {
-                if r.online > self.inner.presence_limit {
-                    break;
+                // Our entry had expired (e.g. a long Redis outage) and is
+                // back, unless the user left while the refresh ran: then
+                // the entry just made goes again, unannounced.
+                let room = self.room(r.community);
+                let local = room
+                    .as_ref()
+                    .is_some_and(|room| room.state().users.contains_key(user.as_str()));
+                if !local {
+                    let _ = self.inner.backplane.presence_leave(r.community, user).await;
+                    continue;
                 }
-                // Our entry had expired (e.g. a long Redis outage).
-                let name = self.room(r.community).and_then(|room| {
+                if r.online > self.inner.presence_limit {
+                    continue;
+                }
+                let name = room.and_then(|room| {
                     room.state()
                         .members
                         .values()

@@ -368,6 +368,19 @@ async fn trickling_clients_neither_block_others_nor_the_drain() {
     }
     let mut a = Client::connect(&gp.url, &token(&alice)).await;
     a.join(&c, None).await;
+    // A trickler is closed by the header-read timeout (10 s).
+    let ended = tokio::time::timeout(WAIT, async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 512];
+        loop {
+            match tricklers[0].read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the header-read timeout closed a trickler");
 
     let pid = gp.child.id().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
