@@ -8,7 +8,7 @@
 //! rooms, and rooms nothing of sockets.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use axum::extract::ws::Message;
 use chorus_shared::protocol::{Reconnect, ServerEvent};
@@ -26,6 +26,13 @@ use crate::liveness::Liveness;
 pub type Outbound = Frame;
 const _: () = assert!(size_of::<Outbound>() == size_of::<usize>());
 
+/// Bytes of a connection's own frames (acks, errors: a join ack carries
+/// the online list) that may wait in its queue. The queue counts frames;
+/// this bounds what one client that stops reading can make the gateway
+/// hold for it alone, whatever the frames' sizes. Shared events are not
+/// counted: their bytes are shared by every recipient.
+pub const MAX_OWN_QUEUED_BYTES: usize = 1024 * 1024;
+
 /// A connection as seen by rooms, the registry and the socket tasks.
 pub struct ConnHandle {
     /// Unique within this gateway process.
@@ -38,6 +45,8 @@ pub struct ConnHandle {
     tx: mpsc::Sender<Outbound>,
     close_code: AtomicU32,
     closing: Notify,
+    /// Bytes of this connection's own frames queued and not yet written.
+    own_queued: AtomicUsize,
     /// The socket layer's clock (idle timeout, token expiry).
     pub(crate) liveness: Liveness,
 }
@@ -85,6 +94,7 @@ impl ConnHandle {
             tx,
             close_code: AtomicU32::new(0),
             closing: Notify::new(),
+            own_queued: AtomicUsize::new(0),
             liveness: Liveness::new(expires_at),
         });
         (handle, rx)
@@ -92,8 +102,28 @@ impl ConnHandle {
 
     /// Queues a connection-specific frame without waiting (see
     /// [`ConnHandle::push_event`]).
+    /// Past [`MAX_OWN_QUEUED_BYTES`] of such frames waiting, the client is
+    /// a slow consumer.
     pub fn push(&self, frame: Message) -> bool {
-        self.send_now(Arc::new(SharedFrame::Encoded(frame)))
+        let size = frame_len(&frame);
+        if self.own_queued.fetch_add(size, Ordering::SeqCst) + size > MAX_OWN_QUEUED_BYTES {
+            self.own_queued.fetch_sub(size, Ordering::SeqCst);
+            self.slow_consumer();
+            return false;
+        }
+        if self.send_now(Arc::new(SharedFrame::Encoded(frame))) {
+            true
+        } else {
+            self.own_queued.fetch_sub(size, Ordering::SeqCst);
+            false
+        }
+    }
+
+    /// Notes that `frame`, taken off the queue, was written (or dropped).
+    pub fn dequeued(&self, frame: &Outbound) {
+        if let SharedFrame::Encoded(m) = &**frame {
+            self.own_queued.fetch_sub(frame_len(m), Ordering::SeqCst);
+        }
     }
 
     /// Queues `value` encoded for this connection, without waiting.
@@ -185,6 +215,15 @@ impl ConnHandle {
     }
 }
 
+/// The payload size of a frame.
+fn frame_len(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_) => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +262,25 @@ mod tests {
             other => panic!("expected a text frame, got {other:?}"),
         }
         assert_eq!(h.close_code(), Some(close::DRAINING));
+    }
+
+    #[tokio::test]
+    async fn own_frames_are_bounded_in_bytes_not_only_in_count() {
+        let (h, mut rx) = handle(256);
+        let big = "x".repeat(300 * 1024);
+        for _ in 0..3 {
+            assert!(h.push(Message::Text(big.clone().into())));
+        }
+        assert!(!h.push(Message::Text(big.clone().into())), "past 1 MiB");
+        assert_eq!(h.close_code(), Some(close::SLOW_CONSUMER));
+        // Written frames give their bytes back.
+        let (h, mut rx2) = handle(256);
+        for _ in 0..10 {
+            assert!(h.push(Message::Text(big.clone().into())));
+            let f = rx2.try_recv().expect("queued");
+            h.dequeued(&f);
+        }
+        assert_eq!(h.close_code(), None);
+        assert!(rx.try_recv().is_ok());
     }
 }

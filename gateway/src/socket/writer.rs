@@ -108,7 +108,7 @@ pub(super) fn write_loop(
                 }
                 frame = rx.recv() => {
                     let Some(frame) = frame else { break close::NORMAL };
-                    let batch = write_batch(&mut sink, &mut rx, handle.encoding, frame);
+                    let batch = write_batch(&mut sink, &mut rx, &handle, frame);
                     match Box::pin(guarded(batch, &handle, closed.as_mut())).await {
                         Step::Done => {}
                         Step::Closed(code) => break code,
@@ -188,14 +188,19 @@ async fn bounded<E>(op: impl Future<Output = Result<(), E>>) -> Result<(), Writt
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
     rx: &mut mpsc::Receiver<Outbound>,
-    encoding: Encoding,
+    handle: &ConnHandle,
     first: Outbound,
 ) -> Written {
+    let encoding = handle.encoding;
     let r = async {
-        bounded(sink.feed(first.get(encoding))).await?;
+        let message = first.get(encoding);
+        handle.dequeued(&first);
+        bounded(sink.feed(message)).await?;
         for _ in 1..WRITE_BATCH {
             let Ok(next) = rx.try_recv() else { break };
-            bounded(sink.feed(next.get(encoding))).await?;
+            let message = next.get(encoding);
+            handle.dequeued(&next);
+            bounded(sink.feed(message)).await?;
         }
         bounded(sink.flush()).await
     }
