@@ -94,13 +94,22 @@ impl Session {
                 "lastSeq must not be negative".into(),
             ));
         }
-        if self.joined.contains(&community) && self.gw.hub().is_member(community, conn.id) {
-            // Already live here: nothing to check, replay or announce.
-            let head = self.gw.hub().delivered_through(community).unwrap_or(0);
-            return self.ack(community, head, true, 0).await;
+        if self.joined.contains(&community) {
+            if self.gw.hub().is_member(community, conn.id) {
+                // Already live here: nothing to check, replay or announce.
+                let head = self.gw.hub().delivered_through(community).unwrap_or(0);
+                return self.ack(community, head, true, 0).await;
+            }
+            // Joined once, then revoked: it no longer counts.
+            self.joined.remove(&community);
         }
         let max_joins = self.gw.admission().max_joins;
-        if !self.joined.contains(&community) && self.joined.len() >= max_joins {
+        if self.joined.len() >= max_joins {
+            // Memberships revoked since no longer count.
+            let hub = self.gw.hub().clone();
+            self.joined.retain(|c| hub.is_member(*c, conn.id));
+        }
+        if self.joined.len() >= max_joins {
             return Err(GatewayError::BadRequest(format!(
                 "at most {max_joins} communities per connection"
             )));
@@ -113,7 +122,7 @@ impl Session {
         // Recorded first: if the connection closes during the join (a
         // replay), `end` leaves the community and releases what the join
         // took.
-        let rejoin = !self.joined.insert(community);
+        self.joined.insert(community);
         let joined = match self
             .gw
             .hub()
@@ -122,9 +131,7 @@ impl Session {
         {
             Ok(j) => j,
             Err(e) => {
-                if !rejoin {
-                    self.joined.remove(&community);
-                }
+                self.joined.remove(&community);
                 return Err(e);
             }
         };

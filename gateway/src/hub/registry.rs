@@ -151,9 +151,8 @@ impl Hub {
 
     /// Forgets a closed connection: leaves its rooms, then its user channel.
     pub async fn disconnect(&self, conn: &Arc<ConnHandle>, communities: &[Uuid]) {
-        for c in communities {
-            self.leave(*c, conn).await;
-        }
+        // The user's slot is freed first: leaving rooms waits for Redis,
+        // and a reconnecting tab must not be refused meanwhile.
         {
             let mut users = lock(&self.inner.users);
             if let Some(e) = users.get_mut(&conn.user_id) {
@@ -168,6 +167,9 @@ impl Hub {
                     self.inner.subs.unsubscribe(user_channel(&conn.user_id));
                 }
             }
+        }
+        for c in communities {
+            self.leave(*c, conn).await;
         }
         lock(&self.inner.conns).remove(&conn.id);
         let n = self.inner.conn_count.fetch_sub(1, Ordering::SeqCst) - 1;

@@ -70,6 +70,30 @@ async fn a_connection_joins_at_most_its_cap_of_communities() {
     a.join(&cs[0], None).await;
     a.ok("leave-community", json!({"communityId": cs[1]})).await;
     a.join(&cs[2], None).await;
+
+    // So does losing a membership.
+    let bob = uid("bob");
+    let mut b = Client::connect(&cl.gw1.url, &token(&bob)).await;
+    let theirs: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(cl.community(&alice, &[&bob]).await);
+        }
+        v
+    };
+    b.join(&theirs[0], None).await;
+    b.join(&theirs[1], None).await;
+    let (s, _) = cl
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/communities/{}/members/{bob}", theirs[0]),
+            &token(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    b.event_of("membership-revoked").await;
+    b.join(&theirs[2], None).await;
 }
 
 #[tokio::test]
