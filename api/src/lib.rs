@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod routes;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -99,6 +100,7 @@ pub async fn run(
     );
 
     let _upkeep = chorus_shared::telemetry::spawn_metrics_upkeep();
+    telemetry::register();
     let (stop_tx, stop_rx) = watch::channel(false);
     let publisher = tokio::spawn(outbox::run_publisher(
         Arc::new(OutboxStore::new(pg.pool())),

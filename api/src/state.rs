@@ -34,7 +34,7 @@ pub enum Bucket {
 }
 
 impl Bucket {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Bucket::Message => "message",
             Bucket::Write => "write",

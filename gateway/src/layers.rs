@@ -12,6 +12,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("config", &[]),
     ("error", &[]),
     ("liveness", &[]),
+    ("telemetry", &[]),
     ("codec", &["error"]),
     ("handle", &["close", "codec", "liveness"]),
     ("socket", &["close", "codec", "error", "handle"]),

@@ -36,6 +36,7 @@ pub mod routes;
 pub mod session;
 pub mod socket;
 pub mod state;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -166,6 +167,7 @@ pub async fn run_with(
     });
 
     let _upkeep = chorus_shared::telemetry::spawn_metrics_upkeep();
+    telemetry::register();
     let (stop_tx, stop_rx) = watch::channel(false);
     let registry = tokio::spawn(report_registry(gw.clone(), stop_rx.clone()));
     let presence = tokio::spawn(refresh_presence(gw.clone(), stop_rx));

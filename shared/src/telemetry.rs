@@ -29,7 +29,8 @@ pub fn init_logging(format: LogFormat) {
 /// Latency buckets in seconds: sub-millisecond resolution for the delivery
 /// path, up to 10 s for slow database calls.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_25, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.000_1, 0.000_25, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// The process's Prometheus handle, installing the recorder on first use.
