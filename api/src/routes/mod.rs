@@ -110,6 +110,12 @@ async fn method_not_allowed() -> Response {
     (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 
+/// Header carrying a request's id, from the client or made here.
+const REQUEST_ID: &str = "x-request-id";
+/// Longest client-sent request id kept (longer ones are replaced): enough
+/// for any UUID or trace id, short enough for every log line.
+const MAX_REQUEST_ID_LEN: usize = 64;
+
 /// The `route` label of requests no route matched (404) and of requests
 /// whose method a route does not serve (405): one label for both, so
 /// neither a client's paths nor its methods can add series.
@@ -119,6 +125,11 @@ const UNMATCHED_ROUTE: &str = "unmatched";
 /// label value comes from a fixed set: the route templates of this router,
 /// [`method_label`]'s methods and the statuses the handlers produce, so the
 /// number of series is bounded whatever clients send.
+///
+/// Each request also runs in a `request` span (route, method, request id,
+/// status), so every log line it causes carries them. The request id is the
+/// client's `X-Request-Id` when it sends a short one, else a fresh one, and
+/// is echoed in the response.
 async fn track(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = req
@@ -126,8 +137,25 @@ async fn track(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
     let method = method_label(req.method());
-    let resp = next.run(req).await;
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN)
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+    let span = tracing::info_span!(
+        "request",
+        route = route.as_deref().unwrap_or(UNMATCHED_ROUTE),
+        method,
+        request_id = %request_id,
+        status = tracing::field::Empty,
+    );
+    let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let status = resp.status();
+    span.record("status", status.as_u16());
+    if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
     let route = match route {
         Some(r) if status != StatusCode::METHOD_NOT_ALLOWED => r,
         _ => UNMATCHED_ROUTE.to_owned(),

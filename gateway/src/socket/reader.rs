@@ -112,10 +112,14 @@ impl<S: Session> Reader<S> {
             // While it runs, the client's frames (pongs included) are not
             // read, so its silence proves nothing: no idle close meanwhile.
             self.handle.liveness.command_started();
+            // Each command runs in a `conn` span (connection id, user), so
+            // its log lines say whose they are. Made per command, not held
+            // for the connection's life: an idle connection carries none.
+            let span = tracing::info_span!("conn", id = handle.id, user = %handle.user_id);
             tokio::select! {
                 biased;
                 _ = &mut closed => return,
-                () = Box::pin(self.frame(&bytes)) => {}
+                () = Box::pin(tracing::Instrument::instrument(self.frame(&bytes), span)) => {}
             }
             self.handle.liveness.saw_client();
         }
