@@ -148,7 +148,33 @@ async fn haproxy_routes_ws_and_api_and_nothing_else() {
             .unwrap();
         assert_eq!(r.status(), 404, "{path} is not routed");
         let body: Value = r.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "not_found", "{path}: {body}");
+        // HAProxy's own answer (the services word theirs differently).
+        assert_eq!(
+            body,
+            json!({"error": {"code": "not_found", "message": "no such path"}}),
+            "{path}"
+        );
+    }
+    // Dot-segments are refused before routing (sent raw: an HTTP client
+    // library would resolve them itself).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(host_port(&lb.url))
+            .await
+            .unwrap();
+        s.write_all(
+            b"GET /api/../internal/memberships HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        tokio::time::timeout(WAIT, s.read_to_end(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+        assert!(head.contains("no such path"), "{head}");
     }
     // /api/* reaches the API (an unauthenticated request is the API's 401).
     let r = http
