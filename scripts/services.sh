@@ -1,10 +1,11 @@
 # shellcheck shell=bash
-# Private Postgres and Redis for development and tests: installed from
-# Debian's packages when missing, started on free loopback ports with their
-# data in a directory of ours, never as system services. Sourced by
-# scripts/test and scripts/run; `chorus_services_start DIR [durable]`
-# exports DATABASE_URL and REDIS_URL, `chorus_services_stop` stops what it
-# started. Without `durable` Postgres runs without fsync (throwaway test
+# Private Postgres and Redis for development and tests, and the HAProxy in
+# front of the services: installed from Debian's packages when missing,
+# started on loopback ports with their data in a directory of ours, never as
+# system services. Sourced by scripts/test and scripts/run;
+# `chorus_services_start DIR [durable]` exports DATABASE_URL and REDIS_URL,
+# `chorus_haproxy_start DIR` runs deploy/haproxy/haproxy.cfg,
+# `chorus_services_stop` stops what they started. Without `durable` Postgres runs without fsync (throwaway test
 # data, fast); with it (scripts/run, whose data is the user's) fsync,
 # synchronous_commit and full_page_writes are on, so a crash or power cut
 # loses nothing committed.
@@ -17,17 +18,26 @@ chorus_pg_bindir() {
     return 1
 }
 
+# HAProxy's binary (Debian puts it in /usr/sbin, not on every PATH).
+chorus_haproxy_bin() {
+    if [ -x /usr/sbin/haproxy ]; then
+        echo /usr/sbin/haproxy
+    else
+        command -v haproxy
+    fi
+}
+
 chorus_install_services() {
-    if chorus_pg_bindir >/dev/null && command -v redis-server >/dev/null; then
+    if chorus_pg_bindir >/dev/null && command -v redis-server >/dev/null && chorus_haproxy_bin >/dev/null; then
         return 0
     fi
     if [ "$(id -u)" -ne 0 ]; then
-        echo "Postgres or Redis is missing: run 'sudo apt-get install postgresql redis-server' first" >&2
+        echo "Postgres, Redis or HAProxy is missing: run 'sudo apt-get install postgresql redis-server haproxy' first" >&2
         return 1
     fi
-    echo "installing postgresql and redis-server from Debian's packages..." >&2
+    echo "installing postgresql, redis-server and haproxy from Debian's packages..." >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server haproxy >/dev/null
 }
 
 # A free TCP port on 127.0.0.1.
@@ -86,8 +96,7 @@ chorus_services_start() {
     redis-server --port "$CHORUS_REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
         --daemonize yes --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
         || return 1
-    local i
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
         redis-cli -p "$CHORUS_REDIS_PORT" ping >/dev/null 2>&1 && break
         sleep 0.1
     done
@@ -99,7 +108,46 @@ chorus_services_start() {
     export CHORUS_PG_BIN CHORUS_SERVICES_DIR
 }
 
+# Starts a private HAProxy with deploy/haproxy/haproxy.cfg, in the
+# foreground of a background job (never the system service), its pid in
+# DIR/haproxy.pid and its log in DIR/haproxy.log. Addresses come from the
+# CHORUS_LB_* variables the config documents (defaults: scripts/run's).
+# Returns once HAProxy sees every server UP.
+chorus_haproxy_start() {
+    local dir=$1 bin cfg admin
+    chorus_install_services || return 1
+    bin=$(chorus_haproxy_bin) || return 1
+    cfg=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/deploy/haproxy/haproxy.cfg
+    admin=${CHORUS_LB_ADMIN_ADDR:-127.0.0.1:8404}
+    mkdir -p "$dir"
+    # One left running from an earlier start in this directory goes first.
+    if [ -f "$dir/haproxy.pid" ] && kill -0 "$(cat "$dir/haproxy.pid")" 2>/dev/null; then
+        kill "$(cat "$dir/haproxy.pid")" 2>/dev/null || true
+        sleep 0.5
+    fi
+    "$bin" -c -q -f "$cfg" || return 1
+    "$bin" -db -f "$cfg" >"$dir/haproxy.log" 2>&1 &
+    echo $! >"$dir/haproxy.pid"
+    CHORUS_HAPROXY_PIDFILE=$dir/haproxy.pid
+    # Ready when the stats page lists servers and every one is UP.
+    for _ in $(seq 100); do
+        if curl -fs "http://$admin/stats;csv" 2>/dev/null \
+            | awk -F, 'NR > 1 && $2 != "FRONTEND" && $2 != "BACKEND" { n++; if ($18 != "UP") down++ }
+                       END { exit !(n > 0 && down == 0) }'; then
+            return 0
+        fi
+        kill -0 "$(cat "$dir/haproxy.pid")" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "haproxy did not see every server UP (log: $dir/haproxy.log)" >&2
+    tail -n 20 "$dir/haproxy.log" >&2
+    return 1
+}
+
 chorus_services_stop() {
+    if [ -n "${CHORUS_HAPROXY_PIDFILE:-}" ] && [ -f "$CHORUS_HAPROXY_PIDFILE" ]; then
+        kill "$(cat "$CHORUS_HAPROXY_PIDFILE")" 2>/dev/null || true
+    fi
     [ -n "${CHORUS_SERVICES_DIR:-}" ] || return 0
     if [ -f "$CHORUS_SERVICES_DIR/redis.pid" ]; then
         kill "$(cat "$CHORUS_SERVICES_DIR/redis.pid")" 2>/dev/null || true

@@ -138,11 +138,14 @@ async fn redis_restart_mid_stream_loses_nothing() {
     assert_eq!(b.seqs_until(25).await, want, "gateway 2 lost nothing");
 }
 
-/// A gateway as a real process, so it can be killed like one.
-struct GatewayProcess {
-    child: Child,
-    url: String,
-    admin: String,
+/// A gateway as a real process, so it can be killed like one (also used
+/// behind HAProxy in `haproxy.rs`).
+pub(crate) struct GatewayProcess {
+    pub(crate) child: Child,
+    /// `ws://127.0.0.1:<port>/ws`
+    pub(crate) url: String,
+    /// `http://127.0.0.1:<admin port>`
+    pub(crate) admin: String,
 }
 
 impl GatewayProcess {
@@ -170,7 +173,11 @@ impl GatewayProcess {
         GatewayProcess::start_with(api, redis_url, &[]).await
     }
 
-    async fn start_with(api: &Service, redis_url: &str, env: &[(&str, &str)]) -> GatewayProcess {
+    pub(crate) async fn start_with(
+        api: &Service,
+        redis_url: &str,
+        env: &[(&str, &str)],
+    ) -> GatewayProcess {
         let (port, admin) = (free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_chorus-gateway"))
             .envs(env.iter().copied())

@@ -10,6 +10,7 @@ mod common;
 mod connection;
 mod delivery;
 mod faults;
+mod haproxy;
 mod in_process;
 mod limits;
 mod presence;
