@@ -97,6 +97,9 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
+        if let ApiError::Database(_) = self {
+            metrics::counter!("chorus_api_database_errors_total").increment(1);
+        }
         let mut resp = (status, axum::Json(body)).into_response();
         if let ApiError::RateLimited { retry_after_s } = self
             && let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string())

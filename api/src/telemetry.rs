@@ -3,7 +3,15 @@
 //! scrape (and the Prometheus check catches a rule naming a series that
 //! does not exist).
 
+use std::time::Duration;
+
+use sqlx::PgPool;
+
 use crate::state::Bucket;
+
+/// How often the pool gauges are sampled: a scrape sees values at most
+/// this old.
+const POOL_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Registers every series at zero.
 pub fn register() {
@@ -11,6 +19,10 @@ pub fn register() {
         "chorus_outbox_published_total",
         "chorus_api_request_deadline_exceeded_total",
         "chorus_http_connections_refused_total",
+        "chorus_api_messages_written_total",
+        "chorus_api_notifications_written_total",
+        "chorus_api_database_errors_total",
+        "chorus_outbox_publish_failures_total",
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -18,4 +30,29 @@ pub fn register() {
         metrics::counter!("chorus_api_rate_limited_total", "bucket" => bucket.label()).increment(0);
     }
     metrics::gauge!("chorus_outbox_pending").set(0.0);
+}
+
+/// Samples the database pool into `chorus_api_db_pool_connections{state}`
+/// (busy, idle) until dropped.
+#[derive(Debug)]
+pub struct PoolGauges(tokio::task::JoinHandle<()>);
+
+impl Drop for PoolGauges {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub fn watch_pool(pool: PgPool) -> PoolGauges {
+    PoolGauges(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(POOL_SAMPLE_INTERVAL);
+        loop {
+            tick.tick().await;
+            let idle = pool.num_idle() as f64;
+            let size = f64::from(pool.size());
+            metrics::gauge!("chorus_api_db_pool_connections", "state" => "idle").set(idle);
+            metrics::gauge!("chorus_api_db_pool_connections", "state" => "busy")
+                .set((size - idle).max(0.0));
+        }
+    }))
 }

@@ -22,6 +22,26 @@ pub const SLOW_CONSUMER: u16 = 4009;
 /// closed with 4009, as a live event finding the queue full is at once.
 pub const SLOW_CONSUMER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The metric label of a close code (a fixed set: codes from the wire never
+/// become labels).
+pub fn label(code: u16) -> &'static str {
+    match code {
+        NORMAL => "1000",
+        POLICY => "1008",
+        TOO_BIG => "1009",
+        INTERNAL => "1011",
+        DRAINING => "1012",
+        RATE_LIMITED => "4008",
+        SLOW_CONSUMER => "4009",
+        _ => "other",
+    }
+}
+
+/// Every label [`label`] gives.
+pub const LABELS: &[&str] = &[
+    "1000", "1008", "1009", "1011", "1012", "4008", "4009", "other",
+];
+
 /// The reason text of a close frame with `code`.
 pub fn reason(code: u16) -> &'static str {
     match code {

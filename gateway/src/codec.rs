@@ -3,6 +3,7 @@
 //! most once per encoding ([`SharedFrame`]) and the same bytes are queued to
 //! every recipient.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::ws::{Message, Utf8Bytes};
@@ -29,6 +30,14 @@ pub enum Encoding {
 }
 
 impl Encoding {
+    /// The metric label of this encoding.
+    pub fn label(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::Msgpack => "msgpack",
+        }
+    }
+
     /// Encodes one value as a frame of this encoding.
     pub fn encode<T: Serialize>(self, value: &T) -> Message {
         match self {
@@ -59,6 +68,11 @@ pub enum SharedFrame<T> {
         value: T,
         json: OnceLock<Message>,
         msgpack: OnceLock<Message>,
+        /// When the event committed (Unix ms; 0 if unknown), and whether
+        /// its delivery lag was recorded (once per event, at its first
+        /// socket write).
+        committed_ms: i64,
+        lag_taken: AtomicBool,
     },
     /// A frame for one connection (ready, acks, errors), already encoded in
     /// that connection's encoding.
@@ -67,10 +81,37 @@ pub enum SharedFrame<T> {
 
 impl<T: Serialize> SharedFrame<T> {
     pub fn new(value: T) -> Self {
+        Self::committed_at(value, 0)
+    }
+
+    /// An event that committed at `committed_ms` (Unix ms), for the
+    /// end-to-end delivery lag.
+    pub fn committed_at(value: T, committed_ms: i64) -> Self {
         SharedFrame::Event {
             value,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
+            committed_ms,
+            lag_taken: AtomicBool::new(false),
+        }
+    }
+
+    /// Called after a socket write of this frame: the first write of an
+    /// event records its commit-to-socket lag
+    /// (`chorus_gateway_delivery_lag_seconds`); later ones cost a load.
+    pub fn written(&self) {
+        if let SharedFrame::Event {
+            committed_ms,
+            lag_taken,
+            ..
+        } = self
+            && *committed_ms > 0
+            && !lag_taken.load(Ordering::Relaxed)
+            && !lag_taken.swap(true, Ordering::Relaxed)
+        {
+            let lag_ms = chrono::Utc::now().timestamp_millis() - committed_ms;
+            metrics::histogram!("chorus_gateway_delivery_lag_seconds")
+                .record(lag_ms.max(0) as f64 / 1000.0);
         }
     }
 
@@ -89,6 +130,7 @@ impl<T: Serialize> SharedFrame<T> {
                 value,
                 json,
                 msgpack,
+                ..
             } => {
                 let cell = match enc {
                     Encoding::Json => json,

@@ -12,10 +12,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("config", &[]),
     ("error", &[]),
     ("liveness", &[]),
-    ("telemetry", &[]),
     ("codec", &["error"]),
     ("handle", &["close", "codec", "liveness"]),
     ("socket", &["close", "codec", "error", "handle"]),
+    ("telemetry", &["close", "codec", "socket"]),
     ("backplane", &["config", "error"]),
     ("api_client", &["backplane", "error"]),
     (

@@ -81,6 +81,8 @@ async fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if gw.is_draining() {
+        metrics::counter!("chorus_gateway_refused_upgrades_total", "reason" => "draining")
+            .increment(1);
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
@@ -102,6 +104,8 @@ async fn upgrade(
         .map(str::to_owned)
         .or_else(|| params.get("token").cloned());
     let Some(token) = token else {
+        metrics::counter!("chorus_gateway_refused_upgrades_total", "reason" => "unauthorized")
+            .increment(1);
         return refuse(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
@@ -111,6 +115,8 @@ async fn upgrade(
     let user = match gw.verifier().verify(&token) {
         Ok(u) => u,
         Err(e) => {
+            metrics::counter!("chorus_gateway_refused_upgrades_total", "reason" => "unauthorized")
+                .increment(1);
             return refuse(
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::Unauthorized,

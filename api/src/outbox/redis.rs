@@ -61,6 +61,7 @@ impl RedisSink {
 impl OutboxSink for RedisSink {
     async fn publish(&self, batch: &[(String, Vec<u8>)]) -> usize {
         if !self.client.is_connected() {
+            metrics::counter!("chorus_outbox_publish_failures_total").increment(1);
             return 0;
         }
         // A batch that times out while Redis is away may still be sent by
@@ -79,6 +80,7 @@ impl OutboxSink for RedisSink {
         let results = pipeline.try_all::<i64>().await;
         let ok = results.iter().take_while(|r| r.is_ok()).count();
         if let Some(Err(e)) = results.get(ok) {
+            metrics::counter!("chorus_outbox_publish_failures_total").increment(1);
             tracing::warn!(error = %e, published = ok, "redis publish failed, will retry");
         }
         ok

@@ -132,6 +132,7 @@ impl RedisBackplane {
         let live = self.live.clone();
         tokio::spawn(async move {
             while let Ok(_) | Err(RecvError::Lagged(_)) = reconnects.recv().await {
+                metrics::counter!("chorus_gateway_backplane_reconnects_total").increment(1);
                 live.store(true, Ordering::SeqCst);
                 resync_sink.on_resync();
             }

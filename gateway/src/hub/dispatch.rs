@@ -46,7 +46,7 @@ impl BackplaneSink for Hub {
         let Some(room) = self.room(community) else {
             return;
         };
-        let frame: Frame = Arc::new(SharedFrame::new(env.event));
+        let frame: Frame = Arc::new(SharedFrame::committed_at(env.event, env.ts_ms));
         match env.seq {
             Some(seq) => {
                 let gap = {

@@ -181,7 +181,10 @@ impl Hub {
         loop {
             let room = lock(&self.inner.rooms)
                 .entry(community)
-                .or_insert_with(|| Arc::new(Room::new(community)))
+                .or_insert_with(|| {
+                    metrics::gauge!("chorus_gateway_rooms").increment(1.0);
+                    Arc::new(Room::new(community))
+                })
                 .clone();
             if let Some(joined) = self
                 .join_room(&room, head_seq, conn, last_seq, checked_at)
@@ -297,6 +300,7 @@ impl Hub {
         st.retired = true;
         if rooms.get(&room.id).is_some_and(|r| Arc::ptr_eq(r, room)) {
             rooms.remove(&room.id);
+            metrics::gauge!("chorus_gateway_rooms").decrement(1.0);
         }
         if room.ready.initialized() {
             self.inner.subs.unsubscribe(room.channel.clone());

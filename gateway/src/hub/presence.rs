@@ -177,6 +177,7 @@ impl Hub {
     }
 
     async fn publish_joined(&self, community: Uuid, user: &str, name: &str) {
+        metrics::counter!("chorus_gateway_presence_events_total", "kind" => "joined").increment(1);
         self.publish_ephemeral(
             community,
             ServerEvent::UserJoined(UserJoined {
@@ -189,6 +190,7 @@ impl Hub {
     }
 
     async fn publish_left(&self, community: Uuid, user: &str) {
+        metrics::counter!("chorus_gateway_presence_events_total", "kind" => "left").increment(1);
         self.publish_ephemeral(
             community,
             ServerEvent::UserLeft(UserLeft {

@@ -131,8 +131,9 @@ impl Hub {
         mut slot: UserSlot,
     ) -> Result<(), GatewayError> {
         lock(&self.inner.conns).insert(conn.id, conn.clone());
-        let n = self.inner.conn_count.fetch_add(1, Ordering::SeqCst) + 1;
-        metrics::gauge!("chorus_gateway_connections").set(n as f64);
+        self.inner.conn_count.fetch_add(1, Ordering::SeqCst);
+        metrics::gauge!("chorus_gateway_connections", "encoding" => conn.encoding.label())
+            .increment(1.0);
         let subscribed = {
             let mut users = lock(&self.inner.users);
             let e = users.entry(conn.user_id.clone()).or_default();
@@ -173,7 +174,8 @@ impl Hub {
         }
         lock(&self.inner.conns).remove(&conn.id);
         let n = self.inner.conn_count.fetch_sub(1, Ordering::SeqCst) - 1;
-        metrics::gauge!("chorus_gateway_connections").set(n as f64);
+        metrics::gauge!("chorus_gateway_connections", "encoding" => conn.encoding.label())
+            .decrement(1.0);
         if n == 0 {
             self.inner.all_closed.notify_waiters();
         }

@@ -73,6 +73,7 @@ impl Hub {
         let live_head = room.delivered_through().max(head_seq);
         let Some(last_seq) = last_seq else {
             room.state().admit(conn, i64::MIN)?;
+            metrics::counter!("chorus_gateway_joins_total", "recovery" => "none").increment(1);
             return Ok(Joined {
                 head_seq: live_head,
                 recovered: true,
@@ -82,6 +83,8 @@ impl Hub {
         let from = last_seq.min(live_head);
         if live_head - from > self.inner.recovery_window {
             room.state().admit(conn, i64::MIN)?;
+            metrics::counter!("chorus_gateway_joins_total", "recovery" => "not_recovered")
+                .increment(1);
             return Ok(Joined {
                 head_seq: live_head,
                 recovered: false,
@@ -119,6 +122,7 @@ impl Hub {
             through = through.max(window.complete_through);
         }
         metrics::counter!("chorus_gateway_replayed_events_total").increment(missed.unsigned_abs());
+        metrics::counter!("chorus_gateway_joins_total", "recovery" => "recovered").increment(1);
         Ok(Joined {
             head_seq: room.delivered_through().max(through),
             recovered: true,

@@ -225,6 +225,9 @@ impl RoomState {
             }
         }
         metrics::counter!("chorus_gateway_deliveries_total").increment(n);
+        if let Some(e) = frame.event() {
+            metrics::counter!("chorus_gateway_frames_out_total", "type" => e.kind()).increment(n);
+        }
     }
 
     /// Queues an unsequenced frame to members, skipping `exclude_user`'s
@@ -240,6 +243,9 @@ impl RoomState {
             }
         }
         metrics::counter!("chorus_gateway_deliveries_total").increment(n);
+        if let Some(e) = frame.event() {
+            metrics::counter!("chorus_gateway_frames_out_total", "type" => e.kind()).increment(n);
+        }
     }
 }
 

@@ -73,9 +73,13 @@ async fn run(backplane: Arc<dyn Backplane>, mut rx: mpsc::UnboundedReceiver<SubO
         match op {
             SubOp::Subscribe(ch, reply) => {
                 let r = backplane.subscribe(&ch).await;
+                if r.is_ok() {
+                    metrics::gauge!("chorus_gateway_subscriptions").increment(1.0);
+                }
                 let _ = reply.send(r);
             }
             SubOp::Unsubscribe(ch) => {
+                metrics::gauge!("chorus_gateway_subscriptions").decrement(1.0);
                 if let Err(e) = backplane.unsubscribe(&ch).await {
                     tracing::warn!(channel = %ch, error = %e, "unsubscribe failed");
                 }

@@ -24,6 +24,7 @@ use crate::close;
 use crate::error::GatewayError;
 use crate::handle::{ConnHandle, Outbound};
 
+pub use self::reader::COMMANDS;
 use self::reader::Reader;
 
 /// Per-connection settings of the socket layer, shared by every connection.

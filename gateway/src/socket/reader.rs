@@ -179,6 +179,8 @@ impl<S: Session> Reader<S> {
             }
         };
         let r = raw.reference;
+        metrics::counter!("chorus_gateway_frames_in_total", "type" => command_label(&raw.kind))
+            .increment(1);
         match raw.kind.as_str() {
             "ping" => {
                 let pong = match r {
@@ -208,6 +210,27 @@ impl<S: Session> Reader<S> {
             }
         }
     }
+}
+
+/// The client command types of the contract, the metric labels of frames
+/// in (anything else is `unknown`: clients never create labels).
+pub const COMMANDS: &[&str] = &[
+    "ping",
+    "typing",
+    "join-community",
+    "leave-community",
+    "send-message",
+    "delete-message",
+    "subscribe-notifications",
+    "unknown",
+];
+
+fn command_label(kind: &str) -> &'static str {
+    COMMANDS
+        .iter()
+        .find(|c| **c == kind)
+        .copied()
+        .unwrap_or("unknown")
 }
 
 /// tungstenite reports an over-limit message as a capacity error ("Space

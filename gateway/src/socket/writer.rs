@@ -196,11 +196,13 @@ async fn write_batch(
         let message = first.get(encoding);
         handle.dequeued(&first);
         bounded(sink.feed(message)).await?;
+        first.written();
         for _ in 1..WRITE_BATCH {
             let Ok(next) = rx.try_recv() else { break };
             let message = next.get(encoding);
             handle.dequeued(&next);
             bounded(sink.feed(message)).await?;
+            next.written();
         }
         bounded(sink.flush()).await
     }
@@ -216,6 +218,7 @@ async fn finish(
     encoding: Encoding,
     code: u16,
 ) {
+    metrics::counter!("chorus_gateway_closes_total", "code" => close::label(code)).increment(1);
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         if code != close::SLOW_CONSUMER {
             while let Ok(m) = rx.try_recv() {

@@ -141,6 +141,36 @@ pub enum ServerEvent {
     Reconnect(Reconnect),
 }
 
+impl ServerEvent {
+    /// The event's `type` on the wire (also a metric label: a fixed set).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerEvent::Ready(_) => "ready",
+            ServerEvent::NewMessage(_) => "new-message",
+            ServerEvent::MessageDeleted(_) => "message-deleted",
+            ServerEvent::UserJoined(_) => "user-joined",
+            ServerEvent::UserLeft(_) => "user-left",
+            ServerEvent::UserTyping(_) => "user-typing",
+            ServerEvent::Notification(_) => "notification",
+            ServerEvent::MembershipRevoked(_) => "membership-revoked",
+            ServerEvent::Reconnect(_) => "reconnect",
+        }
+    }
+
+    /// Every [`ServerEvent::kind`].
+    pub const KINDS: &[&str] = &[
+        "ready",
+        "new-message",
+        "message-deleted",
+        "user-joined",
+        "user-left",
+        "user-typing",
+        "notification",
+        "membership-revoked",
+        "reconnect",
+    ];
+}
+
 /// `{"type":"ack","ref":n,"data":{...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AckFrame<T> {

@@ -205,6 +205,9 @@ impl MessageStore for PgStore {
                 .await?;
         }
         tx.commit().await?;
+        metrics::counter!("chorus_api_messages_written_total").increment(1);
+        metrics::counter!("chorus_api_notifications_written_total")
+            .increment(notified.len() as u64);
         self.committed_events();
         Ok(message)
     }

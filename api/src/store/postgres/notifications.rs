@@ -77,6 +77,7 @@ impl NotificationStore for PgStore {
         enqueue(&mut tx, &[(user_channel(new.user_id), env)]).await?;
         tx.commit().await?;
         self.committed_events();
+        metrics::counter!("chorus_api_notifications_written_total").increment(1);
         Ok(n)
     }
 
