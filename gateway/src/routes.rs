@@ -42,11 +42,13 @@ pub fn ws_router(gw: Gateway) -> Router {
 }
 
 pub fn admin_router(gw: Gateway) -> Router {
-    let handle = chorus_shared::telemetry::metrics_handle();
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route(
+            "/metrics",
+            get(|| std::future::ready(chorus_shared::telemetry::render())),
+        )
         .with_state(gw)
 }
 

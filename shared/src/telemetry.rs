@@ -51,6 +51,21 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// The scrape body: process metrics (CPU seconds, resident memory, open
+/// files: `process_*`) sampled now, then everything recorded.
+pub fn render() -> String {
+    static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+    let handle = metrics_handle();
+    PROCESS
+        .get_or_init(|| {
+            let c = metrics_process::Collector::default();
+            c.describe();
+            c
+        })
+        .collect();
+    handle.render()
+}
+
 /// How often the recorder's upkeep folds recorded histogram samples into
 /// their buckets: often enough that unscraped samples stay a few seconds'
 /// worth, rarely enough to cost nothing (the exporter's own default).

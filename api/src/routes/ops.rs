@@ -15,11 +15,13 @@ use crate::state::AppState;
 const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn admin_router(state: AppState) -> Router {
-    let handle = chorus_shared::telemetry::metrics_handle();
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route(
+            "/metrics",
+            get(|| std::future::ready(chorus_shared::telemetry::render())),
+        )
         .merge(super::internal_routes())
         .fallback(super::not_found)
         .with_state(state)
