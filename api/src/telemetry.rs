@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use crate::live::LiveState;
 use crate::state::Bucket;
 
 /// How often the pool gauges are sampled: a scrape sees values at most
@@ -30,9 +31,10 @@ pub fn register() {
         metrics::counter!("chorus_api_rate_limited_total", "bucket" => bucket.label()).increment(0);
     }
     metrics::gauge!("chorus_outbox_pending").set(0.0);
+    metrics::gauge!("chorus_api_registered_gateways").set(0.0);
 }
 
-/// Samples the database pool into `chorus_api_db_pool_connections{state}`
+/// Samples the database pool (and the gateway registry) into `chorus_api_db_pool_connections{state}`
 /// (busy, idle) until dropped.
 #[derive(Debug)]
 pub struct PoolGauges(tokio::task::JoinHandle<()>);
@@ -43,11 +45,17 @@ impl Drop for PoolGauges {
     }
 }
 
-pub fn watch_pool(pool: PgPool) -> PoolGauges {
+/// Also samples how many gateways the registry lists into
+/// `chorus_api_registered_gateways` (an alert compares it with the gateways
+/// Prometheus scrapes).
+pub fn watch_pool(pool: PgPool, live: LiveState) -> PoolGauges {
     PoolGauges(tokio::spawn(async move {
         let mut tick = tokio::time::interval(POOL_SAMPLE_INTERVAL);
         loop {
             tick.tick().await;
+            if let Ok(gateways) = live.gateways().await {
+                metrics::gauge!("chorus_api_registered_gateways").set(gateways.len() as f64);
+            }
             let idle = pool.num_idle() as f64;
             let size = f64::from(pool.size());
             metrics::gauge!("chorus_api_db_pool_connections", "state" => "idle").set(idle);
