@@ -98,7 +98,9 @@ def rules(path):
             continue
         for g in pr["spec"]["groups"]:
             for r in g["rules"]:
-                if set(r) - {"alert", "expr", "for", "labels", "annotations"} or not r.get("alert") or not r.get("expr"):
+                alerting = set(r) <= {"alert", "expr", "for", "labels", "annotations"} and r.get("alert")
+                recording = set(r) <= {"record", "expr", "labels"} and r.get("record")
+                if not (alerting or recording) or not r.get("expr"):
                     errors.append(f"PrometheusRule {n}: malformed rule {r}")
     for (kind, n), ing in by.items():
         if kind != "Ingress":
