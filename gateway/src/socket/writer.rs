@@ -89,18 +89,10 @@ pub(super) fn write_loop(
                         };
                         // Boxed: an idle connection's task should not carry
                         // the space of a write in progress.
-                        match Box::pin(guarded(ping, &handle, closed.as_mut())).await {
-                            Step::Done => {}
-                            Step::Closed(code) => break code,
-                            Step::Expired => break close_now(&handle, close::POLICY),
-                            Step::Stalled => {
-                                handle.slow_consumer();
-                                break close::SLOW_CONSUMER;
-                            }
-                            Step::Failed => {
-                                handle.close(close::NORMAL);
-                                return;
-                            }
+                        match Box::pin(guarded(ping, &handle, closed.as_mut())).await.then(&handle) {
+                            Then::Continue => {}
+                            Then::Close(code) => break code,
+                            Then::Drop => return,
                         }
                         next_ping = now + config.heartbeat;
                     }
@@ -109,18 +101,10 @@ pub(super) fn write_loop(
                 frame = rx.recv() => {
                     let Some(frame) = frame else { break close::NORMAL };
                     let batch = write_batch(&mut sink, &mut rx, &handle, frame);
-                    match Box::pin(guarded(batch, &handle, closed.as_mut())).await {
-                        Step::Done => {}
-                        Step::Closed(code) => break code,
-                        Step::Expired => break close_now(&handle, close::POLICY),
-                        Step::Stalled => {
-                            handle.slow_consumer();
-                            break close::SLOW_CONSUMER;
-                        }
-                        Step::Failed => {
-                            handle.close(close::NORMAL);
-                            return;
-                        }
+                    match Box::pin(guarded(batch, &handle, closed.as_mut())).await.then(&handle) {
+                        Then::Continue => {}
+                        Then::Close(code) => break code,
+                        Then::Drop => return,
                     }
                 }
             }
@@ -136,6 +120,34 @@ enum Step {
     Expired,
     Stalled,
     Failed,
+}
+
+/// What the writer does after a guarded write.
+enum Then {
+    Continue,
+    /// Send the close frame with this code.
+    Close(u16),
+    /// The socket is gone: just stop.
+    Drop,
+}
+
+impl Step {
+    /// Records the outcome on the handle and says what comes next.
+    fn then(self, handle: &ConnHandle) -> Then {
+        match self {
+            Step::Done => Then::Continue,
+            Step::Closed(code) => Then::Close(code),
+            Step::Expired => Then::Close(close_now(handle, close::POLICY)),
+            Step::Stalled => {
+                handle.slow_consumer();
+                Then::Close(close::SLOW_CONSUMER)
+            }
+            Step::Failed => {
+                handle.close(close::NORMAL);
+                Then::Drop
+            }
+        }
+    }
 }
 
 /// Runs a socket write until it ends, the connection is asked to close, or

@@ -595,3 +595,17 @@ impl Client {
         }
     }
 }
+
+/// A plain Redis client on the shared Redis, for tests that publish on the
+/// backplane themselves.
+pub async fn redis_client() -> fred::prelude::Client {
+    use fred::prelude::ClientLike;
+    let redis = fred::prelude::Client::new(
+        fred::prelude::Config::from_url(&env_url("REDIS_URL")).unwrap(),
+        None,
+        None,
+        None,
+    );
+    redis.init().await.unwrap();
+    redis
+}

@@ -86,20 +86,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_keep_receiving() {
     );
     // The slow client's connection is gone: it reads what was buffered,
     // then a 4009 close frame or the dropped connection.
-    let ended = tokio::time::timeout(WAIT, async {
-        use futures_util::StreamExt;
-        loop {
-            match ws.next().await {
-                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
-                    return f.map(|f| u16::from(f.code));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return None,
-            }
-        }
-    })
-    .await
-    .expect("the slow connection ended");
+    let ended = read_to_end(&mut ws, |_| {}).await;
     assert!(
         ended.is_none() || ended == Some(4009),
         "closed with {ended:?}"
@@ -453,24 +440,10 @@ async fn a_replay_to_a_client_that_stopped_reading_ends_in_4009() {
     })
     .await;
     // Reading now yields what was buffered, then the end, never the ack.
-    let ended = tokio::time::timeout(WAIT, async {
-        use futures_util::StreamExt;
-        loop {
-            match ws.next().await {
-                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
-                    return f.map(|f| u16::from(f.code));
-                }
-                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
-                    let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-                    assert_ne!(v["type"], "ack", "the replay must not complete");
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return None,
-            }
-        }
+    let ended = read_to_end(&mut ws, |v| {
+        assert_ne!(v["type"], "ack", "the replay must not complete");
     })
-    .await
-    .expect("the connection ends");
+    .await;
     assert!(matches!(ended, Some(4009) | None), "closed: {ended:?}");
 }
 
@@ -496,4 +469,26 @@ async fn stalling_client(
     .await
     .unwrap();
     ws
+}
+
+/// Reads a client's frames (each text frame through `check`) until the
+/// connection ends; the close code, or `None` when it was just dropped.
+async fn read_to_end(
+    ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>,
+    mut check: impl FnMut(&serde_json::Value),
+) -> Option<u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(Message::Text(t))) => check(&serde_json::from_str(t.as_str()).unwrap()),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the connection ends")
 }

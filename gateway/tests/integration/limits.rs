@@ -2,21 +2,10 @@
 //! typing coalesced across tabs, the join cap, repeated notifications
 //! dropped, readiness while rooms cannot be repaired.
 
-use fred::prelude::{ClientLike, Config, PubsubInterface};
+use fred::prelude::PubsubInterface;
 use serde_json::json;
 
 use crate::common::*;
-
-async fn redis() -> fred::prelude::Client {
-    let redis = fred::prelude::Client::new(
-        Config::from_url(&env_url("REDIS_URL")).unwrap(),
-        None,
-        None,
-        None,
-    );
-    redis.init().await.unwrap();
-    redis
-}
 
 #[tokio::test]
 async fn typing_from_many_tabs_is_broadcast_once_a_second_per_state() {
@@ -131,7 +120,11 @@ async fn a_notification_published_twice_is_delivered_once() {
     .fetch_one(&mut db)
     .await
     .unwrap();
-    let _: () = redis().await.publish(channel, payload).await.unwrap();
+    let _: () = redis_client()
+        .await
+        .publish(channel, payload)
+        .await
+        .unwrap();
     send("second").await;
     let next = b.next_event().await;
     assert_eq!(
@@ -161,7 +154,7 @@ async fn a_gateway_whose_rooms_cannot_repair_reports_not_ready() {
             },
         ),
     );
-    let _: () = redis()
+    let _: () = redis_client()
         .await
         .publish(format!("chorus:community:{c}"), env.encode())
         .await
