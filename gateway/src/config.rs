@@ -143,7 +143,12 @@ pub struct GatewayArgs {
     )]
     pub ws_command_burst: u32,
     /// Online count above which join/leave presence events are not broadcast.
-    #[arg(long, env = "CHORUS_PRESENCE_BROADCAST_LIMIT", default_value_t = DEFAULT_PRESENCE_BROADCAST_LIMIT)]
+    #[arg(
+        long,
+        env = "CHORUS_PRESENCE_BROADCAST_LIMIT",
+        default_value_t = DEFAULT_PRESENCE_BROADCAST_LIMIT,
+        value_parser = integer("CHORUS_PRESENCE_BROADCAST_LIMIT", 0, u64::MAX)
+    )]
     pub presence_broadcast_limit: u64,
     /// Most open connections (WebSockets and requests not yet upgraded);
     /// upgrades past it get 503 (default: the open-file limit less a
@@ -230,6 +235,11 @@ mod tests {
             ("--outbound-queue", "0", "CHORUS_WS_OUTBOUND_QUEUE"),
             ("--max-connections", "0", "CHORUS_MAX_CONNECTIONS"),
             ("--drain-seconds", "-5", "CHORUS_DRAIN_SECONDS"),
+            (
+                "--presence-broadcast-limit",
+                "abc",
+                "CHORUS_PRESENCE_BROADCAST_LIMIT",
+            ),
         ] {
             let arg = format!("{flag}={value}");
             let err = parse(&[&arg]).expect_err(flag);
