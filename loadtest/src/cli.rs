@@ -1,0 +1,464 @@
+//! The command line: one subcommand per scenario, the options every
+//! scenario shares, and the output (summary table on stderr, `--json`,
+//! `--report out.html`).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use indicatif::{MultiProgress, ProgressDrawTarget};
+
+use crate::client::Proto;
+use crate::group::Drive;
+use crate::outcome::{self, Outcome};
+use crate::procs::Watched;
+use crate::scenario::{self, Common, Fault};
+use crate::{fleet, floor};
+
+/// Chorus's load and fault tool. Every scenario verifies delivery (lost,
+/// duplicated, out-of-order events fail it) and reports costs per server
+/// process from /proc.
+#[derive(Debug, Parser)]
+#[command(name = "chorus-loadtest", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// N joined connections: cost to connect and join, memory and CPU to hold.
+    Idle {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        room_size: usize,
+        /// Seconds to hold the connections idle.
+        #[arg(long, default_value_t = 30.0)]
+        idle_seconds: f64,
+    },
+    /// Subscribers in large rooms; POSTs through the API at a fixed rate.
+    Fanout {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 500)]
+        room_size: usize,
+        /// POSTs per second (deliveries/s = rate × room size).
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+    },
+    /// Many small rooms: POSTs over HTTP and `send-message` over the socket, typing.
+    Chat {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        room_size: usize,
+        /// HTTP POSTs per second.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// `send-message` commands per second over the sockets (Chorus only).
+        #[arg(long, default_value_t = 0.0)]
+        socket_rate: f64,
+        /// `typing` frames per second.
+        #[arg(long, default_value_t = 0.0)]
+        typing_rate: f64,
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+    },
+    /// Every client drops at once and rejoins with lastSeq while traffic goes on.
+    ReconnectStorm {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, default_value_t = 20_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        room_size: usize,
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 15.0)]
+        seconds: f64,
+    },
+    /// POST rate in steps until p99 POST latency crosses a bound.
+    Throughput {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, default_value_t = 1_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        room_size: usize,
+        #[arg(long, default_value_t = 500.0)]
+        start_rate: f64,
+        #[arg(long, default_value_t = 500.0)]
+        step: f64,
+        #[arg(long, default_value_t = 8_000.0)]
+        max_rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        step_seconds: f64,
+        #[arg(long, default_value_t = 50.0)]
+        p99_bound_ms: f64,
+    },
+    /// Steady traffic for a bounded time; RSS and latency sampled over time.
+    Soak {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, default_value_t = 2_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 50)]
+        room_size: usize,
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 120.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 10.0)]
+        sample_every: f64,
+    },
+    /// Steady traffic while faults happen (`--fault SECONDS=COMMAND`).
+    Chaos {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, default_value_t = 1_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 50)]
+        room_size: usize,
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        /// `SECONDS=COMMAND`: run COMMAND with `sh -c` that many seconds
+        /// in (e.g. `10=kill -9 1234`). Repeatable. Only processes named
+        /// here are touched.
+        #[arg(long, value_parser = Fault::parse)]
+        fault: Vec<Fault>,
+    },
+    /// Only the kernel floor: CPU of one un-batched loopback frame write.
+    Floor {
+        #[arg(long, default_value_t = 250)]
+        frame_bytes: usize,
+    },
+    /// Internal: a worker process, driven by JSON lines on stdin.
+    #[command(hide = true)]
+    Worker,
+}
+
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// Which protocol the servers speak.
+    #[arg(long, value_enum, default_value_t = Proto::Chorus)]
+    proto: Proto,
+    /// Gateway base URL; repeat for several (clients spread round-robin).
+    #[arg(
+        long = "gateway",
+        env = "LOADTEST_GATEWAYS",
+        value_delimiter = ',',
+        default_values_t = ["ws://127.0.0.1:8081".to_string(), "ws://127.0.0.1:8082".to_string()]
+    )]
+    gateways: Vec<String>,
+    /// API base URL.
+    #[arg(long, env = "LOADTEST_API", default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// HS256 secret the servers verify tokens with.
+    #[arg(long, env = "CHORUS_JWT_SECRET", hide_env_values = true)]
+    secret: String,
+    /// `role=pid` (or `role=pid+` to include its children, for Postgres)
+    /// of a server process whose CPU and RSS the report attributes.
+    /// Roles used by the figures: gateway, api, postgres, redis.
+    #[arg(long = "watch", value_parser = Watched::parse)]
+    watch: Vec<Watched>,
+    /// Directory of `<name>.pid` files (`gw*.pid` → gateway, `api.pid`,
+    /// `redis.pid`, `postgres.pid` with children), as the run scripts and
+    /// the peers' `up.sh` write them.
+    #[arg(long, env = "LOADTEST_PID_DIR")]
+    pid_dir: Option<PathBuf>,
+    /// Worker processes for the clients (0: this process). Default: one per
+    /// 8,000 connections when there are more than 2,000.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Gateway admin `/metrics` URL; repeat (backfill counts of a storm).
+    #[arg(long, env = "LOADTEST_GATEWAY_METRICS", value_delimiter = ',')]
+    gateway_metrics: Vec<String>,
+    /// Characters per posted message.
+    #[arg(long, default_value_t = 100)]
+    content_len: usize,
+    /// Frame size for the kernel floor measurement (0: skip it).
+    #[arg(long, default_value_t = 250)]
+    frame_bytes: usize,
+    /// Report figures against the targets of issue 11 (full-size runs).
+    #[arg(long)]
+    targets: bool,
+    /// Write the outcome as JSON to this file (`-`: stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write an HTML report (inline SVG plots) to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn pid_dir(dir: &PathBuf) -> anyhow::Result<Vec<Watched>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let path = e?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(stem) = name.strip_suffix(".pid") else {
+            continue;
+        };
+        let role = match stem {
+            s if s.starts_with("gw") || s.starts_with("gateway") => "gateway",
+            "api" => "api",
+            "redis" => "redis",
+            "postgres" => "postgres",
+            _ => continue,
+        };
+        let pid: u32 = std::fs::read_to_string(&path)?
+            .trim()
+            .parse()
+            .with_context(|| format!("pid in {}", path.display()))?;
+        out.push(Watched {
+            role: role.into(),
+            pid,
+            children: role == "postgres",
+        });
+    }
+    Ok(out)
+}
+
+impl CommonArgs {
+    fn common(&self, connections: usize) -> anyhow::Result<Common> {
+        let mut watch = self.watch.clone();
+        if let Some(dir) = &self.pid_dir {
+            watch.extend(pid_dir(dir)?);
+        }
+        let workers = self.workers.unwrap_or(if connections > 2_000 {
+            connections.div_ceil(scenario::CONNECTIONS_PER_WORKER)
+        } else {
+            0
+        });
+        let floor = if self.frame_bytes > 0 {
+            Some(floor::measure(self.frame_bytes).context("measure the loopback floor")?)
+        } else {
+            None
+        };
+        let progress = MultiProgress::new();
+        if self.quiet {
+            progress.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        Ok(Common {
+            proto: self.proto,
+            gateways: self.gateways.clone(),
+            api: self.api.trim_end_matches('/').to_owned(),
+            secret: self.secret.clone(),
+            watch,
+            workers,
+            gateway_metrics: self.gateway_metrics.clone(),
+            content_len: self.content_len,
+            floor,
+            progress,
+            run: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            targets: self.targets,
+        })
+    }
+
+    fn output(&self, outcomes: &[Outcome], c: &Common) -> anyhow::Result<()> {
+        let mut table = outcome::table(outcomes);
+        if let Some(f) = &c.floor {
+            table.insert_str(
+                0,
+                &format!(
+                    "kernel floor: one un-batched {}-byte loopback write = {:.2} µs CPU (reader {:.2} µs)\n",
+                    f.bytes, f.write_us, f.read_us
+                ),
+            );
+        }
+        std::io::stderr().write_all(table.as_bytes())?;
+        if let Some(path) = &self.json {
+            let json = serde_json::to_string_pretty(&serde_json::json!({
+                "floor": c.floor,
+                "outcomes": outcomes,
+            }))?;
+            if path.as_os_str() == "-" {
+                std::io::stdout().write_all(json.as_bytes())?;
+            } else {
+                std::fs::write(path, json)?;
+            }
+        }
+        if let Some(path) = &self.report {
+            std::fs::write(path, outcome::html(outcomes, c.floor.as_ref()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Raises the open-file limit to the hard limit: every connection is a
+/// file.
+fn raise_nofile() {
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+}
+
+/// Runs the command line; false when a scenario failed its delivery check.
+pub async fn main() -> anyhow::Result<bool> {
+    let cli = Cli::parse();
+    raise_nofile();
+    let (args, outcome) = match cli.cmd {
+        Cmd::Worker => {
+            fleet::worker().await?;
+            return Ok(true);
+        }
+        Cmd::Floor { frame_bytes } => {
+            let f = floor::measure(frame_bytes)?;
+            std::io::stderr().write_all(
+                format!(
+                    "one un-batched {}-byte loopback write: {:.2} µs CPU (reader {:.2} µs)\n",
+                    f.bytes, f.write_us, f.read_us
+                )
+                .as_bytes(),
+            )?;
+            return Ok(true);
+        }
+        Cmd::Idle {
+            common,
+            connections,
+            room_size,
+            idle_seconds,
+        } => {
+            let c = common.common(connections)?;
+            let o = scenario::idle(&c, connections, room_size, idle_seconds).await?;
+            ((common, c), o)
+        }
+        Cmd::Fanout {
+            common,
+            connections,
+            room_size,
+            rate,
+            seconds,
+        } => {
+            let c = common.common(connections)?;
+            // Targets: 9 µs per delivery (issue 11); latency at 10k/s.
+            let lat = if rate * room_size as f64 <= 20_000.0 {
+                (Some(2.0), Some(5.0))
+            } else {
+                (None, Some(10.0))
+            };
+            let o = scenario::traffic_scenario(
+                &c,
+                "fanout",
+                connections,
+                room_size,
+                rate,
+                seconds,
+                None,
+                9.0,
+                lat,
+            )
+            .await?;
+            ((common, c), o)
+        }
+        Cmd::Chat {
+            common,
+            connections,
+            room_size,
+            rate,
+            socket_rate,
+            typing_rate,
+            seconds,
+        } => {
+            let c = common.common(connections)?;
+            let drive = (socket_rate > 0.0 || typing_rate > 0.0).then_some(Drive {
+                send_rate: socket_rate / c.workers.max(1) as f64,
+                typing_rate: typing_rate / c.workers.max(1) as f64,
+                seconds,
+                content_len: common.content_len,
+            });
+            let o = scenario::traffic_scenario(
+                &c,
+                "chat",
+                connections,
+                room_size,
+                rate,
+                seconds,
+                drive,
+                15.0,
+                (None, None),
+            )
+            .await?;
+            ((common, c), o)
+        }
+        Cmd::ReconnectStorm {
+            common,
+            connections,
+            room_size,
+            rate,
+            seconds,
+        } => {
+            let c = common.common(connections)?;
+            let o = scenario::storm(&c, connections, room_size, rate, seconds).await?;
+            ((common, c), o)
+        }
+        Cmd::Throughput {
+            common,
+            connections,
+            room_size,
+            start_rate,
+            step,
+            max_rate,
+            step_seconds,
+            p99_bound_ms,
+        } => {
+            let c = common.common(connections)?;
+            let o = scenario::throughput(
+                &c,
+                connections,
+                room_size,
+                start_rate,
+                step,
+                max_rate,
+                step_seconds,
+                p99_bound_ms,
+            )
+            .await?;
+            ((common, c), o)
+        }
+        Cmd::Soak {
+            common,
+            connections,
+            room_size,
+            rate,
+            seconds,
+            sample_every,
+        } => {
+            let c = common.common(connections)?;
+            let o = scenario::soak(&c, connections, room_size, rate, seconds, sample_every).await?;
+            ((common, c), o)
+        }
+        Cmd::Chaos {
+            common,
+            connections,
+            room_size,
+            rate,
+            seconds,
+            fault,
+        } => {
+            let c = common.common(connections)?;
+            let o = scenario::chaos(&c, connections, room_size, rate, seconds, &fault).await?;
+            ((common, c), o)
+        }
+    };
+    let (common, c) = args;
+    let ok = outcome.passed();
+    common.output(std::slice::from_ref(&outcome), &c)?;
+    Ok(ok)
+}

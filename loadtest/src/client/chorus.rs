@@ -1,0 +1,472 @@
+//! A Chorus client connection as the contract describes it: token in the
+//! upgrade, `ready`, `join-community` (with `lastSeq` after a reconnect),
+//! events checked against the per-community sequence, and recovery beyond
+//! the replay window by paging the HTTP history, so a reconnect or a
+//! killed gateway shows up as nothing lost or as a counted fault.
+
+use std::borrow::Cow;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::{
+    CONNECT_TIMEOUT, ClientSpec, ConnState, Control, Env, REQUEST_TIMEOUT, RoomTrack, Shared,
+    backoff, parse_content, tcp,
+};
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What a group asks one connection to send.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// `send-message` (Chorus) or nothing (peers have no such command).
+    Send {
+        community: String,
+        content: String,
+    },
+    Typing {
+        community: String,
+        on: bool,
+    },
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(rename = "ref")]
+    reference: Option<u64>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MessageIn<'a> {
+    #[serde(borrow)]
+    community_id: Cow<'a, str>,
+    seq: i64,
+    #[serde(borrow)]
+    content: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct NewMessage<'a> {
+    #[serde(borrow)]
+    message: MessageIn<'a>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Deleted<'a> {
+    #[serde(borrow)]
+    community_id: Cow<'a, str>,
+    seq: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JoinAck {
+    head_seq: i64,
+    recovered: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HistoryPage {
+    messages: Vec<HistoryMessage>,
+    next_after: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct HistoryMessage {
+    seq: i64,
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("closed by the server")]
+    Closed,
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for ConnError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        ConnError::Connect(e.to_string())
+    }
+}
+
+/// One connection's life: connect, join, read until told to quit;
+/// reconnect (to the next gateway) and rejoin with `lastSeq` when the
+/// server closes it or the group orders a storm.
+pub async fn run(
+    env: Env,
+    spec: ClientSpec,
+    state: Arc<Mutex<ConnState>>,
+    shared: Arc<Shared>,
+    mut control: watch::Receiver<Control>,
+    mut ops: mpsc::Receiver<Op>,
+) {
+    let mut gateway = spec.gateway;
+    let mut attempt = 0u32;
+    let mut storm = control.borrow().storm;
+    loop {
+        let r = session(
+            &env,
+            &spec,
+            gateway,
+            &state,
+            &shared,
+            &mut control,
+            &mut ops,
+            &mut storm,
+        )
+        .await;
+        if std::mem::replace(&mut lock(&state).joined, false) {
+            shared.joined.fetch_sub(1, Ordering::Relaxed);
+        }
+        match r {
+            Ok(Exit::Quit) => return,
+            Ok(Exit::Storm) => {
+                attempt = 0;
+            }
+            Err(e) => {
+                if control.borrow().quit {
+                    return;
+                }
+                {
+                    let mut st = lock(&state);
+                    if st.rooms.is_empty() && attempt >= 3 {
+                        st.failed = Some(e.to_string());
+                        return;
+                    }
+                }
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+                // Another gateway, as a load balancer would pick.
+                gateway += 1;
+            }
+        }
+        lock(&state).reconnects += 1;
+    }
+}
+
+fn lock(state: &Mutex<ConnState>) -> std::sync::MutexGuard<'_, ConnState> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+enum Exit {
+    Quit,
+    Storm,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    env: &Env,
+    spec: &ClientSpec,
+    gateway: usize,
+    state: &Arc<Mutex<ConnState>>,
+    shared: &Arc<Shared>,
+    control: &mut watch::Receiver<Control>,
+    ops: &mut mpsc::Receiver<Op>,
+    storm: &mut u64,
+) -> Result<Exit, ConnError> {
+    let started = Instant::now();
+    let url = format!(
+        "{}/ws",
+        env.ws_urls[gateway % env.ws_urls.len()].trim_end_matches('/')
+    );
+    let mut ws = timeout(CONNECT_TIMEOUT, connect(env, &url, &spec.token))
+        .await
+        .map_err(|_| ConnError::Timeout("connect"))??;
+    shared
+        .stats()
+        .connect
+        .record(started.elapsed().as_micros() as u64);
+    let mut next_ref = 1u64;
+    for community in &spec.communities {
+        let t = Instant::now();
+        join(env, spec, &mut ws, community, next_ref, state, shared).await?;
+        next_ref += 1;
+        shared.stats().join.record(t.elapsed().as_micros() as u64);
+    }
+    lock(state).joined = true;
+    shared.joined.fetch_add(1, Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            frame = ws.next() => {
+                let text = match frame {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(_))) | None => return Err(ConnError::Closed),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e.into()),
+                };
+                on_frame(&text, state, shared, true, None)?;
+            }
+            changed = control.changed() => {
+                let c = *control.borrow();
+                if changed.is_err() || c.quit {
+                    let _ = ws.close(None).await;
+                    return Ok(Exit::Quit);
+                }
+                if c.storm != *storm {
+                    *storm = c.storm;
+                    // Dropped as a network failure would: no close frame.
+                    drop(ws);
+                    return Ok(Exit::Storm);
+                }
+            }
+            Some(op) = ops.recv() => {
+                let frame = match op {
+                    Op::Send { community, content } => {
+                        next_ref += 1;
+                        serde_json::json!({"type": "send-message", "ref": next_ref,
+                            "data": {"communityId": community, "content": content}})
+                    }
+                    Op::Typing { community, on } => serde_json::json!({"type": "typing",
+                        "data": {"communityId": community, "isTyping": on}}),
+                };
+                ws.send(Message::text(frame.to_string())).await?;
+            }
+        }
+    }
+}
+
+async fn connect(env: &Env, url: &str, token: &str) -> Result<Ws, ConnError> {
+    let stream = tcp(url, env.local_addr)
+        .await
+        .map_err(|e| ConnError::Connect(e.to_string()))?;
+    let mut req = url.into_client_request()?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|e| ConnError::Connect(e.to_string()))?;
+    req.headers_mut().insert("authorization", bearer);
+    let (mut ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)).await?;
+    // `ready` comes first.
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                let f: Frame<'_> =
+                    serde_json::from_str(&t).map_err(|e| ConnError::Protocol(e.to_string()))?;
+                if f.kind == "ready" {
+                    return Ok(ws);
+                }
+            }
+            Some(Ok(Message::Close(_))) | None => return Err(ConnError::Closed),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Joins `community` (with `lastSeq` when this connection has seen it
+/// before), counts what the replay delivers, and pages the HTTP history
+/// when the gap was too large to replay.
+async fn join(
+    env: &Env,
+    spec: &ClientSpec,
+    ws: &mut Ws,
+    community: &str,
+    reference: u64,
+    state: &Arc<Mutex<ConnState>>,
+    shared: &Arc<Shared>,
+) -> Result<(), ConnError> {
+    let last = lock(state).rooms.get(community).map(|r| r.last_seq);
+    let mut data = serde_json::json!({"communityId": community});
+    if let Some(l) = last {
+        data["lastSeq"] = l.into();
+    }
+    let frame = serde_json::json!({"type": "join-community", "ref": reference, "data": data});
+    ws.send(Message::text(frame.to_string())).await?;
+    // Before the first ack this connection has no position in the room:
+    // hold what arrives and keep only what is past the head.
+    let mut held: Vec<i64> = Vec::new();
+    let ack = timeout(REQUEST_TIMEOUT, async {
+        loop {
+            let text: Utf8Bytes = match ws.next().await {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(_))) | None => return Err(ConnError::Closed),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+            };
+            let hold = if last.is_none() {
+                Some((community, &mut held))
+            } else {
+                None
+            };
+            if let Some(ack) = on_frame(&text, state, shared, false, hold)?
+                && ack.0 == reference
+            {
+                return ack
+                    .1
+                    .map(|raw| raw.get().to_owned())
+                    .ok_or_else(|| ConnError::Protocol(format!("join refused: {text}")));
+            }
+        }
+    })
+    .await
+    .map_err(|_| ConnError::Timeout("join ack"))??;
+    let ack: JoinAck =
+        serde_json::from_str(&ack).map_err(|e| ConnError::Protocol(format!("join ack: {e}")))?;
+    if last.is_none() {
+        let mut st = lock(state);
+        let room = st.rooms.entry(community.to_owned()).or_default();
+        room.last_seq = ack.head_seq;
+        for seq in held.into_iter().filter(|s| *s > ack.head_seq) {
+            room.on_seq(seq);
+        }
+    } else if !ack.recovered {
+        fill_from_history(env, spec, community, ack.head_seq, state).await?;
+    }
+    Ok(())
+}
+
+/// Pages `after=` the connection's position up to `head`, as a client
+/// does after `recovered: false`.
+async fn fill_from_history(
+    env: &Env,
+    spec: &ClientSpec,
+    community: &str,
+    head: i64,
+    state: &Arc<Mutex<ConnState>>,
+) -> Result<(), ConnError> {
+    loop {
+        let after = lock(state).rooms.get(community).map_or(0, |r| r.last_seq);
+        if after >= head {
+            return Ok(());
+        }
+        let url = format!(
+            "{}/api/messages-realtime?communityId={community}&after={after}&limit=100",
+            env.api_url
+        );
+        let page: HistoryPage = env
+            .http
+            .get(&url)
+            .bearer_auth(&spec.token)
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| ConnError::Protocol(format!("history: {e}")))?
+            .json()
+            .await
+            .map_err(|e| ConnError::Protocol(format!("history: {e}")))?;
+        let mut st = lock(state);
+        let room = st.rooms.entry(community.to_owned()).or_default();
+        for m in page.messages.iter().filter(|m| m.seq <= head) {
+            if room.on_seq(m.seq) {
+                room.from_history += 1;
+            }
+        }
+        if page.next_after.is_none() || page.messages.is_empty() {
+            // Deleted messages leave seqs history never returns.
+            if room.last_seq < head {
+                room.last_seq = head;
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// Handles one server frame. Returns `(ref, Some(data) | None for an
+/// error)` for answers. `live` is false while a join's replay runs.
+fn on_frame<'a>(
+    text: &'a str,
+    state: &Mutex<ConnState>,
+    shared: &Shared,
+    live: bool,
+    hold: Option<(&str, &mut Vec<i64>)>,
+) -> Result<Option<(u64, Option<&'a RawValue>)>, ConnError> {
+    let f: Frame<'a> =
+        serde_json::from_str(text).map_err(|e| ConnError::Protocol(e.to_string()))?;
+    let data = f.data;
+    match f.kind.as_ref() {
+        "new-message" => {
+            let m: NewMessage<'_> = parse(data)?;
+            let mark = parse_content(&m.message.content);
+            track(
+                state,
+                shared,
+                &m.message.community_id,
+                m.message.seq,
+                live,
+                hold,
+                mark.map(|m| m.0),
+            );
+        }
+        "message-deleted" => {
+            let d: Deleted<'_> = parse(data)?;
+            track(state, shared, &d.community_id, d.seq, live, hold, None);
+        }
+        "user-typing" => {
+            shared.typing.fetch_add(1, Ordering::Relaxed);
+        }
+        "ack" => return Ok(f.reference.map(|r| (r, data))),
+        "error" => {
+            if let Some(r) = f.reference {
+                return Ok(Some((r, None)));
+            }
+        }
+        "membership-revoked" => return Err(ConnError::Protocol("membership revoked".into())),
+        _ => {}
+    }
+    Ok(None)
+}
+
+fn parse<'a, T: Deserialize<'a>>(data: Option<&'a RawValue>) -> Result<T, ConnError> {
+    let raw = data.ok_or_else(|| ConnError::Protocol("event without data".into()))?;
+    serde_json::from_str(raw.get()).map_err(|e| ConnError::Protocol(e.to_string()))
+}
+
+fn track(
+    state: &Mutex<ConnState>,
+    shared: &Shared,
+    community: &str,
+    seq: i64,
+    live: bool,
+    hold: Option<(&str, &mut Vec<i64>)>,
+    sent_us: Option<u64>,
+) {
+    if let Some((joining, held)) = hold
+        && joining == community
+        && !lock(state).rooms.contains_key(community)
+    {
+        held.push(seq);
+        return;
+    }
+    let fresh = {
+        let mut st = lock(state);
+        let room: &mut RoomTrack = match st.rooms.get_mut(community) {
+            Some(r) => r,
+            // An event of a community this connection has not joined yet
+            // (a join in progress for another one): its join places it.
+            None => return,
+        };
+        let fresh = room.on_seq(seq);
+        if fresh && !live {
+            room.replayed += 1;
+        }
+        fresh
+    };
+    if fresh {
+        shared.deliveries.fetch_add(1, Ordering::Relaxed);
+        if live && let Some(sent) = sent_us {
+            shared.delivered(sent);
+        }
+    }
+}
