@@ -262,6 +262,7 @@ impl CommonArgs {
             secret: self.secret.clone(),
             watch,
             workers,
+            worker_exe: None,
             gateway_metrics: self.gateway_metrics.clone(),
             content_len: self.content_len,
             floor,

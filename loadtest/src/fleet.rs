@@ -75,15 +75,23 @@ impl Remote {
 }
 
 impl Fleet {
-    /// Starts the groups: in worker processes when `processes`, else here.
-    pub async fn start(specs: Vec<GroupSpec>, processes: bool) -> anyhow::Result<Fleet> {
+    /// Starts the groups: in worker processes running `worker` (this
+    /// executable when `None`) when `processes`, else here.
+    pub async fn start(
+        specs: Vec<GroupSpec>,
+        processes: bool,
+        worker: Option<&std::path::Path>,
+    ) -> anyhow::Result<Fleet> {
         let mut members = Vec::new();
         for spec in specs {
             if !processes {
                 members.push(Member::Local(Group::start(spec)));
                 continue;
             }
-            let exe = std::env::current_exe().context("own executable")?;
+            let exe = match worker {
+                Some(w) => w.to_owned(),
+                None => std::env::current_exe().context("own executable")?,
+            };
             let mut child = Command::new(exe)
                 .arg("worker")
                 .stdin(Stdio::piped())

@@ -145,6 +145,11 @@ impl OwnRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id, for tests that signal it (0 once killed).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// Kills the server (like a crash: no shutdown).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
