@@ -4,6 +4,9 @@
 //! repeated or out of order. Figures are not checked here (shared
 //! machines); they are the benchmarks' business.
 
+// Test support panics on purpose: a panic is a test failure with a reason.
+#![allow(clippy::unwrap_used)]
+
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
