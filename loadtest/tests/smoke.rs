@@ -184,7 +184,7 @@ async fn idle_connects_everyone_and_counts_their_cost() {
     assert!(
         o.passed(),
         "{}",
-        chorus_loadtest::outcome::table(&[o.clone()])
+        chorus_loadtest::outcome::table(std::slice::from_ref(&o))
     );
     assert_eq!((o.verdict.connections, o.verdict.received), (30, 0));
     assert_eq!(o.figures[0].value, 30.0);
