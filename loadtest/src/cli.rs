@@ -144,6 +144,13 @@ enum Cmd {
         #[arg(long, default_value_t = 250)]
         frame_bytes: usize,
     },
+    /// Side-by-side table of `--json` outputs (the first file is Chorus):
+    /// each figure per target and as a ratio to the first.
+    Compare {
+        /// `label=file.json`, repeatable; the first is the reference.
+        #[arg(required = true)]
+        runs: Vec<String>,
+    },
     /// Internal: a worker process, driven by JSON lines on stdin.
     #[command(hide = true)]
     Worker,
@@ -203,6 +210,9 @@ struct CommonArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Name of the scenario in the outputs (e.g. `fanout-50k`).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 fn pid_dir(dir: &PathBuf) -> anyhow::Result<Vec<Watched>> {
@@ -317,6 +327,10 @@ pub async fn main() -> anyhow::Result<bool> {
     let (args, outcome) = match cli.cmd {
         Cmd::Worker => {
             fleet::worker().await?;
+            return Ok(true);
+        }
+        Cmd::Compare { runs } => {
+            std::io::stdout().write_all(crate::compare::table(&runs)?.as_bytes())?;
             return Ok(true);
         }
         Cmd::Floor { frame_bytes } => {
@@ -459,6 +473,10 @@ pub async fn main() -> anyhow::Result<bool> {
         }
     };
     let (common, c) = args;
+    let mut outcome = outcome;
+    if let Some(name) = &common.name {
+        outcome.scenario.clone_from(name);
+    }
     let ok = outcome.passed();
     common.output(std::slice::from_ref(&outcome), &c)?;
     Ok(ok)

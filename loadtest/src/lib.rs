@@ -19,6 +19,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod compare;
 pub mod fleet;
 pub mod floor;
 pub mod group;

@@ -153,12 +153,18 @@ impl Step {
 /// Runs a socket write until it ends, the connection is asked to close, or
 /// the token expires: a stuck socket must not hold up a close, nor outlive
 /// the token.
+///
+/// Biased towards the write: almost every write completes on its first
+/// poll, and then neither the close signal nor the expiry timer is polled,
+/// so no timer is registered and removed per delivery (a timer-wheel
+/// update per frame was measurable on the fan-out path).
 async fn guarded<W, C>(write: W, handle: &ConnHandle, closed: Pin<&mut C>) -> Step
 where
     W: Future<Output = Written>,
     C: Future<Output = u16>,
 {
     tokio::select! {
+        biased;
         w = write => match w {
             Written::All => Step::Done,
             Written::Stalled => Step::Stalled,
