@@ -27,10 +27,16 @@ pub fn table(runs: &[String]) -> anyhow::Result<String> {
             for o in v["outcomes"].as_array().into_iter().flatten() {
                 let scenario = o["scenario"].as_str().unwrap_or("?").to_owned();
                 for f in o["figures"].as_array().into_iter().flatten() {
-                    let key = (scenario.clone(), f["name"].as_str().unwrap_or("?").to_owned());
+                    let key = (
+                        scenario.clone(),
+                        f["name"].as_str().unwrap_or("?").to_owned(),
+                    );
                     let entry = rows.entry(key.clone()).or_insert_with(|| {
                         order.push(key.clone());
-                        (f["unit"].as_str().unwrap_or("").to_owned(), vec![None; runs.len()])
+                        (
+                            f["unit"].as_str().unwrap_or("").to_owned(),
+                            vec![None; runs.len()],
+                        )
                     });
                     entry.1[i] = f["value"].as_f64();
                 }
@@ -50,7 +56,12 @@ pub fn table(runs: &[String]) -> anyhow::Result<String> {
     s.push_str("|\n");
     for key in order {
         let (unit, values) = &rows[&key];
-        let _ = write!(s, "| {} | {} | {unit} |", key.0, key.1.trim_start_matches(['…', ' ']));
+        let _ = write!(
+            s,
+            "| {} | {} | {unit} |",
+            key.0,
+            key.1.trim_start_matches(['…', ' '])
+        );
         for v in values {
             let _ = write!(s, " {} |", v.map_or("–".into(), fmt));
         }

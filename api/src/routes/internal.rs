@@ -7,11 +7,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use chorus_shared::ids::is_valid_user_id;
 use chorus_shared::protocol::{
-    CommunityAccess, EventsPage, MAX_EVENTS_PER_REQUEST, SequencedEventBody,
+    AccessChecks, AccessResults, CommunityAccess, EventsPage, MAX_ACCESS_CHECKS,
+    MAX_EVENTS_PER_REQUEST, SequencedEventBody,
 };
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Internal, Params, parse_id};
+use crate::extract::{Body, Internal, Params, parse_id};
 use crate::state::AppState;
 
 /// `GET /internal/communities/{id}/events?after=N&limit=M`.
@@ -69,4 +70,38 @@ pub async fn access(
         head_seq: a.community.head_seq,
         role: a.role,
     }))
+}
+
+/// `POST /internal/access`: many access checks in one query, answered in
+/// order; `null` where the community does not exist or the user id is not
+/// one (what the single check answers with 404).
+pub async fn access_many(
+    _: Internal,
+    State(state): State<AppState>,
+    body: Body<AccessChecks>,
+) -> ApiResult<Json<AccessResults>> {
+    let body = body.value;
+    if body.checks.len() > MAX_ACCESS_CHECKS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_ACCESS_CHECKS} checks per request"
+        )));
+    }
+    let valid: Vec<(usize, (uuid::Uuid, &str))> = body
+        .checks
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| is_valid_user_id(&c.user_id))
+        .map(|(i, c)| (i, (c.community_id, c.user_id.as_str())))
+        .collect();
+    let asked: Vec<(uuid::Uuid, &str)> = valid.iter().map(|(_, c)| *c).collect();
+    let answers = if asked.is_empty() {
+        Vec::new()
+    } else {
+        state.store().access_many(&asked).await?
+    };
+    let mut results = vec![None; body.checks.len()];
+    for ((i, _), answer) in valid.into_iter().zip(answers) {
+        results[i] = answer;
+    }
+    Ok(Json(AccessResults { results }))
 }

@@ -93,6 +93,7 @@ async fn deadline(req: Request, next: Next) -> Response {
 pub(crate) fn internal_routes() -> Router<AppState> {
     Router::new()
         .route("/internal/communities/{id}/events", get(internal::events))
+        .route("/internal/access", post(internal::access_many))
         .route(
             "/internal/communities/{id}/access/{user_id}",
             get(internal::access),

@@ -18,7 +18,8 @@ mod postgres;
 use async_trait::async_trait;
 use chorus_shared::auth::AuthUser;
 use chorus_shared::protocol::{
-    Community, Member, MemberRole, Message, MessageDeleted, Notification, ServerEvent,
+    Community, CommunityAccess, Member, MemberRole, Message, MessageDeleted, Notification,
+    ServerEvent,
 };
 use uuid::Uuid;
 
@@ -134,6 +135,12 @@ pub trait CommunityStore: Send + Sync {
         community_id: Uuid,
         user_id: &str,
     ) -> Result<Option<(Community, Option<MemberRole>)>, ApiError>;
+    /// Many access checks in one query, answered in order: `None` where the
+    /// community does not exist.
+    async fn access_many(
+        &self,
+        checks: &[(Uuid, &str)],
+    ) -> Result<Vec<Option<CommunityAccess>>, ApiError>;
     /// Adds a member (creating an unknown user named after their id); a
     /// no-op returning the existing member if already there.
     async fn add_member(

@@ -315,3 +315,61 @@ fn user_ids(body: &Value) -> Vec<String> {
         .map(|m| m["userId"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// `POST /internal/access` (the gateways' batched join check) answers each
+/// check in order, with what the single check would say: the role of a
+/// member, none for a non-member, `null` for an unknown community or a
+/// user id that is not one; too many checks are refused.
+#[tokio::test]
+async fn batched_access_checks_answer_in_order() {
+    let api = Api::start().await;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let c = api.community(&token(&alice), "batch", false).await;
+    api.add(&token(&alice), &c, &bob).await;
+    let check = |body: Value| {
+        let req = api
+            .http
+            .post(format!("{}/internal/access", api.admin_url))
+            .bearer_auth(INTERNAL_TOKEN)
+            .json(&body);
+        async move { into_resp(req.send().await.unwrap()).await }
+    };
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let r = check(json!({"checks": [
+        {"communityId": c, "userId": bob},
+        {"communityId": c, "userId": "stranger"},
+        {"communityId": unknown, "userId": alice},
+        {"communityId": c, "userId": "not a user id"},
+        {"communityId": c, "userId": alice},
+    ]}))
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let results = r.body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5);
+    assert_eq!(results[0]["role"], "member");
+    assert_eq!(results[0]["communityId"], c.as_str());
+    assert_eq!(results[0]["isPublic"], false);
+    assert_eq!(results[1]["role"], Value::Null);
+    assert_eq!(results[1]["headSeq"], 0);
+    assert_eq!(results[2], Value::Null);
+    assert_eq!(results[3], Value::Null);
+    assert_eq!(results[4]["role"], "owner");
+
+    let r = check(json!({"checks": []})).await;
+    assert_eq!(r.body, json!({"results": []}));
+    let too_many: Vec<Value> = (0..=chorus_shared::protocol::MAX_ACCESS_CHECKS)
+        .map(|_| json!({"communityId": c, "userId": bob}))
+        .collect();
+    let r = check(json!({ "checks": too_many })).await;
+    assert_eq!((r.status, r.code()), (400, "bad_request"));
+    // Gateways only: a user token is refused.
+    let r = api
+        .http
+        .post(format!("{}/internal/access", api.admin_url))
+        .bearer_auth(token(&bob))
+        .json(&json!({"checks": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}

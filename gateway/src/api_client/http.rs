@@ -7,7 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chorus_shared::error::{ErrorBody, ErrorCode};
 use chorus_shared::protocol::{
-    CommunityAccess, EventsPage, Message, NotificationPage, SendMessage,
+    AccessChecks, AccessResults, CommunityAccess, EventsPage, Message, NotificationPage,
+    SendMessage,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -15,6 +16,7 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::Api;
+use super::batch::{self, AccessBatch};
 use crate::error::GatewayError;
 
 /// Requests to the API in flight at once from one gateway. Enough to keep
@@ -49,6 +51,8 @@ pub struct HttpApi {
     /// Bounds requests in flight: a reconnect storm queues here instead of
     /// opening thousands of connections to the API.
     permits: Arc<Semaphore>,
+    /// Join access checks waiting for the next batch.
+    access: Arc<AccessBatch>,
 }
 
 impl HttpApi {
@@ -79,7 +83,36 @@ impl HttpApi {
             internal_base: internal_base.trim_end_matches('/').to_owned(),
             internal_token: internal_token.to_owned(),
             permits: Arc::new(Semaphore::new(slots)),
+            access: Arc::default(),
         })
+    }
+
+    /// Sends queued access checks in batches until the queue is empty.
+    async fn send_access_checks(self) {
+        loop {
+            let waiting = self.access.next();
+            if waiting.is_empty() {
+                return;
+            }
+            let body = AccessChecks {
+                checks: waiting.iter().map(|w| w.check.clone()).collect(),
+            };
+            let results = async {
+                let _permit = self.permit().await?;
+                let answer: AccessResults = read(
+                    self.http
+                        .post(format!("{}/internal/access", self.internal_base))
+                        .bearer_auth(&self.internal_token)
+                        .json(&body)
+                        .send()
+                        .await,
+                )
+                .await?;
+                Ok(answer.results)
+            }
+            .await;
+            batch::answer(waiting, results);
+        }
     }
 
     /// A GET on an internal endpoint with the service token.
@@ -110,11 +143,13 @@ impl HttpApi {
 #[async_trait]
 impl Api for HttpApi {
     async fn access(&self, community: Uuid, user: &str) -> Result<CommunityAccess, GatewayError> {
-        self.internal_get(format!(
-            "{}/internal/communities/{community}/access/{user}",
-            self.internal_base
-        ))
-        .await
+        let (answer, start) = self.access.enqueue(community, user);
+        if start {
+            tokio::spawn(self.clone().send_access_checks());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(GatewayError::Unavailable("access check dropped".into())))
     }
 
     async fn events(
@@ -239,5 +274,84 @@ mod tests {
         assert!(!first.is_finished(), "the first call still holds its slot");
         first.abort();
         silent.abort();
+    }
+
+    /// Joins that arrive while a check is in flight go together: 200
+    /// concurrent checks reach the API in a handful of requests, each
+    /// answered with its own result.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_access_checks_share_requests() {
+        use axum::routing::post;
+        use chorus_shared::protocol::{AccessChecks, AccessResults};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = requests.clone();
+        let app = axum::Router::new().route(
+            "/internal/access",
+            post(move |axum::Json(body): axum::Json<AccessChecks>| {
+                let seen = seen.clone();
+                async move {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    // A slow API: more checks queue behind this one.
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    axum::Json(AccessResults {
+                        results: body
+                            .checks
+                            .into_iter()
+                            .map(|c| {
+                                (c.user_id != "ghost").then(|| CommunityAccess {
+                                    community_id: c.community_id,
+                                    is_public: true,
+                                    head_seq: c.user_id.len() as i64,
+                                    role: None,
+                                })
+                            })
+                            .collect(),
+                    })
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let api = HttpApi::new(&base, &base, "t").expect("client");
+        let community = Uuid::new_v4();
+        let checks = (0..200).map(|i| {
+            let api = api.clone();
+            async move {
+                let user = if i == 7 {
+                    "ghost".to_owned()
+                } else {
+                    "u".repeat(i % 5 + 1)
+                };
+                (i, api.access(community, &user).await)
+            }
+        });
+        for (i, r) in futures_util::future::join_all(checks).await {
+            if i == 7 {
+                assert!(
+                    matches!(
+                        r,
+                        Err(GatewayError::Api {
+                            code: ErrorCode::NotFound,
+                            ..
+                        })
+                    ),
+                    "{r:?}"
+                );
+            } else {
+                let a = r.expect("answered");
+                assert_eq!(
+                    (a.community_id, a.head_seq),
+                    (community, (i % 5 + 1) as i64)
+                );
+            }
+        }
+        let n = requests.load(Ordering::SeqCst);
+        assert!((1..=20).contains(&n), "200 checks in {n} requests");
+        server.abort();
     }
 }

@@ -5,6 +5,7 @@
 //! the same sequencing rules, so rooms, replay and gap filling can be
 //! driven deterministically in tests without Postgres or an API process.
 
+mod batch;
 mod http;
 mod memory;
 

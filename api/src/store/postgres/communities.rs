@@ -5,7 +5,9 @@
 
 use async_trait::async_trait;
 use chorus_shared::envelope::{Envelope, user_channel};
-use chorus_shared::protocol::{Community, Member, MemberRole, MembershipRevoked, ServerEvent};
+use chorus_shared::protocol::{
+    Community, CommunityAccess, Member, MemberRole, MembershipRevoked, ServerEvent,
+};
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 use uuid::Uuid;
@@ -70,6 +72,16 @@ impl From<MemberRow> for Member {
             role: MemberRole::parse(&r.role).unwrap_or(MemberRole::Member),
         }
     }
+}
+
+/// One answer of [`CommunityStore::access_many`]; the community's columns
+/// are null when it does not exist.
+#[derive(FromRow)]
+struct AccessManyRow {
+    id: Option<Uuid>,
+    is_public: Option<bool>,
+    head_seq: Option<i64>,
+    role: Option<String>,
 }
 
 #[async_trait]
@@ -142,6 +154,38 @@ impl CommunityStore for PgStore {
             let role = r.role.as_deref().and_then(MemberRole::parse);
             (r.community.into(), role)
         }))
+    }
+
+    async fn access_many(
+        &self,
+        checks: &[(Uuid, &str)],
+    ) -> Result<Vec<Option<CommunityAccess>>, ApiError> {
+        let communities: Vec<Uuid> = checks.iter().map(|c| c.0).collect();
+        let users: Vec<&str> = checks.iter().map(|c| c.1).collect();
+        // One row per check, in the checks' order (`ordinality`).
+        let rows: Vec<AccessManyRow> = sqlx::query_as(
+            "select c.id, c.is_public, c.head_seq, m.role \
+             from unnest($1::uuid[], $2::text[]) with ordinality as t(community_id, user_id, i) \
+             left join communities c on c.id = t.community_id \
+             left join community_members m \
+             on m.community_id = t.community_id and m.user_id = t.user_id \
+             order by t.i",
+        )
+        .bind(&communities)
+        .bind(&users)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                Some(CommunityAccess {
+                    community_id: r.id?,
+                    is_public: r.is_public?,
+                    head_seq: r.head_seq?,
+                    role: r.role.as_deref().and_then(MemberRole::parse),
+                })
+            })
+            .collect())
     }
 
     async fn add_member(
