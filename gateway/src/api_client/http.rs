@@ -300,7 +300,7 @@ mod tests {
                             .checks
                             .into_iter()
                             .map(|c| {
-                                (c.user_id != "ghost").then(|| CommunityAccess {
+                                (c.user_id != "ghost").then_some(CommunityAccess {
                                     community_id: c.community_id,
                                     is_public: true,
                                     head_seq: c.user_id.len() as i64,
