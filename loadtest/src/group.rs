@@ -100,6 +100,7 @@ impl Report {
         self.typing += o.typing;
         self.send_errors += o.send_errors;
         self.stats.latency.merge(&o.stats.latency);
+        self.stats.from_commit.merge(&o.stats.from_commit);
         self.stats.connect.merge(&o.stats.connect);
         self.stats.join.merge(&o.stats.join);
         for (s, h) in &o.stats.series {

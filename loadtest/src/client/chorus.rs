@@ -21,7 +21,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::{
     CONNECT_TIMEOUT, ClientSpec, ConnState, Control, Env, REQUEST_TIMEOUT, RoomTrack, Shared,
-    backoff, parse_content, tcp,
+    backoff, parse_content, parse_created_at, tcp,
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -58,6 +58,8 @@ struct MessageIn<'a> {
     seq: i64,
     #[serde(borrow)]
     content: Cow<'a, str>,
+    #[serde(borrow)]
+    created_at: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -398,7 +400,8 @@ fn on_frame<'a>(
     match f.kind.as_ref() {
         "new-message" => {
             let m: NewMessage<'_> = parse(data)?;
-            let mark = parse_content(&m.message.content);
+            let mark = parse_content(&m.message.content)
+                .map(|(sent, _)| (sent, parse_created_at(&m.message.created_at)));
             track(
                 state,
                 shared,
@@ -406,7 +409,7 @@ fn on_frame<'a>(
                 m.message.seq,
                 live,
                 hold,
-                mark.map(|m| m.0),
+                mark,
             );
         }
         "message-deleted" => {
@@ -440,7 +443,7 @@ fn track(
     seq: i64,
     live: bool,
     hold: Option<(&str, &mut Vec<i64>)>,
-    sent_us: Option<u64>,
+    sent: Option<(u64, Option<u64>)>,
 ) {
     if let Some((joining, held)) = hold
         && joining == community
@@ -465,8 +468,8 @@ fn track(
     };
     if fresh {
         shared.deliveries.fetch_add(1, Ordering::Relaxed);
-        if live && let Some(sent) = sent_us {
-            shared.delivered(sent);
+        if live && let Some((sent, created)) = sent {
+            shared.delivered(sent, created);
         }
     }
 }

@@ -69,6 +69,34 @@ pub fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// Microseconds since the epoch of an RFC 3339 UTC timestamp as both
+/// Chorus and the peers write `createdAt` (`2026-11-26T05:54:42.123Z`,
+/// fraction optional).
+pub fn parse_created_at(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut frac_us = 0i64;
+    if b[19] == b'.' {
+        let digits: String = s[20..].chars().take_while(char::is_ascii_digit).collect();
+        let padded = format!("{digits:0<6}");
+        frac_us = padded.get(..6)?.parse().ok()?;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs * 1_000_000 + frac_us).ok()
+}
+
 /// What one connection saw of one community.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RoomTrack {
@@ -153,6 +181,10 @@ pub struct Stats {
     pub latency: Histogram,
     /// The same per wall-clock second (unix seconds).
     pub series: BTreeMap<u64, Histogram>,
+    /// The message's `createdAt` (its transaction's start, millisecond
+    /// resolution) → receipt, µs: the server side of the latency, without
+    /// the client's HTTP request.
+    pub from_commit: Histogram,
     /// Connect (TCP + upgrade + ready) and join round trips, µs.
     pub connect: Histogram,
     pub join: Histogram,
@@ -163,13 +195,17 @@ impl Shared {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a live delivery of a message posted at `sent_us`.
-    pub fn delivered(&self, sent_us: u64) {
+    /// Records a live delivery of a message posted at `sent_us` and
+    /// created at `created_us`.
+    pub fn delivered(&self, sent_us: u64, created_us: Option<u64>) {
         let now = now_us();
         let lat = now.saturating_sub(sent_us);
         let mut s = self.stats();
         s.latency.record(lat);
         s.series.entry(now / 1_000_000).or_default().record(lat);
+        if let Some(c) = created_us {
+            s.from_commit.record(now.saturating_sub(c));
+        }
     }
 }
 
@@ -239,6 +275,20 @@ mod tests {
         assert_eq!(c.len(), 100);
         assert_eq!(parse_content(&c), Some((1_700_000_000_123_456, 42)));
         assert_eq!(parse_content("hello"), None);
+    }
+
+    #[test]
+    fn created_at_parses_as_the_servers_write_it() {
+        assert_eq!(parse_created_at("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_created_at("2026-11-26T05:54:42.123Z"),
+            Some(1_795_672_482_123_000)
+        );
+        assert_eq!(
+            parse_created_at("2000-03-01T00:00:01.5Z"),
+            Some(951_868_801_500_000)
+        );
+        assert_eq!(parse_created_at("yesterday"), None);
     }
 
     #[test]

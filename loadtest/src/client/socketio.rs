@@ -18,7 +18,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use super::chorus::{ConnError, Op};
 use super::{
     CONNECT_TIMEOUT, ClientSpec, ConnState, Control, Env, REQUEST_TIMEOUT, Shared, backoff,
-    parse_content, tcp,
+    parse_content, parse_created_at, tcp,
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -30,6 +30,8 @@ struct MessageIn<'a> {
     community_id: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     content: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    created_at: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// One connection's life, as [`super::chorus::run`]: reconnects and
@@ -231,7 +233,8 @@ async fn on_frame(
                 .is_some_and(|r| r.on_post(k));
             if fresh {
                 shared.deliveries.fetch_add(1, Ordering::Relaxed);
-                shared.delivered(sent);
+                let created = m.created_at.as_deref().and_then(parse_created_at);
+                shared.delivered(sent, created);
             }
         }
         "user-typing" => {
