@@ -230,7 +230,8 @@ async fn a_killed_gateways_clients_resume_elsewhere_and_its_presence_is_reaped()
     let cl = Cluster::start().await;
     let (alice, bob) = (uid("alice"), uid("bob"));
     let c = cl.community(&alice, &[&bob]).await;
-    let mut doomed_gw = GatewayProcess::start_short_lived(&cl.api).await;
+    // The default heartbeat: bob is back elsewhere long before it lapses.
+    let mut doomed_gw = GatewayProcess::start(&cl.api, &env_url("REDIS_URL")).await;
     let mut watcher = Client::connect(&cl.gw1.url, &token(&alice)).await;
     watcher.join(&c, None).await;
     let mut b = Client::connect(&doomed_gw.url, &token(&bob)).await;
