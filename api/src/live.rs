@@ -5,20 +5,17 @@
 //!
 //! Presence is served from a per-community snapshot at most
 //! [`PRESENCE_SNAPSHOT_TTL`] old: a popular community's presence costs one
-//! sweep script and one `HKEYS` per second, however many clients ask, and
-//! concurrent askers of an expired snapshot share one read.
+//! `HKEYS` per second, however many clients ask, and concurrent askers of
+//! an expired snapshot share one read. Reaping dead gateways' users is the
+//! gateways' job; the API only reads.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use chorus_shared::envelope::{Envelope, community_channel};
-use chorus_shared::presence::{GATEWAY_IDS_KEY, SWEEP_SCRIPT, conns_key, gateway_key, users_key};
-use chorus_shared::protocol::{GatewayStatus, ServerEvent, UserLeft};
-use fred::prelude::{
-    Client, HashesInterface, KeysInterface, LuaInterface, PubsubInterface, SetsInterface, Value,
-};
+use chorus_shared::presence::{GATEWAY_IDS_KEY, gateway_key, users_key};
+use chorus_shared::protocol::GatewayStatus;
+use fred::prelude::{Client, HashesInterface, KeysInterface, SetsInterface};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -107,34 +104,12 @@ impl LiveState {
         s
     }
 
-    /// Reads the online users from Redis. Entries of gateways that died are
-    /// swept first (announcing `user-left` for users who thereby went
-    /// offline), so a community no live gateway serves is still right.
+    /// Reads the online users from Redis: the community's users hash.
+    /// Users of a gateway that died stay in it until a surviving gateway
+    /// reaps them (within the heartbeat TTL plus one reaping interval,
+    /// ~20 s, announcing `user-left`); with no gateway alive at all no one
+    /// can be connected, and the first gateway to start reaps them.
     async fn read_online(&self, community: Uuid) -> Result<Vec<String>, ApiError> {
-        let swept: Vec<Value> = self
-            .client
-            .eval(
-                SWEEP_SCRIPT,
-                vec![conns_key(&community), users_key(&community)],
-                Vec::<String>::new(),
-            )
-            .await
-            .map_err(unavailable)?;
-        for user in swept.into_iter().skip(1).filter_map(|v| v.into_string()) {
-            let env = Envelope::new(
-                Some(community),
-                None,
-                chrono::Utc::now().timestamp_millis(),
-                ServerEvent::UserLeft(UserLeft {
-                    community_id: community,
-                    user_id: user,
-                }),
-            );
-            let _: Result<(), _> = self
-                .client
-                .publish(community_channel(&community), Bytes::from(env.encode()))
-                .await;
-        }
         let mut users: Vec<String> = self
             .client
             .hkeys(users_key(&community))

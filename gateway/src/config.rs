@@ -62,16 +62,69 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Online count above which `user-joined`/`user-left` are no longer
 /// broadcast: each change costs O(members) deliveries (default).
 pub const DEFAULT_PRESENCE_BROADCAST_LIMIT: u64 = 10_000;
-/// Presence entries expire this long after their gateway's last refresh
-/// (contract: a dead gateway's users leave within 30 s).
-pub const PRESENCE_TTL: Duration = Duration::from_secs(25);
-/// How often a gateway refreshes its presence entries and sweeps expired
-/// ones of its communities.
-pub const PRESENCE_REFRESH: Duration = Duration::from_secs(5);
 /// How often a gateway reports itself for `/api/socket-status` (contract:
 /// at least every 5 s), and how long a report stays valid.
 pub const REGISTRY_INTERVAL: Duration = Duration::from_secs(4);
 pub const REGISTRY_TTL: Duration = Duration::from_secs(15);
+
+/// Lifetime of a gateway's presence heartbeat key, renewed with every
+/// registry report: the registry's own TTL, so a gateway drops out of
+/// presence and of `/api/socket-status` together. Its users go offline
+/// at most this plus [`PRESENCE_REAP_INTERVAL`] after its death (contract:
+/// within 30 s).
+pub const DEFAULT_PRESENCE_LIVENESS_TTL: Duration = REGISTRY_TTL;
+/// How often a gateway looks for dead gateways to reap (and renews its own
+/// incarnation when needed): a few commands per gateway whatever the
+/// number of users, and well inside the contract's 30 s with the TTL.
+pub const PRESENCE_REAP_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a reaper holds a dead incarnation: far longer than reaping
+/// takes (one script per community, pipelined); a reaper that died
+/// mid-way is taken over after it.
+pub const PRESENCE_REAP_LOCK: Duration = Duration::from_secs(30);
+/// Shortest heartbeat TTL accepted (tests shorten it to see a dead gateway
+/// reaped quickly): below it, scheduling noise alone would lapse it.
+pub const MIN_PRESENCE_LIVENESS_TTL: Duration = Duration::from_millis(300);
+
+/// Timers of presence liveness, all derived from the heartbeat key's TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    pub ttl: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            ttl: DEFAULT_PRESENCE_LIVENESS_TTL,
+        }
+    }
+}
+
+impl Liveness {
+    /// A liveness with `ttl`, at least [`MIN_PRESENCE_LIVENESS_TTL`].
+    pub fn new(ttl: Duration) -> Self {
+        Liveness {
+            ttl: ttl.max(MIN_PRESENCE_LIVENESS_TTL),
+        }
+    }
+
+    /// How often the heartbeat (with the registry report) is written:
+    /// [`REGISTRY_INTERVAL`], or a third of a shortened TTL.
+    pub fn heartbeat(&self) -> Duration {
+        REGISTRY_INTERVAL.min(self.ttl / 3)
+    }
+
+    /// How often dead gateways are looked for.
+    pub fn reap_interval(&self) -> Duration {
+        PRESENCE_REAP_INTERVAL.min(self.ttl / 3)
+    }
+
+    /// How long after its last confirmed heartbeat an incarnation is still
+    /// written to: two thirds of the TTL, so a write sent in time reaches
+    /// Redis before the key can expire, with a third of the TTL to spare.
+    pub fn trusted_for(&self) -> Duration {
+        self.ttl * 2 / 3
+    }
+}
 
 /// How often the Redis subscriber connection is pinged, and how long an
 /// answer may take before the connection counts as dead.
@@ -182,6 +235,16 @@ pub struct GatewayArgs {
     /// How long a silent client is kept; code-only like `heartbeat`.
     #[arg(skip = DEFAULT_IDLE_TIMEOUT)]
     pub idle_timeout: Duration,
+    /// Lifetime of the presence heartbeat in milliseconds. Not in the
+    /// contract: tests shorten it to see a killed gateway reaped quickly.
+    #[arg(
+        long,
+        env = "CHORUS_PRESENCE_LIVENESS_MS",
+        hide = true,
+        default_value_t = 15_000,
+        value_parser = integer("CHORUS_PRESENCE_LIVENESS_MS", 300_u64, 600_000_u64)
+    )]
+    pub presence_liveness_ms: u64,
     /// Most communities one connection may be in; code-only.
     #[arg(skip = DEFAULT_MAX_JOINS_PER_CONNECTION)]
     pub max_joins: usize,
@@ -200,6 +263,11 @@ impl GatewayArgs {
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
             None => chorus_shared::http::connection_budget(FD_RESERVE),
         }
+    }
+
+    /// The presence liveness timers.
+    pub fn liveness(&self) -> Liveness {
+        Liveness::new(Duration::from_millis(self.presence_liveness_ms))
     }
 
     /// The effective gateway id.

@@ -48,7 +48,7 @@ use tokio::sync::watch;
 
 use crate::api_client::{Api, HttpApi};
 use crate::backplane::{Backplane, RedisBackplane};
-use crate::config::{GatewayArgs, MIN_CONNECTION_TIMER, PRESENCE_REFRESH, REGISTRY_INTERVAL};
+use crate::config::{GatewayArgs, Liveness, MIN_CONNECTION_TIMER};
 use crate::error::GatewayError;
 use crate::hub::{Hub, HubConfig};
 use crate::socket::SocketConfig;
@@ -104,7 +104,7 @@ pub async fn run(
             &args.api_internal_url,
             &args.internal_token,
         )?),
-        backplane: Arc::new(RedisBackplane::new(&args.redis_url, &id)?),
+        backplane: Arc::new(RedisBackplane::new(&args.redis_url, &id, args.liveness())?),
     };
     run_with(args, services, listeners, shutdown).await
 }
@@ -169,8 +169,9 @@ pub async fn run_with(
     let _upkeep = chorus_shared::telemetry::spawn_metrics_upkeep();
     telemetry::register();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let registry = tokio::spawn(report_registry(gw.clone(), stop_rx.clone()));
-    let presence = tokio::spawn(refresh_presence(gw.clone(), stop_rx));
+    let liveness = args.liveness();
+    let registry = tokio::spawn(report_registry(gw.clone(), liveness, stop_rx.clone()));
+    let presence = tokio::spawn(presence_upkeep(gw.clone(), liveness, stop_rx));
     let admin =
         tokio::spawn(axum::serve(listeners.admin, routes::admin_router(gw.clone())).into_future());
 
@@ -199,6 +200,7 @@ pub async fn run_with(
     let _ = stop_tx.send(true);
     let _ = registry.await;
     let _ = presence.await;
+    gw.hub().withdraw_presence().await;
     if let Err(e) = gw.backplane().withdraw(gw.id()).await {
         tracing::warn!(error = %e, "could not withdraw the registry entry; it expires by itself");
     }
@@ -225,10 +227,11 @@ async fn drain(gw: &Gateway) {
     let _ = tokio::time::timeout(DRAIN_GRACE, gw.hub().all_closed()).await;
 }
 
-/// Reports this gateway to the registry on its own timer, until stopped:
-/// slow presence work never delays the report.
-async fn report_registry(gw: Gateway, stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(REGISTRY_INTERVAL);
+/// Reports this gateway to the registry (and renews its presence
+/// heartbeat) on its own timer, until stopped: slow presence work never
+/// delays the report.
+async fn report_registry(gw: Gateway, liveness: Liveness, stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(liveness.heartbeat());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     until_stopped(stop, async move {
         loop {
@@ -241,15 +244,16 @@ async fn report_registry(gw: Gateway, stop: watch::Receiver<bool>) {
     .await;
 }
 
-/// Refreshes presence entries (and sweeps dead gateways' ones) until
-/// stopped; a refresh that runs long delays the next rather than piling up.
-async fn refresh_presence(gw: Gateway, stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(PRESENCE_REFRESH);
+/// Presence upkeep (renewing this gateway's incarnation when needed,
+/// reaping dead gateways) until stopped; an upkeep that runs long delays
+/// the next rather than piling up.
+async fn presence_upkeep(gw: Gateway, liveness: Liveness, stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(liveness.reap_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     until_stopped(stop, async move {
         loop {
             tick.tick().await;
-            gw.hub().refresh_presence().await;
+            gw.hub().presence_upkeep().await;
         }
     })
     .await;

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use chorus_api::live::PRESENCE_SNAPSHOT_TTL;
-use chorus_shared::presence::{JOIN_SCRIPT, conns_key, entry, users_key};
+use chorus_shared::presence::{JOIN_SCRIPT, holder_users_key, users_key};
 use chorus_testkit::{OwnRedis, free_port, wait_until};
 use fred::prelude::*;
 use fred::types::InfoKind;
@@ -18,8 +18,8 @@ async fn gateway_joins(redis: &Client, community: &str, user: &str) {
     let _: Value = redis
         .eval(
             JOIN_SCRIPT,
-            vec![conns_key(&c), users_key(&c)],
-            vec![entry(user, "gw-test"), user.to_owned(), "25000".to_owned()],
+            vec![users_key(&c), holder_users_key(&c, "gw-test#1")],
+            vec![user.to_owned()],
         )
         .await
         .unwrap();

@@ -7,10 +7,11 @@
 //! subscription forwards the channel to the gateway's sink in publication
 //! order, and a receiver that falls behind the channel's buffer reports a
 //! resync, as a lagging Redis subscriber does. Presence follows the same
-//! rules as the Lua scripts in `chorus_shared::presence`, on tokio's clock,
-//! so tests with paused time see entries expire.
+//! rules as the Lua scripts in `chorus_shared::presence`, with heartbeats
+//! expiring on tokio's clock, so tests with paused time see a gateway that
+//! stopped reporting die and get reaped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -22,8 +23,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{Backplane, BackplaneSink, PresenceJoin, PresenceLeave, Refreshed};
-use crate::config::PRESENCE_TTL;
+use super::incarnation::Incarnation;
+use super::{Added, Backplane, BackplaneSink, PresenceJoin, PresenceLeave, Reaped};
+use crate::config::{Liveness, PRESENCE_REAP_LOCK};
 use crate::error::GatewayError;
 
 /// Messages a channel buffers per subscriber before the subscriber counts
@@ -34,23 +36,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// One community's presence: what the per-community keys hold in Redis.
 #[derive(Default)]
 struct CommunityPresence {
-    /// (user, gateway) → expiry.
-    entries: HashMap<(String, String), Instant>,
-    /// user → number of gateways holding an entry.
+    /// incarnation → the users it holds.
+    holders: HashMap<String, HashSet<String>>,
+    /// user → number of incarnations holding them.
     users: HashMap<String, u32>,
 }
 
 impl CommunityPresence {
-    fn remove_entry(&mut self, user: &str, gateway: &str) -> bool {
-        if self
-            .entries
-            .remove(&(user.to_owned(), gateway.to_owned()))
-            .is_none()
-        {
-            return false;
-        }
+    fn count_down(&mut self, user: &str) -> bool {
         match self.users.get_mut(user) {
             Some(n) if *n > 1 => {
                 *n -= 1;
@@ -62,13 +58,77 @@ impl CommunityPresence {
             }
         }
     }
+
+    fn add(&mut self, incarnation: &str, user: &str) -> bool {
+        if !self
+            .holders
+            .entry(incarnation.to_owned())
+            .or_default()
+            .insert(user.to_owned())
+        {
+            return false;
+        }
+        let n = self.users.entry(user.to_owned()).or_insert(0);
+        *n += 1;
+        *n == 1
+    }
+
+    fn remove(&mut self, incarnation: &str, user: &str) -> bool {
+        let removed = self
+            .holders
+            .get_mut(incarnation)
+            .is_some_and(|set| set.remove(user));
+        removed && self.count_down(user)
+    }
+
+    fn reap(&mut self, incarnation: &str) -> Vec<String> {
+        let users = self.holders.remove(incarnation).unwrap_or_default();
+        users.into_iter().filter(|u| self.count_down(u)).collect()
+    }
+
+    fn online(&self) -> u64 {
+        self.users.len() as u64
+    }
 }
 
 #[derive(Default)]
 struct BusState {
     channels: HashMap<String, broadcast::Sender<Bytes>>,
     presence: HashMap<Uuid, CommunityPresence>,
+    /// Incarnation → when its heartbeat key expires.
+    heartbeats: HashMap<String, Instant>,
+    /// The holders set.
+    holders: HashSet<String>,
+    /// Incarnation → the communities it indexed.
+    rooms: HashMap<String, HashSet<Uuid>>,
+    /// Incarnation → when its reaping lock expires.
+    reap_locks: HashMap<String, Instant>,
     registry: HashMap<String, GatewayStatus>,
+}
+
+impl BusState {
+    fn alive(&self, incarnation: &str) -> bool {
+        self.heartbeats
+            .get(incarnation)
+            .is_some_and(|at| *at > Instant::now())
+    }
+
+    fn reap(&mut self, incarnation: &str) -> Vec<Reaped> {
+        let rooms = self.rooms.remove(incarnation).unwrap_or_default();
+        let out = rooms
+            .into_iter()
+            .map(|community| {
+                let p = self.presence.entry(community).or_default();
+                Reaped {
+                    community,
+                    gone: p.reap(incarnation),
+                    online: p.online(),
+                }
+            })
+            .collect();
+        self.holders.remove(incarnation);
+        out
+    }
 }
 
 /// The shared medium of in-process backplanes; cheap to share in an `Arc`.
@@ -121,6 +181,7 @@ impl MemoryBus {
 pub struct MemoryBackplane {
     bus: Arc<MemoryBus>,
     gateway_id: String,
+    incarnation: Incarnation,
     /// The sink (the hub) owns this backplane, so this is a cycle until
     /// [`Backplane::quit`] clears it, as with Redis.
     sink: Mutex<Option<Arc<dyn BackplaneSink>>>,
@@ -141,6 +202,7 @@ impl MemoryBackplane {
         Arc::new(MemoryBackplane {
             bus,
             gateway_id: gateway_id.to_owned(),
+            incarnation: Incarnation::new(gateway_id, Liveness::default()),
             sink: Mutex::new(None),
             subscriptions: Mutex::new(HashMap::new()),
         })
@@ -184,6 +246,31 @@ impl MemoryBackplane {
                 }
             }
         })
+    }
+
+    /// Registers a new incarnation: heartbeat first, then holders.
+    async fn register(&self, name: Arc<str>) -> Result<(), GatewayError> {
+        let mut st = lock(&self.bus.state);
+        st.heartbeats.insert(
+            name.to_string(),
+            Instant::now() + self.incarnation.liveness().ttl,
+        );
+        st.holders.insert(name.to_string());
+        Ok(())
+    }
+
+    /// The incarnation to write under (registered on first use).
+    async fn writable(&self) -> Result<Arc<str>, GatewayError> {
+        self.incarnation.writable(|name| self.register(name)).await
+    }
+
+    /// Simulates this gateway's heartbeat lapsing while it lives on (cut
+    /// off from Redis for longer than the TTL): its key is gone, and the
+    /// next report finds it so.
+    pub fn lapse(&self) {
+        if let Some(name) = self.incarnation.heartbeat() {
+            lock(&self.bus.state).heartbeats.remove(&*name);
+        }
     }
 
     /// Whether this gateway subscribes to `channel`.
@@ -247,24 +334,17 @@ impl Backplane for MemoryBackplane {
         community: Uuid,
         user: &str,
     ) -> Result<PresenceJoin, GatewayError> {
+        let name = self.writable().await?;
         let mut st = lock(&self.bus.state);
+        st.rooms
+            .entry(name.to_string())
+            .or_default()
+            .insert(community);
         let p = st.presence.entry(community).or_default();
-        let added = p
-            .entries
-            .insert(
-                (user.to_owned(), self.gateway_id.clone()),
-                Instant::now() + PRESENCE_TTL,
-            )
-            .is_none();
-        let mut first = false;
-        if added {
-            let n = p.users.entry(user.to_owned()).or_insert(0);
-            *n += 1;
-            first = *n == 1;
-        }
+        let first = p.add(&name, user);
         Ok(PresenceJoin {
             first,
-            online: p.users.len() as u64,
+            online: p.online(),
         })
     }
 
@@ -273,59 +353,81 @@ impl Backplane for MemoryBackplane {
         community: Uuid,
         user: &str,
     ) -> Result<PresenceLeave, GatewayError> {
+        let name = self.writable().await?;
         let mut st = lock(&self.bus.state);
         let p = st.presence.entry(community).or_default();
-        let gone = p.remove_entry(user, &self.gateway_id);
+        let gone = p.remove(&name, user);
         Ok(PresenceLeave {
             gone,
-            online: p.users.len() as u64,
+            online: p.online(),
         })
     }
 
-    async fn presence_refresh(
+    fn presence_needs_renewal(&self) -> bool {
+        self.incarnation.needs_renewal()
+    }
+
+    async fn presence_renew(&self) -> Result<Option<Arc<str>>, GatewayError> {
+        self.incarnation.renew(|name| self.register(name)).await
+    }
+
+    async fn presence_add(
         &self,
         batch: &[(Uuid, Vec<Arc<str>>)],
-    ) -> Result<Vec<Refreshed>, GatewayError> {
+    ) -> Result<Vec<Added>, GatewayError> {
+        let name = self.writable().await?;
         let mut st = lock(&self.bus.state);
-        let now = Instant::now();
         let mut out = Vec::with_capacity(batch.len());
         for (community, users) in batch {
+            st.rooms
+                .entry(name.to_string())
+                .or_default()
+                .insert(*community);
             let p = st.presence.entry(*community).or_default();
-            let mut first = Vec::new();
-            for user in users {
-                let added = p
-                    .entries
-                    .insert(
-                        (user.to_string(), self.gateway_id.clone()),
-                        now + PRESENCE_TTL,
-                    )
-                    .is_none();
-                if added {
-                    let n = p.users.entry(user.to_string()).or_insert(0);
-                    *n += 1;
-                    if *n == 1 {
-                        first.push(user.to_string());
-                    }
-                }
-            }
-            let expired: Vec<(String, String)> = p
-                .entries
+            let first = users
                 .iter()
-                .filter(|(_, at)| **at <= now)
-                .map(|(k, _)| k.clone())
+                .filter(|u| p.add(&name, u))
+                .map(|u| u.to_string())
                 .collect();
-            let gone = expired
-                .into_iter()
-                .filter(|(user, gateway)| p.remove_entry(user, gateway))
-                .map(|(user, _)| user)
-                .collect();
-            out.push(Refreshed {
+            out.push(Added {
                 community: *community,
                 first,
-                gone,
-                online: p.users.len() as u64,
+                online: p.online(),
             });
         }
+        Ok(out)
+    }
+
+    async fn presence_retire(&self, incarnation: &str) -> Result<(), GatewayError> {
+        lock(&self.bus.state).heartbeats.remove(incarnation);
+        Ok(())
+    }
+
+    async fn presence_reap_dead(&self) -> Result<Vec<Reaped>, GatewayError> {
+        let mut st = lock(&self.bus.state);
+        let now = Instant::now();
+        let dead: Vec<String> = st
+            .holders
+            .iter()
+            .filter(|h| !st.alive(h))
+            .filter(|h| st.reap_locks.get(*h).is_none_or(|until| *until <= now))
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for h in dead {
+            st.reap_locks.insert(h.clone(), now + PRESENCE_REAP_LOCK);
+            out.extend(st.reap(&h));
+        }
+        Ok(out)
+    }
+
+    async fn presence_withdraw(&self) -> Result<Vec<Reaped>, GatewayError> {
+        let Some(name) = self.incarnation.close() else {
+            return Ok(Vec::new());
+        };
+        let mut st = lock(&self.bus.state);
+        let out = st.reap(&name);
+        st.heartbeats.remove(&*name);
         Ok(out)
     }
 
@@ -338,9 +440,18 @@ impl Backplane for MemoryBackplane {
     }
 
     async fn report(&self, status: &GatewayStatus) -> Result<(), GatewayError> {
-        lock(&self.bus.state)
-            .registry
-            .insert(status.id.clone(), status.clone());
+        let mut st = lock(&self.bus.state);
+        st.registry.insert(status.id.clone(), status.clone());
+        if let Some(name) = self.incarnation.heartbeat() {
+            let now = Instant::now();
+            if st.alive(&name) {
+                st.heartbeats
+                    .insert(name.to_string(), now + self.incarnation.liveness().ttl);
+                self.incarnation.confirmed(&name, now);
+            } else {
+                self.incarnation.lapsed(&name);
+            }
+        }
         Ok(())
     }
 

@@ -1,8 +1,11 @@
 //! The backplane: how gateways hear about events and share presence, as
 //! one small trait. [`RedisBackplane`] is the real one; [`MemoryBackplane`]
 //! runs it inside one process (several gateways on one [`MemoryBus`]), so
-//! the hub can be tested without Redis.
+//! the hub can be tested without Redis. Both write presence under this
+//! gateway's incarnation (`incarnation`), whose heartbeat rides on the
+//! registry report, and reap the entries of dead incarnations.
 
+mod incarnation;
 mod memory;
 mod redis;
 
@@ -44,13 +47,21 @@ pub struct PresenceLeave {
     pub online: u64,
 }
 
-/// What refreshing one community's entries found.
+/// What adding many users to one community found (a new incarnation's
+/// re-add).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refreshed {
+pub struct Added {
     pub community: Uuid,
-    /// Users whose entry had expired and who are online again anywhere.
+    /// Users who came online anywhere (they had been reaped meanwhile).
     pub first: Vec<String>,
-    /// Users of dead gateways who went offline everywhere.
+    pub online: u64,
+}
+
+/// What reaping one incarnation's entries of one community found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaped {
+    pub community: Uuid,
+    /// Users who went offline everywhere.
     pub gone: Vec<String>,
     pub online: u64,
 }
@@ -82,17 +93,37 @@ pub trait Backplane: Send + Sync + std::fmt::Debug + 'static {
         community: Uuid,
         user: &str,
     ) -> Result<PresenceLeave, GatewayError>;
-    /// Refreshes this gateway's entries for the given users of each
-    /// community and sweeps the communities' expired entries, in batches;
-    /// each user who came back or went away is reported to exactly one
-    /// caller. Communities whose batch failed are left out.
-    async fn presence_refresh(
+    /// Whether this gateway's presence must be written anew under a new
+    /// incarnation: it has none yet, its heartbeat lapsed or went
+    /// unconfirmed too long, or a presence write failed (its outcome is
+    /// unknown).
+    fn presence_needs_renewal(&self) -> bool;
+    /// Starts a new incarnation (heartbeat key first, then the holders
+    /// set); later presence writes go to it. Returns the previous one, to
+    /// retire once the local users are added again.
+    async fn presence_renew(&self) -> Result<Option<Arc<str>>, GatewayError>;
+    /// Adds the given users of each community under the current
+    /// incarnation, in batches; communities whose batch failed are left out
+    /// (and the next upkeep renews again).
+    async fn presence_add(
         &self,
         batch: &[(Uuid, Vec<Arc<str>>)],
-    ) -> Result<Vec<Refreshed>, GatewayError>;
+    ) -> Result<Vec<Added>, GatewayError>;
+    /// Deletes an old incarnation's heartbeat key, so it is reaped.
+    async fn presence_retire(&self, incarnation: &str) -> Result<(), GatewayError>;
+    /// Reaps every dead incarnation (heartbeat key gone) whose reaping lock
+    /// this gateway takes: removes its entries, then its index and its
+    /// place in the holders set. Each user gone everywhere is reported to
+    /// exactly one caller.
+    async fn presence_reap_dead(&self) -> Result<Vec<Reaped>, GatewayError>;
+    /// Clean exit: refuses later presence writes, removes this gateway's
+    /// own entries and deletes its heartbeat key.
+    async fn presence_withdraw(&self) -> Result<Vec<Reaped>, GatewayError>;
     /// Users online in a community, across gateways.
     async fn presence_online(&self, community: Uuid) -> Result<Vec<String>, GatewayError>;
-    /// Reports this gateway for `/api/socket-status`.
+    /// Reports this gateway for `/api/socket-status` and renews its
+    /// presence incarnation's heartbeat (finding it gone marks the
+    /// incarnation lapsed).
     async fn report(&self, status: &GatewayStatus) -> Result<(), GatewayError>;
     /// Withdraws this gateway's report (clean shutdown).
     async fn withdraw(&self, gateway_id: &str) -> Result<(), GatewayError>;

@@ -1,5 +1,8 @@
 //! The Redis backplane (fred): one subscriber connection for pub/sub, one
 //! command connection for publishing, presence scripts and the registry.
+//! Presence follows `chorus_shared::presence`: entries under this
+//! gateway's incarnation, a heartbeat with the registry report, and the
+//! reaping of dead incarnations.
 //!
 //! The subscriber is pinged every second; a missing answer counts as a dead
 //! connection: it is marked not-live (so `/readyz` fails), forcibly
@@ -13,17 +16,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chorus_shared::presence::{
-    GATEWAY_IDS_KEY, JOIN_SCRIPT, LEAVE_SCRIPT, REFRESH_SCRIPT, conns_key, entry, gateway_key,
-    users_key,
+    ADD_SCRIPT, GATEWAY_IDS_KEY, HOLDERS_KEY, JOIN_SCRIPT, LEAVE_SCRIPT, REAP_SCRIPT, gateway_key,
+    holder_key, holder_rooms_key, holder_users_key, reap_lock_key, users_key,
 };
 use chorus_shared::protocol::GatewayStatus;
-use fred::clients::SubscriberClient;
+use fred::clients::{Pipeline, SubscriberClient};
 use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use super::{Backplane, BackplaneSink, PresenceJoin, PresenceLeave, Refreshed};
-use crate::config::{BACKPLANE_PING_INTERVAL, BACKPLANE_PING_TIMEOUT, PRESENCE_TTL, REGISTRY_TTL};
+use super::incarnation::Incarnation;
+use super::{Added, Backplane, BackplaneSink, PresenceJoin, PresenceLeave, Reaped};
+use crate::config::{
+    BACKPLANE_PING_INTERVAL, BACKPLANE_PING_TIMEOUT, Liveness, PRESENCE_REAP_LOCK, REGISTRY_TTL,
+};
 use crate::error::GatewayError;
 
 /// Capacity of fred's pub/sub broadcast buffer between the socket and our
@@ -31,10 +38,10 @@ use crate::error::GatewayError;
 /// only needs to absorb bursts: 16k messages is ~100 ms at 150k msg/s.
 const INBOUND_BUFFER: usize = 16 * 1024;
 
-/// Communities refreshed per pipeline: large enough that a gateway with
-/// 100,000 (room, user) pairs refreshes in a few round trips, small enough
-/// that one pipeline's reply stays small.
-const REFRESH_PIPELINE: usize = 1000;
+/// Communities added or reaped per pipeline: large enough that a gateway
+/// with 100,000 (room, user) pairs renews in a few round trips, small
+/// enough that one pipeline's reply stays small.
+const PRESENCE_PIPELINE: usize = 1000;
 
 /// Timeout of backplane commands (publish, presence, registry).
 const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -44,16 +51,14 @@ const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct RedisBackplane {
     sub: SubscriberClient,
     cmd: Client,
-    gateway_id: Arc<str>,
     live: Arc<AtomicBool>,
-    /// Hash of the loaded refresh script.
-    refresh_sha: Arc<std::sync::Mutex<Option<String>>>,
+    incarnation: Arc<Incarnation>,
 }
 
 impl std::fmt::Debug for RedisBackplane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBackplane")
-            .field("gateway_id", &self.gateway_id)
+            .field("gateway_id", &self.incarnation.gateway_id())
             .field("live", &self.is_live())
             .finish_non_exhaustive()
     }
@@ -65,7 +70,7 @@ fn redis_err(e: Error) -> GatewayError {
 
 impl RedisBackplane {
     /// Creates both clients and starts connecting in the background.
-    pub fn new(url: &str, gateway_id: &str) -> Result<Self, GatewayError> {
+    pub fn new(url: &str, gateway_id: &str, liveness: Liveness) -> Result<Self, GatewayError> {
         let config =
             Config::from_url(url).map_err(|e| GatewayError::Config(format!("REDIS_URL: {e}")))?;
         let build = |capacity: usize| {
@@ -91,9 +96,8 @@ impl RedisBackplane {
         Ok(RedisBackplane {
             sub,
             cmd,
-            gateway_id: Arc::from(gateway_id),
             live: Arc::new(AtomicBool::new(false)),
-            refresh_sha: Arc::new(std::sync::Mutex::new(None)),
+            incarnation: Arc::new(Incarnation::new(gateway_id, liveness)),
         })
     }
 
@@ -173,58 +177,6 @@ impl RedisBackplane {
         });
     }
 
-    /// Loads [`REFRESH_SCRIPT`] and remembers its hash.
-    async fn load_refresh_script(&self) -> Result<String, GatewayError> {
-        let sha: String = self
-            .cmd
-            .script_load(REFRESH_SCRIPT)
-            .await
-            .map_err(redis_err)?;
-        *self.refresh_sha.lock().unwrap_or_else(|p| p.into_inner()) = Some(sha.clone());
-        Ok(sha)
-    }
-
-    /// One batch of refresh calls, one per community, sent together (the
-    /// client pipelines concurrent commands on its connection). A community
-    /// whose call failed is left out (its entries expire unless a later
-    /// refresh works); a NOSCRIPT error is returned to reload the script.
-    async fn refresh_chunk(
-        &self,
-        chunk: &[(Uuid, Vec<Arc<str>>)],
-    ) -> Result<Vec<Refreshed>, GatewayError> {
-        let known = self
-            .refresh_sha
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let sha = match known {
-            Some(sha) => sha,
-            None => self.load_refresh_script().await?,
-        };
-        let ttl = PRESENCE_TTL.as_millis().to_string();
-        let calls = chunk.iter().map(|(community, users)| {
-            let mut args = Vec::with_capacity(users.len() + 2);
-            args.push(self.gateway_id.to_string());
-            args.push(ttl.clone());
-            args.extend(users.iter().map(|u| u.to_string()));
-            self.cmd.evalsha::<Value, _, _, _>(
-                sha.as_str(),
-                vec![conns_key(community), users_key(community)],
-                args,
-            )
-        });
-        let results: Vec<Result<Value, Error>> = futures_util::future::join_all(calls).await;
-        let mut out = Vec::with_capacity(chunk.len());
-        for ((community, _), r) in chunk.iter().zip(results) {
-            match r {
-                Ok(v) => out.push(refreshed(*community, v)),
-                Err(e) if e.to_string().contains("NOSCRIPT") => return Err(redis_err(e)),
-                Err(e) => tracing::debug!(%community, error = %e, "presence refresh failed"),
-            }
-        }
-        Ok(out)
-    }
-
     async fn script(
         &self,
         script: &str,
@@ -236,34 +188,163 @@ impl RedisBackplane {
             .await
             .map_err(redis_err)
     }
+
+    /// Registers a new incarnation: its heartbeat key first, then its place
+    /// in the holders set, so a reaper never finds it listed but keyless.
+    async fn register(&self, name: Arc<str>) -> Result<(), GatewayError> {
+        let set: Value = self
+            .cmd
+            .set(
+                holder_key(&name),
+                self.incarnation.gateway_id(),
+                Some(Expiration::PX(millis(self.incarnation.liveness().ttl))),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(redis_err)?;
+        if set.is_null() {
+            return Err(GatewayError::Backplane(format!(
+                "presence incarnation {name} already exists"
+            )));
+        }
+        self.cmd
+            .sadd::<(), _, _>(HOLDERS_KEY, &*name)
+            .await
+            .map_err(redis_err)
+    }
+
+    /// The incarnation to write under (registered on first use).
+    async fn writable(&self) -> Result<Arc<str>, GatewayError> {
+        self.incarnation.writable(|name| self.register(name)).await
+    }
+
+    /// Runs a join or leave script under `name`, after adding the community
+    /// to the incarnation's index when it is not there yet (pipelined, so
+    /// the index is written first).
+    async fn write(
+        &self,
+        script: &str,
+        name: &str,
+        community: Uuid,
+        user: &str,
+    ) -> Result<Vec<Value>, GatewayError> {
+        let keys = vec![users_key(&community), holder_users_key(&community, name)];
+        let args = vec![user.to_owned()];
+        let r = if self.incarnation.unindexed(name, community) {
+            let p = self.cmd.pipeline();
+            let _: () = p
+                .sadd(holder_rooms_key(name), community.to_string())
+                .await
+                .map_err(redis_err)?;
+            queue_eval(&p, script, keys, args).await?;
+            let mut results = p.try_all::<Value>().await.into_iter();
+            let indexed = results.next();
+            let r = results
+                .next()
+                .unwrap_or_else(|| Err(Error::new(ErrorKind::Unknown, "no reply")));
+            if matches!(indexed, Some(Ok(_))) {
+                self.incarnation.indexed(name, community);
+            }
+            r.and_then(|v| v.convert::<Vec<Value>>()).map_err(redis_err)
+        } else {
+            self.script(script, keys, args).await
+        };
+        if r.is_err() {
+            self.incarnation.doubt();
+        }
+        r
+    }
+
+    /// Reaps one incarnation's entries community by community (pipelined
+    /// in chunks), then forgets the incarnation: its index and its place in
+    /// the holders set. When a community fails the incarnation is kept, to
+    /// be reaped again once the lock expires; reaping twice is harmless.
+    async fn reap(&self, name: &str) -> Result<Vec<Reaped>, GatewayError> {
+        let rooms: Vec<String> = self
+            .cmd
+            .smembers(holder_rooms_key(name))
+            .await
+            .map_err(redis_err)?;
+        let rooms: Vec<Uuid> = rooms.iter().filter_map(|r| r.parse().ok()).collect();
+        let mut out = Vec::with_capacity(rooms.len());
+        let mut complete = true;
+        for chunk in rooms.chunks(PRESENCE_PIPELINE) {
+            let p = self.cmd.pipeline();
+            for community in chunk {
+                queue_eval(
+                    &p,
+                    REAP_SCRIPT,
+                    vec![users_key(community), holder_users_key(community, name)],
+                    Vec::new(),
+                )
+                .await?;
+            }
+            for (community, r) in chunk.iter().zip(p.try_all::<Value>().await) {
+                match r {
+                    Ok(v) => {
+                        let (gone, online) = list_and_count(v);
+                        out.push(Reaped {
+                            community: *community,
+                            gone,
+                            online,
+                        });
+                    }
+                    Err(e) => {
+                        complete = false;
+                        tracing::debug!(%community, error = %e, "presence reap failed");
+                    }
+                }
+            }
+        }
+        if complete {
+            let p = self.cmd.pipeline();
+            let _: () = p.del(holder_rooms_key(name)).await.map_err(redis_err)?;
+            let _: () = p.srem(HOLDERS_KEY, name).await.map_err(redis_err)?;
+            p.all::<Value>().await.map_err(redis_err)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Queues an `EVAL` on a pipeline: fred's pipelines have no Lua
+/// interface, so this is the same command spelled out, routed by its first
+/// key (every script's keys share one slot).
+async fn queue_eval(
+    p: &Pipeline<Client>,
+    script: &str,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<(), GatewayError> {
+    let mut all: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+    all.push(script.into());
+    all.push(i64::try_from(keys.len()).unwrap_or(i64::MAX).into());
+    all.extend(keys.into_iter().map(Value::from));
+    all.extend(args.into_iter().map(Value::from));
+    let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
+    p.custom::<(), Value>(eval, all).await.map_err(redis_err)
+}
+
+/// Milliseconds of a duration, for Redis.
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn int(v: Option<&Value>) -> u64 {
     v.and_then(|v| v.as_u64()).unwrap_or(0)
 }
 
-fn strings(v: Option<Value>) -> Vec<String> {
-    match v {
-        Some(Value::Array(items)) => items.into_iter().filter_map(|v| v.into_string()).collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Reads the `{first, gone, online}` reply of the refresh script.
-fn refreshed(community: Uuid, v: Value) -> Refreshed {
+/// Reads a `{list, count}` script reply.
+fn list_and_count(v: Value) -> (Vec<String>, u64) {
     let mut parts = match v {
         Value::Array(parts) => parts.into_iter(),
         _ => Vec::new().into_iter(),
     };
-    let first = strings(parts.next());
-    let gone = strings(parts.next());
-    let online = int(parts.next().as_ref());
-    Refreshed {
-        community,
-        first,
-        gone,
-        online,
-    }
+    let list = match parts.next() {
+        Some(Value::Array(items)) => items.into_iter().filter_map(|v| v.into_string()).collect(),
+        _ => Vec::new(),
+    };
+    (list, int(parts.next().as_ref()))
 }
 
 #[async_trait]
@@ -301,17 +382,8 @@ impl Backplane for RedisBackplane {
         community: Uuid,
         user: &str,
     ) -> Result<PresenceJoin, GatewayError> {
-        let r = self
-            .script(
-                JOIN_SCRIPT,
-                vec![conns_key(&community), users_key(&community)],
-                vec![
-                    entry(user, &self.gateway_id),
-                    user.to_owned(),
-                    PRESENCE_TTL.as_millis().to_string(),
-                ],
-            )
-            .await?;
+        let name = self.writable().await?;
+        let r = self.write(JOIN_SCRIPT, &name, community, user).await?;
         Ok(PresenceJoin {
             first: int(r.first()) == 1,
             online: int(r.get(1)),
@@ -323,36 +395,120 @@ impl Backplane for RedisBackplane {
         community: Uuid,
         user: &str,
     ) -> Result<PresenceLeave, GatewayError> {
-        let r = self
-            .script(
-                LEAVE_SCRIPT,
-                vec![conns_key(&community), users_key(&community)],
-                vec![entry(user, &self.gateway_id), user.to_owned()],
-            )
-            .await?;
+        let name = self.writable().await?;
+        let r = self.write(LEAVE_SCRIPT, &name, community, user).await?;
         Ok(PresenceLeave {
             gone: int(r.first()) == 1,
             online: int(r.get(1)),
         })
     }
 
-    async fn presence_refresh(
+    fn presence_needs_renewal(&self) -> bool {
+        self.incarnation.needs_renewal()
+    }
+
+    async fn presence_renew(&self) -> Result<Option<Arc<str>>, GatewayError> {
+        self.incarnation.renew(|name| self.register(name)).await
+    }
+
+    async fn presence_add(
         &self,
         batch: &[(Uuid, Vec<Arc<str>>)],
-    ) -> Result<Vec<Refreshed>, GatewayError> {
+    ) -> Result<Vec<Added>, GatewayError> {
+        let name = self.writable().await?;
         let mut out = Vec::with_capacity(batch.len());
-        for chunk in batch.chunks(REFRESH_PIPELINE) {
-            let results = match self.refresh_chunk(chunk).await {
-                Err(e) if e.to_string().contains("NOSCRIPT") => {
-                    // Redis restarted and forgot the script: load it again.
-                    self.load_refresh_script().await?;
-                    self.refresh_chunk(chunk).await?
+        for chunk in batch.chunks(PRESENCE_PIPELINE) {
+            let p = self.cmd.pipeline();
+            let rooms: Vec<String> = chunk.iter().map(|(c, _)| c.to_string()).collect();
+            let _: () = p
+                .sadd(holder_rooms_key(&name), rooms)
+                .await
+                .map_err(redis_err)?;
+            for (community, users) in chunk {
+                queue_eval(
+                    &p,
+                    ADD_SCRIPT,
+                    vec![users_key(community), holder_users_key(community, &name)],
+                    users.iter().map(|u| u.to_string()).collect(),
+                )
+                .await?;
+            }
+            let mut results = p.try_all::<Value>().await.into_iter();
+            if let Some(Err(e)) = results.next() {
+                // Without the index entry a reaper would miss these rooms.
+                self.incarnation.doubt();
+                return Err(redis_err(e));
+            }
+            for ((community, _), r) in chunk.iter().zip(results) {
+                match r {
+                    Ok(v) => {
+                        self.incarnation.indexed(&name, *community);
+                        let (first, online) = list_and_count(v);
+                        out.push(Added {
+                            community: *community,
+                            first,
+                            online,
+                        });
+                    }
+                    Err(e) => {
+                        self.incarnation.doubt();
+                        tracing::debug!(%community, error = %e, "presence add failed");
+                    }
                 }
-                other => other?,
-            };
-            out.extend(results);
+            }
         }
         Ok(out)
+    }
+
+    async fn presence_retire(&self, incarnation: &str) -> Result<(), GatewayError> {
+        self.cmd
+            .del::<(), _>(holder_key(incarnation))
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn presence_reap_dead(&self) -> Result<Vec<Reaped>, GatewayError> {
+        let holders: Vec<String> = self.cmd.smembers(HOLDERS_KEY).await.map_err(redis_err)?;
+        if holders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let p = self.cmd.pipeline();
+        for h in &holders {
+            let _: () = p.exists(holder_key(h)).await.map_err(redis_err)?;
+        }
+        let alive = p.try_all::<i64>().await;
+        let mut out = Vec::new();
+        for (h, alive) in holders.iter().zip(alive) {
+            if alive.map_err(redis_err)? != 0 {
+                continue;
+            }
+            let locked: Value = self
+                .cmd
+                .set(
+                    reap_lock_key(h),
+                    self.incarnation.gateway_id(),
+                    Some(Expiration::PX(millis(PRESENCE_REAP_LOCK))),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await
+                .map_err(redis_err)?;
+            if locked.is_null() {
+                continue;
+            }
+            metrics::counter!("chorus_gateway_presence_reaps_total").increment(1);
+            out.extend(self.reap(h).await?);
+        }
+        Ok(out)
+    }
+
+    async fn presence_withdraw(&self) -> Result<Vec<Reaped>, GatewayError> {
+        let Some(name) = self.incarnation.close() else {
+            return Ok(Vec::new());
+        };
+        let reaped = self.reap(&name).await?;
+        self.presence_retire(&name).await?;
+        Ok(reaped)
     }
 
     async fn presence_online(&self, community: Uuid) -> Result<Vec<String>, GatewayError> {
@@ -381,7 +537,36 @@ impl Backplane for RedisBackplane {
             .sadd(GATEWAY_IDS_KEY, status.id.as_str())
             .await
             .map_err(redis_err)?;
-        p.all::<Value>().await.map(|_| ()).map_err(redis_err)
+        // The heartbeat renews the incarnation's key only if it still
+        // exists: a lapsed incarnation may be being reaped and must stay
+        // dead.
+        let heartbeat = self.incarnation.heartbeat();
+        let sent = tokio::time::Instant::now();
+        if let Some(name) = &heartbeat {
+            let _: () = p
+                .set(
+                    holder_key(name),
+                    self.incarnation.gateway_id(),
+                    Some(Expiration::PX(millis(self.incarnation.liveness().ttl))),
+                    Some(SetOptions::XX),
+                    false,
+                )
+                .await
+                .map_err(redis_err)?;
+        }
+        let results = p.try_all::<Value>().await;
+        if let (Some(name), Some(Ok(v))) = (&heartbeat, results.get(2)) {
+            if v.is_null() {
+                tracing::warn!(incarnation = %name, "presence heartbeat lapsed; renewing");
+                self.incarnation.lapsed(name);
+            } else {
+                self.incarnation.confirmed(name, sent);
+            }
+        }
+        results
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), |e| Err(redis_err(e)))
     }
 
     async fn withdraw(&self, gateway_id: &str) -> Result<(), GatewayError> {

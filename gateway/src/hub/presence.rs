@@ -6,9 +6,11 @@
 //! local connection and removes it on the last. The backplane reports
 //! "first anywhere" and "gone everywhere" to exactly one caller, which
 //! publishes `user-joined` or `user-left` on the community channel, unless
-//! the community is over the broadcast limit. Entries are refreshed
-//! periodically and expire, so a dead gateway's users are swept by the
-//! survivors.
+//! the community is over the broadcast limit. Entries never expire:
+//! liveness is the gateway's (a heartbeat per incarnation, see
+//! `backplane`), and the upkeep here reaps dead gateways' entries and
+//! renews this gateway's incarnation when its heartbeat lapsed or a write
+//! failed, so idle presence costs Redis nothing per user.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use uuid::Uuid;
 
 use super::Hub;
 use super::room::{ONLINE_SNAPSHOT_TTL, Room, lock};
+use crate::backplane::{Added, Reaped};
 use crate::handle::ConnHandle;
 
 impl Hub {
@@ -73,7 +76,7 @@ impl Hub {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "presence leave failed; the entry will expire")
+                    tracing::warn!(error = %e, "presence leave failed; the entry goes with its incarnation")
                 }
             }
         }
@@ -125,49 +128,119 @@ impl Hub {
         with_local(&list, &room.state().users)
     }
 
-    /// Refreshes this gateway's presence entries and sweeps those of dead
-    /// gateways, in batches (one script call per room, pipelined),
-    /// announcing users who appeared or vanished.
-    pub async fn refresh_presence(&self) {
+    /// Presence upkeep, run every few seconds: starts a new incarnation
+    /// when this gateway's is lapsed or doubtful, then reaps dead gateways'
+    /// entries, announcing users who vanished.
+    pub async fn presence_upkeep(&self) {
+        if self.inner.backplane.presence_needs_renewal() {
+            self.renew_presence().await;
+        }
+        match self.inner.backplane.presence_reap_dead().await {
+            Ok(reaped) => self.announce_reaped(&reaped).await,
+            Err(e) => tracing::debug!(error = %e, "presence reaping failed"),
+        }
+    }
+
+    /// Writes every local (room, user) again under a new incarnation (one
+    /// script per room, pipelined), announcing users who had been reaped
+    /// meanwhile, then retires the old incarnation, which is reaped like a
+    /// dead gateway's: users who left in between go offline with it.
+    pub async fn renew_presence(&self) {
+        let old = match self.inner.backplane.presence_renew().await {
+            Ok(old) => old,
+            Err(e) => {
+                tracing::debug!(error = %e, "presence renewal failed");
+                return;
+            }
+        };
+        metrics::counter!("chorus_gateway_presence_renewals_total").increment(1);
+        // Taken after the switch: a user added locally later writes to the
+        // new incarnation by itself.
         let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
         let batch: Vec<(Uuid, Vec<Arc<str>>)> = rooms
             .iter()
             .map(|r| (r.id, r.state().users.keys().cloned().collect()))
+            .filter(|(_, users): &(Uuid, Vec<Arc<str>>)| !users.is_empty())
             .collect();
-        let results = match self.inner.backplane.presence_refresh(&batch).await {
-            Ok(r) => r,
+        let added = match self.inner.backplane.presence_add(&batch).await {
+            Ok(a) => a,
             Err(e) => {
-                tracing::debug!(error = %e, "presence refresh failed");
+                tracing::warn!(error = %e, "presence renewal failed; retrying at the next upkeep");
                 return;
             }
         };
-        metrics::counter!("chorus_gateway_presence_refreshes_total").increment(1);
-        for r in results {
-            for user in &r.first {
-                // Our entry had expired (e.g. a long Redis outage) and is
-                // back, unless the user left while the refresh ran: then
-                // the entry just made goes again, unannounced.
-                let room = self.room(r.community);
-                let local = room
-                    .as_ref()
-                    .is_some_and(|room| room.state().users.contains_key(user.as_str()));
-                if !local {
-                    let _ = self.inner.backplane.presence_leave(r.community, user).await;
-                    continue;
-                }
-                if r.online > self.inner.presence_limit {
-                    continue;
-                }
-                let name = room.and_then(|room| {
-                    room.state()
-                        .members
-                        .values()
-                        .find(|m| *m.conn.user_id == **user)
-                        .map(|m| m.conn.name.clone())
-                });
-                let name = name.map_or_else(|| user.clone(), |n| n.to_string());
-                self.publish_joined(r.community, user, &name).await;
+        let users: HashMap<Uuid, &[Arc<str>]> =
+            batch.iter().map(|(c, u)| (*c, u.as_slice())).collect();
+        for a in &added {
+            let users = users.get(&a.community).copied().unwrap_or_default();
+            self.settle_added(a, users).await;
+        }
+        if let Some(old) = old
+            && let Err(e) = self.inner.backplane.presence_retire(&old).await
+        {
+            tracing::debug!(error = %e, "retiring the old presence incarnation failed; it lapses");
+        }
+    }
+
+    /// Announces the users a re-add brought back online, and takes out
+    /// again the users who left locally while it ran (their own leave may
+    /// have come first).
+    async fn settle_added(&self, added: &Added, users: &[Arc<str>]) {
+        let room = self.room(added.community);
+        let local = |user: &str| {
+            room.as_ref()
+                .is_some_and(|room| room.state().users.contains_key(user))
+        };
+        for user in users {
+            if local(user) {
+                continue;
             }
+            let announced = !added.first.iter().any(|f| **f == **user);
+            match self
+                .inner
+                .backplane
+                .presence_leave(added.community, user)
+                .await
+            {
+                Ok(l) if announced && l.gone && l.online < self.inner.presence_limit => {
+                    self.publish_left(added.community, user).await;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "presence leave after a re-add failed"),
+            }
+        }
+        if added.online > self.inner.presence_limit {
+            return;
+        }
+        for user in &added.first {
+            if !local(user) {
+                continue;
+            }
+            let name = room.as_ref().and_then(|room| {
+                room.state()
+                    .members
+                    .values()
+                    .find(|m| *m.conn.user_id == **user)
+                    .map(|m| m.conn.name.clone())
+            });
+            let name = name.map_or_else(|| user.clone(), |n| n.to_string());
+            self.publish_joined(added.community, user, &name).await;
+        }
+    }
+
+    /// Clean exit: removes this gateway's own presence entries, announcing
+    /// users who thereby went offline everywhere.
+    pub async fn withdraw_presence(&self) {
+        match self.inner.backplane.presence_withdraw().await {
+            Ok(reaped) => self.announce_reaped(&reaped).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "withdrawing presence failed; a survivor reaps it");
+            }
+        }
+    }
+
+    async fn announce_reaped(&self, reaped: &[Reaped]) {
+        for r in reaped {
             if r.online < self.inner.presence_limit {
                 for user in &r.gone {
                     self.publish_left(r.community, user).await;

@@ -215,6 +215,7 @@ fn gateway_args(api_url: &str, api_internal_url: &str, opts: GwOpts) -> GatewayA
         heartbeat: opts.heartbeat,
         idle_timeout: opts.idle_timeout,
         max_joins: opts.max_joins,
+        presence_liveness_ms: 15_000,
         jwt,
         log: LogArgs {
             log_format: LogFormat::Text,

@@ -11,6 +11,11 @@ use tokio::net::TcpStream;
 
 use crate::common::*;
 
+/// Presence heartbeat TTL of the gateway processes that tests kill or
+/// freeze: short, so survivors reap them within seconds, and long enough
+/// that a loaded machine's scheduling does not lapse a healthy one.
+const SHORT_LIVENESS_MS: &str = "1500";
+
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_off_and_others_keep_receiving() {
     let mut opts = GwOpts::new(&env_url("REDIS_URL"));
@@ -160,6 +165,26 @@ impl GatewayProcess {
         GatewayProcess::start_with(api, redis_url, &[]).await
     }
 
+    /// A gateway on the shared Redis whose presence heartbeat lives
+    /// [`SHORT_LIVENESS_MS`], so its death is noticed in seconds.
+    async fn start_short_lived(api: &Service) -> GatewayProcess {
+        GatewayProcess::start_with(
+            api,
+            &env_url("REDIS_URL"),
+            &[("CHORUS_PRESENCE_LIVENESS_MS", SHORT_LIVENESS_MS)],
+        )
+        .await
+    }
+
+    /// Sends `kill`'s `signal` (`-STOP`, `-CONT`) to the process.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal}");
+    }
+
     pub(crate) async fn start_with(
         api: &Service,
         redis_url: &str,
@@ -201,10 +226,11 @@ impl Drop for GatewayProcess {
 }
 
 #[tokio::test]
-async fn a_killed_gateways_clients_resume_elsewhere_and_its_presence_expires() {
+async fn a_killed_gateways_clients_resume_elsewhere_and_its_presence_is_reaped() {
     let cl = Cluster::start().await;
     let (alice, bob) = (uid("alice"), uid("bob"));
     let c = cl.community(&alice, &[&bob]).await;
+    // The default heartbeat: bob is back elsewhere long before it lapses.
     let mut doomed_gw = GatewayProcess::start(&cl.api, &env_url("REDIS_URL")).await;
     let mut watcher = Client::connect(&cl.gw1.url, &token(&alice)).await;
     watcher.join(&c, None).await;
@@ -253,7 +279,8 @@ async fn a_killed_gateways_clients_resume_elsewhere_and_its_presence_expires() {
     cl.post(&alice, &c, "live").await;
     assert_eq!(b.seqs_until(9).await, vec![9]);
     // Bob is back through gw2, so no user-left: presence stays right.
-    // A user only on the dead gateway expires within 30 s.
+    // A user only on the dead gateway goes offline once its heartbeat
+    // lapses and a survivor reaps it.
     let carol = uid("carol");
     let (s, _) = cl
         .call(
@@ -264,16 +291,72 @@ async fn a_killed_gateways_clients_resume_elsewhere_and_its_presence_expires() {
         )
         .await;
     assert_eq!(s, 200);
-    let doomed_gw = GatewayProcess::start(&cl.api, &env_url("REDIS_URL")).await;
+    let mut doomed_gw = GatewayProcess::start_short_lived(&cl.api).await;
     let mut carol_ws = Client::connect(&doomed_gw.url, &token(&carol)).await;
     carol_ws.join(&c, None).await;
     let j = watcher.event_of("user-joined").await;
     assert_eq!(j["data"]["userId"], carol.as_str());
-    drop(doomed_gw);
-    // Within 30 s of the gateway's death, plus slack for a loaded machine.
-    watcher.wait = Duration::from_secs(45);
+    doomed_gw.child.kill().unwrap();
+    doomed_gw.child.wait().unwrap();
+    // Its heartbeat's TTL plus a survivor's reaping interval, plus slack
+    // for a loaded machine.
+    watcher.wait = Duration::from_secs(30);
     let left = watcher.event_of("user-left").await;
     assert_eq!(left["data"]["userId"], carol.as_str());
+    cl.post(&alice, &c, "after the reaping").await;
+    let before = watcher.events_before_message("after the reaping").await;
+    assert!(
+        before.iter().all(|e| e["type"] != "user-left"),
+        "announced once, and bob was never gone: {before:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_cut_off_past_its_heartbeat_announces_its_users_again() {
+    let cl = Cluster::start().await;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let c = cl.community(&alice, &[&bob]).await;
+    let gw = GatewayProcess::start_short_lived(&cl.api).await;
+    let mut watcher = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    watcher.join(&c, None).await;
+    let mut b = Client::connect(&gw.url, &token(&bob)).await;
+    b.join(&c, None).await;
+    assert_eq!(
+        watcher.event_of("user-joined").await["data"]["userId"],
+        bob.as_str()
+    );
+    // Frozen past its heartbeat's TTL: the survivors take it for dead and
+    // reap its users.
+    gw.signal("-STOP");
+    watcher.wait = Duration::from_secs(30);
+    let left = watcher.event_of("user-left").await;
+    assert_eq!(left["data"]["userId"], bob.as_str());
+    // Alive again, it finds its heartbeat gone and writes its users anew
+    // under a new incarnation: bob is announced back, once.
+    gw.signal("-CONT");
+    let back = watcher.event_of("user-joined").await;
+    assert_eq!(back["data"]["userId"], bob.as_str());
+    cl.post(&alice, &c, "after the renewal").await;
+    let before = watcher.events_before_message("after the renewal").await;
+    assert!(
+        before
+            .iter()
+            .all(|e| e["type"] != "user-left" && e["type"] != "user-joined"),
+        "{before:?}"
+    );
+    b.next_is_message("after the renewal").await;
+    let (s, p) = cl
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/communities/{c}/presence"),
+            &token(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let mut both = vec![alice.clone(), bob.clone()];
+    both.sort();
+    assert_eq!(p["online"], json!(both));
 }
 
 #[tokio::test]

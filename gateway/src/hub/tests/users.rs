@@ -99,30 +99,190 @@ async fn a_republished_outbox_batch_of_notifications_is_delivered_once() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_refresh_keeps_local_users_and_sweeps_a_dead_gateways() {
-    let mut f = Fixture::new(1000);
-    let (w, mut rx) = f.conn("w", 64).await;
-    f.join(&w, None).await.expect("joined");
-    // z is online only through another gateway, which then dies.
-    let dead = MemoryBackplane::new(f.bus.clone(), "gw-dead");
-    let j = dead.presence_join(f.community, "z").await.expect("join");
-    assert!(j.first);
-    for _ in 0..6 {
-        tokio::time::advance(crate::config::PRESENCE_REFRESH).await;
-        f.hub.refresh_presence().await;
-    }
-    // Thirty seconds on: w stayed online through the refreshes, z expired
-    // and was announced gone exactly once.
-    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "z"));
-    f.marker().await;
-    assert_marker_next(&mut rx).await;
-    let online = f
+/// A heartbeat report of `backplane`'s gateway, as its registry timer sends.
+async fn beat(backplane: &MemoryBackplane) {
+    let status = chorus_shared::protocol::GatewayStatus {
+        id: "gw".into(),
+        connections: 0,
+        started_at: chrono::Utc::now(),
+    };
+    backplane.report(&status).await.expect("report");
+}
+
+/// A second gateway on the fixture's bus and API.
+fn second_gateway(f: &Fixture, id: &str) -> (Hub, Arc<MemoryBackplane>) {
+    let backplane = MemoryBackplane::new(f.bus.clone(), id);
+    let hub = Hub::new(
+        backplane.clone(),
+        f.api.clone(),
+        HubConfig {
+            recovery_window: 1000,
+            presence_limit: 10_000,
+        },
+    );
+    backplane.start(Arc::new(hub.clone()));
+    (hub, backplane)
+}
+
+/// A connection of `user` (a member) on another gateway's hub.
+async fn conn_on(
+    f: &Fixture,
+    hub: &Hub,
+    id: u64,
+    user: &str,
+) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+    f.api.add_member(f.community, user);
+    let expiry = tokio::time::Instant::now() + Duration::from_secs(3600);
+    let (c, rx) = ConnHandle::new(id, user, user, Encoding::Json, 64, expiry);
+    let slot = hub.reserve(user, 0).expect("no cap");
+    hub.connect(&c, slot).await.expect("connected");
+    (c, rx)
+}
+
+async fn online(f: &Fixture) -> Vec<String> {
+    let mut online = f
         .backplane
         .presence_online(f.community)
         .await
         .expect("online");
-    assert_eq!(online, ["w"]);
+    online.sort();
+    online
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_gateways_users_are_reaped_once_its_heartbeat_lapses() {
+    let mut f = Fixture::new(1000);
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    let (y, _rx_y) = f.conn("y", 64).await;
+    f.join(&y, None).await.expect("joined");
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "y"));
+    // z is online only through another gateway, y through both; that
+    // gateway then stops reporting (it died).
+    let dead = MemoryBackplane::new(f.bus.clone(), "gw-dead");
+    assert!(
+        dead.presence_join(f.community, "z")
+            .await
+            .expect("join")
+            .first
+    );
+    assert!(
+        !dead
+            .presence_join(f.community, "y")
+            .await
+            .expect("join")
+            .first
+    );
+    let ttl = crate::config::DEFAULT_PRESENCE_LIVENESS_TTL;
+    let step = crate::config::REGISTRY_INTERVAL;
+    let mut waited = Duration::ZERO;
+    while waited + step < ttl {
+        tokio::time::advance(step).await;
+        waited += step;
+        beat(&f.backplane).await;
+        f.hub.presence_upkeep().await;
+    }
+    // Alive until its heartbeat's TTL: nothing reaped yet.
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    tokio::time::advance(step).await;
+    beat(&f.backplane).await;
+    f.hub.presence_upkeep().await;
+    // z went offline everywhere, announced once; y is still here.
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "z"));
+    f.hub.presence_upkeep().await;
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    assert_eq!(online(&f).await, ["w", "y"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lapsed_gateway_reaped_meanwhile_announces_its_users_again() {
+    let mut f = Fixture::new(1000);
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    let (other, _other_bp) = second_gateway(&f, "gw-other");
+    let (a, _rx_a) = f.conn("a", 64).await;
+    f.join(&a, None).await.expect("joined");
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "a"));
+    // Cut off longer than the TTL: another gateway reaps it, announcing a
+    // gone (and w, whom w's own connection is not told about).
+    f.backplane.lapse();
+    other.presence_upkeep().await;
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
+    assert!(online(&f).await.is_empty());
+    // Back in touch: the heartbeat finds its key gone, and the upkeep puts
+    // its users back under a new incarnation, announcing them.
+    beat(&f.backplane).await;
+    f.hub.presence_upkeep().await;
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "a"));
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    assert_eq!(online(&f).await, ["a", "w"]);
+    // The new incarnation is alive: the other gateway reaps nothing more.
+    other.presence_upkeep().await;
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lapse_noticed_before_any_reaping_changes_no_ones_presence() {
+    let mut f = Fixture::new(1000);
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    let (a, _rx_a) = f.conn("a", 64).await;
+    f.join(&a, None).await.expect("joined");
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "a"));
+    f.backplane.lapse();
+    beat(&f.backplane).await;
+    // Writes under the lapsed incarnation are refused: b's join is left to
+    // the renewal, which adds it with the rest.
+    let (b, _rx_b) = f.conn("b", 64).await;
+    f.join(&b, None).await.expect("joined");
+    // Its own upkeep renews first, then reaps the old incarnation: a and w
+    // were never gone, b comes online once.
+    f.hub.presence_upkeep().await;
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "b"));
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    assert_eq!(online(&f).await, ["a", "b", "w"]);
+    // And leaving works under the new incarnation.
+    f.hub.disconnect(&a, &[f.community]).await;
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clean_exit_announces_its_users_gone_everywhere() {
+    let mut f = Fixture::new(1000);
+    let (other, other_bp) = second_gateway(&f, "gw-other");
+    let (w, mut rx) = conn_on(&f, &other, 900, "w").await;
+    join(&other, &f.api, f.community, &w, None)
+        .await
+        .expect("joined");
+    let (a, _rx_a) = f.conn("a", 64).await;
+    f.join(&a, None).await.expect("joined");
+    let (b1, _rx_b1) = f.conn("b", 64).await;
+    f.join(&b1, None).await.expect("joined");
+    let (b2, _rx_b2) = conn_on(&f, &other, 901, "b").await;
+    join(&other, &f.api, f.community, &b2, None)
+        .await
+        .expect("joined");
+    for _ in 0..2 {
+        assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(_)));
+    }
+    // The exit removes a and b's entries here: a is gone, b is still on
+    // the other gateway.
+    f.hub.withdraw_presence().await;
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    let mut online = other_bp.presence_online(f.community).await.expect("online");
+    online.sort();
+    assert_eq!(online, ["b", "w"]);
+    // Nothing is left for a reaper.
+    other.presence_upkeep().await;
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
 }
 
 #[tokio::test(start_paused = true)]
