@@ -245,8 +245,26 @@ fn pid_dir(dir: &PathBuf) -> anyhow::Result<Vec<Watched>> {
     Ok(out)
 }
 
+/// Refuses arguments a run cannot use (instead of dividing by zero or
+/// looping forever).
+fn positive(values: &[(&str, f64)]) -> anyhow::Result<()> {
+    for (name, v) in values {
+        anyhow::ensure!(
+            *v > 0.0 && v.is_finite(),
+            "--{name} must be positive, not {v}"
+        );
+    }
+    Ok(())
+}
+
 impl CommonArgs {
     fn common(&self, connections: usize) -> anyhow::Result<Common> {
+        positive(&[("connections", connections as f64)])?;
+        anyhow::ensure!(!self.gateways.is_empty(), "give at least one --gateway");
+        anyhow::ensure!(
+            self.workers.unwrap_or(0) <= MAX_WORKERS,
+            "at most {MAX_WORKERS} --workers (one 127.0.0.x source address each)"
+        );
         let mut watch = self.watch.clone();
         if let Some(dir) = &self.pid_dir {
             watch.extend(pid_dir(dir)?);
@@ -312,6 +330,9 @@ impl CommonArgs {
     }
 }
 
+/// Worker processes at most: each takes its own 127.0.0.x source address.
+const MAX_WORKERS: usize = 250;
+
 /// Raises the open-file limit to the hard limit: every connection is a
 /// file.
 fn raise_nofile() {
@@ -350,6 +371,10 @@ pub async fn main() -> anyhow::Result<bool> {
             room_size,
             idle_seconds,
         } => {
+            positive(&[
+                ("room-size", room_size as f64),
+                ("idle-seconds", idle_seconds),
+            ])?;
             let c = common.common(connections)?;
             let o = scenario::idle(&c, connections, room_size, idle_seconds).await?;
             ((common, c), o)
@@ -361,6 +386,11 @@ pub async fn main() -> anyhow::Result<bool> {
             rate,
             seconds,
         } => {
+            positive(&[
+                ("room-size", room_size as f64),
+                ("rate", rate),
+                ("seconds", seconds),
+            ])?;
             let c = common.common(connections)?;
             // Targets: 9 µs per delivery (issue 11); latency at 10k/s.
             let lat = if rate * room_size as f64 <= 20_000.0 {
@@ -391,6 +421,11 @@ pub async fn main() -> anyhow::Result<bool> {
             typing_rate,
             seconds,
         } => {
+            positive(&[
+                ("room-size", room_size as f64),
+                ("rate", rate),
+                ("seconds", seconds),
+            ])?;
             let c = common.common(connections)?;
             let drive = (socket_rate > 0.0 || typing_rate > 0.0).then_some(Drive {
                 send_rate: socket_rate / c.workers.max(1) as f64,
@@ -419,6 +454,11 @@ pub async fn main() -> anyhow::Result<bool> {
             rate,
             seconds,
         } => {
+            positive(&[
+                ("room-size", room_size as f64),
+                ("rate", rate),
+                ("seconds", seconds),
+            ])?;
             let c = common.common(connections)?;
             let o = scenario::storm(&c, connections, room_size, rate, seconds).await?;
             ((common, c), o)
@@ -433,6 +473,14 @@ pub async fn main() -> anyhow::Result<bool> {
             step_seconds,
             p99_bound_ms,
         } => {
+            positive(&[
+                ("room-size", room_size as f64),
+                ("start-rate", start_rate),
+                ("step", step),
+                ("max-rate", max_rate),
+                ("step-seconds", step_seconds),
+                ("p99-bound-ms", p99_bound_ms),
+            ])?;
             let c = common.common(connections)?;
             let o = scenario::throughput(
                 &c,
@@ -455,6 +503,12 @@ pub async fn main() -> anyhow::Result<bool> {
             seconds,
             sample_every,
         } => {
+            positive(&[
+                ("room-size", room_size as f64),
+                ("rate", rate),
+                ("seconds", seconds),
+                ("sample-every", sample_every),
+            ])?;
             let c = common.common(connections)?;
             let o = scenario::soak(&c, connections, room_size, rate, seconds, sample_every).await?;
             ((common, c), o)
@@ -467,6 +521,11 @@ pub async fn main() -> anyhow::Result<bool> {
             seconds,
             fault,
         } => {
+            positive(&[
+                ("room-size", room_size as f64),
+                ("rate", rate),
+                ("seconds", seconds),
+            ])?;
             let c = common.common(connections)?;
             let o = scenario::chaos(&c, connections, room_size, rate, seconds, &fault).await?;
             ((common, c), o)

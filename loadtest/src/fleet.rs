@@ -147,6 +147,7 @@ impl Fleet {
             };
             sum.started += p.started;
             sum.joined += p.joined;
+            sum.rejoined += p.rejoined;
             sum.failed += p.failed;
             sum.deliveries += p.deliveries;
         }

@@ -16,7 +16,7 @@ use crate::client::chorus::Op;
 use crate::client::{
     self, ClientSpec, ConnState, Control, Env, Proto, Shared, Stats, content, now_us,
 };
-use crate::procs;
+use crate::poster::missing;
 
 /// Connections started per batch, and batches per second: 2,000 new
 /// connections a second keeps the accept queues and the API's join
@@ -52,7 +52,8 @@ pub struct Drive {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Expect {
     pub heads: HashMap<String, i64>,
-    pub posts: HashMap<String, u64>,
+    /// Committed post numbers per community, as a bitset.
+    pub posts: HashMap<String, Vec<u64>>,
     pub timeout_ms: u64,
 }
 
@@ -60,6 +61,8 @@ pub struct Expect {
 pub struct Progress {
     pub started: u64,
     pub joined: u64,
+    /// Joined again after a storm.
+    pub rejoined: u64,
     pub failed: u64,
     pub deliveries: u64,
 }
@@ -79,7 +82,11 @@ pub struct Report {
     pub replayed: u64,
     pub reconnects: u64,
     pub typing: u64,
+    /// `send-message` commands acked, refused, and not sent because the
+    /// connection's operation queue was full.
+    pub sends_acked: u64,
     pub send_errors: u64,
+    pub ops_dropped: u64,
     pub stats: Stats,
 }
 
@@ -98,7 +105,9 @@ impl Report {
         self.replayed += o.replayed;
         self.reconnects += o.reconnects;
         self.typing += o.typing;
+        self.sends_acked += o.sends_acked;
         self.send_errors += o.send_errors;
+        self.ops_dropped += o.ops_dropped;
         self.stats.latency.merge(&o.stats.latency);
         self.stats.from_commit.merge(&o.stats.from_commit);
         self.stats.connect.merge(&o.stats.connect);
@@ -106,12 +115,6 @@ impl Report {
         for (s, h) in &o.stats.series {
             self.stats.series.entry(*s).or_default().merge(h);
         }
-    }
-
-    /// True when every committed event reached every connection once, in
-    /// order, and every connection joined.
-    pub fn clean(&self) -> bool {
-        self.failed == 0 && self.duplicates == 0 && self.out_of_order == 0 && self.lost == 0
     }
 }
 
@@ -125,6 +128,7 @@ pub struct Group {
     control: watch::Sender<Control>,
     tasks: Mutex<JoinSet<()>>,
     started: Arc<std::sync::atomic::AtomicU64>,
+    ops_dropped: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -161,6 +165,7 @@ impl Group {
             control,
             tasks: Mutex::new(JoinSet::new()),
             started: Arc::default(),
+            ops_dropped: Default::default(),
         });
         let g = group.clone();
         tokio::spawn(async move {
@@ -199,6 +204,7 @@ impl Group {
         Progress {
             started: self.started.load(Ordering::Relaxed),
             joined: self.shared.joined.load(Ordering::Relaxed),
+            rejoined: self.shared.rejoined.load(Ordering::Relaxed),
             failed: self
                 .states
                 .iter()
@@ -236,7 +242,9 @@ impl Group {
                         community: c.clone(),
                         content: content(now_us(), 0, d.content_len),
                     };
-                    let _ = self.ops[i].try_send(op);
+                    if self.ops[i].try_send(op).is_err() {
+                        self.ops_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             while typings < d.typing_rate * t {
@@ -244,10 +252,13 @@ impl Group {
                 i = (i + 104_729) % n;
                 on = !on;
                 if let Some(c) = self.specs[i].communities.first() {
-                    let _ = self.ops[i].try_send(Op::Typing {
+                    let op = Op::Typing {
                         community: c.clone(),
                         on,
-                    });
+                    };
+                    if self.ops[i].try_send(op).is_err() {
+                        self.ops_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             tokio::time::sleep(tick).await;
@@ -270,8 +281,8 @@ impl Group {
                                 room.is_none_or(|r| r.last_seq < head)
                             }
                             Proto::Socketio => {
-                                let n = expect.posts.get(c).copied().unwrap_or(0);
-                                room.is_none_or(|r| r.distinct_posts() < n)
+                                let want = expect.posts.get(c).map_or(&[][..], Vec::as_slice);
+                                room.is_none_or(|r| missing(want, &r.seen) > 0)
                             }
                         }
                     })
@@ -288,6 +299,9 @@ impl Group {
         let mut r = Report {
             connections: self.states.len() as u64,
             typing: self.shared.typing.load(Ordering::Relaxed),
+            sends_acked: self.shared.sends_acked.load(Ordering::Relaxed),
+            send_errors: self.shared.send_errors.load(Ordering::Relaxed),
+            ops_dropped: self.ops_dropped.load(Ordering::Relaxed),
             stats: self.shared.stats().clone(),
             ..Report::default()
         };
@@ -318,8 +332,8 @@ impl Group {
                         r.lost += (head - room.last_seq).max(0) as u64;
                     }
                     Proto::Socketio => {
-                        let n = expect.posts.get(c).copied().unwrap_or(0);
-                        r.lost += n.saturating_sub(room.distinct_posts());
+                        let want = expect.posts.get(c).map_or(&[][..], Vec::as_slice);
+                        r.lost += missing(want, &room.seen);
                     }
                 }
             }
@@ -337,17 +351,4 @@ impl Group {
         .await;
         tasks.abort_all();
     }
-}
-
-/// This process's CPU seconds so far (for the client's own share).
-pub fn own_cpu_s() -> f64 {
-    let me = procs::Watched {
-        role: "me".into(),
-        pid: std::process::id(),
-        children: false,
-    };
-    procs::sample(&[me], &[])
-        .roles
-        .get("me")
-        .map_or(0.0, |u| u.cpu_s)
 }

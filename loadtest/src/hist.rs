@@ -85,19 +85,6 @@ impl Histogram {
         }
         self.max
     }
-
-    pub fn mean(&self) -> f64 {
-        if self.total == 0 {
-            return 0.0;
-        }
-        let sum: f64 = self
-            .counts
-            .iter()
-            .enumerate()
-            .map(|(i, c)| lower_bound(i) as f64 * *c as f64)
-            .sum();
-        sum / self.total as f64
-    }
 }
 
 /// Wire form: `[[bucket, count], ...]` plus max.

@@ -40,6 +40,8 @@ pub struct Phase {
     pub name: String,
     pub seconds: f64,
     pub cost: Delta,
+    /// Events delivered to the clients during the phase.
+    pub deliveries: u64,
 }
 
 /// One second of a run: delivery latency quantiles (µs).
@@ -81,6 +83,8 @@ pub struct Verdict {
     pub reconnects: u64,
     pub post_errors: u64,
     pub first_post_error: Option<String>,
+    /// `send-message`s answered with an error.
+    pub send_errors: u64,
     /// Whether faults are failures (Chorus) or only reported (the peers
     /// promise no ordering or recovery).
     pub enforced: bool,
@@ -106,6 +110,7 @@ impl Verdict {
             reconnects: r.reconnects,
             post_errors,
             first_post_error,
+            send_errors: r.send_errors,
             enforced,
         }
     }
@@ -116,6 +121,7 @@ impl Verdict {
             && self.duplicates == 0
             && self.out_of_order == 0
             && self.post_errors == 0
+            && self.send_errors == 0
     }
 }
 
@@ -178,7 +184,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
         let v = &o.verdict;
         let _ = writeln!(
             s,
-            "delivery check: {} connections, {} received, {} lost, {} duplicated, {} out of order, {} failed, {} replayed, {} from history, {} reconnects, {} POST errors{}{}",
+            "delivery check: {} connections, {} received, {} lost, {} duplicated, {} out of order, {} failed, {} replayed, {} from history, {} reconnects, {} POST errors, {} send-message errors{}{}",
             v.connections,
             v.received,
             v.lost,
@@ -189,6 +195,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
             v.from_history,
             v.reconnects,
             v.post_errors,
+            v.send_errors,
             if v.enforced {
                 ""
             } else {

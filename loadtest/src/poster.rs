@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::client::{Proto, content, now_us};
@@ -26,6 +25,10 @@ const MAX_IN_FLIGHT: usize = 2_048;
 const POSTERS_PER_ROOM: usize = 8;
 /// A retried POST gives up after this long.
 const RETRY_FOR: Duration = Duration::from_secs(30);
+/// Pause between tries of a failed POST.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Bound on one POST.
+const POST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default)]
 pub struct Posted {
@@ -38,23 +41,17 @@ pub struct Posted {
     /// Sends that started over 10 ms late because the in-flight bound was
     /// reached.
     pub late: u64,
-    /// Highest committed seq per community (Chorus).
-    pub heads: HashMap<String, i64>,
-    /// Post numbers that committed per community (peers): 1..=n were
-    /// assigned; the set lets verification skip failed ones.
-    pub posts: HashMap<String, u64>,
-}
-
-#[derive(Deserialize)]
-struct Created {
-    seq: Option<i64>,
+    /// POSTs sent again after a failure (chaos runs).
+    pub retries: u64,
+    /// Post numbers that committed, per community, as a bitset (bit k):
+    /// what a peer's clients must receive (Chorus is checked by seq).
+    pub posts: HashMap<String, Vec<u64>>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Poster {
     http: reqwest::Client,
     api: String,
-    proto: Proto,
     content_len: usize,
     retry: bool,
     /// Next post number per room.
@@ -62,23 +59,29 @@ pub struct Poster {
 }
 
 impl Poster {
-    pub fn new(proto: Proto, api: &str, content_len: usize, retry: bool, rooms: usize) -> Self {
-        Poster {
+    /// `retry` applies to Chorus only: the peers ignore `Idempotency-Key`,
+    /// so a retry there could post twice.
+    pub fn new(
+        proto: Proto,
+        api: &str,
+        content_len: usize,
+        retry: bool,
+        rooms: usize,
+    ) -> anyhow::Result<Self> {
+        Ok(Poster {
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(MAX_IN_FLIGHT)
                 .tcp_nodelay(true)
-                .build()
-                .unwrap_or_default(),
+                .build()?,
             api: api.to_owned(),
-            proto,
             content_len,
-            retry,
+            retry: retry && proto == Proto::Chorus,
             next_k: Arc::new((0..rooms).map(|_| AtomicU64::new(0)).collect()),
-        }
+        })
     }
 
-    /// Posts at `rate`/s for `seconds` over `rooms` (indices into
-    /// `world.rooms`; all when empty), calling `tick` with the number sent.
+    /// Posts at `rate`/s for `seconds`, round-robin over the world's rooms,
+    /// calling `tick` with the number sent so far.
     pub async fn run(&self, world: &World, rate: f64, seconds: f64, tick: impl Fn(u64)) -> Posted {
         let out = Arc::new(Mutex::new(Posted::default()));
         let sem = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -130,16 +133,13 @@ impl Poster {
                 .http
                 .post(format!("{}/api/messages-realtime", self.api))
                 .bearer_auth(token)
-                .timeout(Duration::from_secs(10))
+                .timeout(POST_TIMEOUT)
                 .json(&body);
             if self.retry {
                 req = req.header("idempotency-key", &key);
             }
             let result = match req.send().await {
-                Ok(r) if r.status().as_u16() == 201 => match r.json::<Created>().await {
-                    Ok(c) => Ok(c.seq),
-                    Err(e) => Err(e.to_string()),
-                },
+                Ok(r) if r.status().as_u16() == 201 => Ok(()),
                 Ok(r) => Err(format!(
                     "{} {}",
                     r.status(),
@@ -148,27 +148,18 @@ impl Poster {
                 Err(e) => Err(e.to_string()),
             };
             match result {
-                Ok(seq) => {
+                Ok(()) => {
                     let lat = now_us().saturating_sub(sent);
                     let mut o = lock(out);
                     o.ok += 1;
                     o.latency.record(lat);
                     o.series.entry(sent / 1_000_000).or_default().record(lat);
-                    match (self.proto, seq) {
-                        (Proto::Chorus, Some(s)) => {
-                            let h = o.heads.entry(community.to_owned()).or_default();
-                            *h = (*h).max(s);
-                        }
-                        _ => {
-                            let n = o.posts.entry(community.to_owned()).or_default();
-                            *n = (*n).max(k);
-                        }
-                    }
+                    set_bit(o.posts.entry(community.to_owned()).or_default(), k);
                     return;
                 }
-                Err(e) if self.retry && started.elapsed() < RETRY_FOR => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(_) if self.retry && started.elapsed() < RETRY_FOR => {
+                    lock(out).retries += 1;
+                    tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Err(e) => {
                     let mut o = lock(out);
@@ -185,4 +176,39 @@ impl Poster {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sets bit `k` of a bitset.
+pub fn set_bit(bits: &mut Vec<u64>, k: u64) {
+    let (w, b) = ((k / 64) as usize, k % 64);
+    if bits.len() <= w {
+        bits.resize(w + 1, 0);
+    }
+    bits[w] |= 1 << b;
+}
+
+/// Bits set in `want` and not in `have`.
+pub fn missing(want: &[u64], have: &[u64]) -> u64 {
+    want.iter()
+        .enumerate()
+        .map(|(i, w)| u64::from((w & !have.get(i).copied().unwrap_or(0)).count_ones()))
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitsets_count_what_is_missing() {
+        let (mut want, mut have) = (Vec::new(), Vec::new());
+        for k in [1, 2, 3, 70, 200] {
+            set_bit(&mut want, k);
+        }
+        for k in [2, 70, 999] {
+            set_bit(&mut have, k);
+        }
+        assert_eq!(missing(&want, &have), 3);
+        assert_eq!(missing(&have, &want), 1);
+    }
 }

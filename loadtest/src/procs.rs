@@ -60,7 +60,9 @@ pub struct Sample {
     pub machine_total: u64,
 }
 
-/// What happened between two samples.
+/// What happened between two samples. RSS sums the processes' resident
+/// sets, so for Postgres (shared buffers mapped by every backend) it
+/// overstates; only the gateways' RSS is used per connection.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Delta {
     /// CPU seconds used per role.
@@ -78,8 +80,9 @@ impl Delta {
     }
 }
 
-/// `(utime + stime, rss pages, ppid)` of a process.
-fn stat(pid: u32) -> Option<(u64, u64, u32)> {
+/// `(utime + stime, rss pages, ppid, cutime + cstime)` of a process; the
+/// last is the CPU of its children that exited and were waited for.
+fn stat(pid: u32) -> Option<(u64, u64, u32, u64)> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: fields follow the
     // last ')'.
@@ -90,8 +93,10 @@ fn stat(pid: u32) -> Option<(u64, u64, u32)> {
     let ppid = f.get(1)?.parse().ok()?;
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
+    let cutime: u64 = f.get(13)?.parse().ok()?;
+    let cstime: u64 = f.get(14)?.parse().ok()?;
     let rss: u64 = f.get(21)?.parse().ok()?;
-    Some((utime + stime, rss, ppid))
+    Some((utime + stime, rss, ppid, cutime + cstime))
 }
 
 fn children_of(parent: u32) -> Vec<u32> {
@@ -99,7 +104,7 @@ fn children_of(parent: u32) -> Vec<u32> {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| stat(*pid).is_some_and(|(_, _, ppid)| ppid == parent))
+        .filter(|pid| stat(*pid).is_some_and(|(_, _, ppid, _)| ppid == parent))
         .collect()
 }
 
@@ -127,24 +132,31 @@ const PAGE_KIB: u64 = 4;
 /// Samples `watched` plus the given load-tool processes (role `client`).
 pub fn sample(watched: &[Watched], clients: &[u32]) -> Sample {
     let mut roles: BTreeMap<String, Usage> = BTreeMap::new();
-    let mut add = |role: &str, pid: u32| {
-        if let Some((ticks, rss, _)) = stat(pid) {
+    let mut add = |role: &str, pid: u32, with_exited_children: bool| {
+        if let Some((ticks, rss, _, children)) = stat(pid) {
             let u = roles.entry(role.to_owned()).or_default();
+            // A role that counts its children also counts those that exited
+            // (a Postgres backend whose client disconnected mid-phase).
+            let ticks = if with_exited_children {
+                ticks + children
+            } else {
+                ticks
+            };
             u.cpu_s += ticks as f64 / TICKS_PER_SEC;
             u.rss_kib += rss * PAGE_KIB;
             u.procs += 1;
         }
     };
     for w in watched {
-        add(&w.role, w.pid);
+        add(&w.role, w.pid, w.children);
         if w.children {
             for c in children_of(w.pid) {
-                add(&w.role, c);
+                add(&w.role, c, false);
             }
         }
     }
     for pid in clients {
-        add("client", *pid);
+        add("client", *pid, false);
     }
     let (machine_busy, machine_total) = machine();
     Sample {

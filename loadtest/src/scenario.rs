@@ -30,6 +30,11 @@ pub const CONNECTIONS_PER_WORKER: usize = 8_000;
 const CONNECT_DEADLINE: Duration = Duration::from_secs(180);
 /// How long verification waits for the last events to arrive.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(20);
+/// A traffic phase ends once no delivery arrived for this long (worker
+/// processes report progress every 200 ms)...
+const SETTLE_QUIET: Duration = Duration::from_millis(500);
+/// ...or after this long, whatever is still arriving.
+const SETTLE_MAX: Duration = Duration::from_secs(10);
 /// A phase during which the machine was busier than this is flagged: the
 /// figures then include queueing for a CPU.
 const SATURATED: f64 = 0.90;
@@ -122,8 +127,10 @@ async fn connect(c: &Common, users: usize, room_size: usize) -> anyhow::Result<S
             proto: c.proto,
             ws_urls: c.gateways.clone(),
             api_url: c.api.clone(),
-            // 127.0.0.2, .3, ...: each worker its own source address.
-            local_addr: (c.workers > 0).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8))),
+            // 127.0.0.2, .3, ...: each worker its own source address (the
+            // command line allows at most 250 workers).
+            local_addr: (c.workers > 0)
+                .then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 250) as u8))),
             clients: chunk.to_vec(),
         })
         .collect();
@@ -149,6 +156,7 @@ async fn connect(c: &Common, users: usize, room_size: usize) -> anyhow::Result<S
             name: "connect + join".into(),
             seconds: started.elapsed().as_secs_f64(),
             cost: procs::delta(&before, &after),
+            deliveries: 0,
         },
         fleet,
         connected,
@@ -180,6 +188,7 @@ async fn traffic(
     name: &str,
 ) -> anyhow::Result<(Posted, Phase)> {
     let bar = c.bar((rate * seconds) as u64, name);
+    let deliveries_before = s.fleet.progress().deliveries;
     let before = c.sample(Some(&s.fleet));
     let started = Instant::now();
     let world = &s.world;
@@ -192,10 +201,18 @@ async fn traffic(
         }
         None => post.await,
     };
-    // Let the last deliveries land before the sample closes the phase.
-    let deliveries = s.fleet.progress().deliveries;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = deliveries;
+    // The phase closes once deliveries stop arriving (bounded), so the CPU
+    // sample covers every delivery it is divided by.
+    let mut seen = s.fleet.progress().deliveries;
+    let settle_by = Instant::now() + SETTLE_MAX;
+    loop {
+        tokio::time::sleep(SETTLE_QUIET).await;
+        let now = s.fleet.progress().deliveries;
+        if now == seen || Instant::now() >= settle_by {
+            break;
+        }
+        seen = now;
+    }
     let after = c.sample(Some(&s.fleet));
     bar.finish_and_clear();
     Ok((
@@ -204,6 +221,7 @@ async fn traffic(
             name: name.into(),
             seconds: started.elapsed().as_secs_f64(),
             cost: procs::delta(&before, &after),
+            deliveries: seen - deliveries_before,
         },
     ))
 }
@@ -251,17 +269,19 @@ fn connect_figures(c: &Common, s: &Setup, figures: &mut Vec<Figure>) {
 }
 
 /// Per-delivery and per-POST costs of a traffic phase.
+/// `sends` is the `send-message`s acked in the phase: messages created
+/// through a gateway cost the API and Postgres like POSTs.
 fn traffic_figures(
     c: &Common,
     phase: &Phase,
     posted: &Posted,
-    deliveries: u64,
+    sends: u64,
     figures: &mut Vec<Figure>,
     per_delivery_target: Option<f64>,
 ) {
     let d: &Delta = &phase.cost;
-    let dl = deliveries as f64;
-    let posts = posted.ok as f64;
+    let dl = phase.deliveries as f64;
+    let posts = (posted.ok + sends) as f64;
     figures.push(fig("deliveries per second", dl / phase.seconds, "/s", None));
     let gw = per(d.cpu("gateway"), dl);
     figures.push(fig(
@@ -427,6 +447,7 @@ pub async fn idle(
         name: "idle".into(),
         seconds: started.elapsed().as_secs_f64(),
         cost: procs::delta(&before, &after),
+        deliveries: 0,
     };
     let n = s.connected as f64;
     let mut figures = vec![fig("connections joined", n, "", None)];
@@ -499,17 +520,15 @@ pub async fn traffic_scenario(
     latency_targets: (Option<f64>, Option<f64>),
 ) -> anyhow::Result<Outcome> {
     let mut s = connect(c, users, room_size).await?;
-    let poster = Poster::new(c.proto, &c.api, c.content_len, false, s.world.rooms.len());
-    let deliveries_before = s.fleet.progress().deliveries;
+    let poster = Poster::new(c.proto, &c.api, c.content_len, false, s.world.rooms.len())?;
     let (posted, phase) = traffic(c, &mut s, &poster, rate, seconds, drive, scenario).await?;
     let report = s.fleet.verify(&expect(c, &s.world, &posted).await?).await?;
-    let deliveries = report.received.saturating_sub(deliveries_before);
     let mut figures = vec![fig("connections joined", s.connected as f64, "", None)];
     traffic_figures(
         c,
         &phase,
         &posted,
-        deliveries,
+        report.sends_acked,
         &mut figures,
         Some(per_delivery_target),
     );
@@ -568,7 +587,7 @@ pub async fn storm(
     seconds: f64,
 ) -> anyhow::Result<Outcome> {
     let mut s = connect(c, users, room_size).await?;
-    let poster = Poster::new(c.proto, &c.api, c.content_len, false, s.world.rooms.len());
+    let poster = Poster::new(c.proto, &c.api, c.content_len, false, s.world.rooms.len())?;
     let backfills_before = metric(c, "chorus_gateway_backfill_requests_total").await;
     let before = c.sample(Some(&s.fleet));
     let started = Instant::now();
@@ -578,14 +597,13 @@ pub async fn storm(
         tokio::time::sleep(Duration::from_secs_f64(seconds / 3.0)).await;
         s.fleet.storm().await?;
         let t = Instant::now();
-        // Connections count as joined again once their rejoin (and its
-        // replay) completed.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A connection counts once its rejoin (and its replay, or its
+        // history paging) completed; worker processes report it.
         let bar = c.bar(users as u64, "storm: rejoining");
         loop {
             let p = s.fleet.progress();
-            bar.set_position(p.joined);
-            if p.joined + p.failed >= s.connected || t.elapsed() > CONNECT_DEADLINE {
+            bar.set_position(p.rejoined);
+            if p.rejoined + p.failed >= s.connected || t.elapsed() > CONNECT_DEADLINE {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -600,6 +618,7 @@ pub async fn storm(
         name: "storm".into(),
         seconds: started.elapsed().as_secs_f64(),
         cost: procs::delta(&before, &after),
+        deliveries: 0,
     };
     let report = s.fleet.verify(&expect(c, &s.world, &posted).await?).await?;
     let backfills = metric(c, "chorus_gateway_backfill_requests_total").await - backfills_before;
@@ -664,7 +683,7 @@ pub async fn throughput(
     bound_ms: f64,
 ) -> anyhow::Result<Outcome> {
     let mut s = connect(c, users, room_size).await?;
-    let poster = Poster::new(c.proto, &c.api, c.content_len, false, s.world.rooms.len());
+    let poster = Poster::new(c.proto, &c.api, c.content_len, false, s.world.rooms.len())?;
     let mut figures = Vec::new();
     let mut phases = vec![];
     let mut best = 0.0;
@@ -750,7 +769,7 @@ pub async fn soak(
     every_s: f64,
 ) -> anyhow::Result<Outcome> {
     let mut s = connect(c, users, room_size).await?;
-    let poster = Poster::new(c.proto, &c.api, c.content_len, false, s.world.rooms.len());
+    let poster = Poster::new(c.proto, &c.api, c.content_len, false, s.world.rooms.len())?;
     let mut figures = Vec::new();
     let mut phases = vec![];
     let mut all = Posted::default();
@@ -806,6 +825,9 @@ pub async fn soak(
     ))
 }
 
+/// Longest a fault's command may run.
+const FAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// One fault of a chaos run: `command` run by `sh -c` at `at` seconds.
 #[derive(Debug, Clone)]
 pub struct Fault {
@@ -839,24 +861,38 @@ pub async fn chaos(
     faults: &[Fault],
 ) -> anyhow::Result<Outcome> {
     let mut s = connect(c, users, room_size).await?;
-    let poster = Poster::new(c.proto, &c.api, c.content_len, true, s.world.rooms.len());
+    let poster = Poster::new(c.proto, &c.api, c.content_len, true, s.world.rooms.len())?;
     let world = s.world.clone();
     let started = Instant::now();
     let mut log = Vec::new();
     let faults_run = async {
         for f in faults {
             tokio::time::sleep_until((started + Duration::from_secs_f64(f.at)).into()).await;
-            let out = tokio::process::Command::new("sh")
-                .arg("-c")
-                .arg(&f.command)
-                .output()
-                .await
-                .with_context(|| format!("run fault {:?}", f.command))?;
+            // Output discarded, and bounded: a fault that leaves a process
+            // behind (a restart in the background) must not hold the run.
+            let status = tokio::time::timeout(
+                FAULT_TIMEOUT,
+                tokio::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(&f.command)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status(),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "fault {:?} still running after {FAULT_TIMEOUT:?}",
+                    f.command
+                )
+            })?
+            .with_context(|| format!("run fault {:?}", f.command))?;
             log.push(format!(
                 "at {:.1} s: {} → exit {}",
                 started.elapsed().as_secs_f64(),
                 f.command,
-                out.status.code().unwrap_or(-1)
+                status.code().unwrap_or(-1)
             ));
         }
         anyhow::Ok(())

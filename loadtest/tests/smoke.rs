@@ -51,6 +51,11 @@ async fn ready(admin: &str) {
 /// An API and two gateways on `redis`, with rate limits off (one tool
 /// speaks for many users).
 async fn stack(redis: &str) -> Stack {
+    stack_with(redis, 1000).await
+}
+
+/// The same with the gateways' recovery window set.
+async fn stack_with(redis: &str, recovery_window: i64) -> Stack {
     chorus_testkit::init_logging();
     let db = fresh_database().await;
     let api_args = match chorus_api::config::Cli::try_parse_from([
@@ -112,6 +117,8 @@ async fn stack(redis: &str) -> Stack {
             "0",
             "--gateway-id",
             &uid("lt-gw"),
+            "--recovery-window",
+            &recovery_window.to_string(),
         ])
         .unwrap();
         let (ws, admin) = (
@@ -248,6 +255,25 @@ async fn a_reconnect_storm_recovers_everything() {
     let o = scenario::storm(&c, 60, 20, 30.0, 3.0).await.unwrap();
     assert_clean(&o);
     assert!(o.verdict.reconnects >= 60, "{:?}", o.verdict);
+    s.stop();
+}
+
+/// With no recovery window every rejoin that missed anything is answered
+/// `recovered: false`, and the clients page the HTTP history: still
+/// nothing lost, and the history did the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_beyond_the_recovery_window_recovers_from_history() {
+    let s = stack_with(&env_url("REDIS_URL"), 0).await;
+    let c = s.common(0);
+    // Two rooms at 60 POST/s: each rejoin misses a few events.
+    let o = scenario::storm(&c, 40, 20, 60.0, 3.0).await.unwrap();
+    assert_clean(&o);
+    assert!(o.verdict.from_history > 0, "{:?}", o.verdict);
+    assert_eq!(
+        o.verdict.replayed, 0,
+        "nothing can be replayed: {:?}",
+        o.verdict
+    );
     s.stop();
 }
 

@@ -99,7 +99,14 @@ pub(super) fn answer(
                 let _ = w.answer.send(Err(GatewayError::Unavailable(e.clone())));
             }
         }
+        // The request as a whole failed: no join learns anything about its
+        // own community (an API without the batch route answers 404, which
+        // must not tell clients their communities do not exist).
         Err(e) => {
+            let e = match e {
+                GatewayError::Unavailable(m) => GatewayError::Unavailable(m),
+                other => GatewayError::Unavailable(format!("access check failed: {other}")),
+            };
             for w in batch {
                 let _ = w.answer.send(Err(e.clone()));
             }

@@ -147,9 +147,13 @@ impl Api for HttpApi {
         if start {
             tokio::spawn(self.clone().send_access_checks());
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(GatewayError::Unavailable("access check dropped".into())))
+        // Bounded like a single request was (slot wait plus request), even
+        // behind a backlog of batches.
+        match tokio::time::timeout(SLOT_WAIT + REQUEST_TIMEOUT, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(GatewayError::Unavailable("access check dropped".into())),
+            Err(_) => Err(GatewayError::Unavailable("access check timed out".into())),
+        }
     }
 
     async fn events(

@@ -70,25 +70,36 @@ impl Hub {
         conn: &Arc<ConnHandle>,
         last_seq: Option<i64>,
     ) -> Result<Joined, GatewayError> {
-        let live_head = room.delivered_through().max(head_seq);
+        // Without a replay the joiner's position is the room's at its
+        // admission, read under the same lock: an event delivered between a
+        // separate read and the admission would be neither in the live
+        // stream for it nor before the ack's head (a gap), and an event the
+        // API had committed but the room not yet delivered arrives live,
+        // after the ack, above its head.
+        let admit_live = |conn: &Arc<ConnHandle>| -> Result<i64, GatewayError> {
+            let mut st = room.state();
+            st.admit(conn, i64::MIN)?;
+            Ok(st.delivered_through)
+        };
         let Some(last_seq) = last_seq else {
-            room.state().admit(conn, i64::MIN)?;
+            let head = admit_live(conn)?;
             metrics::counter!("chorus_gateway_joins_total", "recovery" => "none").increment(1);
             return Ok(Joined {
-                head_seq: live_head,
+                head_seq: head,
                 recovered: true,
                 missed: 0,
             });
         };
+        let live_head = room.delivered_through().max(head_seq);
         let from = last_seq.min(live_head);
         if live_head - from > self.inner.recovery_window {
-            room.state().admit(conn, i64::MIN)?;
+            let head = admit_live(conn)?;
             metrics::counter!("chorus_gateway_joins_total", "recovery" => "not_recovered")
                 .increment(1);
             return Ok(Joined {
-                head_seq: live_head,
+                head_seq: head,
                 recovered: false,
-                missed: live_head - from,
+                missed: (head - from).max(0),
             });
         }
         let mut through = from;

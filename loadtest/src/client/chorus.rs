@@ -20,11 +20,14 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::{
-    CONNECT_TIMEOUT, ClientSpec, ConnState, Control, Env, REQUEST_TIMEOUT, RoomTrack, Shared,
-    backoff, parse_content, parse_created_at, tcp,
+    CONNECT_TIMEOUT, ClientSpec, ConnState, Control, Env, REQUEST_TIMEOUT, Shared, backoff,
+    parse_content, parse_created_at, tcp,
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Messages per history page when recovering (the contract's largest).
+const HISTORY_PAGE: u32 = 100;
 
 /// What a group asks one connection to send.
 #[derive(Debug, Clone)]
@@ -146,6 +149,7 @@ pub async fn run(
         match r {
             Ok(Exit::Quit) => return,
             Ok(Exit::Storm) => {
+                lock(&state).stormed = true;
                 attempt = 0;
             }
             Err(e) => {
@@ -208,8 +212,15 @@ async fn session(
         next_ref += 1;
         shared.stats().join.record(t.elapsed().as_micros() as u64);
     }
-    lock(state).joined = true;
+    let stormed = {
+        let mut st = lock(state);
+        st.joined = true;
+        std::mem::take(&mut st.stormed)
+    };
     shared.joined.fetch_add(1, Ordering::Relaxed);
+    if stormed {
+        shared.rejoined.fetch_add(1, Ordering::Relaxed);
+    }
     loop {
         tokio::select! {
             frame = ws.next() => {
@@ -219,7 +230,16 @@ async fn session(
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(e.into()),
                 };
-                on_frame(&text, state, shared, true, None)?;
+                // After the joins, answers are to `send-message`s.
+                match on_frame(&text, state, shared, None)? {
+                    Some((_, Some(_))) => {
+                        shared.sends_acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some((_, None)) => {
+                        shared.send_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {}
+                }
             }
             changed = control.changed() => {
                 let c = *control.borrow();
@@ -295,8 +315,8 @@ async fn join(
     }
     let frame = serde_json::json!({"type": "join-community", "ref": reference, "data": data});
     ws.send(Message::text(frame.to_string())).await?;
-    // Before the first ack this connection has no position in the room:
-    // hold what arrives and keep only what is past the head.
+    // Until the ack says where this connection stands (the head, whether
+    // the replay recovered), what arrives for the community is held.
     let mut held: Vec<i64> = Vec::new();
     let ack = timeout(REQUEST_TIMEOUT, async {
         loop {
@@ -306,12 +326,7 @@ async fn join(
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(e.into()),
             };
-            let hold = if last.is_none() {
-                Some((community, &mut held))
-            } else {
-                None
-            };
-            if let Some(ack) = on_frame(&text, state, shared, false, hold)?
+            if let Some(ack) = on_frame(&text, state, shared, Some((community, &mut held)))?
                 && ack.0 == reference
             {
                 return ack
@@ -325,21 +340,45 @@ async fn join(
     .map_err(|_| ConnError::Timeout("join ack"))??;
     let ack: JoinAck =
         serde_json::from_str(&ack).map_err(|e| ConnError::Protocol(format!("join ack: {e}")))?;
-    if last.is_none() {
-        let mut st = lock(state);
-        let room = st.rooms.entry(community.to_owned()).or_default();
-        room.last_seq = ack.head_seq;
-        for seq in held.into_iter().filter(|s| *s > ack.head_seq) {
-            room.on_seq(seq);
+    match last {
+        // A first join starts at the head: what came before it is not ours.
+        None => {
+            lock(state)
+                .rooms
+                .entry(community.to_owned())
+                .or_default()
+                .last_seq = ack.head_seq;
+            held.retain(|s| *s > ack.head_seq);
         }
-    } else if !ack.recovered {
-        fill_from_history(env, spec, community, ack.head_seq, state).await?;
+        // Beyond the replay window: the client pages the history up to the
+        // head, then what was held follows.
+        Some(_) if !ack.recovered => {
+            fill_from_history(env, spec, community, ack.head_seq, state).await?;
+        }
+        // A replay: the held events are it, in order.
+        Some(_) => {}
     }
+    let mut st = lock(state);
+    let room = st.rooms.entry(community.to_owned()).or_default();
+    let mut fresh = 0;
+    for seq in held {
+        if room.on_seq(seq) {
+            fresh += 1;
+            if last.is_some() && seq <= ack.head_seq {
+                room.replayed += 1;
+            }
+        }
+    }
+    drop(st);
+    shared.deliveries.fetch_add(fresh, Ordering::Relaxed);
     Ok(())
 }
 
 /// Pages `after=` the connection's position up to `head`, as a client
-/// does after `recovered: false`.
+/// does after `recovered: false`. The cursor is the page's `nextAfter`,
+/// so seqs history never returns (a deleted message's) cannot stall it;
+/// anything up to `head` that history did not return counts as lost (the
+/// load tool deletes nothing).
 async fn fill_from_history(
     env: &Env,
     spec: &ClientSpec,
@@ -347,13 +386,10 @@ async fn fill_from_history(
     head: i64,
     state: &Arc<Mutex<ConnState>>,
 ) -> Result<(), ConnError> {
-    loop {
-        let after = lock(state).rooms.get(community).map_or(0, |r| r.last_seq);
-        if after >= head {
-            return Ok(());
-        }
+    let mut after = lock(state).rooms.get(community).map_or(0, |r| r.last_seq);
+    while after < head {
         let url = format!(
-            "{}/api/messages-realtime?communityId={community}&after={after}&limit=100",
+            "{}/api/messages-realtime?communityId={community}&after={after}&limit={HISTORY_PAGE}",
             env.api_url
         );
         let page: HistoryPage = env
@@ -368,30 +404,36 @@ async fn fill_from_history(
             .json()
             .await
             .map_err(|e| ConnError::Protocol(format!("history: {e}")))?;
-        let mut st = lock(state);
-        let room = st.rooms.entry(community.to_owned()).or_default();
-        for m in page.messages.iter().filter(|m| m.seq <= head) {
-            if room.on_seq(m.seq) {
-                room.from_history += 1;
+        {
+            let mut st = lock(state);
+            let room = st.rooms.entry(community.to_owned()).or_default();
+            for m in page.messages.iter().filter(|m| m.seq <= head) {
+                if room.on_seq(m.seq) {
+                    room.from_history += 1;
+                }
             }
         }
-        if page.next_after.is_none() || page.messages.is_empty() {
-            // Deleted messages leave seqs history never returns.
-            if room.last_seq < head {
-                room.last_seq = head;
-            }
-            return Ok(());
+        match page.next_after {
+            Some(next) if next > after => after = next,
+            _ => break,
         }
     }
+    let mut st = lock(state);
+    let room = st.rooms.entry(community.to_owned()).or_default();
+    if room.last_seq < head {
+        room.gaps += (head - room.last_seq) as u64;
+        room.last_seq = head;
+    }
+    Ok(())
 }
 
 /// Handles one server frame. Returns `(ref, Some(data) | None for an
-/// error)` for answers. `live` is false while a join's replay runs.
+/// error)` for answers. While a join waits for its ack, `hold` collects
+/// that community's events.
 fn on_frame<'a>(
     text: &'a str,
     state: &Mutex<ConnState>,
     shared: &Shared,
-    live: bool,
     hold: Option<(&str, &mut Vec<i64>)>,
 ) -> Result<Option<(u64, Option<&'a RawValue>)>, ConnError> {
     let f: Frame<'a> =
@@ -407,14 +449,13 @@ fn on_frame<'a>(
                 shared,
                 &m.message.community_id,
                 m.message.seq,
-                live,
                 hold,
                 mark,
             );
         }
         "message-deleted" => {
             let d: Deleted<'_> = parse(data)?;
-            track(state, shared, &d.community_id, d.seq, live, hold, None);
+            track(state, shared, &d.community_id, d.seq, hold, None);
         }
         "user-typing" => {
             shared.typing.fetch_add(1, Ordering::Relaxed);
@@ -441,34 +482,24 @@ fn track(
     shared: &Shared,
     community: &str,
     seq: i64,
-    live: bool,
     hold: Option<(&str, &mut Vec<i64>)>,
     sent: Option<(u64, Option<u64>)>,
 ) {
+    // The community being joined: held until its ack.
     if let Some((joining, held)) = hold
         && joining == community
-        && !lock(state).rooms.contains_key(community)
     {
         held.push(seq);
         return;
     }
-    let fresh = {
-        let mut st = lock(state);
-        let room: &mut RoomTrack = match st.rooms.get_mut(community) {
-            Some(r) => r,
-            // An event of a community this connection has not joined yet
-            // (a join in progress for another one): its join places it.
-            None => return,
-        };
-        let fresh = room.on_seq(seq);
-        if fresh && !live {
-            room.replayed += 1;
-        }
-        fresh
-    };
+    let fresh = lock(state)
+        .rooms
+        .get_mut(community)
+        // A community not joined (yet): its join places the connection.
+        .is_some_and(|room| room.on_seq(seq));
     if fresh {
         shared.deliveries.fetch_add(1, Ordering::Relaxed);
-        if live && let Some((sent, created)) = sent {
+        if let Some((sent, created)) = sent {
             shared.delivered(sent, created);
         }
     }

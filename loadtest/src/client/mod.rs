@@ -161,6 +161,8 @@ pub struct ConnState {
     pub rooms: HashMap<String, RoomTrack>,
     /// Joined every community (since the last (re)connect).
     pub joined: bool,
+    /// Dropped by a storm and not yet joined again.
+    pub stormed: bool,
     pub reconnects: u64,
     pub failed: Option<String>,
 }
@@ -171,7 +173,12 @@ pub struct Shared {
     stats: Mutex<Stats>,
     pub deliveries: AtomicU64,
     pub joined: AtomicU64,
+    /// Connections joined again after a storm.
+    pub rejoined: AtomicU64,
     pub typing: AtomicU64,
+    /// `send-message` commands acked, and answered with an error.
+    pub sends_acked: AtomicU64,
+    pub send_errors: AtomicU64,
 }
 
 /// Latencies, overall and per wall-clock second.

@@ -65,7 +65,10 @@ pub async fn run(
         }
         match r {
             Ok(true) => return,
-            Ok(false) => attempt = 0,
+            Ok(false) => {
+                lock(&state).stormed = true;
+                attempt = 0;
+            }
             Err(e) => {
                 if control.borrow().quit {
                     return;
@@ -137,8 +140,15 @@ async fn session(
         lock(state).rooms.entry(community.clone()).or_default();
         shared.stats().join.record(t.elapsed().as_micros() as u64);
     }
-    lock(state).joined = true;
+    let stormed = {
+        let mut st = lock(state);
+        st.joined = true;
+        std::mem::take(&mut st.stormed)
+    };
     shared.joined.fetch_add(1, Ordering::Relaxed);
+    if stormed {
+        shared.rejoined.fetch_add(1, Ordering::Relaxed);
+    }
     loop {
         tokio::select! {
             text = next_text(&mut ws) => {
