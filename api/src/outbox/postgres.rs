@@ -1,11 +1,24 @@
 //! The Postgres side of the outbox publisher: under an advisory lock that
 //! admits one publisher across all replicas, read unpublished rows in id
-//! order, publish them through the sink, and mark what it accepted; and
+//! order, publish them through the sink, and delete what it accepted; and
 //! the periodic retention purge. The rows themselves are written by the
-//! store's write transactions (`store::postgres::enqueue`).
+//! store's write transactions (`store::postgres::enqueue`, and the
+//! `chorus_post_message` function).
+//!
+//! The publisher has a session of its own, outside the pool, and keeps the
+//! lock while events keep coming: a pass under load is two statements (the
+//! read and the delete) instead of a transaction of five. It lets go after
+//! a pass that found nothing (so an idle publisher holds nothing, and
+//! whoever takes the lock, another replica or a test, stops it within a
+//! poll) and after a failed publish. Its deletes commit without waiting
+//! for the WAL flush: a delete lost in a crash publishes those events
+//! again, which at-least-once allows, and no publisher fsync competes with
+//! the writers'.
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgPool;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnection, PgPool};
+use tokio::sync::Mutex;
 
 use async_trait::async_trait;
 
@@ -17,42 +30,63 @@ use crate::store::purge_idempotency_keys;
 /// across replicas ("chorus-outbox" in ASCII, truncated).
 pub const OUTBOX_LOCK_KEY: i64 = 0x6368_6f72_7573_6f62;
 
-/// How long published outbox rows are kept for inspection before purging.
-const OUTBOX_RETENTION_MIN: i64 = 60;
-
-/// What the publisher needs of Postgres: a handle on the API's pool.
-#[derive(Debug, Clone)]
+/// What the publisher needs of Postgres: the API's pool's settings (and
+/// the pool, for the purge) and its own session.
+#[derive(Debug)]
 pub struct OutboxStore {
     pool: PgPool,
+    session: Mutex<Option<Session>>,
+}
+
+/// The publisher's own connection, and whether it holds the lock.
+#[derive(Debug)]
+struct Session {
+    conn: PgConnection,
+    leader: bool,
 }
 
 impl OutboxStore {
     pub fn new(pool: PgPool) -> Self {
-        OutboxStore { pool }
+        OutboxStore {
+            pool,
+            session: Mutex::new(None),
+        }
+    }
+
+    async fn connect(&self) -> Result<Session, ApiError> {
+        let options = self
+            .pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .options([("synchronous_commit", "off")]);
+        Ok(Session {
+            conn: PgConnection::connect_with(&options).await?,
+            leader: false,
+        })
     }
 }
 
-#[async_trait]
-impl OutboxSource for OutboxStore {
-    /// Publishes up to `max` unpublished events in order through `sink` and
-    /// marks them published. Only one publisher across all API replicas
-    /// runs at a time: a pass that does not get the lock does nothing.
-    async fn drain(&self, sink: &dyn OutboxSink, max: i64) -> Result<Drained, ApiError> {
-        let mut tx = self.pool.begin().await?;
-        let leader: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1)")
-            .bind(OUTBOX_LOCK_KEY)
-            .fetch_one(&mut *tx)
-            .await?;
-        if !leader {
-            return Ok(Drained::default());
+impl Session {
+    /// One pass; see [`OutboxSource::drain`].
+    async fn drain(&mut self, sink: &dyn OutboxSink, max: i64) -> Result<Drained, ApiError> {
+        if !self.leader {
+            self.leader = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+                .bind(OUTBOX_LOCK_KEY)
+                .fetch_one(&mut self.conn)
+                .await?;
+            if !self.leader {
+                return Ok(Drained::default());
+            }
         }
         let rows: Vec<(i64, String, Vec<u8>, DateTime<Utc>)> = sqlx::query_as(
             "select id, channel, payload, created_at from outbox where published_at is null order by id limit $1",
         )
         .bind(max)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut self.conn)
         .await?;
         if rows.is_empty() {
+            self.release().await?;
             return Ok(Drained::default());
         }
         let batch: Vec<(String, Vec<u8>)> = rows
@@ -62,11 +96,10 @@ impl OutboxSource for OutboxStore {
         let published = sink.publish(&batch).await.min(rows.len());
         if published > 0 {
             let ids: Vec<i64> = rows[..published].iter().map(|r| r.0).collect();
-            sqlx::query("update outbox set published_at = now() where id = any($1)")
+            sqlx::query("delete from outbox where id = any($1)")
                 .bind(&ids)
-                .execute(&mut *tx)
+                .execute(&mut self.conn)
                 .await?;
-            tx.commit().await?;
             let now = Utc::now();
             for (_, _, _, created) in &rows[..published] {
                 let lag = (now - *created).to_std().unwrap_or_default();
@@ -75,20 +108,48 @@ impl OutboxSource for OutboxStore {
             metrics::counter!("chorus_outbox_published_total").increment(published as u64);
         }
         let failed = published < rows.len();
+        if failed {
+            self.release().await?;
+        }
         Ok(Drained {
             failed,
             more: !failed && rows.len() as i64 == max,
         })
     }
 
-    /// Deletes published outbox rows and idempotency records past their
-    /// retention (the publisher is the API's one periodic task, so it runs
-    /// both), and updates the pending-events gauge.
-    async fn purge_expired(&self) -> Result<(), ApiError> {
-        sqlx::query("delete from outbox where published_at < now() - make_interval(mins => $1)")
-            .bind(OUTBOX_RETENTION_MIN as i32)
-            .execute(&self.pool)
+    async fn release(&mut self) -> Result<(), ApiError> {
+        sqlx::query("select pg_advisory_unlock($1)")
+            .bind(OUTBOX_LOCK_KEY)
+            .execute(&mut self.conn)
             .await?;
+        self.leader = false;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl OutboxSource for OutboxStore {
+    /// Publishes up to `max` unpublished events in order through `sink` and
+    /// deletes them. Only one publisher across all API replicas runs at a
+    /// time: a pass that does not get the lock does nothing. A database
+    /// error drops the session, and the lock with it; the next pass opens
+    /// a new one.
+    async fn drain(&self, sink: &dyn OutboxSink, max: i64) -> Result<Drained, ApiError> {
+        let mut session = self.session.lock().await;
+        let current = match session.as_mut() {
+            Some(s) => s,
+            None => session.insert(self.connect().await?),
+        };
+        let pass = current.drain(sink, max).await;
+        if pass.is_err() {
+            *session = None;
+        }
+        pass
+    }
+
+    /// Deletes idempotency records past their retention (the publisher is
+    /// the API's one periodic task) and updates the pending-events gauge.
+    async fn purge_expired(&self) -> Result<(), ApiError> {
         purge_idempotency_keys(&self.pool).await?;
         let pending: i64 =
             sqlx::query_scalar("select count(*) from outbox where published_at is null")

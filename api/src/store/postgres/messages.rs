@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::notifications::NotificationRow;
 use super::{PgStore, enqueue, next_seq, now_ms};
 use crate::error::ApiError;
-use crate::store::{HistoryCursor, MessageStore, NewMessage, Page, SequencedEvent};
+use crate::store::{HistoryCursor, MessageStore, NewMessage, NewPost, Page, SequencedEvent};
 
 #[derive(FromRow)]
 struct MessageRow {
@@ -72,8 +72,117 @@ fn preview(content: &str) -> String {
     }
 }
 
+/// The seq written where `chorus_post_message` splices in the real one.
+/// MessagePack encodes it as 0xcf (uint64) and eight bytes beginning with
+/// 0x7e: 0xcf is a UTF-8 lead byte that 0x7e cannot follow, so the nine
+/// bytes never occur inside a string, and the envelope's other integers
+/// (version, timestamp) are small. It occurs exactly where the seq is.
+const SEQ_PLACEHOLDER: i64 = 0x7e5e_9000_0000_0001;
+
+/// What `chorus_post_message` raises for an unknown community, a sender
+/// who is not a member, and a key that already has a record (see its
+/// migration).
+const UNKNOWN_COMMUNITY: &str = "CH404";
+const NOT_A_MEMBER: &str = "CH403";
+const KEY_TAKEN: &str = "CH409";
+
+/// `encoded` cut at every occurrence of the placeholder seq's MessagePack
+/// encoding: the parts `chorus_post_message` joins with the real seq.
+fn cut_at_placeholder(encoded: &[u8]) -> Vec<&[u8]> {
+    let mut marker = [0u8; 9];
+    marker[0] = 0xcf;
+    marker[1..].copy_from_slice(&SEQ_PLACEHOLDER.to_be_bytes());
+    let mut parts = Vec::with_capacity(3);
+    let mut rest = encoded;
+    while let Some(at) = rest.windows(marker.len()).position(|w| w == marker) {
+        parts.push(&rest[..at]);
+        rest = &rest[at + marker.len()..];
+    }
+    parts.push(rest);
+    parts
+}
+
+/// A message's JSON with the placeholder seq, cut around it. The seq
+/// comes third, after two UUIDs, so its first occurrence is the field.
+fn cut_json(json: &str) -> Option<(&str, &str)> {
+    let field = format!("\"seq\":{SEQ_PLACEHOLDER}");
+    let at = json.find(&field)?;
+    Some((&json[..at + 6], &json[at + field.len()..]))
+}
+
 #[async_trait]
 impl MessageStore for PgStore {
+    async fn post_message(&self, new: NewPost<'_>) -> Result<Option<String>, ApiError> {
+        let id = Uuid::now_v7();
+        // The wire has milliseconds; the row gets the same instant.
+        let now = Utc::now();
+        let created_at = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+        let message = Message {
+            id,
+            community_id: new.community_id,
+            seq: SEQ_PLACEHOLDER,
+            sender: Sender {
+                id: new.sender.id.clone(),
+                name: new.sender.name.clone(),
+                avatar: new.sender.avatar.clone(),
+            },
+            content: new.content.to_owned(),
+            mentions: Vec::new(),
+            created_at,
+        };
+        let json = serde_json::to_string(&message).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (head, tail) = cut_json(&json)
+            .ok_or_else(|| ApiError::Internal("message JSON without its seq".into()))?;
+        let payload = Envelope::new(
+            Some(new.community_id),
+            Some(SEQ_PLACEHOLDER),
+            now.timestamp_millis(),
+            ServerEvent::NewMessage(MessageData { message }),
+        )
+        .encode();
+        let parts = cut_at_placeholder(&payload);
+        if parts.len() != 3 {
+            return Err(ApiError::Internal(format!(
+                "envelope has {} seq placeholders, not 2",
+                parts.len() - 1
+            )));
+        }
+        let (key, hash) = new.idempotency.unzip();
+        let body = key.map(|_| [head, tail]);
+        let seq: Result<i64, sqlx::Error> = sqlx::query_scalar(
+            "select chorus_post_message($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(id)
+        .bind(new.community_id)
+        .bind(&new.sender.id)
+        .bind(new.content)
+        .bind(created_at)
+        .bind(community_channel(&new.community_id))
+        .bind(&parts)
+        .bind(key)
+        .bind(hash)
+        .bind(body.as_ref().map(<[&str; 2]>::as_slice))
+        .fetch_one(&self.pool)
+        .await;
+        let seq = match seq {
+            Ok(seq) => seq,
+            Err(e) => {
+                return match e.as_database_error().and_then(|d| d.code()).as_deref() {
+                    Some(UNKNOWN_COMMUNITY) => Err(ApiError::NotFound("community")),
+                    Some(NOT_A_MEMBER) => Err(ApiError::Forbidden(
+                        "only members can post in this community",
+                    )),
+                    Some(KEY_TAKEN) => Ok(None),
+                    _ => Err(e.into()),
+                };
+            }
+        };
+        metrics::counter!("chorus_api_messages_written_total").increment(1);
+        self.committed_events();
+        Ok(Some(format!("{head}{seq}{tail}")))
+    }
+
+
     async fn create_message(&self, new: NewMessage<'_>) -> Result<Message, ApiError> {
         let mut tx = self.pool.begin().await?;
         // The community row lock comes first (`next_seq` takes it) and the
@@ -334,5 +443,72 @@ impl MessageStore for PgStore {
                 },
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(content: &str) -> Message {
+        Message {
+            id: Uuid::now_v7(),
+            community_id: Uuid::now_v7(),
+            seq: SEQ_PLACEHOLDER,
+            sender: Sender {
+                id: "u".into(),
+                name: "U".into(),
+                avatar: None,
+            },
+            content: content.into(),
+            mentions: Vec::new(),
+            created_at: DateTime::from_timestamp_millis(1_800_000_000_123).unwrap_or_default(),
+        }
+    }
+
+    /// What `chorus_post_message` does with the parts, in Rust.
+    fn splice(parts: &[&[u8]], seq: i64) -> Vec<u8> {
+        let mut out = parts[0].to_vec();
+        for p in &parts[1..] {
+            out.push(0xcf);
+            out.extend_from_slice(&seq.to_be_bytes());
+            out.extend_from_slice(p);
+        }
+        out
+    }
+
+    #[test]
+    fn the_spliced_envelope_decodes_with_the_real_seq() {
+        // Content that spells the placeholder's digits and its bytes as far
+        // as UTF-8 lets it must not be taken for the seq.
+        let content = format!("{SEQ_PLACEHOLDER} \u{7e}\u{5e} \"seq\":{SEQ_PLACEHOLDER}");
+        let m = message(&content);
+        let env = Envelope::new(
+            Some(m.community_id),
+            Some(SEQ_PLACEHOLDER),
+            1_800_000_000_123,
+            ServerEvent::NewMessage(MessageData { message: m.clone() }),
+        );
+        let encoded = env.encode();
+        let parts = cut_at_placeholder(&encoded);
+        assert_eq!(parts.len(), 3, "envelope seq and message seq");
+        for seq in [1, 127, 128, 65_536, i64::from(u32::MAX) + 1, i64::MAX] {
+            let decoded = Envelope::decode(&splice(&parts, seq)).expect("decodes");
+            assert_eq!(decoded.seq, Some(seq));
+            let ServerEvent::NewMessage(data) = decoded.event else {
+                panic!("expected new-message")
+            };
+            assert_eq!(data.message, Message { seq, ..m.clone() });
+        }
+    }
+
+    #[test]
+    fn the_json_is_cut_at_the_seq_field() {
+        let m = message(&format!("\"seq\":{SEQ_PLACEHOLDER}"));
+        let json = serde_json::to_string(&m).expect("serializes");
+        let (head, tail) = cut_json(&json).expect("has the seq");
+        let spliced = format!("{head}42{tail}");
+        let want = serde_json::to_string(&Message { seq: 42, ..m }).expect("serializes");
+        assert_eq!(spliced, want);
     }
 }

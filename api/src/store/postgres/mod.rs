@@ -52,6 +52,11 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(DEFAULT_ACQUIRE_TIMEOUT)
+            // No ping before handing out a connection: it was a round trip
+            // per transaction (a post's cost is one round trip now). A
+            // connection that died idle fails its next query, which answers
+            // 503, and the pool drops it.
+            .test_before_acquire(false)
             .connect_lazy(url)?;
         Ok(PgStore {
             pool,
