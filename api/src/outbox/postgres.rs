@@ -8,9 +8,10 @@
 //! The publisher has a session of its own, outside the pool, and keeps the
 //! lock while events keep coming: a pass under load is two statements (the
 //! read and the delete) instead of a transaction of five. It lets go after
-//! a pass that found nothing (so an idle publisher holds nothing, and
-//! whoever takes the lock, another replica or a test, stops it within a
-//! poll) and after a failed publish. Its deletes commit without waiting
+//! a pass that found nothing when nothing was found for a poll interval
+//! (so an idle publisher holds nothing, and whoever takes the lock,
+//! another replica or a test, stops it within two polls) and after a
+//! failed publish. Its deletes commit without waiting
 //! for the WAL flush: a delete lost in a crash publishes those events
 //! again, which at-least-once allows, and no publisher fsync competes with
 //! the writers'.
@@ -19,10 +20,11 @@ use chrono::{DateTime, Utc};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnection, PgPool};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{Drained, OutboxSink, OutboxSource};
+use super::{Drained, OUTBOX_POLL, OutboxSink, OutboxSource};
 use crate::error::ApiError;
 use crate::store::purge_idempotency_keys;
 
@@ -43,6 +45,8 @@ pub struct OutboxStore {
 struct Session {
     conn: PgConnection,
     leader: bool,
+    /// When a pass last found events.
+    last_found: Instant,
 }
 
 impl OutboxStore {
@@ -63,6 +67,7 @@ impl OutboxStore {
         Ok(Session {
             conn: PgConnection::connect_with(&options).await?,
             leader: false,
+            last_found: Instant::now(),
         })
     }
 }
@@ -86,9 +91,12 @@ impl Session {
         .fetch_all(&mut self.conn)
         .await?;
         if rows.is_empty() {
-            self.release().await?;
+            if self.last_found.elapsed() >= OUTBOX_POLL {
+                self.release().await?;
+            }
             return Ok(Drained::default());
         }
+        self.last_found = Instant::now();
         let batch: Vec<(String, Vec<u8>)> = rows
             .iter()
             .map(|(_, c, p, _)| (c.clone(), p.clone()))

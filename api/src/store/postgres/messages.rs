@@ -17,6 +17,7 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::notifications::NotificationRow;
+use super::writer::Post;
 use super::{PgStore, enqueue, next_seq, now_ms};
 use crate::error::ApiError;
 use crate::store::{HistoryCursor, MessageStore, NewMessage, NewPost, Page, SequencedEvent};
@@ -72,42 +73,43 @@ fn preview(content: &str) -> String {
     }
 }
 
-/// The seq written where `chorus_post_message` splices in the real one.
+/// The seq written where `chorus_post_messages` splices in the real one.
 /// MessagePack encodes it as 0xcf (uint64) and eight bytes beginning with
 /// 0x7e: 0xcf is a UTF-8 lead byte that 0x7e cannot follow, so the nine
 /// bytes never occur inside a string, and the envelope's other integers
 /// (version, timestamp) are small. It occurs exactly where the seq is.
 const SEQ_PLACEHOLDER: i64 = 0x7e5e_9000_0000_0001;
 
-/// What `chorus_post_message` raises for an unknown community, a sender
-/// who is not a member, and a key that already has a record (see its
-/// migration).
-const UNKNOWN_COMMUNITY: &str = "CH404";
-const NOT_A_MEMBER: &str = "CH403";
-const KEY_TAKEN: &str = "CH409";
+/// What `chorus_post_messages` answers instead of a seq for an unknown
+/// community, a sender who is not a member, and a key that already has a
+/// record (see its migration).
+const UNKNOWN_COMMUNITY: i64 = -404;
+const NOT_A_MEMBER: i64 = -403;
+const KEY_TAKEN: i64 = -409;
 
-/// `encoded` cut at every occurrence of the placeholder seq's MessagePack
-/// encoding: the parts `chorus_post_message` joins with the real seq.
-fn cut_at_placeholder(encoded: &[u8]) -> Vec<&[u8]> {
+/// Where the placeholder seq's MessagePack encoding occurs in `encoded`.
+fn placeholders(encoded: &[u8]) -> Vec<(usize, usize)> {
     let mut marker = [0u8; 9];
     marker[0] = 0xcf;
     marker[1..].copy_from_slice(&SEQ_PLACEHOLDER.to_be_bytes());
-    let mut parts = Vec::with_capacity(3);
-    let mut rest = encoded;
-    while let Some(at) = rest.windows(marker.len()).position(|w| w == marker) {
-        parts.push(&rest[..at]);
-        rest = &rest[at + marker.len()..];
+    let mut found = Vec::with_capacity(2);
+    let mut from = 0;
+    while let Some(at) = encoded[from..]
+        .windows(marker.len())
+        .position(|w| w == marker)
+    {
+        found.push((from + at, from + at + marker.len()));
+        from += at + marker.len();
     }
-    parts.push(rest);
-    parts
+    found
 }
 
-/// A message's JSON with the placeholder seq, cut around it. The seq
-/// comes third, after two UUIDs, so its first occurrence is the field.
-fn cut_json(json: &str) -> Option<(&str, &str)> {
+/// Where the placeholder seq is in a message's JSON. The seq comes third,
+/// after two UUIDs, so its first occurrence is the field.
+fn json_placeholder(json: &str) -> Option<(usize, usize)> {
     let field = format!("\"seq\":{SEQ_PLACEHOLDER}");
     let at = json.find(&field)?;
-    Some((&json[..at + 6], &json[at + field.len()..]))
+    Some((at + 6, at + field.len()))
 }
 
 #[async_trait]
@@ -131,7 +133,7 @@ impl MessageStore for PgStore {
             created_at,
         };
         let json = serde_json::to_string(&message).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let (head, tail) = cut_json(&json)
+        let json_cut = json_placeholder(&json)
             .ok_or_else(|| ApiError::Internal("message JSON without its seq".into()))?;
         let payload = Envelope::new(
             Some(new.community_id),
@@ -140,48 +142,42 @@ impl MessageStore for PgStore {
             ServerEvent::NewMessage(MessageData { message }),
         )
         .encode();
-        let parts = cut_at_placeholder(&payload);
-        if parts.len() != 3 {
-            return Err(ApiError::Internal(format!(
-                "envelope has {} seq placeholders, not 2",
-                parts.len() - 1
-            )));
-        }
-        let (key, hash) = new.idempotency.unzip();
-        let body = key.map(|_| [head, tail]);
-        let seq: Result<i64, sqlx::Error> = sqlx::query_scalar(
-            "select chorus_post_message($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(id)
-        .bind(new.community_id)
-        .bind(&new.sender.id)
-        .bind(new.content)
-        .bind(created_at)
-        .bind(community_channel(&new.community_id))
-        .bind(&parts)
-        .bind(key)
-        .bind(hash)
-        .bind(body.as_ref().map(<[&str; 2]>::as_slice))
-        .fetch_one(&self.pool)
-        .await;
-        let seq = match seq {
-            Ok(seq) => seq,
-            Err(e) => {
-                return match e.as_database_error().and_then(|d| d.code()).as_deref() {
-                    Some(UNKNOWN_COMMUNITY) => Err(ApiError::NotFound("community")),
-                    Some(NOT_A_MEMBER) => Err(ApiError::Forbidden(
-                        "only members can post in this community",
-                    )),
-                    Some(KEY_TAKEN) => Ok(None),
-                    _ => Err(e.into()),
-                };
-            }
+        let [first, second] = placeholders(&payload)[..] else {
+            return Err(ApiError::Internal(
+                "the envelope does not hold the seq exactly twice".into(),
+            ));
         };
-        metrics::counter!("chorus_api_messages_written_total").increment(1);
-        self.committed_events();
-        Ok(Some(format!("{head}{seq}{tail}")))
+        let outcome = self
+            .writer
+            .write(Post {
+                id,
+                community_id: new.community_id,
+                sender_id: new.sender.id.clone(),
+                content: new.content.to_owned(),
+                created_at,
+                channel: community_channel(&new.community_id),
+                payload,
+                payload_cuts: [first, second],
+                json,
+                json_cut,
+                key: new.idempotency.map(|(k, h)| (k.to_owned(), h.to_vec())),
+            })
+            .await;
+        let (outcome, post) = outcome?;
+        match outcome {
+            UNKNOWN_COMMUNITY => Err(ApiError::NotFound("community")),
+            NOT_A_MEMBER => Err(ApiError::Forbidden(
+                "only members can post in this community",
+            )),
+            KEY_TAKEN => Ok(None),
+            seq => {
+                // The writer woke the publisher once for the whole batch.
+                metrics::counter!("chorus_api_messages_written_total").increment(1);
+                let (head, tail) = (&post.json[..post.json_cut.0], &post.json[post.json_cut.1..]);
+                Ok(Some(format!("{head}{seq}{tail}")))
+            }
+        }
     }
-
 
     async fn create_message(&self, new: NewMessage<'_>) -> Result<Message, ApiError> {
         let mut tx = self.pool.begin().await?;
@@ -466,14 +462,17 @@ mod tests {
         }
     }
 
-    /// What `chorus_post_message` does with the parts, in Rust.
-    fn splice(parts: &[&[u8]], seq: i64) -> Vec<u8> {
-        let mut out = parts[0].to_vec();
-        for p in &parts[1..] {
+    /// What `chorus_post_messages` does with the envelope, in Rust.
+    fn splice(encoded: &[u8], cuts: &[(usize, usize)], seq: i64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut from = 0;
+        for &(start, end) in cuts {
+            out.extend_from_slice(&encoded[from..start]);
             out.push(0xcf);
             out.extend_from_slice(&seq.to_be_bytes());
-            out.extend_from_slice(p);
+            from = end;
         }
+        out.extend_from_slice(&encoded[from..]);
         out
     }
 
@@ -490,10 +489,10 @@ mod tests {
             ServerEvent::NewMessage(MessageData { message: m.clone() }),
         );
         let encoded = env.encode();
-        let parts = cut_at_placeholder(&encoded);
-        assert_eq!(parts.len(), 3, "envelope seq and message seq");
+        let cuts = placeholders(&encoded);
+        assert_eq!(cuts.len(), 2, "envelope seq and message seq");
         for seq in [1, 127, 128, 65_536, i64::from(u32::MAX) + 1, i64::MAX] {
-            let decoded = Envelope::decode(&splice(&parts, seq)).expect("decodes");
+            let decoded = Envelope::decode(&splice(&encoded, &cuts, seq)).expect("decodes");
             assert_eq!(decoded.seq, Some(seq));
             let ServerEvent::NewMessage(data) = decoded.event else {
                 panic!("expected new-message")
@@ -506,8 +505,8 @@ mod tests {
     fn the_json_is_cut_at_the_seq_field() {
         let m = message(&format!("\"seq\":{SEQ_PLACEHOLDER}"));
         let json = serde_json::to_string(&m).expect("serializes");
-        let (head, tail) = cut_json(&json).expect("has the seq");
-        let spliced = format!("{head}42{tail}");
+        let (head, tail) = json_placeholder(&json).expect("has the seq");
+        let spliced = format!("{}42{}", &json[..head], &json[tail..]);
         let want = serde_json::to_string(&Message { seq: 42, ..m }).expect("serializes");
         assert_eq!(spliced, want);
     }

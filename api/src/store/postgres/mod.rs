@@ -11,6 +11,7 @@ mod idempotency;
 mod messages;
 mod notifications;
 mod users;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,7 @@ const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    writer: writer::PostWriter,
     wake_publisher: Arc<Notify>,
 }
 
@@ -58,8 +60,13 @@ impl PgStore {
             // 503, and the pool drops it.
             .test_before_acquire(false)
             .connect_lazy(url)?;
+        let writer = writer::PostWriter::start(
+            pool.connect_options().as_ref().clone(),
+            wake_publisher.clone(),
+        );
         Ok(PgStore {
             pool,
+            writer,
             wake_publisher,
         })
     }
