@@ -132,7 +132,8 @@ impl MessageStore for PgStore {
             mentions: Vec::new(),
             created_at,
         };
-        let json = serde_json::to_string(&message).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let json =
+            serde_json::to_string(&message).map_err(|e| ApiError::Internal(e.to_string()))?;
         let json_cut = json_placeholder(&json)
             .ok_or_else(|| ApiError::Internal("message JSON without its seq".into()))?;
         let payload = Envelope::new(
