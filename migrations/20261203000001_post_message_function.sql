@@ -88,8 +88,3 @@ begin
     return v_out;
 end;
 $$;
-
--- The publisher now deletes the rows it published instead of marking them
--- (no second row version, nothing left for a purge); rows marked by
--- earlier versions go now.
-delete from outbox where published_at is not null;

@@ -5,16 +5,16 @@
 //! the fallback for events committed by other replicas or left behind by a
 //! failure. While Redis is away publishing fails, rows stay unpublished and
 //! the loop backs off; when Redis returns the backlog goes out in id order,
-//! which is seq order per community. Nothing is deleted from the outbox before
+//! which is seq order per community. Nothing is marked published before
 //! Redis accepted it, so a crash at any point loses nothing. Publication is
-//! at least once: a crash between publish and delete, or a timed-out batch
+//! at least once: a crash between publish and mark, or a timed-out batch
 //! that the Redis client still delivers after reconnecting, publishes an
 //! event again, always in order; gateways drop the repeats.
 //!
 //! The publisher is its own component, apart from the [`crate::store`]:
 //! [`run_publisher`] owns an [`OutboxSource`] ([`OutboxStore`] in
-//! production, the Postgres side: advisory lock, unpublished rows, deleting
-//! what went out, retention purge; in `postgres.rs`) and an [`OutboxSink`] ([`RedisSink`]
+//! production, the Postgres side: advisory lock, unpublished rows, marking,
+//! retention purge; in `postgres.rs`) and an [`OutboxSink`] ([`RedisSink`]
 //! in production; in `redis.rs`).
 
 mod postgres;
@@ -44,7 +44,7 @@ pub const OUTBOX_BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const OUTBOX_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long shutdown keeps trying to flush the outbox.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often retention purges run: often enough that a retention of hours
+/// How often retention purges run: often enough that an hour's retention
 /// is kept to within a minute, rarely enough to cost nothing.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -72,7 +72,7 @@ pub trait OutboxSink: Send + Sync {
 #[async_trait]
 pub trait OutboxSource: Send + Sync {
     /// Publishes up to `max` unpublished events in order through `sink`
-    /// and removes them from the outbox.
+    /// and marks them published.
     async fn drain(&self, sink: &dyn OutboxSink, max: i64) -> Result<Drained, ApiError>;
     /// Deletes what is past its retention.
     async fn purge_expired(&self) -> Result<(), ApiError>;

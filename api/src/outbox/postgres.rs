@@ -1,18 +1,18 @@
 //! The Postgres side of the outbox publisher: under an advisory lock that
 //! admits one publisher across all replicas, read unpublished rows in id
-//! order, publish them through the sink, and delete what it accepted; and
+//! order, publish them through the sink, and mark what it accepted; and
 //! the periodic retention purge. The rows themselves are written by the
 //! store's write transactions (`store::postgres::enqueue`, and the
 //! `chorus_post_message` function).
 //!
 //! The publisher has a session of its own, outside the pool, and keeps the
 //! lock while events keep coming: a pass under load is two statements (the
-//! read and the delete) instead of a transaction of five. It lets go after
+//! read and the mark) instead of a transaction of five. It lets go after
 //! a pass that found nothing when nothing was found for a poll interval
 //! (so an idle publisher holds nothing, and whoever takes the lock,
 //! another replica or a test, stops it within two polls) and after a
-//! failed publish. Its deletes commit without waiting
-//! for the WAL flush: a delete lost in a crash publishes those events
+//! failed publish. Its marks commit without waiting
+//! for the WAL flush: a mark lost in a crash publishes those events
 //! again, which at-least-once allows, and no publisher fsync competes with
 //! the writers'.
 
@@ -31,6 +31,9 @@ use crate::store::purge_idempotency_keys;
 /// Advisory lock key held by the one outbox publisher running at a time
 /// across replicas ("chorus-outbox" in ASCII, truncated).
 pub const OUTBOX_LOCK_KEY: i64 = 0x6368_6f72_7573_6f62;
+
+/// How long published outbox rows are kept for inspection before purging.
+const OUTBOX_RETENTION_MIN: i64 = 60;
 
 /// What the publisher needs of Postgres: the API's pool's settings (and
 /// the pool, for the purge) and its own session.
@@ -104,7 +107,7 @@ impl Session {
         let published = sink.publish(&batch).await.min(rows.len());
         if published > 0 {
             let ids: Vec<i64> = rows[..published].iter().map(|r| r.0).collect();
-            sqlx::query("delete from outbox where id = any($1)")
+            sqlx::query("update outbox set published_at = now() where id = any($1)")
                 .bind(&ids)
                 .execute(&mut self.conn)
                 .await?;
@@ -138,7 +141,7 @@ impl Session {
 #[async_trait]
 impl OutboxSource for OutboxStore {
     /// Publishes up to `max` unpublished events in order through `sink` and
-    /// deletes them. Only one publisher across all API replicas runs at a
+    /// marks them published. Only one publisher across all API replicas runs at a
     /// time: a pass that does not get the lock does nothing. A database
     /// error drops the session, and the lock with it; the next pass opens
     /// a new one.
@@ -155,9 +158,14 @@ impl OutboxSource for OutboxStore {
         pass
     }
 
-    /// Deletes idempotency records past their retention (the publisher is
-    /// the API's one periodic task) and updates the pending-events gauge.
+    /// Deletes published outbox rows and idempotency records past their
+    /// retention (the publisher is the API's one periodic task, so it runs
+    /// both), and updates the pending-events gauge.
     async fn purge_expired(&self) -> Result<(), ApiError> {
+        sqlx::query("delete from outbox where published_at < now() - make_interval(mins => $1)")
+            .bind(OUTBOX_RETENTION_MIN as i32)
+            .execute(&self.pool)
+            .await?;
         purge_idempotency_keys(&self.pool).await?;
         let pending: i64 =
             sqlx::query_scalar("select count(*) from outbox where published_at is null")
