@@ -3,7 +3,7 @@
 //! order, publish them through the sink, and mark what it accepted; and
 //! the periodic retention purge. The rows themselves are written by the
 //! store's write transactions (`store::postgres::enqueue`, and the
-//! `chorus_post_message` function).
+//! `chorus_post_messages` function).
 //!
 //! The publisher has a session of its own, outside the pool, and keeps the
 //! lock while events keep coming: a pass under load is two statements (the
@@ -11,10 +11,10 @@
 //! a pass that found nothing when nothing was found for a poll interval
 //! (so an idle publisher holds nothing, and whoever takes the lock,
 //! another replica or a test, stops it within two polls) and after a
-//! failed publish. Its marks commit without waiting
-//! for the WAL flush: a mark lost in a crash publishes those events
-//! again, which at-least-once allows, and no publisher fsync competes with
-//! the writers'.
+//! failed publish. Its marks commit without waiting for the WAL flush:
+//! a mark lost in a crash publishes those events again, which
+//! at-least-once allows, and no publisher fsync competes with the
+//! writers'.
 
 use chrono::{DateTime, Utc};
 use sqlx::Connection;
@@ -141,10 +141,10 @@ impl Session {
 #[async_trait]
 impl OutboxSource for OutboxStore {
     /// Publishes up to `max` unpublished events in order through `sink` and
-    /// marks them published. Only one publisher across all API replicas runs at a
-    /// time: a pass that does not get the lock does nothing. A database
-    /// error drops the session, and the lock with it; the next pass opens
-    /// a new one.
+    /// marks them published. Only one publisher across all API replicas
+    /// runs at a time: a pass that does not get the lock does nothing. A
+    /// database error drops the session, and the lock with it; the next
+    /// pass opens a new one.
     async fn drain(&self, sink: &dyn OutboxSink, max: i64) -> Result<Drained, ApiError> {
         let mut session = self.session.lock().await;
         let current = match session.as_mut() {

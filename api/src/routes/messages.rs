@@ -77,9 +77,9 @@ pub async fn create(
     }
 }
 
-/// The common case in one round trip: a valid message without mentions,
-/// created by one statement that also completes its `Idempotency-Key`
-/// record. `None` sends the request down the full path: it has mentions
+/// The common case: a valid message without mentions, created by the post
+/// writer in a batch (one statement, one commit for the batch) that also
+/// completes its `Idempotency-Key` record. `None` sends the request down the full path: it has mentions
 /// (their notifications), it is invalid, or it has a key and either the
 /// key already has a record or the post was refused (the full path
 /// records the refusal for replay).

@@ -54,10 +54,10 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(DEFAULT_ACQUIRE_TIMEOUT)
-            // No ping before handing out a connection: it was a round trip
-            // per transaction (a post's cost is one round trip now). A
-            // connection that died idle fails its next query, which answers
-            // 503, and the pool drops it.
+            // No ping before handing out a connection: it was one more
+            // round trip per transaction. A connection that died idle fails
+            // its next query, which answers 503, and the pool drops it
+            // (sqlx tests a connection when it comes back).
             .test_before_acquire(false)
             .connect_lazy(url)?;
         let writer = writer::PostWriter::start(
