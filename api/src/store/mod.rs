@@ -174,8 +174,9 @@ pub trait MessageStore: Send + Sync {
     /// events. `NotFound` for an unknown community, `Forbidden` for a
     /// non-member sender.
     async fn create_message(&self, new: NewMessage<'_>) -> Result<Message, ApiError>;
-    /// Creates a message without mentions as [`create_message`] does, in
-    /// one round trip, and returns the response body (the message's JSON).
+    /// Creates a message without mentions as [`create_message`] does, in a
+    /// batch with other posts (one round trip and one commit per batch),
+    /// and returns the response body (the message's JSON).
     /// `Ok(None)` when the `Idempotency-Key` already has a record: nothing
     /// was written, and the caller takes the full idempotency path.
     ///
