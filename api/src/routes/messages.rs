@@ -14,7 +14,7 @@ use super::trimmed;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Authed, Body, Params, parse_id};
 use crate::state::{AppState, Bucket};
-use crate::store::{HistoryCursor, IdempotencyBegin, NewMessage};
+use crate::store::{HistoryCursor, IdempotencyBegin, NewMessage, NewPost};
 
 /// Most entries a message's `mentions` may hold: a bound on the
 /// notification fan-out a single request can cause (Discord's own cap on
@@ -36,7 +36,11 @@ pub async fn create(
     body: Body<SendMessage>,
 ) -> ApiResult<Response> {
     state.check_rate(Bucket::Message, &user.id)?;
-    let Some(key) = idempotency_key(&headers)? else {
+    let key = idempotency_key(&headers)?;
+    if let Some(created) = post(&state, &user, &body.value, key).await? {
+        return Ok(created);
+    }
+    let Some(key) = key else {
         let message = send(&state, &user, &body.value, None).await?;
         return Ok((StatusCode::CREATED, Json(message)).into_response());
     };
@@ -70,6 +74,52 @@ pub async fn create(
                 Err(e)
             }
         },
+    }
+}
+
+/// The common case: a valid message without mentions, created by the post
+/// writer in a batch (one statement, one commit for the batch) that also
+/// completes its `Idempotency-Key` record. `None` sends the request down the full path: it has mentions
+/// (their notifications), it is invalid, or it has a key and either the
+/// key already has a record or the post was refused (the full path
+/// records the refusal for replay).
+async fn post(
+    state: &AppState,
+    user: &AuthUser,
+    req: &SendMessage,
+    key: Option<&str>,
+) -> ApiResult<Option<Response>> {
+    if req.mentions.as_ref().is_some_and(|m| !m.is_empty()) {
+        return Ok(None);
+    }
+    let (Ok(community_id), Ok(content)) = (
+        parse_id(&req.community_id, "community"),
+        trimmed(&req.content, "content", MAX_MESSAGE_CHARS),
+    ) else {
+        return Ok(None);
+    };
+    let hash = key.map(|_| request_hash(req));
+    let posted = state
+        .store()
+        .post_message(NewPost {
+            community_id,
+            sender: user,
+            content,
+            idempotency: key.zip(hash.as_deref()),
+        })
+        .await;
+    match posted {
+        Ok(Some(body)) => Ok(Some(
+            (
+                StatusCode::CREATED,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response(),
+        )),
+        Ok(None) => Ok(None),
+        Err(ApiError::NotFound(_) | ApiError::Forbidden(_)) if key.is_some() => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

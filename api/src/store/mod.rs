@@ -41,6 +41,19 @@ pub struct NewMessage<'a> {
     pub idempotency_key: Option<&'a str>,
 }
 
+/// A message without mentions to create in one statement
+/// ([`MessageStore::post_message`]).
+#[derive(Debug)]
+pub struct NewPost<'a> {
+    pub community_id: Uuid,
+    pub sender: &'a AuthUser,
+    /// Already trimmed and length-checked.
+    pub content: &'a str,
+    /// `Idempotency-Key` and the request's hash: the record is created,
+    /// completed, in the same statement.
+    pub idempotency: Option<(&'a str, &'a [u8])>,
+}
+
 /// A notification to create.
 #[derive(Debug)]
 pub struct NewNotification<'a> {
@@ -168,6 +181,14 @@ pub trait MessageStore: Send + Sync {
     /// events. `NotFound` for an unknown community, `Forbidden` for a
     /// non-member sender.
     async fn create_message(&self, new: NewMessage<'_>) -> Result<Message, ApiError>;
+    /// Creates a message without mentions as [`create_message`] does, in a
+    /// batch with other posts (one round trip and one commit per batch),
+    /// and returns the response body (the message's JSON).
+    /// `Ok(None)` when the `Idempotency-Key` already has a record: nothing
+    /// was written, and the caller takes the full idempotency path.
+    ///
+    /// [`create_message`]: MessageStore::create_message
+    async fn post_message(&self, new: NewPost<'_>) -> Result<Option<String>, ApiError>;
     async fn messages(
         &self,
         community_id: Uuid,

@@ -147,3 +147,28 @@ async fn futures_join(api: &Api, token: &str, body: &serde_json::Value) -> Vec<R
     }
     out
 }
+
+#[tokio::test]
+async fn a_refused_post_without_mentions_is_replayed_as_refused() {
+    let api = Api::start().await;
+    let (alice_id, bob_id) = (uid("alice"), uid("bob"));
+    let (alice, bob) = (token(&alice_id), token(&bob_id));
+    let c = api.community(&alice, "refused", true).await;
+    let body = json!({"communityId": c, "content": "not yet"});
+    // The one-statement path refuses a non-member; the refusal is recorded.
+    let first = post_keyed(&api, &bob, "k-403", body.clone()).await;
+    assert_eq!((first.status, first.code()), (403, "forbidden"));
+    api.post(&format!("/api/communities/{c}/join"), &bob, json!({}))
+        .await;
+    let retry = post_keyed(&api, &bob, "k-403", body.clone()).await;
+    assert_eq!((retry.status, retry.body), (403, first.body), "replayed");
+    // A fresh key now creates the message, at the seq the refusal gave back.
+    let created = post_keyed(&api, &bob, "k-201", body).await;
+    assert_eq!(created.status, 201);
+    assert_eq!(created.body["seq"], 1);
+    let unknown = json!({"communityId": uuid::Uuid::now_v7(), "content": "where"});
+    let r = post_keyed(&api, &bob, "k-404", unknown.clone()).await;
+    assert_eq!((r.status, r.code()), (404, "not_found"));
+    let r2 = post_keyed(&api, &bob, "k-404", unknown).await;
+    assert_eq!((r2.status, r2.body), (404, r.body));
+}

@@ -53,6 +53,76 @@ async fn fifty_concurrent_posters_get_gap_free_unique_seqs() {
     assert_eq!(list.body["communities"][0]["headSeq"], n);
 }
 
+/// Posts of several communities, from members and non-members, arrive
+/// together, so the post writer's batches mix communities and outcomes:
+/// each community's seqs stay gap-free and each refusal gives its seq back.
+#[tokio::test]
+async fn batches_mixing_communities_and_refusals_stay_gap_free() {
+    const COMMUNITIES: usize = 3;
+    const PER_POSTER: usize = 5;
+    let api = Api::start().await;
+    let owner = token(&uid("owner"));
+    let mut communities = Vec::new();
+    for i in 0..COMMUNITIES {
+        communities.push(api.community(&owner, &format!("mixed{i}"), true).await);
+    }
+    let members: Vec<String> = (0..12).map(|i| uid(&format!("m{i}"))).collect();
+    let outsiders: Vec<String> = (0..6).map(|i| uid(&format!("o{i}"))).collect();
+    for c in &communities {
+        for m in &members {
+            api.add(&owner, c, m).await;
+        }
+    }
+    let mut tasks = Vec::new();
+    for (i, u) in members.iter().chain(&outsiders).enumerate() {
+        let c = communities[i % COMMUNITIES].clone();
+        let (http, url, t) = (api.http.clone(), api.url.clone(), token(u));
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for n in 0..PER_POSTER {
+                let r = http
+                    .post(format!("{url}/api/messages-realtime"))
+                    .bearer_auth(&t)
+                    .json(&json!({"communityId": c, "content": format!("msg {n}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                answers.push((c.clone(), into_resp(r).await));
+            }
+            answers
+        }));
+    }
+    let mut seqs: std::collections::HashMap<String, BTreeSet<i64>> = Default::default();
+    let mut refused = 0;
+    for t in tasks {
+        for (c, r) in t.await.unwrap() {
+            match r.status {
+                201 => {
+                    assert_eq!(r.body["communityId"], c.as_str());
+                    let seq = r.body["seq"].as_i64().unwrap();
+                    assert!(seqs.entry(c).or_default().insert(seq), "seq {seq} twice");
+                }
+                403 => refused += 1,
+                other => panic!("unexpected {other}: {:?}", r.body),
+            }
+        }
+    }
+    assert_eq!(refused, outsiders.len() * PER_POSTER);
+    for c in &communities {
+        let got = seqs.remove(c).unwrap_or_default();
+        let n = got.len() as i64;
+        assert_eq!(n as usize, members.len() / COMMUNITIES * PER_POSTER);
+        assert_eq!(got, (1..=n).collect::<BTreeSet<i64>>(), "exactly 1..={n}");
+        let hist = api
+            .get(
+                &format!("/api/messages-realtime?communityId={c}&limit=100"),
+                &owner,
+            )
+            .await;
+        assert_eq!(hist.body["messages"].as_array().unwrap().len() as i64, n);
+    }
+}
+
 #[tokio::test]
 async fn backfill_returns_every_event_after_a_seq_in_order() {
     let api = Api::start().await;

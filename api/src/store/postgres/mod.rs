@@ -11,6 +11,7 @@ mod idempotency;
 mod messages;
 mod notifications;
 mod users;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,7 @@ const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    writer: writer::PostWriter,
     wake_publisher: Arc<Notify>,
 }
 
@@ -52,9 +54,19 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(DEFAULT_ACQUIRE_TIMEOUT)
+            // No ping before handing out a connection: it was one more
+            // round trip per transaction. A connection that died idle fails
+            // its next query, which answers 503, and the pool drops it
+            // (sqlx tests a connection when it comes back).
+            .test_before_acquire(false)
             .connect_lazy(url)?;
+        let writer = writer::PostWriter::start(
+            pool.connect_options().as_ref().clone(),
+            wake_publisher.clone(),
+        );
         Ok(PgStore {
             pool,
+            writer,
             wake_publisher,
         })
     }
