@@ -29,12 +29,18 @@ const WRITERS: usize = 2;
 /// (and the community locks it holds) short.
 const MAX_BATCH: usize = 128;
 
-/// How long a writer waits, after the first post of a batch, for more:
-/// a post waits up to this long, and in exchange at 500 posts a second a
-/// batch holds two or three posts instead of one, which divides the round
-/// trips, commits and publisher passes per post. The request latency
-/// target (p99 under 50 ms) leaves room for it.
+/// Longest a writer waits, after the first post of a batch, for more: at
+/// 500 posts a second a batch then holds two or three posts instead of
+/// one, which divides the round trips, commits and publisher passes per
+/// post. It waits only as long as posts are arriving apart (a smoothed
+/// gap, see [`Arrivals`]), and not at all when they come further apart
+/// than this: a quiet community's post is never held for company that
+/// will not come.
 const LINGER: Duration = Duration::from_millis(4);
+
+/// Weight of the newest gap in the smoothed gap between posts (1/8: a
+/// rate change shows within a dozen posts, one odd gap does not).
+const GAP_SMOOTHING: f64 = 0.125;
 
 /// Posts waiting for a writer; a full queue makes handlers wait (the
 /// request deadline bounds that).
@@ -70,6 +76,50 @@ type Reply = oneshot::Sender<Result<(i64, Post), ApiError>>;
 #[derive(Debug, Clone)]
 pub(super) struct PostWriter {
     queue: mpsc::Sender<(Post, Reply)>,
+    arrivals: Arc<Arrivals>,
+}
+
+/// When posts arrive: the smoothed gap between them, which sets how long
+/// a writer lingers for more. Updated without a lock; a lost update under
+/// a race only skews the estimate by one sample.
+#[derive(Debug)]
+pub(super) struct Arrivals {
+    start: std::time::Instant,
+    /// Microseconds since `start` of the last post.
+    last_us: std::sync::atomic::AtomicU64,
+    /// Smoothed gap in microseconds, as `f64` bits.
+    gap_us: std::sync::atomic::AtomicU64,
+}
+
+impl Arrivals {
+    fn new() -> Self {
+        Arrivals {
+            start: std::time::Instant::now(),
+            last_us: Default::default(),
+            // Quiet at first: no linger until posts come close together.
+            gap_us: (LINGER.as_micros() as f64 * 10.0).to_bits().into(),
+        }
+    }
+
+    fn record(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.start.elapsed().as_micros() as u64;
+        let gap = now.saturating_sub(self.last_us.swap(now, Relaxed)) as f64;
+        let old = f64::from_bits(self.gap_us.load(Relaxed));
+        let new = old + GAP_SMOOTHING * (gap - old);
+        self.gap_us.store(new.to_bits(), Relaxed);
+    }
+
+    /// How long to wait for more after a batch's first post: the expected
+    /// gap, when more are expected within [`LINGER`].
+    fn linger(&self) -> Duration {
+        let gap = f64::from_bits(self.gap_us.load(std::sync::atomic::Ordering::Relaxed));
+        if gap < LINGER.as_micros() as f64 {
+            Duration::from_micros(gap as u64)
+        } else {
+            Duration::ZERO
+        }
+    }
 }
 
 impl PostWriter {
@@ -78,16 +128,23 @@ impl PostWriter {
     pub fn start(options: PgConnectOptions, wake_publisher: Arc<Notify>) -> Self {
         let (queue, jobs) = mpsc::channel(QUEUE);
         let jobs = Arc::new(Mutex::new(jobs));
+        let arrivals = Arc::new(Arrivals::new());
         for _ in 0..WRITERS {
-            tokio::spawn(run(options.clone(), jobs.clone(), wake_publisher.clone()));
+            tokio::spawn(run(
+                options.clone(),
+                jobs.clone(),
+                wake_publisher.clone(),
+                arrivals.clone(),
+            ));
         }
-        PostWriter { queue }
+        PostWriter { queue, arrivals }
     }
 
     /// Creates `post` in the next batch; the seq, or the negative outcome
     /// code of `chorus_post_messages`, and the post.
     pub async fn write(&self, post: Post) -> Result<(i64, Post), ApiError> {
         let (reply, answer) = oneshot::channel();
+        self.arrivals.record();
         self.queue
             .send((post, reply))
             .await
@@ -102,6 +159,7 @@ async fn run(
     options: PgConnectOptions,
     jobs: Arc<Mutex<mpsc::Receiver<(Post, Reply)>>>,
     wake_publisher: Arc<Notify>,
+    arrivals: Arc<Arrivals>,
 ) {
     let mut session: Option<PgConnection> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -113,8 +171,9 @@ async fn run(
             }
             // Gather what arrives within the linger (the other writer is
             // committing meanwhile): each batch costs a round trip, a
-            // commit and a publisher pass, whatever its size.
-            let deadline = Instant::now() + LINGER;
+            // commit and a publisher pass, whatever its size. No linger
+            // when posts come further apart than `LINGER`.
+            let deadline = Instant::now() + arrivals.linger();
             while batch.len() < MAX_BATCH {
                 let room = MAX_BATCH - batch.len();
                 let more = jobs.recv_many(&mut batch, room);
@@ -223,4 +282,30 @@ async fn write_batch(
     .fetch_one(conn)
     .await?;
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lingers_only_while_posts_come_close_together() {
+        let a = Arrivals::new();
+        assert_eq!(a.linger(), Duration::ZERO, "quiet at first");
+        for _ in 0..100 {
+            a.record();
+        }
+        let busy = a.linger();
+        assert!(
+            busy < LINGER,
+            "back-to-back posts: a short linger, {busy:?}"
+        );
+        // Posts every 10 ms: no linger.
+        a.gap_us
+            .store((10_000f64).to_bits(), std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(a.linger(), Duration::ZERO);
+        a.gap_us
+            .store((2_000f64).to_bits(), std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(a.linger(), Duration::from_millis(2), "one expected gap");
+    }
 }
