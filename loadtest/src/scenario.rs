@@ -30,6 +30,13 @@ pub const CONNECTIONS_PER_WORKER: usize = 8_000;
 const CONNECT_DEADLINE: Duration = Duration::from_secs(180);
 /// How long verification waits for the last events to arrive.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Quiet, for a gateway after the joins: under a tenth of a core (an idle
+/// gateway with 10,000 connections uses about 1 %).
+const QUIET_CORE_SHARE: f64 = 0.10;
+/// The window the gateways' CPU is averaged over (five `/proc` ticks).
+const QUIESCE_WINDOW: Duration = Duration::from_millis(500);
+/// Longest wait for the gateways to quiet down after the joins.
+const QUIESCE_MAX: Duration = Duration::from_secs(30);
 /// A traffic phase ends once no delivery arrived for this long (worker
 /// processes report progress every 200 ms)...
 const SETTLE_QUIET: Duration = Duration::from_millis(500);
@@ -147,8 +154,13 @@ async fn connect(c: &Common, users: usize, room_size: usize) -> anyhow::Result<S
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let after = c.sample(Some(&fleet));
     bar.finish_and_clear();
+    // Joins leave work behind (Chorus announces each join to the room:
+    // a room of 500 filling up is 125,000 `user-joined` frames); the
+    // connect phase ends, and the measured ones start, once the gateways
+    // are quiet again.
+    quiesce(c).await;
+    let after = c.sample(Some(&fleet));
     let connected = fleet.progress().joined;
     Ok(Setup {
         world,
@@ -161,6 +173,26 @@ async fn connect(c: &Common, users: usize, room_size: usize) -> anyhow::Result<S
         fleet,
         connected,
     })
+}
+
+/// Waits (at most [`QUIESCE_MAX`]) until the gateways use less than
+/// [`QUIET_CORE_SHARE`] of a core each over [`QUIESCE_WINDOW`].
+async fn quiesce(c: &Common) {
+    let gateways = c.watch.iter().filter(|w| w.role == "gateway").count();
+    if gateways == 0 {
+        return;
+    }
+    let deadline = Instant::now() + QUIESCE_MAX;
+    let mut before = c.sample(None);
+    while Instant::now() < deadline {
+        tokio::time::sleep(QUIESCE_WINDOW).await;
+        let now = c.sample(None);
+        let used = procs::delta(&before, &now).cpu("gateway") / QUIESCE_WINDOW.as_secs_f64();
+        if used < QUIET_CORE_SHARE * gateways as f64 {
+            return;
+        }
+        before = now;
+    }
 }
 
 /// What was committed, for verification.

@@ -173,13 +173,26 @@ async fn run(
             // committing meanwhile): each batch costs a round trip, a
             // commit and a publisher pass, whatever its size. No linger
             // when posts come further apart than `LINGER`.
-            let deadline = Instant::now() + arrivals.linger();
-            while batch.len() < MAX_BATCH {
-                let room = MAX_BATCH - batch.len();
-                let more = jobs.recv_many(&mut batch, room);
-                match tokio::time::timeout_at(deadline, more).await {
-                    Ok(n) if n > 0 => {}
-                    _ => break,
+            let linger = arrivals.linger();
+            if linger.is_zero() {
+                // What is queued already, without a timer: the timer wheel
+                // rounds a deadline up to its next millisecond, which would
+                // hold every post about a millisecond for nothing.
+                while batch.len() < MAX_BATCH {
+                    match jobs.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+            } else {
+                let deadline = Instant::now() + linger;
+                while batch.len() < MAX_BATCH {
+                    let room = MAX_BATCH - batch.len();
+                    let more = jobs.recv_many(&mut batch, room);
+                    match tokio::time::timeout_at(deadline, more).await {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
+                    }
                 }
             }
         }
