@@ -22,7 +22,9 @@
 --    response body: head, seq, tail). A key that already has a record
 --    gives the seq back (we still hold the lock, nobody took a later one)
 --    and the caller takes the full idempotency path (replay, conflict, or
---    in flight);
+--    in flight); a key another batch is creating at this moment (its
+--    transaction-level advisory lock on (user, key) is taken) is in
+--    flight: -423, answered 409;
 -- 5. the message and its outbox row. The caller encodes the envelope with
 --    a placeholder seq and sends it cut at its two occurrences (head, mid,
 --    tail); the seq goes in as a MessagePack uint64 (0xcf and eight bytes,
@@ -67,6 +69,14 @@ begin
         update communities set head_seq = head_seq + 1 where id = p_community_ids[i]
             returning head_seq into v_seq;
         if p_keys[i] is not null then
+            -- The same key being created by another batch right now: that
+            -- request is in flight, which the contract answers with 409
+            -- (instead of waiting here for its commit and replaying it).
+            if not pg_try_advisory_xact_lock(hashtext(p_sender_ids[i]), hashtext(p_keys[i])) then
+                update communities set head_seq = head_seq - 1 where id = p_community_ids[i];
+                v_out := v_out || -423::bigint;
+                continue;
+            end if;
             insert into idempotency_keys (user_id, key, request_hash, status, body)
                 values (p_sender_ids[i], p_keys[i], p_request_hashes[i], 201,
                         p_body_heads[i] || v_seq || p_body_tails[i])

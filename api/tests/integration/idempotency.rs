@@ -172,3 +172,33 @@ async fn a_refused_post_without_mentions_is_replayed_as_refused() {
     let r2 = post_keyed(&api, &bob, "k-404", unknown).await;
     assert_eq!((r2.status, r2.body), (404, r.body));
 }
+
+/// A post on the fast path whose key another batch is creating at this
+/// moment (its advisory lock on (user, key) taken, as that batch's
+/// transaction holds it) is in flight: 409, nothing created, the seq given
+/// back; once the lock is gone the same request goes through.
+#[tokio::test]
+async fn a_key_being_created_by_another_batch_is_in_flight() {
+    use sqlx::Connection;
+    let api = Api::start().await;
+    let alice = uid("alice");
+    let t = token(&alice);
+    let c = api.community(&t, "inflight", true).await;
+    let mut other = sqlx::PgConnection::connect(&api.database_url)
+        .await
+        .unwrap();
+    let mut tx = other.begin().await.unwrap();
+    sqlx::query("select pg_advisory_xact_lock(hashtext($1), hashtext($2))")
+        .bind(&alice)
+        .bind("k-busy")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let body = json!({"communityId": c, "content": "hello"});
+    let r = post_keyed(&api, &t, "k-busy", body.clone()).await;
+    assert_eq!((r.status, r.code()), (409, "conflict"), "{:?}", r.body);
+    tx.rollback().await.unwrap();
+    let r = post_keyed(&api, &t, "k-busy", body).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["seq"], 1, "the refused attempt gave its seq back");
+}

@@ -86,6 +86,8 @@ const SEQ_PLACEHOLDER: i64 = 0x7e5e_9000_0000_0001;
 const UNKNOWN_COMMUNITY: i64 = -404;
 const NOT_A_MEMBER: i64 = -403;
 const KEY_TAKEN: i64 = -409;
+/// The key is being created by another batch at this moment.
+const KEY_IN_FLIGHT: i64 = -423;
 
 /// Where the placeholder seq's MessagePack encoding occurs in `encoded`.
 fn placeholders(encoded: &[u8]) -> Vec<(usize, usize)> {
@@ -171,6 +173,9 @@ impl MessageStore for PgStore {
                 "only members can post in this community",
             )),
             KEY_TAKEN => Ok(None),
+            KEY_IN_FLIGHT => Err(ApiError::Conflict(
+                "a request with this Idempotency-Key is still in flight",
+            )),
             seq => {
                 // The writer woke the publisher once for the whole batch.
                 metrics::counter!("chorus_api_messages_written_total").increment(1);
