@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 use anyhow::Context;
 use serde_json::Value;
 
+use crate::outcome::fmt;
+
 /// `(scenario, figure) → unit, value per run`.
 type Rows = BTreeMap<(String, String), (String, Vec<Option<f64>>)>;
 
@@ -75,14 +77,4 @@ pub fn table(runs: &[String]) -> anyhow::Result<String> {
         s.push('\n');
     }
     Ok(s)
-}
-
-fn fmt(v: f64) -> String {
-    if v.abs() >= 100.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::client::chorus::Op;
+use crate::client::life::Op;
 use crate::client::{
     self, ClientSpec, ConnState, Control, Env, Proto, Shared, Stats, content, now_us,
 };
@@ -179,15 +179,7 @@ impl Group {
                 let mut n = 0;
                 for (_, ((c, st), orx)) in work.by_ref().take(START_BATCH) {
                     let (env, shared, rx) = (env.clone(), shared.clone(), rx.clone());
-                    let fut = async move {
-                        match env.proto {
-                            Proto::Chorus => client::chorus::run(env, c, st, shared, rx, orx).await,
-                            Proto::Socketio => {
-                                client::socketio::run(env, c, st, shared, rx, orx).await
-                            }
-                        }
-                    };
-                    lock(&g.tasks).spawn(fut);
+                    lock(&g.tasks).spawn(client::life::run(env, c, st, shared, rx, orx));
                     n += 1;
                 }
                 g.started.fetch_add(n, Ordering::Relaxed);

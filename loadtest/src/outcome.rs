@@ -27,6 +27,14 @@ pub struct Figure {
 }
 
 impl Figure {
+    /// The target as text (`≤ 9.00`), if there is one.
+    pub fn bound_text(&self) -> Option<String> {
+        self.target.map(|b| match b {
+            Bound::AtMost(t) => format!("≤ {}", fmt(t)),
+            Bound::AtLeast(t) => format!("≥ {}", fmt(t)),
+        })
+    }
+
     pub fn met(&self) -> Option<bool> {
         self.target.map(|b| match b {
             Bound::AtMost(t) => self.value <= t,
@@ -163,13 +171,8 @@ pub fn table(outcomes: &[Outcome]) -> String {
         let _ = writeln!(s, "\n== {} ({}) ==", o.scenario, o.target);
         let _ = writeln!(s, "{:<58} {:>14}  {:<10} target", "figure", "value", "unit");
         for f in &o.figures {
-            let target = match (f.target, f.met()) {
-                (Some(Bound::AtMost(t)), Some(m)) => {
-                    format!("≤ {} {}", fmt(t), if m { "met" } else { "MISSED" })
-                }
-                (Some(Bound::AtLeast(t)), Some(m)) => {
-                    format!("≥ {} {}", fmt(t), if m { "met" } else { "MISSED" })
-                }
+            let target = match (f.bound_text(), f.met()) {
+                (Some(b), Some(m)) => format!("{b} {}", if m { "met" } else { "MISSED" }),
                 _ => String::new(),
             };
             let _ = writeln!(
@@ -219,7 +222,8 @@ pub fn table(outcomes: &[Outcome]) -> String {
     s
 }
 
-fn fmt(v: f64) -> String {
+/// A figure's value with as many decimals as its size warrants.
+pub fn fmt(v: f64) -> String {
     if v.abs() >= 100.0 {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {
@@ -325,13 +329,8 @@ pub fn html(outcomes: &[Outcome], floor: Option<&crate::floor::Floor>) -> String
             esc(&o.target)
         );
         for f in &o.figures {
-            let (t, class) = match (f.target, f.met()) {
-                (Some(Bound::AtMost(t)), Some(m)) => {
-                    (format!("≤ {}", fmt(t)), if m { "met" } else { "miss" })
-                }
-                (Some(Bound::AtLeast(t)), Some(m)) => {
-                    (format!("≥ {}", fmt(t)), if m { "met" } else { "miss" })
-                }
+            let (t, class) = match (f.bound_text(), f.met()) {
+                (Some(b), Some(m)) => (b, if m { "met" } else { "miss" }),
                 _ => (String::new(), ""),
             };
             let _ = write!(

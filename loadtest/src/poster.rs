@@ -48,6 +48,33 @@ pub struct Posted {
     pub posts: HashMap<String, Vec<u64>>,
 }
 
+impl Posted {
+    /// Adds a later phase's posts to these: counts added, histograms
+    /// merged, committed post numbers united.
+    pub fn absorb(&mut self, other: Posted) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.late += other.late;
+        self.retries += other.retries;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.latency.merge(&other.latency);
+        for (t, h) in &other.series {
+            self.series.entry(*t).or_default().merge(h);
+        }
+        for (community, bits) in other.posts {
+            let mine = self.posts.entry(community).or_default();
+            if mine.len() < bits.len() {
+                mine.resize(bits.len(), 0);
+            }
+            for (m, b) in mine.iter_mut().zip(bits) {
+                *m |= b;
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Poster {
     http: reqwest::Client,

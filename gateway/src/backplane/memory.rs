@@ -10,6 +10,11 @@
 //! rules as the Lua scripts in `chorus_shared::presence`, with heartbeats
 //! expiring on tokio's clock, so tests with paused time see a gateway that
 //! stopped reporting die and get reaped.
+//!
+//! Kept in one file on purpose: it is the in-process double of the whole
+//! [`Backplane`](super::Backplane) trait and mirrors `redis.rs` method for
+//! method (pub/sub, presence, registry), so the two are read side by side;
+//! split by concern, the bus would be apart from the rules it enforces.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -12,36 +12,22 @@ use std::time::Instant;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use super::life::{ConnError, Exit, Op, Session, lock};
 use super::{
-    CONNECT_TIMEOUT, ClientSpec, ConnState, Control, Env, REQUEST_TIMEOUT, Shared, backoff,
-    parse_content, parse_created_at, tcp,
+    CONNECT_TIMEOUT, ClientSpec, ConnState, Env, REQUEST_TIMEOUT, Shared, parse_content,
+    parse_created_at, tcp,
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Messages per history page when recovering (the contract's largest).
 const HISTORY_PAGE: u32 = 100;
-
-/// What a group asks one connection to send.
-#[derive(Debug, Clone)]
-pub enum Op {
-    /// `send-message` (Chorus) or nothing (peers have no such command).
-    Send {
-        community: String,
-        content: String,
-    },
-    Typing {
-        community: String,
-        on: bool,
-    },
-}
 
 #[derive(Deserialize)]
 struct Frame<'a> {
@@ -98,113 +84,15 @@ struct HistoryMessage {
     seq: i64,
 }
 
-/// Why a connection ended.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnError {
-    #[error("connect: {0}")]
-    Connect(String),
-    #[error("closed by the server")]
-    Closed,
-    #[error("protocol: {0}")]
-    Protocol(String),
-    #[error("timed out waiting for {0}")]
-    Timeout(&'static str),
-}
-
-impl From<tokio_tungstenite::tungstenite::Error> for ConnError {
-    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
-        ConnError::Connect(e.to_string())
-    }
-}
-
-/// One connection's life: connect, join, read until told to quit;
-/// reconnect (to the next gateway) and rejoin with `lastSeq` when the
-/// server closes it or the group orders a storm.
-pub async fn run(
-    env: Env,
-    spec: ClientSpec,
-    state: Arc<Mutex<ConnState>>,
-    shared: Arc<Shared>,
-    mut control: watch::Receiver<Control>,
-    mut ops: mpsc::Receiver<Op>,
-) {
-    let mut gateway = spec.gateway;
-    let mut attempt = 0u32;
-    let mut storm = control.borrow().storm;
-    loop {
-        let r = session(
-            &env,
-            &spec,
-            gateway,
-            &state,
-            &shared,
-            &mut control,
-            &mut ops,
-            &mut storm,
-        )
-        .await;
-        if std::mem::replace(&mut lock(&state).joined, false) {
-            shared.joined.fetch_sub(1, Ordering::Relaxed);
-        }
-        match r {
-            Ok(Exit::Quit) => return,
-            Ok(Exit::Storm) => {
-                lock(&state).stormed = true;
-                attempt = 0;
-            }
-            Err(e) => {
-                if control.borrow().quit {
-                    return;
-                }
-                {
-                    let mut st = lock(&state);
-                    if st.rooms.is_empty() && attempt >= 3 {
-                        st.failed = Some(e.to_string());
-                        return;
-                    }
-                }
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-                // Another gateway, as a load balancer would pick.
-                gateway += 1;
-            }
-        }
-        lock(&state).reconnects += 1;
-    }
-}
-
-fn lock(state: &Mutex<ConnState>) -> std::sync::MutexGuard<'_, ConnState> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-enum Exit {
-    Quit,
-    Storm,
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn session(
-    env: &Env,
-    spec: &ClientSpec,
-    gateway: usize,
-    state: &Arc<Mutex<ConnState>>,
-    shared: &Arc<Shared>,
-    control: &mut watch::Receiver<Control>,
-    ops: &mut mpsc::Receiver<Op>,
-    storm: &mut u64,
-) -> Result<Exit, ConnError> {
+/// One socket's life on a Chorus gateway.
+pub(super) async fn session(s: &mut Session<'_>) -> Result<Exit, ConnError> {
     let started = Instant::now();
-    let url = format!(
-        "{}/ws",
-        env.ws_urls[gateway % env.ws_urls.len()].trim_end_matches('/')
-    );
-    let mut ws = timeout(CONNECT_TIMEOUT, connect(env, &url, &spec.token))
+    let url = s.url("/ws");
+    let mut ws = timeout(CONNECT_TIMEOUT, connect(s.env, &url, &s.spec.token))
         .await
         .map_err(|_| ConnError::Timeout("connect"))??;
-    shared
-        .stats()
-        .connect
-        .record(started.elapsed().as_micros() as u64);
+    s.connected(started);
+    let (env, spec, state, shared) = (s.env, s.spec, s.state, s.shared);
     let mut next_ref = 1u64;
     for community in &spec.communities {
         let t = Instant::now();
@@ -212,15 +100,7 @@ async fn session(
         next_ref += 1;
         shared.stats().join.record(t.elapsed().as_micros() as u64);
     }
-    let stormed = {
-        let mut st = lock(state);
-        st.joined = true;
-        std::mem::take(&mut st.stormed)
-    };
-    shared.joined.fetch_add(1, Ordering::Relaxed);
-    if stormed {
-        shared.rejoined.fetch_add(1, Ordering::Relaxed);
-    }
+    s.joined();
     loop {
         tokio::select! {
             frame = ws.next() => {
@@ -241,20 +121,16 @@ async fn session(
                     None => {}
                 }
             }
-            changed = control.changed() => {
-                let c = *control.borrow();
-                if changed.is_err() || c.quit {
+            changed = s.control.changed() => match s.control_changed(changed) {
+                Some(Exit::Quit) => {
                     let _ = ws.close(None).await;
                     return Ok(Exit::Quit);
                 }
-                if c.storm != *storm {
-                    *storm = c.storm;
-                    // Dropped as a network failure would: no close frame.
-                    drop(ws);
-                    return Ok(Exit::Storm);
-                }
-            }
-            Some(op) = ops.recv() => {
+                // Dropped as a network failure would: no close frame.
+                Some(Exit::Storm) => return Ok(Exit::Storm),
+                None => {}
+            },
+            Some(op) = s.ops.recv() => {
                 let frame = match op {
                     Op::Send { community, content } => {
                         next_ref += 1;

@@ -10,6 +10,7 @@
 //! number instead.
 
 pub mod chorus;
+pub mod life;
 pub mod socketio;
 
 use std::collections::{BTreeMap, HashMap};

@@ -3,22 +3,20 @@
 //! with numbered acks, Engine.IO pings answered. Peers have no sequence
 //! numbers, so deliveries are checked by the post number in the content.
 
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::chorus::{ConnError, Op};
+use super::life::{ConnError, Exit, Op, Session, lock};
 use super::{
-    CONNECT_TIMEOUT, ClientSpec, ConnState, Control, Env, REQUEST_TIMEOUT, Shared, backoff,
-    parse_content, parse_created_at, tcp,
+    CONNECT_TIMEOUT, ConnState, Env, REQUEST_TIMEOUT, Shared, parse_content, parse_created_at, tcp,
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -34,90 +32,17 @@ struct MessageIn<'a> {
     created_at: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// One connection's life, as [`super::chorus::run`]: reconnects and
-/// rejoins after a close or a storm (what was missed meanwhile is lost:
-/// the peers cannot recover it, and verification counts it).
-pub async fn run(
-    env: Env,
-    spec: ClientSpec,
-    state: Arc<Mutex<ConnState>>,
-    shared: Arc<Shared>,
-    mut control: watch::Receiver<Control>,
-    mut ops: mpsc::Receiver<Op>,
-) {
-    let mut gateway = spec.gateway;
-    let mut attempt = 0u32;
-    let mut storm = control.borrow().storm;
-    loop {
-        let r = session(
-            &env,
-            &spec,
-            gateway,
-            &state,
-            &shared,
-            &mut control,
-            &mut ops,
-            &mut storm,
-        )
-        .await;
-        if std::mem::replace(&mut lock(&state).joined, false) {
-            shared.joined.fetch_sub(1, Ordering::Relaxed);
-        }
-        match r {
-            Ok(true) => return,
-            Ok(false) => {
-                lock(&state).stormed = true;
-                attempt = 0;
-            }
-            Err(e) => {
-                if control.borrow().quit {
-                    return;
-                }
-                {
-                    let mut st = lock(&state);
-                    if st.rooms.is_empty() && attempt >= 3 {
-                        st.failed = Some(e.to_string());
-                        return;
-                    }
-                }
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-                gateway += 1;
-            }
-        }
-        lock(&state).reconnects += 1;
-    }
-}
-
-fn lock(state: &Mutex<ConnState>) -> std::sync::MutexGuard<'_, ConnState> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Ok(true): quit; Ok(false): storm.
-#[allow(clippy::too_many_arguments)]
-async fn session(
-    env: &Env,
-    spec: &ClientSpec,
-    gateway: usize,
-    state: &Arc<Mutex<ConnState>>,
-    shared: &Arc<Shared>,
-    control: &mut watch::Receiver<Control>,
-    ops: &mut mpsc::Receiver<Op>,
-    storm: &mut u64,
-) -> Result<bool, ConnError> {
+/// One socket's life on a Socket.IO node. What is missed while it is
+/// away is lost (the peers cannot recover it; verification counts it).
+pub(super) async fn session(s: &mut Session<'_>) -> Result<Exit, ConnError> {
     let started = Instant::now();
-    let url = format!(
-        "{}/socket.io/?EIO=4&transport=websocket",
-        env.ws_urls[gateway % env.ws_urls.len()].trim_end_matches('/')
-    );
-    let mut ws = timeout(CONNECT_TIMEOUT, connect(env, &url, &spec.token))
+    let url = s.url("/socket.io/?EIO=4&transport=websocket");
+    let mut ws = timeout(CONNECT_TIMEOUT, connect(s.env, &url, &s.spec.token))
         .await
         .map_err(|_| ConnError::Timeout("connect"))??;
-    shared
-        .stats()
-        .connect
-        .record(started.elapsed().as_micros() as u64);
-    for (i, community) in spec.communities.iter().enumerate() {
+    s.connected(started);
+    let (state, shared) = (s.state, s.shared);
+    for (i, community) in s.spec.communities.iter().enumerate() {
         let t = Instant::now();
         let id = i + 1;
         let join = serde_json::json!(["join-community", {"communityId": community}]);
@@ -140,34 +65,22 @@ async fn session(
         lock(state).rooms.entry(community.clone()).or_default();
         shared.stats().join.record(t.elapsed().as_micros() as u64);
     }
-    let stormed = {
-        let mut st = lock(state);
-        st.joined = true;
-        std::mem::take(&mut st.stormed)
-    };
-    shared.joined.fetch_add(1, Ordering::Relaxed);
-    if stormed {
-        shared.rejoined.fetch_add(1, Ordering::Relaxed);
-    }
+    s.joined();
     loop {
         tokio::select! {
             text = next_text(&mut ws) => {
                 let text = text?;
                 on_frame(&mut ws, &text, state, shared).await?;
             }
-            changed = control.changed() => {
-                let c = *control.borrow();
-                if changed.is_err() || c.quit {
+            changed = s.control.changed() => match s.control_changed(changed) {
+                Some(Exit::Quit) => {
                     let _ = ws.close(None).await;
-                    return Ok(true);
+                    return Ok(Exit::Quit);
                 }
-                if c.storm != *storm {
-                    *storm = c.storm;
-                    drop(ws);
-                    return Ok(false);
-                }
-            }
-            Some(op) = ops.recv() => {
+                Some(Exit::Storm) => return Ok(Exit::Storm),
+                None => {}
+            },
+            Some(op) = s.ops.recv() => {
                 if let Op::Typing { community, on } = op {
                     let ev = serde_json::json!(["typing", {"communityId": community, "isTyping": on}]);
                     ws.send(Message::text(format!("42{ev}"))).await?;

@@ -10,6 +10,7 @@ mod communities;
 mod idempotency;
 mod messages;
 mod notifications;
+mod posting;
 mod users;
 mod writer;
 
