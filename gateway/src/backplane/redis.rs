@@ -9,6 +9,10 @@
 //! reconnected, and on reconnect every channel is resubscribed and every
 //! community reconciled, because pub/sub loses whatever was published in
 //! between. A gateway never looks healthy while silently delivering nothing.
+//!
+//! Kept in one file on purpose: it is the whole [`Backplane`] trait against
+//! Redis, method for method beside its in-process double (`memory.rs`),
+//! and its pieces share the two connections and the incarnation state.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
