@@ -154,3 +154,40 @@ chorus_services_stop() {
     fi
     chorus_as_pg "$CHORUS_PG_BIN/pg_ctl" -D "$CHORUS_SERVICES_DIR/pg" -m fast -w stop >/dev/null 2>&1 || true
 }
+
+# Node.js and npm for the TypeScript clients: the machine's own when
+# present, else Debian's packages (root only; otherwise the command to run
+# is printed). npm fetches from the registry only.
+chorus_install_node() {
+    command -v node >/dev/null && command -v npm >/dev/null && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "Node.js is missing: run 'sudo apt-get install nodejs npm' first" >&2
+        return 1
+    fi
+    echo "installing nodejs and npm from Debian's packages..." >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+}
+
+# Debian's chromium, for the browser end-to-end test.
+chorus_install_chromium() {
+    command -v chromium >/dev/null && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "chromium is missing: run 'sudo apt-get install chromium' first" >&2
+        return 1
+    fi
+    echo "installing chromium from Debian's packages..." >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}
+
+# Installs the clients' npm dependencies exactly as locked (`npm ci`),
+# skipped when node_modules already matches the lock file.
+chorus_npm_ci() {
+    local dir=$1
+    if [ -f "$dir/node_modules/.package-lock.json" ] && cmp -s "$dir/package-lock.json" "$dir/.chorus-lock-installed"; then
+        return 0
+    fi
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || return 1
+    cp "$dir/package-lock.json" "$dir/.chorus-lock-installed"
+}
