@@ -346,6 +346,7 @@ export class Connection {
   }
 
   private scheduleReconnect(code: number, wasReady: boolean): void {
+    if (this.tokenReason === "initial") this.tokenReason = "reconnect";
     if (!wasReady) {
       this.urlIndex++; // "the next URL is tried after a failed attempt"
       if (++this.failuresBeforeReady >= FAILURES_BEFORE_TOKEN_REFRESH) {
@@ -383,6 +384,9 @@ export class Connection {
 }
 
 function detach(ws: WebSocketLike): void {
-  ws.onopen = ws.onmessage = ws.onerror = null;
+  ws.onopen = ws.onmessage = null;
   ws.onclose = null;
+  // Keep an error listener: Node's `ws` throws an 'error' nobody listens to
+  // (closing a socket that is still connecting emits one).
+  ws.onerror = () => {};
 }
