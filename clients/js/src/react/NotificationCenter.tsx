@@ -102,7 +102,15 @@ export function NotificationCenter({ className }: NotificationCenterProps) {
             <h2 id={titleId} className="chorus-dropdown__title">
               Notifications
             </h2>
-            <button type="button" className="chorus-button" onClick={() => run(n.markAllRead())} disabled={unread === 0}>
+            <button
+              type="button"
+              className="chorus-button"
+              onClick={() => {
+                panelRef.current?.focus(); // this button is disabled once all are read
+                run(n.markAllRead());
+              }}
+              disabled={unread === 0}
+            >
               Mark all read
             </button>
           </div>
@@ -121,7 +129,10 @@ export function NotificationCenter({ className }: NotificationCenterProps) {
                 <NotificationItem
                   key={item.id}
                   item={item}
-                  onRead={() => run(n.markRead(item.id))}
+                  onRead={() => {
+                    panelRef.current?.focus(); // the "Mark read" button goes away
+                    run(n.markRead(item.id));
+                  }}
                   onRemove={() => {
                     // Keep the focus inside the dropdown when the focused item disappears.
                     panelRef.current?.focus();

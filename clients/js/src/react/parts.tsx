@@ -95,13 +95,14 @@ export function useDialogFocus(
     const initial = optsRef.current.initialRef?.current ?? container?.querySelector<HTMLElement>(FOCUSABLE) ?? container;
     initial?.focus();
 
+    // Escape is heard on the whole document: the focus may have fallen out of
+    // the dialog (a focused button that got disabled or removed).
+    const onDocKeyDown = (e: KeyboardEvent) => {
+      if (e.key !== "Escape" || e.defaultPrevented) return;
+      e.preventDefault();
+      onCloseRef.current();
+    };
     const onKeyDown = (e: KeyboardEvent) => {
-      if (e.key === "Escape") {
-        e.stopPropagation();
-        e.preventDefault();
-        onCloseRef.current();
-        return;
-      }
       if (e.key === "Tab" && optsRef.current.trap && container) {
         const items = Array.from(container.querySelectorAll<HTMLElement>(FOCUSABLE));
         if (items.length === 0) return;
@@ -117,8 +118,10 @@ export function useDialogFocus(
       }
     };
     container?.addEventListener("keydown", onKeyDown);
+    document.addEventListener("keydown", onDocKeyDown);
     return () => {
       container?.removeEventListener("keydown", onKeyDown);
+      document.removeEventListener("keydown", onDocKeyDown);
       const target = optsRef.current.returnTo?.() ?? previous;
       // Give the focus back unless the user already moved it somewhere else on purpose.
       const active = document.activeElement;

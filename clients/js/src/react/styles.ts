@@ -4,7 +4,7 @@
  * `.chorus-root` (override them on any ancestor or on the component's className).
  */
 export const chorusCss = `
-.chorus-root {
+:where(:root) {
   --chorus-font: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
   --chorus-bg: #ffffff;
   --chorus-fg: #1f2328;
@@ -13,13 +13,15 @@ export const chorusCss = `
   --chorus-subtle-bg: #f6f8fa;
   --chorus-accent: #2563eb;
   --chorus-accent-fg: #ffffff;
-  --chorus-own-bg: #eef4ff;
+  --chorus-own-bg: #f3f7ff;
   --chorus-danger: #cf222e;
   --chorus-online: #1a7f37;
   --chorus-offline: #cf222e;
   --chorus-pending: #bf8700;
   --chorus-radius: 8px;
   --chorus-focus: 0 0 0 3px rgba(37, 99, 235, 0.45);
+}
+.chorus-root {
   font-family: var(--chorus-font);
   color: var(--chorus-fg);
   box-sizing: border-box;

@@ -97,6 +97,24 @@ describe("NotificationCenter", () => {
     expect(bell.getAttribute("aria-expanded")).toBe("false");
   });
 
+  it("Escape still closes after Mark all read disabled the focused button", async () => {
+    setup();
+    const bell = screen.getByRole("button", { name: "Notifications" });
+    await act(async () => {
+      fireEvent.click(bell);
+    });
+    const markAll = screen.getByRole("button", { name: "Mark all read" });
+    markAll.focus();
+    await act(async () => {
+      fireEvent.click(markAll);
+    });
+    expect((markAll as HTMLButtonElement).disabled).toBe(true);
+    expect(screen.getByRole("dialog").contains(document.activeElement)).toBe(true);
+    fireEvent.keyDown(document.activeElement!, { key: "Escape" });
+    expect(screen.queryByRole("dialog")).toBeNull();
+    expect(document.activeElement).toBe(bell);
+  });
+
   it("a click outside closes it; the bell toggles it", async () => {
     setup();
     const bell = screen.getByRole("button", { name: "Notifications" });
