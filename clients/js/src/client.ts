@@ -2,7 +2,7 @@
 // the HTTP API together, and routes server frames to their community.
 
 import { ChorusApi } from "./api.js";
-import { Backoff, type BackoffOptions } from "./backoff.js";
+import { Backoff, backoffCap, type BackoffOptions } from "./backoff.js";
 import { Community, type CommunityHost } from "./community.js";
 import { Connection, type ReconnectInfo } from "./connection.js";
 import { Emitter } from "./emitter.js";
@@ -59,6 +59,7 @@ export class ChorusClient {
     // No onError here: a throwing "error" listener must not loop back into "error".
     this.emitter = new Emitter<ClientEvents>();
     const tokens = new TokenSource(options.token);
+    const backoff = new Backoff(options.backoff, this.random);
     this.api = new ChorusApi({ apiUrl: options.apiUrl, tokens, ...(options.fetch ? { fetch: options.fetch } : {}) });
     this.connection = new Connection(
       {
@@ -66,7 +67,7 @@ export class ChorusClient {
         tokens,
         encoding: options.encoding ?? "json",
         requestTimeoutMs: options.requestTimeoutMs ?? 10_000,
-        backoff: new Backoff(options.backoff, this.random),
+        backoff,
         random: this.random,
         WebSocket: options.WebSocket,
       },
@@ -84,9 +85,9 @@ export class ChorusClient {
     this.host = {
       api: this.api,
       isOpen: () => this.connection.state === "open",
-      request: (type, data) => this.connection.request(type, data),
+      request: (type, data, onAck) => this.connection.request(type, data, onAck),
       send: (type, data) => this.connection.send(type, data),
-      random: this.random,
+      retryDelay: (attempt) => this.random() * backoffCap(attempt, backoff.initialMs, backoff.maxMs),
       resyncRequired: (communityId) => this.emitter.emit("resync-required", { communityId }),
       error: (err) => this.error(err),
     };

@@ -58,9 +58,11 @@ export interface CommunityEvents {
 export interface CommunityHost {
   readonly api: ChorusApi;
   isOpen(): boolean;
-  request<T>(type: string, data: object): Promise<T>;
+  /** `onAck` runs synchronously when the ack is read, before the frames after it. */
+  request<T>(type: string, data: object, onAck?: (data: T) => void): Promise<T>;
   send(type: string, data: object): boolean;
-  random(): number;
+  /** Delay before retry number `attempt` (0-based) of an HTTP call: the reconnect backoff's full jitter. */
+  retryDelay(attempt: number): number;
   resyncRequired(communityId: string): void;
   error(err: unknown): void;
 }
@@ -203,7 +205,7 @@ export class Community {
       } catch (err) {
         const retryable = err instanceof ChorusNetworkError || (err instanceof ChorusError && err.status === 503);
         if (!retryable || attempt + 1 >= SEND_TRIES) throw err;
-        await sleep(this.host.random() * Math.min(4_000, 500 * 2 ** attempt));
+        await sleep(this.host.retryDelay(attempt));
       }
     }
   }
@@ -309,6 +311,14 @@ export class Community {
       ack = await this.host.request<JoinAck>(
         "join-community",
         first ? { communityId: this.id } : { communityId: this.id, lastSeq: from },
+        (a) => {
+          // Synchronously, before the live frames that follow the ack: from
+          // here on they must be held back while the gap is filled.
+          if (!first && !a.recovered && gen === this.generation) {
+            this.filling = true;
+            this.buffer = [];
+          }
+        },
       );
     } catch (err) {
       if (gen !== this.generation) return;
@@ -347,8 +357,6 @@ export class Community {
       // The replay (seq > from) came before this ack and is applied already.
       this.lastSeq = Math.max(this.lastSeq, ack.headSeq);
     } else {
-      this.filling = true;
-      this.buffer = [];
       this.changed();
       const ok = await this.fillGap(gen, from, ack.headSeq);
       if (gen !== this.generation) return;
@@ -384,7 +392,7 @@ export class Community {
       return false;
     }
     // Live events after the ack have seq > headSeq; applyEvent drops the rest.
-    this.lastSeq = Math.max(from, headSeq);
+    this.lastSeq = Math.max(this.lastSeq, from, headSeq);
     const held = this.buffer;
     this.buffer = [];
     this.filling = false;
@@ -427,7 +435,7 @@ export class Community {
       } catch (err) {
         const retryable = err instanceof ChorusNetworkError || (err instanceof ChorusError && err.status === 503);
         if (!retryable || attempt + 1 >= HISTORY_TRIES) throw err;
-        await sleep(this.host.random() * Math.min(4_000, 500 * 2 ** attempt));
+        await sleep(this.host.retryDelay(attempt));
       }
     }
   }

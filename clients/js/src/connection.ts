@@ -152,8 +152,13 @@ export class Connection {
     this.setState("closed");
   }
 
-  /** A command with a ref; resolves with the ack's data. */
-  request<T = unknown>(type: string, data: object): Promise<T> {
+  /**
+   * A command with a ref; resolves with the ack's data. `onAck` runs
+   * synchronously when the ack is read, before any later frame is handled
+   * (a promise continuation may run only after the frames that followed the
+   * ack in the same TCP read).
+   */
+  request<T = unknown>(type: string, data: object, onAck?: (data: T) => void): Promise<T> {
     const ws = this.ws;
     if (!ws || !this._ready) return Promise.reject(new ChorusNetworkError(`not connected (${type})`));
     const ref = this.nextRef++;
@@ -163,7 +168,13 @@ export class Connection {
         this.pending.delete(ref);
         reject(new ChorusTimeoutError(`${type} (ref ${ref}) got no answer within ${timeoutMs} ms`));
       }, timeoutMs);
-      this.pending.set(ref, { resolve: resolve as (d: unknown) => void, reject, timer });
+      const settle = onAck
+        ? (d: unknown) => {
+            onAck(d as T);
+            resolve(d as T);
+          }
+        : (resolve as (d: unknown) => void);
+      this.pending.set(ref, { resolve: settle, reject, timer });
       try {
         ws.send(this.codec.encode({ type, ref, data }));
       } catch (err) {

@@ -21,7 +21,7 @@ export interface NotificationsEvents {
 export interface NotificationsHost {
   readonly api: ChorusApi;
   isOpen(): boolean;
-  request<T>(type: string, data: object): Promise<T>;
+  request<T>(type: string, data: object, onAck?: (data: T) => void): Promise<T>;
   error(err: unknown): void;
 }
 
@@ -96,9 +96,12 @@ export class Notifications {
   async _onConnected(): Promise<void> {
     const again = this.subscriptions++ > 0;
     try {
-      const ack = await this.host.request<SubscribeNotificationsAck>("subscribe-notifications", {});
-      this.unreadCount = ack.unreadCount;
-      this.changed();
+      // The count is taken synchronously with the ack: a `notification` frame
+      // right behind it must bump the acked count, not be overwritten by it.
+      await this.host.request<SubscribeNotificationsAck>("subscribe-notifications", {}, (ack) => {
+        this.unreadCount = ack.unreadCount;
+        this.changed();
+      });
       if (again && this.loaded) await this.refresh();
     } catch (err) {
       this.host.error(err);
