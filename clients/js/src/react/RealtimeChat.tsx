@@ -13,7 +13,7 @@ import {
 } from "react";
 import type { Message } from "../index";
 import { useChorus } from "./context";
-import { useCommunity, useUserId, type UseCommunityResult } from "./hooks";
+import { useCommunity, useConnectionState, useUserId, type UseCommunityResult } from "./hooks";
 import { Avatar, ConnectionDot, cx, formatTime, useDialogFocus } from "./parts";
 
 export interface RealtimeChatProps {
@@ -148,6 +148,7 @@ function MessageLog({
   mayDelete: (m: Message) => boolean;
   onDelete: (m: Message, opener: HTMLElement) => void;
 }) {
+  const connection = useConnectionState();
   const logRef = useRef<HTMLDivElement>(null);
   const stickRef = useRef(true); // follow the newest message
   const anchorRef = useRef<{ height: number; top: number } | null>(null);
@@ -220,7 +221,11 @@ function MessageLog({
       </div>
     );
   } else if (!chat.joined) {
-    status = <div className="chorus-chat__status">Joining…</div>;
+    status = (
+      <div className="chorus-chat__status" role="status">
+        {connection === "open" ? "Joining…" : connection === "reconnecting" ? "Reconnecting…" : "Connecting…"}
+      </div>
+    );
   }
 
   return (

@@ -48,6 +48,7 @@ interface Holder {
   leaveTimer: ReturnType<typeof setTimeout> | null;
   joining: Promise<void> | null;
   error: unknown;
+  resyncing: boolean;
   listeners: Set<() => void>;
 }
 const holders = new WeakMap<Community, Holder>();
@@ -55,7 +56,7 @@ const holders = new WeakMap<Community, Holder>();
 function holderOf(community: Community): Holder {
   let h = holders.get(community);
   if (!h) {
-    h = { count: 0, leaveTimer: null, joining: null, error: null, listeners: new Set() };
+    h = { count: 0, leaveTimer: null, joining: null, error: null, resyncing: false, listeners: new Set() };
     holders.set(community, h);
   }
   return h;
@@ -142,15 +143,7 @@ export function useCommunity(communityId: string): UseCommunityResult {
   const h = holderOf(community);
 
   const subscribe = useCallback(
-    (onChange: () => void) => {
-      const off = community.subscribe(onChange);
-      const holder = holderOf(community);
-      holder.listeners.add(onChange);
-      return () => {
-        off();
-        holder.listeners.delete(onChange);
-      };
-    },
+    (onChange: () => void) => community.subscribe(onChange),
     [community],
   );
   const getSnapshot = useCallback(() => community.getSnapshot(), [community]);
@@ -162,18 +155,21 @@ export function useCommunity(communityId: string): UseCommunityResult {
 
   useEffect(() => {
     setRevoked(false);
-    const release = retainCommunity(community);
     const holder = holderOf(community);
     const onHolder = () => bump((n) => n + 1);
     holder.listeners.add(onHolder);
+    const release = retainCommunity(community);
     const offRevoked = community.on("membership-revoked", () => setRevoked(true));
     const offResync = client.on("resync-required", ({ communityId: id }) => {
       // A gap could not be filled: reload the community (leave, then join afresh).
-      if (id !== community.id || holder.count === 0) return;
+      // Several components may hold this community: the first one handles it.
+      if (id !== community.id || holder.count === 0 || holder.resyncing) return;
+      holder.resyncing = true;
       community
         .leave()
         .catch(() => {})
         .then(() => {
+          holder.resyncing = false;
           if (holder.count > 0) startJoin(community, holder);
         });
     });

@@ -86,6 +86,26 @@ describe("useCommunity", () => {
     expect(community.leave).not.toHaveBeenCalled();
   });
 
+  it("reloads the community once on resync-required, however many components hold it", async () => {
+    const client = new FakeClient();
+    const community = client.community(ID);
+    render(
+      <ChorusProvider client={client.asClient}>
+        <Viewer label="a" />
+        <Viewer label="b" />
+      </ChorusProvider>,
+    );
+    await act(async () => {});
+    expect(community.join).toHaveBeenCalledTimes(1);
+    await act(async () => {
+      client.emit("resync-required", { communityId: "someone-else" });
+      client.emit("resync-required", { communityId: ID });
+    });
+    expect(community.leave).toHaveBeenCalledTimes(1);
+    expect(community.join).toHaveBeenCalledTimes(2);
+    expect(screen.getByTestId("a").textContent).toBe("joined 0");
+  });
+
   it("useConnectionState follows the client", () => {
     const client = new FakeClient();
     client.state = "connecting";
