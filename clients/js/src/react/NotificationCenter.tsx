@@ -1,7 +1,7 @@
 import { useEffect, useId, useRef, useState } from "react";
-import type { Notification } from "../index";
-import { useNotifications } from "./hooks";
-import { cx, formatTime, useDialogFocus } from "./parts";
+import type { Notification } from "../index.js";
+import { useNotifications } from "./hooks.js";
+import { cx, formatTime, useDialogFocus } from "./parts.js";
 
 export interface NotificationCenterProps {
   className?: string;

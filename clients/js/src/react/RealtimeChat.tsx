@@ -11,10 +11,10 @@ import {
   type ReactNode,
   type RefObject,
 } from "react";
-import type { Message } from "../index";
-import { useChorus } from "./context";
-import { useCommunity, useConnectionState, useUserId, type UseCommunityResult } from "./hooks";
-import { Avatar, ConnectionDot, cx, formatTime, useDialogFocus } from "./parts";
+import type { Message } from "../index.js";
+import { useChorus } from "./context.js";
+import { useCommunity, useConnectionState, useUserId, type UseCommunityResult } from "./hooks.js";
+import { Avatar, ConnectionDot, cx, formatTime, useDialogFocus } from "./parts.js";
 
 export interface RealtimeChatProps {
   communityId: string;

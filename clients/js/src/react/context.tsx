@@ -1,6 +1,6 @@
 import { createContext, useContext, useInsertionEffect, type ReactNode } from "react";
-import type { ChorusClient } from "../index";
-import { injectChorusStyles } from "./styles";
+import type { ChorusClient } from "../index.js";
+import { injectChorusStyles } from "./styles.js";
 
 const ChorusContext = createContext<ChorusClient | null>(null);
 

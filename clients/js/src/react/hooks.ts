@@ -7,8 +7,8 @@ import type {
   Message,
   Notifications,
   NotificationsSnapshot,
-} from "../index";
-import { useChorus } from "./context";
+} from "../index.js";
+import { useChorus } from "./context.js";
 
 /** The client's connection state, re-rendering on every change. */
 export function useConnectionState(): ConnectionState {

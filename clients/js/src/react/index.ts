@@ -6,8 +6,8 @@
  *     <RealtimeChat communityId={id} title="General" />
  *   </ChorusProvider>
  */
-export { ChorusProvider, useChorus } from "./context";
-export type { ChorusProviderProps } from "./context";
+export { ChorusProvider, useChorus } from "./context.js";
+export type { ChorusProviderProps } from "./context.js";
 export {
   useConnectionState,
   useUserId,
@@ -15,11 +15,11 @@ export {
   useNotifications,
   retainCommunity,
   communityRefCount,
-} from "./hooks";
-export type { UseCommunityResult, UseNotificationsResult } from "./hooks";
-export { RealtimeChat, extractMentions, typingText } from "./RealtimeChat";
-export type { RealtimeChatProps } from "./RealtimeChat";
-export { NotificationCenter } from "./NotificationCenter";
-export type { NotificationCenterProps } from "./NotificationCenter";
-export { ConnectionDot, Avatar, initials } from "./parts";
-export { chorusCss, injectChorusStyles } from "./styles";
+} from "./hooks.js";
+export type { UseCommunityResult, UseNotificationsResult } from "./hooks.js";
+export { RealtimeChat, extractMentions, typingText } from "./RealtimeChat.js";
+export type { RealtimeChatProps } from "./RealtimeChat.js";
+export { NotificationCenter } from "./NotificationCenter.js";
+export type { NotificationCenterProps } from "./NotificationCenter.js";
+export { ConnectionDot, Avatar, initials } from "./parts.js";
+export { chorusCss, injectChorusStyles } from "./styles.js";

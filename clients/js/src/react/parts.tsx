@@ -1,6 +1,6 @@
 import { useEffect, useRef, useState, type CSSProperties, type RefObject } from "react";
-import type { ConnectionState } from "../index";
-import { useConnectionState } from "./hooks";
+import type { ConnectionState } from "../index.js";
+import { useConnectionState } from "./hooks.js";
 
 export function cx(...names: (string | false | null | undefined)[]): string {
   return names.filter(Boolean).join(" ");
