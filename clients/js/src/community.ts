@@ -247,11 +247,12 @@ export class Community {
   }
 
   _onFrame(frame: ServerFrame): void {
+    // Frames of a community we left (before the leave's ack) are ignored: a
+    // later rejoin replays the seq'd ones from lastSeq.
+    if (!this.desired) return;
     switch (frame.type) {
       case "new-message":
       case "message-deleted":
-        // Events of a community we left (before the leave's ack): the rejoin replays them.
-        if (!this.desired) return;
         if (this.filling) this.buffer.push(frame as SeqFrame);
         else if (this.applyEvent(frame as SeqFrame)) this.changed();
         return;

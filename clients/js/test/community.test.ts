@@ -104,6 +104,7 @@ describe("community", () => {
     conn1.send(newMessage(msg(3))); // overlap: already applied
     conn1.send(newMessage(msg(5)));
     conn1.send(deleted("m2", 6));
+    conn1.send(deleted("m2", 6)); // a duplicate at exactly lastSeq
     conn1.ack(rejoin.ref, { communityId: CID, headSeq: 6, online: ["alice"], recovered: true, missed: 2 });
     conn1.send(newMessage(msg(7)));
     conn1.send(newMessage(msg(7))); // a duplicate live frame

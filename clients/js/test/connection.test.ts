@@ -213,6 +213,16 @@ describe("connection", () => {
     expect(down.upgradeAttempts).toBe(1);
   });
 
+  it("without a WebSocket option uses the global one, else imports `ws` (Node), and authenticates either way", async () => {
+    const s = await server();
+    const c = client(s, { WebSocket: undefined });
+    c.connect();
+    const conn = await s.connection(0);
+    await vi.waitFor(() => expect(c.state).toBe("open"));
+    expect(conn.token).toBe("token-1");
+    if (!(globalThis as { WebSocket?: unknown }).WebSocket) expect(conn.url).toBe("/ws"); // `ws`: header, not query
+  });
+
   it("sends the token as ?token= when the WebSocket cannot send headers (browsers)", async () => {
     const s = await server();
     const { WebSocket: NodeWs } = await import("ws");

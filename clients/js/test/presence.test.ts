@@ -41,6 +41,7 @@ describe("typing and presence", () => {
 
   it("typing users expire 6 s after their last isTyping:true; isTyping:false removes at once", () => {
     const c = new Community(CID, host([]));
+    (c as unknown as { desired: boolean }).desired = true; // joined, without the join round trip
     c._onFrame(typing("bob", true));
     c._onFrame(typing("carol", true));
     expect(c.getSnapshot().typing).toEqual([
