@@ -73,6 +73,8 @@ const TYPING_REPEAT_MS = 3_000;
 const FIRST_PAGE = 50;
 const GAP_PAGE = 100;
 const SEND_TRIES = 3;
+/** Join errors that are final: anything else (timeout, rate_limited, unavailable) is retried. */
+const REFUSALS = new Set(["forbidden", "not_found", "bad_request"]);
 const HISTORY_TRIES = 3;
 /** How many deleted message ids are remembered so a late history page cannot resurrect them. */
 const TOMBSTONES = 1_000;
@@ -96,6 +98,7 @@ export class Community {
   /** Bumped by every join attempt, disconnect and leave: stale async work checks it. */
   private generation = 0;
   private filling = false;
+  private joinRetries = 0;
   private buffer: SeqFrame[] = [];
   private online: string[] = [];
   private readonly typing = new Map<string, { name: string; timer: ReturnType<typeof setTimeout> }>();
@@ -324,19 +327,26 @@ export class Community {
     } catch (err) {
       if (gen !== this.generation) return;
       this.joining = false;
-      if (err instanceof ChorusError && !(err instanceof ChorusNetworkError)) {
-        // The server refused (forbidden, not_found, ...): stop trying.
+      this.host.error(err);
+      if (err instanceof ChorusError && REFUSALS.has(err.code)) {
+        // The server refused (forbidden, not_found, bad_request): stop trying.
         this.desired = false;
         const waiters = this.waiters;
         this.waiters = [];
         for (const w of waiters) w.reject(err);
+      } else if (this.host.isOpen()) {
+        // A timeout, rate_limited or unavailable on a live socket: try again
+        // (a dropped socket needs nothing: the next connection rejoins).
+        const retry = this.joinRetries++;
+        setTimeout(() => {
+          if (gen === this.generation && this.desired && !this.joining && this.host.isOpen()) void this.doJoin();
+        }, this.host.retryDelay(retry));
       }
-      // A timeout or a dropped socket: the next connection rejoins.
-      this.host.error(err);
       this.changed();
       return;
     }
     if (gen !== this.generation) return;
+    this.joinRetries = 0;
     this.joined = true;
     this.online = ack.online.slice();
     if (first) {
@@ -374,16 +384,22 @@ export class Community {
 
   /** recovered:false: page history after `from`, re-validate what we hold, then release the held live events. */
   private async fillGap(gen: number, from: number, headSeq: number): Promise<boolean> {
+    // Held messages above `from` (our own sends known from their HTTP answer)
+    // must appear in the pages after `from`, else they were deleted meanwhile.
+    const heldAbove = this.messages.filter((m) => m.seq > from);
+    const listed = new Set<string>();
     try {
       let after: number | null | undefined = from;
       while (after != null) {
         const page = await this.history({ after, limit: GAP_PAGE }); // oldest first
         if (gen !== this.generation) return false;
         for (const m of page.messages) {
+          listed.add(m.id);
           if (m.seq > from && this.addMessage(m)) this.events.emit("message", m);
         }
         after = page.nextAfter;
       }
+      for (const m of heldAbove) if (!listed.has(m.id)) this.removeMessage(m.id);
       await this.revalidate(gen, from);
       if (gen !== this.generation) return false;
     } catch (err) {

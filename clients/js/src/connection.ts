@@ -295,6 +295,7 @@ export class Connection {
   }
 
   private onReady(ws: WebSocketLike, ready: ReadyData): void {
+    if (this._ready) return; // one `ready` per socket; a second one would leak timers
     clearTimeout(this.readyTimer);
     this._ready = ready;
     this.everReady = true;
@@ -305,7 +306,12 @@ export class Connection {
     // client silence) satisfied and draws a `pong`, so a healthy server is
     // never silent for 2×heartbeatMs.
     this.pingTimer = setInterval(() => {
-      if (ws === this.ws) ws.send(this.codec.encode({ type: "ping", data: {} }));
+      if (ws !== this.ws) return;
+      try {
+        ws.send(this.codec.encode({ type: "ping", data: {} }));
+      } catch {
+        /* closing: the close event follows */
+      }
     }, hb);
     const watch = (waitMs: number) => {
       this.watchdogTimer = setTimeout(() => {

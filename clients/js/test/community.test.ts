@@ -156,6 +156,48 @@ describe("community", () => {
     expect(seen).toEqual([5, 6, 7, 8]);
   });
 
+  it("recovered:false: our own sent message (known from HTTP only) deleted in the gap disappears too", async () => {
+    const { s, c, calls } = await setup((call) => {
+      if (call.method === "POST") return json(201, msg(2));
+      if (call.url.searchParams.get("after") !== null) return json(200, { messages: [], nextAfter: null });
+      return historyPages([msg(1)], call.url);
+    });
+    const community = c.community(CID);
+    const joined = community.join();
+    const conn0 = await s.connection(0);
+    await answerJoin(conn0, { headSeq: 1 });
+    await joined;
+    await community.sendMessage("mine");
+    expect(community.getSnapshot()).toMatchObject({ headSeq: 1 }); // HTTP never moves headSeq
+    expect(seqs(community.getSnapshot().messages)).toEqual([1, 2]);
+    conn0.close(1011); // the echo never came
+    const conn1 = await s.connection(1);
+    const rejoin = await answerJoin(conn1, { headSeq: 3, recovered: false, missed: 2 });
+    expect(rejoin.data).toEqual({ communityId: CID, lastSeq: 1 });
+    await vi.waitFor(() => expect(community.getSnapshot().headSeq).toBe(3));
+    expect(seqs(community.getSnapshot().messages)).toEqual([1]);
+    expect(calls.slice(2).map((x) => x.url.search)).toEqual([
+      `?communityId=${CID}&after=1&limit=100`,
+      `?communityId=${CID}&before=2&limit=100`,
+    ]);
+  });
+
+  it("a join that times out on a live socket is sent again", async () => {
+    server = await FakeServer.start();
+    client = makeClient(server, { requestTimeoutMs: 60, fetch: fakeFetch((call) => historyPages([], call.url)).fetch });
+    client.connect();
+    const community = client.community(CID);
+    const joined = community.join();
+    const conn = await server.connection(0);
+    const first = await conn.next("join-community");
+    const second = await conn.next("join-community"); // after 60 ms + a short retry delay
+    expect(second.ref).not.toBe(first.ref);
+    conn.ack(second.ref, { communityId: CID, headSeq: 0, online: ["alice"], recovered: true, missed: 0 });
+    await joined;
+    expect(community.getSnapshot().joined).toBe(true);
+    expect(server.conns).toHaveLength(1);
+  });
+
   it("recovered:false with the history refused (403) emits resync-required and clears the community", async () => {
     let refuse = false;
     const { s, c } = await setup((call) =>
