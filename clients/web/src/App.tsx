@@ -1,5 +1,13 @@
 import { ChorusClient, type CommunityJson, type Message } from "@chorus/client";
-import { Avatar, ChorusProvider, ConnectionDot, NotificationCenter, RealtimeChat, useConnectionState } from "@chorus/client/react";
+import {
+  Avatar,
+  ChorusProvider,
+  ConnectionDot,
+  NotificationCenter,
+  RealtimeChat,
+  useConnectionState,
+  useNotifications,
+} from "@chorus/client/react";
 import { useCallback, useEffect, useId, useMemo, useRef, useState, type FormEvent } from "react";
 import { clearToken, readConfig, saveCommunity, saveToken, savedCommunity, takeInitialToken } from "./config";
 import { decodeToken, isExpired, type TokenInfo } from "./jwt";
@@ -151,6 +159,10 @@ const STATE_LABEL = {
 
 function Shell({ client, info, onSignOut }: { client: ChorusClient; info: TokenInfo; onSignOut: (why?: string) => void }) {
   const state = useConnectionState();
+  const { unreadCount } = useNotifications();
+  useEffect(() => {
+    document.title = unreadCount > 0 ? `(${unreadCount}) Chorus` : "Chorus";
+  }, [unreadCount]);
   const [communities, setCommunities] = useState<CommunityJson[] | null>(null);
   const [listError, setListError] = useState<string | null>(null);
   const [selected, setSelected] = useState<string | null>(() => savedCommunity());

@@ -113,6 +113,7 @@ export const chorusCss = `
   flex: 1; resize: none; font: inherit; font-size: 14px; line-height: 20px; padding: 8px 10px; min-height: 38px; max-height: 140px;
   border: 1px solid var(--chorus-border); border-radius: calc(var(--chorus-radius) - 2px); color: var(--chorus-fg); background: var(--chorus-bg);
 }
+.chorus-composer > .chorus-button { height: 38px; }
 .chorus-composer__input:focus { outline: none; border-color: var(--chorus-accent); box-shadow: var(--chorus-focus); }
 .chorus-composer__error { padding: 0 14px 8px; font-size: 13px; color: var(--chorus-danger); }
 
