@@ -89,6 +89,11 @@ function ChatView({
   const [confirm, setConfirm] = useState<Message | null>(null);
   const openerRef = useRef<HTMLElement | null>(null);
 
+  // The message went away (deleted elsewhere) while its confirmation was open.
+  useEffect(() => {
+    if (confirm && !chat.messages.some((m) => m.id === confirm.id)) setConfirm(null);
+  }, [confirm, chat.messages]);
+
   const askDelete = useCallback((m: Message, opener: HTMLElement) => {
     openerRef.current = opener;
     setConfirm(m);

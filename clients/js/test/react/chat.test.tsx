@@ -184,6 +184,18 @@ describe("RealtimeChat", () => {
     expect(document.activeElement).toBe(screen.getByRole("textbox", { name: "Message" }));
   });
 
+  it("closes the confirmation when the message is deleted elsewhere meanwhile", async () => {
+    const { community } = setup();
+    await act(async () => {});
+    act(() => community.receive({ id: "me", name: "Me" }, "mine"));
+    fireEvent.click(screen.getByRole("button", { name: "Delete message" }));
+    expect(screen.getByRole("dialog")).toBeTruthy();
+    act(() => community.set({ messages: [] }));
+    expect(screen.queryByRole("dialog")).toBeNull();
+    expect(community.deleteMessage).not.toHaveBeenCalled();
+    expect(document.activeElement).toBe(screen.getByRole("textbox", { name: "Message" }));
+  });
+
   it("canDelete lets an official delete anyone's message", async () => {
     const { community } = setup({ canDelete: () => true });
     await act(async () => {});
