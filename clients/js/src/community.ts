@@ -99,6 +99,8 @@ export class Community {
   private generation = 0;
   private filling = false;
   private joinRetries = 0;
+  /** Whether the newest history page was merged since the baseline was taken. */
+  private initialPageLoaded = false;
   private buffer: SeqFrame[] = [];
   private online: string[] = [];
   private readonly typing = new Map<string, { name: string; timer: ReturnType<typeof setTimeout> }>();
@@ -354,16 +356,6 @@ export class Community {
       this.lastSeq = Math.max(this.lastSeq, ack.headSeq);
       this.baseline = true;
       this.changed();
-      try {
-        const page = await this.history({ limit: FIRST_PAGE });
-        if (gen !== this.generation) return;
-        this.mergeHistory(page.messages);
-        this.hasOlder = page.nextBefore != null;
-      } catch (err) {
-        if (gen !== this.generation) return;
-        this.hasOlder = true; // loadOlder() retries the page
-        this.host.error(err);
-      }
     } else if (ack.recovered) {
       // The replay (seq > from) came before this ack and is applied already.
       this.lastSeq = Math.max(this.lastSeq, ack.headSeq);
@@ -375,6 +367,20 @@ export class Community {
         this.joining = false;
         this.settle();
         return;
+      }
+    }
+    // The newest page, once: also when the first join's page was cut short by a reconnect.
+    if (!this.initialPageLoaded) {
+      try {
+        const page = await this.history({ limit: FIRST_PAGE });
+        if (gen !== this.generation) return;
+        this.mergeHistory(page.messages);
+        this.hasOlder = page.nextBefore != null;
+        this.initialPageLoaded = true;
+      } catch (err) {
+        if (gen !== this.generation) return;
+        this.hasOlder = true; // loadOlder() retries the page
+        this.host.error(err);
       }
     }
     this.joining = false;
@@ -464,6 +470,7 @@ export class Community {
     this.tombstones.clear();
     this.lastSeq = 0;
     this.baseline = false;
+    this.initialPageLoaded = false;
     this.hasOlder = true;
     this.buffer = [];
     this.filling = false;

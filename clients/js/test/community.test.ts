@@ -59,6 +59,29 @@ describe("community", () => {
     expect(community.getSnapshot()).toBe(snap); // stable until something changes
   });
 
+  it("a first join whose history page was cut short by a reconnect loads it after the rejoin", async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let gets = 0;
+    const { s, c, calls } = await setup(async (call) => {
+      if (++gets === 1) await gate; // answered only after the socket dropped
+      return historyPages([1, 2].map((n) => msg(n)), call.url);
+    });
+    const community = c.community(CID);
+    const joined = community.join();
+    const conn0 = await s.connection(0);
+    await answerJoin(conn0, { headSeq: 2 });
+    await vi.waitFor(() => expect(calls).toHaveLength(1));
+    conn0.close(1011);
+    const conn1 = await s.connection(1);
+    release();
+    const rejoin = await answerJoin(conn1, { headSeq: 2 });
+    expect(rejoin.data).toEqual({ communityId: CID, lastSeq: 2 });
+    await joined;
+    expect(seqs(community.getSnapshot().messages)).toEqual([1, 2]);
+    expect(calls.map((x) => x.url.search)).toEqual([`?communityId=${CID}&limit=50`, `?communityId=${CID}&limit=50`]);
+  });
+
   it("loadOlder pages with before=<oldest seq> and reports hasOlder", async () => {
     const all = Array.from({ length: 7 }, (_, i) => msg(i + 1));
     const { s, c, calls } = await setup((call) => {
@@ -235,6 +258,36 @@ describe("community", () => {
     await vi.waitFor(() => expect(c.state).toBe("open"));
     await new Promise((r) => setTimeout(r, 50));
     expect(conn1.commands).toEqual([]);
+  });
+
+  it("leave() sends leave-community, ignores the community's frames and does not rejoin after a reconnect", async () => {
+    const { s, c } = await setup((call) => historyPages([msg(1)], call.url));
+    const community = c.community(CID);
+    const joined = community.join();
+    const conn0 = await s.connection(0);
+    await answerJoin(conn0, { headSeq: 1 });
+    await joined;
+    const left = community.leave();
+    const leave = await conn0.next("leave-community");
+    expect(leave.data).toEqual({ communityId: CID });
+    conn0.send(newMessage(msg(2))); // before the leave's ack
+    conn0.ack(leave.ref);
+    await left;
+    expect(community.getSnapshot()).toMatchObject({ joined: false, headSeq: 1 });
+    expect(seqs(community.getSnapshot().messages)).toEqual([1]); // kept for a later join
+    conn0.close(1011);
+    const conn1 = await s.connection(1);
+    await vi.waitFor(() => expect(c.state).toBe("open"));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(conn1.commands).toEqual([]);
+    // Joining again catches up from the messages held.
+    const again = community.join();
+    const rejoin = await conn1.next("join-community");
+    expect(rejoin.data).toEqual({ communityId: CID, lastSeq: 1 });
+    conn1.send(newMessage(msg(2)));
+    conn1.ack(rejoin.ref, { communityId: CID, headSeq: 2, online: ["alice"], recovered: true, missed: 1 });
+    await again;
+    expect(seqs(community.getSnapshot().messages)).toEqual([1, 2]);
   });
 
   it("a refused join rejects with the server's ChorusError and is not retried", async () => {

@@ -2,7 +2,7 @@
 // and the reconnect policy per close code.
 
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { ChorusError, ChorusTimeoutError, type ChorusClient, type ReconnectInfo } from "../src/index.js";
+import { ChorusError, ChorusNetworkError, ChorusTimeoutError, type ChorusClient, type ReconnectInfo } from "../src/index.js";
 import { FakeServer } from "./helpers/fakeServer.js";
 import { makeClient } from "./helpers/fixtures.js";
 
@@ -87,6 +87,35 @@ describe("connection", () => {
     conn.ack((await conn.next()).ref, { unreadCount: 0 });
     await expect(d).resolves.toEqual({ unreadCount: 0 });
     expect(s.conns).toHaveLength(1);
+  });
+
+  it("requests in flight reject with ChorusNetworkError when the socket closes; states go reconnecting then open", async () => {
+    const s = await server();
+    const c = client(s);
+    const states: string[] = [];
+    c.on("state", (st) => states.push(st));
+    c.connect();
+    const conn0 = await s.connection(0);
+    await vi.waitFor(() => expect(c.state).toBe("open"));
+    const inflight = c.request("subscribe-notifications", {});
+    await conn0.next();
+    conn0.close(1011);
+    await expect(inflight).rejects.toBeInstanceOf(ChorusNetworkError);
+    await s.connection(1);
+    await vi.waitFor(() => expect(c.state).toBe("open"));
+    expect(states).toEqual(["connecting", "open", "reconnecting", "open"]);
+  });
+
+  it("a 1012 without a reconnect frame backs off like any drop", async () => {
+    const s = await server();
+    const c = client(s);
+    const reconnects = recordReconnects(c);
+    c.connect();
+    const conn0 = await s.connection(0);
+    await vi.waitFor(() => expect(c.state).toBe("open"));
+    conn0.close(1012);
+    await s.connection(1);
+    expect(reconnects.map((r) => [r.code, r.cause, r.delayMs])).toEqual([[1012, "backoff", 5]]);
   });
 
   it("pings every heartbeatMs and stays up while pongs come back", async () => {
