@@ -17,6 +17,20 @@ export function App() {
   const [notice, setNotice] = useState<string | null>(null);
   const info = useMemo(() => (token ? decodeToken(token) : null), [token]);
 
+  // A `#token=` put in the address bar of an open page (a same-document navigation) signs in too.
+  useEffect(() => {
+    const onHash = () => {
+      if (!/(^#|&)token=/.test(window.location.hash)) return;
+      const t = takeInitialToken();
+      if (t) {
+        setNotice(null);
+        setToken(t);
+      }
+    };
+    window.addEventListener("hashchange", onHash);
+    return () => window.removeEventListener("hashchange", onHash);
+  }, []);
+
   const signOut = useCallback((why?: string) => {
     clearToken();
     setToken(null);
@@ -207,10 +221,10 @@ function Shell({ client, info, onSignOut }: { client: ChorusClient; info: TokenI
   return (
     <div className="app">
       <header className="topbar">
-        <div className="brand">
+        <h1 className="brand">
           <span className="brand__mark" aria-hidden="true" />
           Chorus
-        </div>
+        </h1>
         <div className="topbar__spacer" />
         <div className="conn" title={STATE_LABEL[state]}>
           <ConnectionDot />
