@@ -46,6 +46,9 @@ pub enum Command {
     Migrate(DbArgs),
     /// Print a signed HS256 user token for development.
     Token(TokenArgs),
+    /// Print the public API's OpenAPI 3.1 document (committed as
+    /// `api/openapi.json`).
+    Openapi,
 }
 
 /// Postgres connection settings.
@@ -129,6 +132,14 @@ pub struct ServeArgs {
         value_parser = boolean("CHORUS_NO_MIGRATE")
     )]
     pub no_migrate: bool,
+    /// Comma-separated browser origins that may call the API from another
+    /// origin (CORS); `*` for any. Unset: same-origin pages only.
+    #[arg(long, env = "CHORUS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Directory of a built web front end to serve at `/` (every path
+    /// outside `/api`). Unset: none.
+    #[arg(long, env = "CHORUS_WEB_DIR")]
+    pub web_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -64,6 +64,35 @@ impl Listeners {
     }
 }
 
+/// The public listener's extras, checked before anything starts: an
+/// origin that is not a valid header value or a web directory without an
+/// `index.html` refuses to start, naming the variable.
+fn public_options(args: &ServeArgs) -> Result<routes::PublicOptions, ApiError> {
+    let allowed_origins = args
+        .allowed_origins
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .map(|o| {
+            axum::http::HeaderValue::from_str(o).map_err(|_| {
+                ApiError::Config(format!("CHORUS_ALLOWED_ORIGINS: {o:?} is not an origin"))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    if let Some(dir) = &args.web_dir
+        && !dir.join("index.html").is_file()
+    {
+        return Err(ApiError::Config(format!(
+            "CHORUS_WEB_DIR: {} has no index.html",
+            dir.display()
+        )));
+    }
+    Ok(routes::PublicOptions {
+        allowed_origins,
+        web_dir: args.web_dir.clone(),
+    })
+}
+
 /// Runs the API until `shutdown` resolves, then drains: `/readyz` turns
 /// 503, the public listener stops accepting, in-flight requests finish, the
 /// outbox is flushed to Redis, and only then the admin listener closes.
@@ -73,6 +102,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
     check_internal_token(&args.internal_token).map_err(ApiError::Config)?;
+    let public = public_options(&args)?;
     let verifier = JwtVerifier::new(&args.jwt).map_err(|e| ApiError::Config(e.to_string()))?;
     let wake = Arc::new(Notify::new());
     let pg = PgStore::connect_lazy(
@@ -125,7 +155,7 @@ pub async fn run(
     let drain_state = state.clone();
     chorus_shared::http::serve(
         listeners.api,
-        routes::api_router(state),
+        routes::api_router(state, &public),
         ServeOptions::new(
             chorus_shared::http::connection_budget(FD_RESERVE),
             SHUTDOWN_GRACE,

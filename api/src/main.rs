@@ -34,6 +34,12 @@ async fn main() -> anyhow::Result<()> {
                 println!("{token}");
             }
         }
+        Command::Openapi => {
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{}", chorus_api::routes::openapi::document());
+            }
+        }
     }
     Ok(())
 }

@@ -14,6 +14,20 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Authed, Body, Params, parse_id};
 use crate::state::{AppState, Bucket};
 
+#[utoipa::path(
+    post,
+    path = "/api/communities",
+    operation_id = "createCommunity",
+    tag = "communities",
+    summary = "Create a community; the caller becomes its owner.",
+    request_body = chorus_shared::protocol::CreateCommunity,
+    responses(
+        (status = 201, description = "created", body = chorus_shared::protocol::Community),
+        (status = 400, description = "name empty after trimming or over 100 characters", body = chorus_shared::error::ErrorBody),
+        (status = 401, description = "missing, invalid or expired token", body = chorus_shared::error::ErrorBody),
+        (status = 429, description = "over the per-user write rate (see `Retry-After`)", body = chorus_shared::error::ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -28,6 +42,17 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(c)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/communities",
+    operation_id = "listCommunities",
+    tag = "communities",
+    summary = "The communities the caller belongs to.",
+    responses(
+        (status = 200, description = "ok", body = chorus_shared::protocol::CommunityList),
+        (status = 401, description = "missing, invalid or expired token", body = chorus_shared::error::ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -36,6 +61,23 @@ pub async fn list(
     Ok(Json(CommunityList { communities }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/communities/{id}/join",
+    operation_id = "joinCommunity",
+    tag = "communities",
+    summary = "Join a public community (officials: any). Joining again is a no-op.",
+    params(
+        ("id" = String, Path, description = "community id (UUID; anything else is 404)"),
+    ),
+    responses(
+        (status = 200, description = "member now (or already)", body = chorus_shared::protocol::Community),
+        (status = 401, description = "missing, invalid or expired token", body = chorus_shared::error::ErrorBody),
+        (status = 403, description = "private community", body = chorus_shared::error::ErrorBody),
+        (status = 404, description = "no such community", body = chorus_shared::error::ErrorBody),
+        (status = 429, description = "over the per-user write rate (see `Retry-After`)", body = chorus_shared::error::ErrorBody),
+    )
+)]
 pub async fn join(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -57,6 +99,25 @@ pub async fn join(
     Ok(Json(a.community))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/communities/{id}/members",
+    operation_id = "addMember",
+    tag = "communities",
+    summary = "Add a member (owner or official). Adding an existing member is a no-op.",
+    request_body = chorus_shared::protocol::AddMember,
+    params(
+        ("id" = String, Path, description = "community id (UUID; anything else is 404)"),
+    ),
+    responses(
+        (status = 200, description = "ok", body = chorus_shared::protocol::Member),
+        (status = 400, description = "invalid userId", body = chorus_shared::error::ErrorBody),
+        (status = 401, description = "missing, invalid or expired token", body = chorus_shared::error::ErrorBody),
+        (status = 403, description = "not the owner or an official", body = chorus_shared::error::ErrorBody),
+        (status = 404, description = "no such community", body = chorus_shared::error::ErrorBody),
+        (status = 429, description = "over the per-user write rate (see `Retry-After`)", body = chorus_shared::error::ErrorBody),
+    )
+)]
 pub async fn add_member(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -83,6 +144,24 @@ pub async fn add_member(
     Ok(Json(member))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/communities/{id}/members/{user_id}",
+    operation_id = "removeMember",
+    tag = "communities",
+    summary = "Remove a member: oneself, or anyone for the owner and officials. Their live subscriptions end at once (`membership-revoked`).",
+    params(
+        ("id" = String, Path, description = "community id (UUID; anything else is 404)"),
+        ("user_id" = String, Path, description = "the member's user id"),
+    ),
+    responses(
+        (status = 204, description = "removed"),
+        (status = 401, description = "missing, invalid or expired token", body = chorus_shared::error::ErrorBody),
+        (status = 403, description = "may not remove others", body = chorus_shared::error::ErrorBody),
+        (status = 404, description = "no such community or not a member", body = chorus_shared::error::ErrorBody),
+        (status = 429, description = "over the per-user write rate (see `Retry-After`)", body = chorus_shared::error::ErrorBody),
+    )
+)]
 pub async fn remove_member(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -105,6 +184,25 @@ pub async fn remove_member(
 
 /// `GET /api/communities/{id}/members?limit=&after=`: a page ordered by
 /// user id.
+#[utoipa::path(
+    get,
+    path = "/api/communities/{id}/members",
+    operation_id = "listMembers",
+    tag = "communities",
+    summary = "A page of members ordered by user id (members and officials).",
+    params(
+        ("id" = String, Path, description = "community id (UUID; anything else is 404)"),
+        ("limit" = Option<i64>, Query, description = "1-1000, default 1000"),
+        ("after" = Option<String>, Query, description = "the previous page's `nextAfter`"),
+    ),
+    responses(
+        (status = 200, description = "ok", body = chorus_shared::protocol::MemberList),
+        (status = 400, description = "limit out of range", body = chorus_shared::error::ErrorBody),
+        (status = 401, description = "missing, invalid or expired token", body = chorus_shared::error::ErrorBody),
+        (status = 403, description = "not a member", body = chorus_shared::error::ErrorBody),
+        (status = 404, description = "no such community", body = chorus_shared::error::ErrorBody),
+    )
+)]
 pub async fn members(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -134,6 +232,22 @@ pub async fn members(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/communities/{id}/presence",
+    operation_id = "getPresence",
+    tag = "communities",
+    summary = "Users online in the community across all gateways (members and officials).",
+    params(
+        ("id" = String, Path, description = "community id (UUID; anything else is 404)"),
+    ),
+    responses(
+        (status = 200, description = "ok", body = chorus_shared::protocol::Presence),
+        (status = 401, description = "missing, invalid or expired token", body = chorus_shared::error::ErrorBody),
+        (status = 403, description = "not a member", body = chorus_shared::error::ErrorBody),
+        (status = 404, description = "no such community", body = chorus_shared::error::ErrorBody),
+    )
+)]
 pub async fn presence(
     State(state): State<AppState>,
     Authed(user): Authed,

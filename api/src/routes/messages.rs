@@ -29,6 +29,26 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 /// Default history page size (contract).
 const DEFAULT_HISTORY_LIMIT: i64 = 50;
 
+#[utoipa::path(
+    post,
+    path = "/api/messages-realtime",
+    operation_id = "postMessage",
+    tag = "messages",
+    summary = "Send a message (members only). Mentioned members get a `mention` notification. With an `Idempotency-Key`, a retry returns the first response and creates nothing.",
+    request_body = chorus_shared::protocol::SendMessage,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "per user, kept at least 24 h; at most 255 characters"),
+    ),
+    responses(
+        (status = 201, description = "created and published", body = chorus_shared::protocol::Message),
+        (status = 400, description = "content empty after trimming or over 4000 characters, too many mentions", body = chorus_shared::error::ErrorBody),
+        (status = 401, description = "missing, invalid or expired token", body = chorus_shared::error::ErrorBody),
+        (status = 403, description = "not a member", body = chorus_shared::error::ErrorBody),
+        (status = 404, description = "no such community", body = chorus_shared::error::ErrorBody),
+        (status = 409, description = "the same Idempotency-Key with another body, or still in flight", body = chorus_shared::error::ErrorBody),
+        (status = 429, description = "over the per-user message rate (see `Retry-After`)", body = chorus_shared::error::ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -182,6 +202,26 @@ fn request_hash(req: &SendMessage) -> Vec<u8> {
     Sha256::digest(&canonical).to_vec()
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/messages-realtime",
+    operation_id = "listMessages",
+    tag = "messages",
+    summary = "A page of history: newest first with `before` (or neither), oldest first with `after` (catch-up). Deleted messages are not returned.",
+    params(
+        ("communityId" = String, Query, description = "community id (UUID)"),
+        ("limit" = Option<i64>, Query, description = "1-100, default 50"),
+        ("before" = Option<i64>, Query, description = "only messages with a smaller seq"),
+        ("after" = Option<i64>, Query, description = "only messages with a larger seq (oldest first)"),
+    ),
+    responses(
+        (status = 200, description = "ok", body = chorus_shared::protocol::MessagePage),
+        (status = 400, description = "missing communityId, limit out of range, both before and after", body = chorus_shared::error::ErrorBody),
+        (status = 401, description = "missing, invalid or expired token", body = chorus_shared::error::ErrorBody),
+        (status = 403, description = "not a member", body = chorus_shared::error::ErrorBody),
+        (status = 404, description = "no such community", body = chorus_shared::error::ErrorBody),
+    )
+)]
 pub async fn history(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -232,6 +272,23 @@ pub async fn history(
     }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/messages-realtime/{id}",
+    operation_id = "deleteMessage",
+    tag = "messages",
+    summary = "Delete a message (its sender or an official); takes the next seq (`message-deleted`).",
+    params(
+        ("id" = String, Path, description = "message id (UUID; anything else is 404)"),
+    ),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 401, description = "missing, invalid or expired token", body = chorus_shared::error::ErrorBody),
+        (status = 403, description = "neither the sender nor an official", body = chorus_shared::error::ErrorBody),
+        (status = 404, description = "no such message, or already deleted", body = chorus_shared::error::ErrorBody),
+        (status = 429, description = "over the per-user write rate (see `Retry-After`)", body = chorus_shared::error::ErrorBody),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Authed(user): Authed,

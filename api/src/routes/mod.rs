@@ -6,27 +6,50 @@ mod communities;
 mod internal;
 mod messages;
 mod notifications;
+pub mod openapi;
 pub mod ops;
 mod status;
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{any, delete, get, post};
 use chorus_shared::protocol::{Community, MAX_BODY_BYTES, MemberRole};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::services::{ServeDir, ServeFile};
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::state::AppState;
 use chorus_shared::auth::AuthUser;
 
-/// The public router: the contract's `/api/*`, nothing else.
-pub fn api_router(state: AppState) -> Router {
-    Router::new()
+/// What the public listener serves besides the contract's `/api/*`.
+#[derive(Debug, Clone, Default)]
+pub struct PublicOptions {
+    /// Browser origins allowed to call the API from another origin (CORS);
+    /// empty: none (same-origin pages and non-browser clients only); `*`:
+    /// any. Tokens travel in `Authorization`, never in cookies, so CORS
+    /// exposes nothing a page could not already do with the token.
+    pub allowed_origins: Vec<HeaderValue>,
+    /// A built web front end, served at every path outside `/api` (unknown
+    /// paths get its `index.html`, for client-side routing).
+    pub web_dir: Option<PathBuf>,
+}
+
+/// Longest a browser may cache a CORS preflight answer: ten minutes spares
+/// a preflight per write without pinning a stale policy for long.
+const CORS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The public router: the contract's `/api/*`, the API's own OpenAPI
+/// document, and, when configured, the web front end and CORS.
+pub fn api_router(state: AppState, options: &PublicOptions) -> Router {
+    let router = Router::new()
+        .route("/api/openapi.json", get(openapi::serve))
         .route(
             "/api/communities",
             post(communities::create).get(communities::list),
@@ -63,12 +86,43 @@ pub fn api_router(state: AppState) -> Router {
             "/api/notifications-broadcast/{id}",
             delete(notifications::delete),
         )
-        .fallback(not_found)
+        // Unknown `/api` paths are the contract's 404 even when a web
+        // front end takes every other path.
+        .route("/api", any(not_found))
+        .route("/api/{*rest}", any(not_found));
+    let router = match &options.web_dir {
+        Some(dir) => router
+            .fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")))),
+        None => router.fallback(not_found),
+    };
+    let router = router
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(deadline))
         .layer(middleware::from_fn(track))
-        .with_state(state)
+        .with_state(state);
+    if options.allowed_origins.is_empty() {
+        return router;
+    }
+    let origins = if options.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(options.allowed_origins.iter().cloned())
+    };
+    // Outermost, so a preflight is answered before routing.
+    router.layer(
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static(REQUEST_ID),
+            ])
+            .expose_headers([header::RETRY_AFTER, HeaderName::from_static(REQUEST_ID)])
+            .max_age(CORS_MAX_AGE),
+    )
 }
 
 /// Longest a request may take from its head to its response, the body

@@ -21,6 +21,21 @@ use crate::store::NewNotification;
 /// Default notification page size (contract).
 const DEFAULT_NOTIFICATION_LIMIT: i64 = 20;
 
+#[utoipa::path(
+    post,
+    path = "/api/notifications-broadcast",
+    operation_id = "createNotification",
+    tag = "notifications",
+    summary = "Send a notification: to oneself, or to anyone for officials. Delivered live as `notification`.",
+    request_body = chorus_shared::protocol::CreateNotification,
+    responses(
+        (status = 201, body = chorus_shared::protocol::Notification),
+        (status = 400, description = "a field out of its bounds", body = chorus_shared::error::ErrorBody),
+        (status = 401, description = "missing, invalid or expired token", body = chorus_shared::error::ErrorBody),
+        (status = 403, description = "only officials notify others", body = chorus_shared::error::ErrorBody),
+        (status = 429, description = "over the per-user write rate (see `Retry-After`)", body = chorus_shared::error::ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -68,6 +83,24 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(n)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/notifications-broadcast",
+    operation_id = "listNotifications",
+    tag = "notifications",
+    summary = "The caller's notifications, newest first, with the unread count.",
+    params(
+        ("unread" = Option<bool>, Query, description = "only unread ones"),
+        ("limit" = Option<i64>, Query, description = "1-100, default 20"),
+        ("before" = Option<String>, Query, description = "the previous page's `nextBefore`"),
+    ),
+    responses(
+        (status = 200, description = "ok", body = chorus_shared::protocol::NotificationPage),
+        (status = 400, description = "limit out of range", body = chorus_shared::error::ErrorBody),
+        (status = 401, description = "missing, invalid or expired token", body = chorus_shared::error::ErrorBody),
+        (status = 404, description = "unknown cursor", body = chorus_shared::error::ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -92,6 +125,22 @@ pub async fn list(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/notifications-broadcast/{id}/read",
+    operation_id = "markNotificationRead",
+    tag = "notifications",
+    summary = "Mark one notification read.",
+    params(
+        ("id" = String, Path, description = "notification id (UUID; anything else is 404)"),
+    ),
+    responses(
+        (status = 200, description = "ok", body = chorus_shared::protocol::Notification),
+        (status = 401, description = "missing, invalid or expired token", body = chorus_shared::error::ErrorBody),
+        (status = 404, description = "no such notification of the caller", body = chorus_shared::error::ErrorBody),
+        (status = 429, description = "over the per-user write rate (see `Retry-After`)", body = chorus_shared::error::ErrorBody),
+    )
+)]
 pub async fn read(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -107,6 +156,18 @@ pub async fn read(
         .ok_or(ApiError::NotFound("notification"))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/notifications-broadcast/read-all",
+    operation_id = "markAllNotificationsRead",
+    tag = "notifications",
+    summary = "Mark every notification of the caller read.",
+    responses(
+        (status = 200, description = "ok", body = chorus_shared::protocol::ReadAll),
+        (status = 401, description = "missing, invalid or expired token", body = chorus_shared::error::ErrorBody),
+        (status = 429, description = "over the per-user write rate (see `Retry-After`)", body = chorus_shared::error::ErrorBody),
+    )
+)]
 pub async fn read_all(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -116,6 +177,22 @@ pub async fn read_all(
     Ok(Json(ReadAll { updated }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/notifications-broadcast/{id}",
+    operation_id = "deleteNotification",
+    tag = "notifications",
+    summary = "Delete one notification.",
+    params(
+        ("id" = String, Path, description = "notification id (UUID; anything else is 404)"),
+    ),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 401, description = "missing, invalid or expired token", body = chorus_shared::error::ErrorBody),
+        (status = 404, description = "no such notification of the caller", body = chorus_shared::error::ErrorBody),
+        (status = 429, description = "over the per-user write rate (see `Retry-After`)", body = chorus_shared::error::ErrorBody),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Authed(user): Authed,

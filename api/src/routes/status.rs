@@ -8,6 +8,17 @@ use crate::error::ApiResult;
 use crate::extract::Authed;
 use crate::state::AppState;
 
+#[utoipa::path(
+    get,
+    path = "/api/socket-status",
+    operation_id = "getSocketStatus",
+    tag = "status",
+    summary = "The gateways that reported in the last 30 s and their connections.",
+    responses(
+        (status = 200, description = "ok", body = chorus_shared::protocol::SocketStatus),
+        (status = 401, description = "missing, invalid or expired token", body = chorus_shared::error::ErrorBody),
+    )
+)]
 pub async fn socket_status(
     State(state): State<AppState>,
     _user: Authed,

@@ -29,6 +29,10 @@ pub struct Opts {
     pub write_burst: u32,
     pub redis_url: String,
     pub database_url: Option<String>,
+    /// `CHORUS_ALLOWED_ORIGINS`.
+    pub allowed_origins: Vec<String>,
+    /// `CHORUS_WEB_DIR`.
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Opts {
@@ -40,6 +44,8 @@ impl Default for Opts {
             write_burst: 100,
             redis_url: env_url("REDIS_URL"),
             database_url: None,
+            allowed_origins: Vec::new(),
+            web_dir: None,
         }
     }
 }
@@ -61,6 +67,8 @@ pub fn serve_args(opts: &Opts, database_url: &str) -> ServeArgs {
         write_rate: opts.write_rate,
         write_burst: opts.write_burst,
         no_migrate: false,
+        allowed_origins: opts.allowed_origins.clone(),
+        web_dir: opts.web_dir.clone(),
         log: LogArgs {
             log_format: LogFormat::Text,
         },

@@ -16,3 +16,4 @@ mod ops;
 mod outbox;
 mod presence;
 mod sequencing;
+mod web;

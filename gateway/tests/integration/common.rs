@@ -80,6 +80,8 @@ pub async fn start_api(database_url: &str, redis_url: &str) -> Service {
         write_rate: 0.0,
         write_burst: 100,
         no_migrate: false,
+        allowed_origins: Vec::new(),
+        web_dir: None,
         log: LogArgs {
             log_format: LogFormat::Text,
         },

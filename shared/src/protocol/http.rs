@@ -8,7 +8,7 @@ use uuid::Uuid;
 // ---- HTTP request bodies ------------------------------------------------------------
 
 /// `POST /api/communities`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateCommunity {
     pub name: String,
@@ -17,14 +17,14 @@ pub struct CreateCommunity {
 }
 
 /// `POST /api/communities/{id}/members`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AddMember {
     pub user_id: String,
 }
 
 /// `POST /api/messages-realtime` and the `send-message` command.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SendMessage {
     pub community_id: String,
@@ -34,7 +34,7 @@ pub struct SendMessage {
 }
 
 /// `POST /api/notifications-broadcast`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateNotification {
     pub user_id: String,
@@ -42,21 +42,23 @@ pub struct CreateNotification {
     pub kind: String,
     pub title: String,
     pub message: String,
+    /// Any JSON object, at most 8 KiB serialized.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub data: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 // ---- HTTP responses -----------------------------------------------------------------
 
 /// `GET /api/communities`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CommunityList {
     pub communities: Vec<Community>,
 }
 
 /// `GET /api/communities/{id}/members`: a page ordered by `userId`;
 /// `nextAfter` is the `after` of the next page, null on the last.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberList {
     pub members: Vec<Member>,
@@ -64,25 +66,29 @@ pub struct MemberList {
 }
 
 /// `GET /api/communities/{id}/presence`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Presence {
     pub online: Vec<String>,
 }
 
 /// `GET /api/messages-realtime`: `nextBefore` on a backward page, `nextAfter`
 /// on a forward (`after=`) page.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessagePage {
     pub messages: Vec<Message>,
+    /// On a backward page: the `before` of the next older page, null on the last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>)]
     pub next_before: Option<Option<i64>>,
+    /// On a forward (`after=`) page: the `after` of the next page, null on the last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>)]
     pub next_after: Option<Option<i64>>,
 }
 
 /// `GET /api/notifications-broadcast`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationPage {
     pub notifications: Vec<Notification>,
@@ -91,13 +97,13 @@ pub struct NotificationPage {
 }
 
 /// `POST /api/notifications-broadcast/read-all`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReadAll {
     pub updated: i64,
 }
 
 /// One gateway in `GET /api/socket-status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayStatus {
     pub id: String,
@@ -107,7 +113,7 @@ pub struct GatewayStatus {
 }
 
 /// `GET /api/socket-status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SocketStatus {
     /// `ok` when at least one gateway reports, else `degraded`.
     pub status: String,

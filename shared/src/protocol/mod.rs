@@ -53,7 +53,7 @@ pub const MAX_EVENTS_PER_REQUEST: i64 = 10_000;
 // ---- resources ----------------------------------------------------------------------
 
 /// A community as every endpoint returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Community {
     pub id: Uuid,
@@ -66,7 +66,7 @@ pub struct Community {
 }
 
 /// A member's role inside one community (distinct from the token role).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberRole {
     Owner,
@@ -91,7 +91,7 @@ impl MemberRole {
 }
 
 /// A community member.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
     pub user_id: String,
@@ -101,7 +101,7 @@ pub struct Member {
 }
 
 /// The author of a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Sender {
     pub id: String,
     pub name: String,
@@ -109,7 +109,7 @@ pub struct Sender {
 }
 
 /// A chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     pub id: Uuid,
@@ -123,7 +123,7 @@ pub struct Message {
 }
 
 /// A notification in a user's notification center.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Notification {
     pub id: Uuid,
@@ -132,6 +132,7 @@ pub struct Notification {
     pub kind: String,
     pub title: String,
     pub message: String,
+    #[schema(value_type = Object)]
     pub data: serde_json::Value,
     pub read: bool,
     #[serde(with = "crate::time_format")]

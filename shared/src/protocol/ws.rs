@@ -8,7 +8,7 @@ use uuid::Uuid;
 // ---- WebSocket: client -> server ----------------------------------------------------
 
 /// `join-community`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JoinCommunity {
     pub community_id: String,
@@ -17,21 +17,21 @@ pub struct JoinCommunity {
 }
 
 /// `leave-community`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaveCommunity {
     pub community_id: String,
 }
 
 /// `delete-message`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeleteMessage {
     pub message_id: String,
 }
 
 /// `typing`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Typing {
     pub community_id: String,
@@ -41,7 +41,7 @@ pub struct Typing {
 // ---- WebSocket: server -> client ----------------------------------------------------
 
 /// `ready`, the first frame of every connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Ready {
     pub user_id: String,
@@ -51,7 +51,7 @@ pub struct Ready {
 }
 
 /// Ack data of `join-community`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JoinAck {
     pub community_id: Uuid,
@@ -62,7 +62,7 @@ pub struct JoinAck {
 }
 
 /// `message-deleted`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageDeleted {
     pub community_id: Uuid,
@@ -71,7 +71,7 @@ pub struct MessageDeleted {
 }
 
 /// `user-joined`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserJoined {
     pub community_id: Uuid,
@@ -80,7 +80,7 @@ pub struct UserJoined {
 }
 
 /// `user-left`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserLeft {
     pub community_id: Uuid,
@@ -88,7 +88,7 @@ pub struct UserLeft {
 }
 
 /// `user-typing`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserTyping {
     pub community_id: Uuid,
@@ -98,14 +98,14 @@ pub struct UserTyping {
 }
 
 /// `membership-revoked`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MembershipRevoked {
     pub community_id: Uuid,
 }
 
 /// `reconnect`, sent by a draining gateway just before it closes with 1012.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Reconnect {
     pub reason: String,
@@ -113,13 +113,13 @@ pub struct Reconnect {
 }
 
 /// `{message}` payload of `new-message` and of the `send-message` ack.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MessageData {
     pub message: Message,
 }
 
 /// `{notification}` payload of `notification`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NotificationData {
     pub notification: Notification,
 }
