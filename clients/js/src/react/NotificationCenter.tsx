@@ -79,12 +79,13 @@ export function NotificationCenter({ className }: NotificationCenterProps) {
         onClick={() => setOpen((o) => !o)}
       >
         <BellIcon />
-        {unread > 0 && (
-          <span className="chorus-badge-count" data-testid="unread-badge" aria-hidden="true">
-            {unread > 99 ? "99+" : unread}
-          </span>
-        )}
       </button>
+      {/* Beside the button, not in it: the button's name stays "Notifications" (the count is in data-unread and the live region). */}
+      {unread > 0 && (
+        <span className="chorus-badge-count" data-testid="unread-badge" aria-hidden="true">
+          {unread > 99 ? "99+" : unread}
+        </span>
+      )}
       <span className="chorus-sr-only" aria-live="polite">
         {unread > 0 ? `${unread} unread notification${unread === 1 ? "" : "s"}` : ""}
       </span>
@@ -152,7 +153,11 @@ function NotificationItem({ item, onRead, onRemove }: { item: Notification; onRe
   const titleId = useId();
   return (
     <li className="chorus-notification" data-testid="notification" data-read={item.read ? "true" : "false"} aria-labelledby={titleId}>
-      {!item.read && <span className="chorus-unread-dot" role="img" aria-label="Unread" />}
+      {item.read ? (
+        <span className="chorus-unread-dot chorus-unread-dot--read" aria-hidden="true" />
+      ) : (
+        <span className="chorus-unread-dot" role="img" aria-label="Unread" />
+      )}
       <div className="chorus-notification__body">
         <div className="chorus-notification__top">
           <span className={cx("chorus-type", typeClass(item.type))}>{item.type}</span>

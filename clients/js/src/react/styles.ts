@@ -133,7 +133,7 @@ export const chorusCss = `
 .chorus-notifications { position: relative; display: inline-block; }
 .chorus-bell { position: relative; padding: 6px; }
 .chorus-badge-count {
-  position: absolute; top: -2px; right: -4px; min-width: 18px; height: 18px; padding: 0 5px; border-radius: 9px;
+  position: absolute; top: -4px; right: -6px; pointer-events: none; min-width: 18px; height: 18px; padding: 0 5px; border-radius: 9px;
   background: var(--chorus-danger); color: #fff; font-size: 11px; font-weight: 700; line-height: 18px; text-align: center;
   box-shadow: 0 0 0 2px var(--chorus-bg);
 }
@@ -162,7 +162,8 @@ export const chorusCss = `
 }
 .chorus-type--mention { background: #ddf4ff; color: #0969da; border-color: #b6e3ff; }
 .chorus-type--system { background: #fff8c5; color: #7d4e00; border-color: #eed888; }
-.chorus-unread-dot { width: 8px; height: 8px; border-radius: 50%; background: var(--chorus-accent); flex: none; }
+.chorus-unread-dot { width: 8px; height: 8px; margin-top: 6px; border-radius: 50%; background: var(--chorus-accent); flex: none; }
+.chorus-unread-dot--read { background: transparent; }
 
 @keyframes chorus-bounce { 0%, 80%, 100% { transform: translateY(0); opacity: 0.5; } 40% { transform: translateY(-4px); opacity: 1; } }
 @keyframes chorus-pulse { 0%, 100% { opacity: 1; } 50% { opacity: 0.35; } }
