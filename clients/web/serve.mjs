@@ -1,5 +1,6 @@
 // Serves dist/ and forwards /api/* and /ws to the backend, so the app, the API
-// and the gateway share one origin (the API sends no CORS headers).
+// and the gateway share one origin (no CORS needed). The API can also serve
+// dist/ itself (CHORUS_WEB_DIR); this is for a separate front end in development.
 //
 //   node serve.mjs                                   :5173 → upstream http://127.0.0.1:8000 (the HAProxy of deploy/)
 //   node serve.mjs --port 5173 --upstream http://127.0.0.1:8000
