@@ -1,7 +1,8 @@
 // Bundles the web chat into dist/: index.html, app.js, app.css (+ source maps).
 //
 //   node build.mjs            production build (minified, source maps)
-//   node build.mjs --watch    rebuild on change (not minified)
+//   node build.mjs --dev      development build (React's warnings, not minified)
+//   node build.mjs --watch    development build, rebuilt on change
 //
 // `@chorus/client` and `@chorus/client/react` are bundled from the SDK's
 // source (../js/src), so the app needs no prior SDK build, and `react` /
@@ -16,6 +17,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const out = join(here, "dist");
 const sdk = join(here, "..", "js", "src");
 const watch = process.argv.includes("--watch");
+const dev = watch || process.argv.includes("--dev");
 
 /** @type {esbuild.Plugin} */
 const oneReactOneSdk = {
@@ -64,10 +66,10 @@ const options = {
   platform: "browser",
   target: ["es2022", "chrome110", "firefox110", "safari16"],
   jsx: "automatic",
-  minify: !watch,
+  minify: !dev,
   sourcemap: true,
   legalComments: "linked",
-  define: { "process.env.NODE_ENV": JSON.stringify(watch ? "development" : "production") },
+  define: { "process.env.NODE_ENV": JSON.stringify(dev ? "development" : "production") },
   plugins: [oneReactOneSdk],
   metafile: true,
   logLevel: "info",
