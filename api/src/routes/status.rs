@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use chorus_shared::protocol::SocketStatus;
+use chorus_shared::protocol::{ServiceStatus, SocketStatus};
 
 use crate::error::ApiResult;
 use crate::extract::Authed;
@@ -28,11 +28,10 @@ pub async fn socket_status(
     let connections = gateways.iter().map(|g| g.connections).sum();
     Ok(Json(SocketStatus {
         status: if gateways.is_empty() {
-            "degraded"
+            ServiceStatus::Degraded
         } else {
-            "ok"
-        }
-        .to_owned(),
+            ServiceStatus::Ok
+        },
         gateways,
         connections,
     }))

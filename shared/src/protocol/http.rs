@@ -62,6 +62,7 @@ pub struct CommunityList {
 #[serde(rename_all = "camelCase")]
 pub struct MemberList {
     pub members: Vec<Member>,
+    #[schema(required = true)]
     pub next_after: Option<String>,
 }
 
@@ -93,6 +94,7 @@ pub struct MessagePage {
 pub struct NotificationPage {
     pub notifications: Vec<Notification>,
     pub unread_count: i64,
+    #[schema(required = true)]
     pub next_before: Option<Uuid>,
 }
 
@@ -112,11 +114,20 @@ pub struct GatewayStatus {
     pub started_at: DateTime<Utc>,
 }
 
+/// `status` of `GET /api/socket-status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceStatus {
+    /// At least one gateway reports.
+    Ok,
+    /// No gateway reports (or Redis, where they report, is away).
+    Degraded,
+}
+
 /// `GET /api/socket-status`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SocketStatus {
-    /// `ok` when at least one gateway reports, else `degraded`.
-    pub status: String,
+    pub status: ServiceStatus,
     pub gateways: Vec<GatewayStatus>,
     pub connections: u64,
 }

@@ -96,6 +96,7 @@ impl MemberRole {
 pub struct Member {
     pub user_id: String,
     pub name: String,
+    #[schema(required = true)]
     pub avatar: Option<String>,
     pub role: MemberRole,
 }
@@ -105,6 +106,7 @@ pub struct Member {
 pub struct Sender {
     pub id: String,
     pub name: String,
+    #[schema(required = true)]
     pub avatar: Option<String>,
 }
 
