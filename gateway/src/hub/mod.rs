@@ -131,8 +131,8 @@ impl Hub {
     }
 
     /// Broadcasts `conn`'s user's typing state in a community it is a live
-    /// member of, at most once per second per state; `Forbidden` when not
-    /// a member.
+    /// member of: every change of state, and a repeat of the last state at
+    /// most once per second; `Forbidden` when not a member.
     pub async fn typing(
         &self,
         community: Uuid,

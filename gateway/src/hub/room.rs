@@ -30,9 +30,11 @@ use crate::handle::ConnHandle;
 /// Shortest interval between two broadcasts of the same typing state of
 /// one user in one community, however many connections send it: clients
 /// repeat `typing` while a user types, and members need it once a second
-/// at most. A change of state passes unless that state was itself
-/// broadcast within the interval, so flipping states cannot go faster
-/// than two broadcasts a second.
+/// at most. A change of state always passes: the contract promises every
+/// transition, and one held back would leave members showing the wrong
+/// state (typing `true`, `false`, `true` within a second, the last one
+/// dropped, shows someone typing as idle). How fast a user can flip is
+/// bounded by each connection's typing rate limit instead.
 pub(super) const TYPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long a listing of a community's online users is reused by join
@@ -90,9 +92,9 @@ pub(super) struct RoomState {
     /// when: join acks within [`ONLINE_SNAPSHOT_TTL`] share it.
     pub online: Option<(Instant, Arc<Vec<String>>)>,
     pub online_inflight: Option<Arc<OnceCell<Arc<Vec<String>>>>>,
-    /// When each `typing` state (false, true) of a local user was last
-    /// broadcast: each state at most once per [`TYPING_INTERVAL`].
-    pub typing: HashMap<Arc<str>, [Option<tokio::time::Instant>; 2]>,
+    /// The typing state last broadcast for each local user, and when: the
+    /// same state again within [`TYPING_INTERVAL`] is not broadcast.
+    pub typing: HashMap<Arc<str>, (bool, tokio::time::Instant)>,
     /// Removed from the hub; a joiner that finds it takes its successor.
     pub retired: bool,
     /// Connections whose user was removed from the community while they
@@ -188,12 +190,13 @@ impl RoomState {
     /// noting it if so.
     pub fn typing_due(&mut self, user: &Arc<str>, is_typing: bool) -> bool {
         let now = tokio::time::Instant::now();
-        let last = self.typing.entry(user.clone()).or_default();
-        let slot = &mut last[usize::from(is_typing)];
-        if slot.is_some_and(|at| now < at + TYPING_INTERVAL) {
+        if let Some(&(state, at)) = self.typing.get(user)
+            && state == is_typing
+            && now < at + TYPING_INTERVAL
+        {
             return false;
         }
-        *slot = Some(now);
+        self.typing.insert(user.clone(), (is_typing, now));
         true
     }
 
