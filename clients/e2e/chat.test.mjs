@@ -9,9 +9,9 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { dirname, join, resolve } from "node:path";
-import { mkdirSync } from "node:fs";
+import { createWriteStream, mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
-import { startCluster } from "./cluster.mjs";
+import { RECOVERY_WINDOW, startCluster } from "./cluster.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "../..");
@@ -34,20 +34,32 @@ const CHROMIUM_ARGS = [
   "--disable-sync",
 ];
 
-async function openAs(name, token, gatewayOrder) {
+async function openAs(name, token, gatewayOrder, communityId) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${name} page error]`, e));
+  // Every page's console, for the artifacts (the SDK reports its errors there).
+  const log = createWriteStream(join(artifacts, `browser-${name}.log`), { flags: "a" });
+  page.on("console", (m) => log.write(`${new Date().toISOString()} ${m.type()} ${m.text()}\n`));
+  page.historyFills = [];
+  page.on("request", (r) => {
+    if (r.url().includes("/api/messages-realtime?") && r.url().includes("after=")) page.historyFills.push(r.url());
+  });
   const gateways = gatewayOrder.map((g) => g.url).join(",");
-  await page.goto(`${cluster.apiUrl}/?gateway=${encodeURIComponent(gateways)}#token=${token}`);
+  const query = `gateway=${encodeURIComponent(gateways)}&community=${encodeURIComponent(communityId)}`;
+  await page.goto(`${cluster.apiUrl}/?${query}#token=${token}`);
   await page.getByTestId("connection-dot").and(page.locator('[data-state="open"]')).waitFor({ timeout: STEP_MS });
   return page;
 }
 
-async function openCommunity(page, communityName) {
-  await page.getByRole("button", { name: communityName }).first().click({ timeout: STEP_MS });
+/** The community's chat is open (`?community=` selects it; the sidebar lists it). */
+async function openCommunity(page, communityId) {
+  await page.locator(`[data-community-id="${communityId}"]`).first().waitFor({ timeout: STEP_MS });
   await page.getByRole("log", { name: "Messages" }).waitFor({ timeout: STEP_MS });
 }
+
+/** The composer (its label is "Message"; the log is "Messages"). */
+const composer = (page) => page.getByRole("textbox", { name: "Message", exact: true });
 
 /** Messages shown on a page, in display order: `{seq, text}`. */
 async function shown(page) {
@@ -106,15 +118,15 @@ test("two users on two gateways chat, type, mention, moderate and survive gatewa
   await cluster.http(users.mod.token, "POST", `/api/communities/${community.id}/join`);
 
   const [gw1, gw2] = cluster.gateways;
-  pages.alice = await openAs("alice", users.alice.token, [gw1, gw2]);
-  pages.bob = await openAs("bob", users.bob.token, [gw2, gw1]);
-  await openCommunity(pages.alice, communityName);
-  await openCommunity(pages.bob, communityName);
+  pages.alice = await openAs("alice", users.alice.token, [gw1, gw2], community.id);
+  pages.bob = await openAs("bob", users.bob.token, [gw2, gw1], community.id);
+  await openCommunity(pages.alice, community.id);
+  await openCommunity(pages.bob, community.id);
   const sent = [];
 
   // Chat through the UI, both ways.
   const send = async (page, text) => {
-    const box = page.getByLabel("Message", { exact: true });
+    const box = composer(page);
     await box.fill(text);
     await box.press("Enter");
     sent.push(text);
@@ -126,14 +138,14 @@ test("two users on two gateways chat, type, mention, moderate and survive gatewa
 
   // Typing dots appear for the other user, and go once the typer idles.
   const aliceTyping = pages.alice.getByTestId("typing-indicator");
-  await pages.bob.getByLabel("Message", { exact: true }).pressSequentially("typing…", { delay: 30 });
+  await composer(pages.bob).pressSequentially("typing…", { delay: 30 });
   await aliceTyping.filter({ hasText: "Bob" }).waitFor({ timeout: STEP_MS });
   await pages.alice.waitForFunction(
     () => !document.querySelector('[data-testid="typing-indicator"]')?.textContent?.includes("Bob"),
     null,
     { timeout: STEP_MS },
   );
-  await pages.bob.getByLabel("Message", { exact: true }).fill("");
+  await composer(pages.bob).fill("");
 
   // A mention lights Bob's bell; he opens it, marks it read, the badge goes.
   await send(pages.alice, `@${users.bob.id} look at this ${run}`);
@@ -156,8 +168,10 @@ test("two users on two gateways chat, type, mention, moderate and survive gatewa
   const doomed = `delete me ${run}`;
   await send(pages.alice, doomed);
   sent.pop();
-  pages.mod = await openAs("moderator", users.mod.token, [gw1, gw2]);
-  await openCommunity(pages.mod, communityName);
+  // Shown everywhere first, so its disappearance below means something.
+  for (const who of ["alice", "bob"]) await seeMessage(pages[who], doomed);
+  pages.mod = await openAs("moderator", users.mod.token, [gw1, gw2], community.id);
+  await openCommunity(pages.mod, community.id);
   const doomedRow = pages.mod.getByTestId("message").filter({ hasText: doomed });
   await doomedRow.hover({ timeout: STEP_MS });
   await doomedRow.getByRole("button", { name: "Delete message" }).click();
@@ -167,20 +181,23 @@ test("two users on two gateways chat, type, mention, moderate and survive gatewa
   }
 
   // Gateway 1 dies with Alice (and the moderator) on it; Bob keeps
-  // talking. Alice's page reconnects to gateway 2 and resumes from her
-  // last seq: every message once, in order.
+  // talking, more than the recovery window: Alice's page reconnects to
+  // gateway 2, is told `recovered: false` and fills the gap from the HTTP
+  // history. Every message once, in order.
   await gw1.kill();
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < RECOVERY_WINDOW + 1; i++) {
     const text = `while alice was away ${i} ${run}`;
     await cluster.http(users.bob.token, "POST", "/api/messages-realtime", { communityId: community.id, content: text });
     sent.push(text);
   }
-  await seeMessage(pages.alice, `while alice was away 2 ${run}`);
+  await seeMessage(pages.alice, `while alice was away ${RECOVERY_WINDOW} ${run}`);
+  assert.ok(pages.alice.historyFills.length > 0, "Alice's gap was filled from the HTTP history (recovered: false)");
   await pages.alice.getByTestId("connection-dot").and(pages.alice.locator('[data-state="open"]')).waitFor({ timeout: STEP_MS });
   await send(pages.alice, `back on gateway 2 ${run}`);
   await seeMessage(pages.bob, `back on gateway 2 ${run}`);
 
-  // Then gateway 2, where both pages are now, dies while gateway 1 comes back.
+  // Then gateway 2, where both pages are now, dies while gateway 1 comes
+  // back; one message in the outage, within the window: replayed on rejoin.
   await gw1.start();
   await gw2.kill();
   const during = `while gateway 2 was down ${run}`;

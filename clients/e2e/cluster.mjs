@@ -14,6 +14,9 @@ import { promisify } from "node:util";
 
 const run = promisify(execFile);
 
+/** The gateways' recovery window: the test's outages exceed it on purpose. */
+export const RECOVERY_WINDOW = 2;
+
 /** How long a service may take to report ready (a debug build, a cold Postgres). */
 const READY_TIMEOUT_MS = 30_000;
 
@@ -99,6 +102,9 @@ export async function startCluster({ binDir, webDir, logDir }) {
           CHORUS_GATEWAY_ID: this.id,
           CHORUS_API_URL: apiUrl,
           CHORUS_API_INTERNAL_URL: apiAdminUrl,
+          // Small, so a client away for more than two events gets
+          // `recovered: false` and must fill the gap from HTTP history.
+          CHORUS_RECOVERY_WINDOW: String(RECOVERY_WINDOW),
         });
         await waitReady(this.adminUrl, this.child, this.id);
       },

@@ -148,7 +148,8 @@ pub async fn run_with(
             allowed_origins: args
                 .allowed_origins
                 .iter()
-                .map(|o| o.trim().to_owned())
+                // A browser's Origin has no trailing slash; a configured one might.
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
                 .filter(|o| !o.is_empty())
                 .collect(),
             outbound_queue: args.outbound_queue.max(1),

@@ -155,7 +155,11 @@ async fn upgrade(
     };
     let origin_ok = match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
         Some(origin) if !gw.admission().allowed_origins.is_empty() => {
-            gw.admission().allowed_origins.iter().any(|a| a == origin)
+            // `*` admits any origin, as on the API (one shared setting).
+            gw.admission()
+                .allowed_origins
+                .iter()
+                .any(|a| a == "*" || a == origin)
         }
         _ => true,
     };

@@ -41,6 +41,40 @@ pub struct PublicOptions {
     pub web_dir: Option<PathBuf>,
 }
 
+/// What a page of the web front end may do: scripts and styles from this
+/// origin only (React sets inline styles), sockets to any gateway, images
+/// (avatars) from anywhere, and no framing (the delete confirmation must
+/// not be clickjacked).
+const WEB_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+                       img-src https: http: data:; connect-src 'self' ws: wss:; \
+                       frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// The headers of the web front end's files (everything outside `/api`):
+/// its content security policy, no sniffing, no referrer (a page's address
+/// never leaks to an avatar's host), and revalidation on every load
+/// (`app.js` has a fixed name, so a cached copy would outlive an upgrade).
+async fn web_headers(req: Request, next: Next) -> Response {
+    let api = req.uri().path() == "/api" || req.uri().path().starts_with("/api/");
+    let mut res = next.run(req).await;
+    if !api {
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(WEB_CSP),
+        );
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    res
+}
+
 /// Longest a browser may cache a CORS preflight answer: ten minutes spares
 /// a preflight per write without pinning a stale policy for long.
 const CORS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(600);
@@ -92,7 +126,8 @@ pub fn api_router(state: AppState, options: &PublicOptions) -> Router {
         .route("/api/{*rest}", any(not_found));
     let router = match &options.web_dir {
         Some(dir) => router
-            .fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")))),
+            .fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html"))))
+            .layer(middleware::from_fn(web_headers)),
         None => router.fallback(not_found),
     };
     let router = router

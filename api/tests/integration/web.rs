@@ -41,6 +41,10 @@ async fn web_dir_is_served_outside_api_and_api_paths_keep_the_contract() {
 
     let index = get("/").await.unwrap();
     assert_eq!(index.status(), 200);
+    let csp = index.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(index.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(index.headers()["referrer-policy"], "no-referrer");
     assert!(
         index
             .text()
@@ -59,8 +63,21 @@ async fn web_dir_is_served_outside_api_and_api_paths_keep_the_contract() {
     // Client-side routes get the app; nothing outside the directory leaks.
     let deep = get("/communities/some-id").await.unwrap();
     assert!(deep.text().await.unwrap().contains("<title>chorus</title>"));
-    let escape = get("/../secret.txt").await.unwrap();
-    assert!(!escape.text().await.unwrap().contains("outside"));
+    // Sent raw: an HTTP client library would resolve the dot-segments itself.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(api.url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        s.write_all(b"GET /../secret.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.unwrap();
+        let raw = String::from_utf8_lossy(&raw);
+        assert!(raw.starts_with("HTTP/1.1 "), "{raw}");
+        assert!(!raw.contains("outside"), "{raw}");
+    }
     let escape = get("/assets/..%2f..%2fsecret.txt").await.unwrap();
     assert!(!escape.text().await.unwrap().contains("outside"));
 
@@ -70,6 +87,7 @@ async fn web_dir_is_served_outside_api_and_api_paths_keep_the_contract() {
     assert_eq!((r.status, r.code()), (404, "not_found"));
     let r = api.get("/api/communities", &alice).await;
     assert_eq!(r.status, 200);
+    assert!(r.headers.get("content-security-policy").is_none());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

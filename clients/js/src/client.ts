@@ -85,6 +85,7 @@ export class ChorusClient {
     this.host = {
       api: this.api,
       isOpen: () => this.connection.state === "open",
+      restart: (reason) => this.connection.restart(reason),
       request: (type, data, onAck) => this.connection.request(type, data, onAck),
       send: (type, data) => this.connection.send(type, data),
       retryDelay: (attempt) => this.random() * backoffCap(attempt, backoff.initialMs, backoff.maxMs),

@@ -17,7 +17,7 @@
 
 import type { ChorusApi } from "./api.js";
 import { Emitter, Listeners, randomUUID, sleep } from "./emitter.js";
-import { ChorusError, ChorusNetworkError } from "./errors.js";
+import { ChorusError, ChorusNetworkError, ChorusTimeoutError } from "./errors.js";
 import type {
   HistoryPage,
   JoinAck,
@@ -58,6 +58,8 @@ export interface CommunityEvents {
 export interface CommunityHost {
   readonly api: ChorusApi;
   isOpen(): boolean;
+  /** Drops the socket and reconnects (every community rejoins from its lastSeq). */
+  restart(reason: string): void;
   /** `onAck` runs synchronously when the ack is read, before the frames after it. */
   request<T>(type: string, data: object, onAck?: (data: T) => void): Promise<T>;
   send(type: string, data: object): boolean;
@@ -78,6 +80,11 @@ const REFUSALS = new Set(["forbidden", "not_found", "bad_request"]);
 const HISTORY_TRIES = 3;
 /** How many deleted message ids are remembered so a late history page cannot resurrect them. */
 const TOMBSTONES = 1_000;
+/**
+ * Most messages a community holds as live ones arrive: a day of a busy room
+ * on screen is far fewer, and each change copies the list for the snapshot.
+ */
+export const MAX_HELD_MESSAGES = 2_000;
 
 type SeqFrame = { type: "new-message"; data: NewMessageData } | { type: "message-deleted"; data: MessageDeletedData };
 
@@ -336,6 +343,12 @@ export class Community {
         const waiters = this.waiters;
         this.waiters = [];
         for (const w of waiters) w.reject(err);
+      } else if (err instanceof ChorusTimeoutError && this.host.isOpen()) {
+        // The join's outcome is unknown: its ack may still come, late, and
+        // with `recovered: false`, and live events would then move lastSeq
+        // past the gap unnoticed. Start over on a new connection, which
+        // rejoins from the lastSeq we know is complete.
+        this.host.restart("join timed out");
       } else if (this.host.isOpen()) {
         // A timeout, rate_limited or unavailable on a live socket: try again
         // (a dropped socket needs nothing: the next connection rejoins).
@@ -508,8 +521,17 @@ export class Community {
       else hi = mid;
     }
     if (this.messages[lo]?.seq === m.seq) return false;
+    const newest = lo === this.messages.length;
     this.messages.splice(lo, 0, m);
     this.seqById.set(m.id, m.seq);
+    if (newest && this.messages.length > MAX_HELD_MESSAGES) {
+      // A long-lived page keeps a window, not the whole history: the oldest
+      // go (loadOlder() brings them back). Only live growth trims, so a page
+      // the user scrolled back to is not dropped as it arrives.
+      const gone = this.messages.splice(0, this.messages.length - MAX_HELD_MESSAGES);
+      for (const g of gone) this.seqById.delete(g.id);
+      this.hasOlder = true;
+    }
     return true;
   }
 

@@ -5,7 +5,8 @@
 //   1000 after our own close(): stop.
 //   `reconnect {afterMs}` + 1012 (draining): wait afterMs plus jitter, no backoff growth.
 //   1008 (token expired / policy): ask the token function for reason "expired", back off.
-//   anything else (1006 network, 1011, 4008, 4009, a 1000 from the server): back off.
+//   4008 (closed for flooding): back off, and wait at least 5 s.
+//   anything else (1006 network, 1011, 4009, a 1000 from the server): back off.
 // A browser cannot see the HTTP status of a refused upgrade (a 401 looks like
 // any failed connection), so 3 failures in a row before `ready` also ask for
 // a fresh token.
@@ -15,6 +16,11 @@ import { codecFor, jsonCodec, msgpackCodec, MSGPACK_SUBPROTOCOL, type Codec } fr
 import { ChorusError, ChorusNetworkError, ChorusTimeoutError } from "./errors.js";
 import type { TokenReason, TokenSource } from "./token.js";
 import type { ConnectionState, ReadyData, ReconnectData, ServerFrame } from "./types.js";
+
+/** The contract's close code for a connection closed for flooding. */
+const CLOSE_RATE_LIMITED = 4008;
+/** Least wait after a 4008 close (plus up to as much again of jitter). */
+const RATE_LIMITED_MIN_DELAY_MS = 5_000;
 
 /** The part of the WebSocket API we use (browser, undici and `ws` all have it). */
 export interface WebSocketLike {
@@ -227,7 +233,9 @@ export class Connection {
       }
     } catch (err) {
       if (this.stopped || gen !== this.generation) return;
-      this.handlers.onError(err instanceof Error ? err : new Error(String(err)));
+      // The URL (and so the message) may carry the token: never pass it on.
+      const text = (err instanceof Error ? err.message : String(err)).replace(/token=[^&\s"']*/g, "token=…");
+      this.handlers.onError(new Error(text));
       this.scheduleReconnect(0, false);
       return;
     }
@@ -327,6 +335,15 @@ export class Connection {
     this.handlers.onReady(ready);
   }
 
+  /**
+   * Drops the current socket and reconnects as after a network loss: for a
+   * request whose outcome is unknown (a join that timed out), starting over
+   * from known state is the only safe way on.
+   */
+  restart(reason: string): void {
+    if (this.ws) this.abort(this.ws, reason);
+  }
+
   /** Drop a socket we gave up on, without waiting for its close handshake. */
   private abort(ws: WebSocketLike, reason: string): void {
     if (ws !== this.ws) return;
@@ -371,7 +388,11 @@ export class Connection {
         this.tokenReason = "expired";
       }
     }
-    const delayMs = this.options.backoff.next();
+    let delayMs = this.options.backoff.next();
+    if (code === CLOSE_RATE_LIMITED) {
+      // Closed for flooding: coming straight back would only flood again.
+      delayMs = Math.max(delayMs, RATE_LIMITED_MIN_DELAY_MS * (1 + this.options.random()));
+    }
     this.setState(this.everReady ? "reconnecting" : "connecting");
     this.handlers.onReconnectScheduled({
       delayMs,

@@ -26,9 +26,13 @@ export interface NotificationsHost {
 }
 
 const PAGE = 20;
+/** Most notifications held: the list is a bell's dropdown, not an archive. */
+export const MAX_HELD_NOTIFICATIONS = 200;
 
 export class Notifications {
   private items: Notification[] = [];
+  /** Collectors of the frames that arrive while a refresh() reads its page. */
+  private readonly arriving = new Set<Notification[]>();
   private unreadCount = 0;
   private loaded = false;
   private subscriptions = 0;
@@ -57,9 +61,20 @@ export class Notifications {
 
   /** GET /api/notifications-broadcast: the newest page and the unread count. */
   async refresh(): Promise<void> {
-    const page = await this.host.api.listNotifications({ limit: PAGE });
-    this.items = page.notifications;
-    this.unreadCount = page.unreadCount;
+    // Frames that arrive while the page is read may be newer than it: they
+    // are kept (and counted) rather than overwritten by the page.
+    const during: Notification[] = [];
+    this.arriving.add(during);
+    let page;
+    try {
+      page = await this.host.api.listNotifications({ limit: PAGE });
+    } finally {
+      this.arriving.delete(during);
+    }
+    const inPage = new Set(page.notifications.map((n) => n.id));
+    const newer = during.filter((n) => !inPage.has(n.id)).reverse();
+    this.items = [...newer, ...page.notifications].slice(0, MAX_HELD_NOTIFICATIONS);
+    this.unreadCount = page.unreadCount + newer.filter((n) => !n.read).length;
     this.loaded = true;
     this.changed();
   }
@@ -110,7 +125,8 @@ export class Notifications {
 
   _onNotification(n: Notification): void {
     if (this.items.some((x) => x.id === n.id)) return;
-    this.items = [n, ...this.items];
+    for (const during of this.arriving) during.push(n);
+    this.items = [n, ...this.items].slice(0, MAX_HELD_NOTIFICATIONS);
     if (!n.read) this.unreadCount++;
     this.changed();
     this.events.emit("notification", n);

@@ -118,6 +118,20 @@ describe("connection", () => {
     expect(reconnects.map((r) => [r.code, r.cause, r.delayMs])).toEqual([[1012, "backoff", 5]]);
   });
 
+  it("a 4008 (closed for flooding) waits at least 5 s before reconnecting", async () => {
+    const s = await server();
+    const c = client(s);
+    const reconnects = recordReconnects(c);
+    c.connect();
+    const conn0 = await s.connection(0);
+    await vi.waitFor(() => expect(c.state).toBe("open"));
+    conn0.close(4008);
+    await vi.waitFor(() => expect(reconnects).toHaveLength(1));
+    // makeClient's jitter is 0.5: 5 s × 1.5, whatever the (tiny) backoff says.
+    expect(reconnects.map((r) => [r.code, r.delayMs])).toEqual([[4008, 7_500]]);
+    expect(s.conns).toHaveLength(1);
+  });
+
   it("pings every heartbeatMs and stays up while pongs come back", async () => {
     const s = await server({ heartbeatMs: 30 });
     const c = client(s);

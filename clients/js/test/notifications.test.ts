@@ -76,4 +76,28 @@ describe("notifications", () => {
     await vi.waitFor(() => expect(f.calls).toHaveLength(7));
     expect(f.calls[6]!.line).toBe("GET /api/notifications-broadcast?limit=20");
   });
+
+  it("a notification that arrives while refresh() reads its page is kept and counted", async () => {
+    server = await FakeServer.start();
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => (release = r));
+    const f = fakeFetch(async () => {
+      await gate; // the page was built before n5 was created
+      return json(200, { notifications: [note("n1")], unreadCount: 1, nextBefore: null });
+    });
+    client = makeClient(server, { fetch: f.fetch });
+    const n = client.notifications();
+    client.connect();
+    const conn = await server.connection(0);
+    const sub = await conn.next("subscribe-notifications");
+    conn.ack(sub.ref, { unreadCount: 1 });
+    const refreshed = n.refresh();
+    await vi.waitFor(() => expect(f.calls).toHaveLength(1));
+    conn.send({ type: "notification", data: { notification: note("n5") } });
+    await vi.waitFor(() => expect(n.getSnapshot().unreadCount).toBe(2));
+    release();
+    await refreshed;
+    expect(n.getSnapshot().items.map((x) => x.id)).toEqual(["n5", "n1"]);
+    expect(n.getSnapshot().unreadCount).toBe(2);
+  });
 });

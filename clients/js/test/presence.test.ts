@@ -21,6 +21,7 @@ function host(sent: object[]): CommunityHost {
       return true;
     },
     retryDelay: () => 0,
+    restart: () => undefined,
     resyncRequired: () => {},
     error: () => {},
   };

@@ -3,11 +3,26 @@
 //   (none)                         API same-origin, gateway ws(s)://<host>/ws
 //   ?gateway=ws://a/ws,ws://b/ws   gateway list (the next one is tried after a failed attempt)
 //   ?api=http://host:port          API base
+// Both overrides must name the page's own host (any port): the token goes there.
 //   #token=<jwt>                   sign in with this token (kept in sessionStorage, removed from the URL)
 
 export interface AppConfig {
   apiUrl: string;
   gatewayUrls: string[];
+}
+
+/**
+ * Whether `url` may receive the user's token: only servers on the page's own
+ * host (any port). Otherwise a crafted link (`?gateway=wss://evil/ws`) would
+ * make a signed-in page hand its token to a stranger.
+ */
+function onOwnHost(url: string, loc: Location, schemes: string[]): boolean {
+  try {
+    const u = new URL(url);
+    return schemes.includes(u.protocol) && u.hostname === loc.hostname;
+  } catch {
+    return false;
+  }
 }
 
 export function readConfig(loc: Location = window.location): AppConfig {
@@ -17,11 +32,19 @@ export function readConfig(loc: Location = window.location): AppConfig {
     ? gateway
         .split(",")
         .map((s) => s.trim())
-        .filter(Boolean)
+        .filter((s) => {
+          const ok = onOwnHost(s, loc, ["ws:", "wss:"]);
+          if (s && !ok) console.warn(`ignoring ?gateway=${s}: not on this page's host`);
+          return ok;
+        })
     : [];
   const scheme = loc.protocol === "https:" ? "wss" : "ws";
   const gatewayUrls = fromQuery.length > 0 ? fromQuery : [`${scheme}://${loc.host}/ws`];
-  const apiUrl = (q.get("api") ?? "").trim().replace(/\/+$/, "");
+  let apiUrl = (q.get("api") ?? "").trim().replace(/\/+$/, "");
+  if (apiUrl && !onOwnHost(apiUrl, loc, ["http:", "https:"])) {
+    console.warn(`ignoring ?api=${apiUrl}: not on this page's host`);
+    apiUrl = "";
+  }
   return { apiUrl, gatewayUrls };
 }
 

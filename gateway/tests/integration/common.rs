@@ -64,6 +64,15 @@ async fn listeners() -> (TcpListener, TcpListener) {
 }
 
 pub async fn start_api(database_url: &str, redis_url: &str) -> Service {
+    start_api_with_web(database_url, redis_url, None).await
+}
+
+/// An API that also serves a web front end from `web_dir`.
+pub async fn start_api_with_web(
+    database_url: &str,
+    redis_url: &str,
+    web_dir: Option<std::path::PathBuf>,
+) -> Service {
     chorus_testkit::init_logging();
     let args = ServeArgs {
         addr: "127.0.0.1:0".parse().unwrap(),
@@ -81,7 +90,7 @@ pub async fn start_api(database_url: &str, redis_url: &str) -> Service {
         write_burst: 100,
         no_migrate: false,
         allowed_origins: Vec::new(),
-        web_dir: None,
+        web_dir,
         log: LogArgs {
             log_format: LogFormat::Text,
         },

@@ -43,6 +43,12 @@ fn port_of(url: &str) -> String {
 
 impl Haproxy {
     fn start(api: &Service, gw1: &GatewayProcess, gw2: &GatewayProcess) -> Haproxy {
+        Haproxy::start_with(api, gw1, gw2, false)
+    }
+
+    /// With `web`, HAProxy routes every other path to the API's web front
+    /// end (`CHORUS_LB_WEB=1`, as `scripts/run` does).
+    fn start_with(api: &Service, gw1: &GatewayProcess, gw2: &GatewayProcess, web: bool) -> Haproxy {
         assert!(
             Path::new(HAPROXY).exists(),
             "{HAPROXY} is missing: install Debian's haproxy package (scripts/services.sh's \
@@ -61,6 +67,7 @@ impl Haproxy {
             .env("CHORUS_LB_GATEWAY1_ADMIN_PORT", port_of(&gw1.admin))
             .env("CHORUS_LB_GATEWAY2_ADDR", host_port(&gw2.url))
             .env("CHORUS_LB_GATEWAY2_ADMIN_PORT", port_of(&gw2.admin))
+            .env("CHORUS_LB_WEB", if web { "1" } else { "0" })
             .stdout(Stdio::null())
             .spawn()
             .expect("haproxy starts");
@@ -183,6 +190,56 @@ async fn haproxy_routes_ws_and_api_and_nothing_else() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+}
+
+/// With the web front end on (`CHORUS_LB_WEB=1`), every other path reaches
+/// the API's web files, and still nothing operational is routed.
+#[tokio::test]
+async fn haproxy_with_the_web_front_end_routes_pages_but_never_admin_paths() {
+    let db = fresh_database().await;
+    let redis = env_url("REDIS_URL");
+    let web = std::env::temp_dir().join(uid("lb-web"));
+    std::fs::create_dir_all(&web).unwrap();
+    std::fs::write(web.join("index.html"), "<title>chorus web</title>").unwrap();
+    let api = start_api_with_web(&db, &redis, Some(web.clone())).await;
+    let gw1 = GatewayProcess::start_with(&api, &redis, &[]).await;
+    let gw2 = GatewayProcess::start_with(&api, &redis, &[]).await;
+    let lb = Haproxy::start_with(&api, &gw1, &gw2, true);
+    wait_until(|| async { lb.is("api", "api1", "UP").await }).await;
+    let http = reqwest::Client::new();
+    for path in ["/", "/index.html", "/some/page"] {
+        let r = http.get(format!("{}{path}", lb.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.text().await.unwrap().contains("chorus web"), "{path}");
+    }
+    for path in [
+        "/internal",
+        "/internal/memberships",
+        "/metrics",
+        "/readyz",
+        "/healthz",
+    ] {
+        let r = http
+            .get(format!("{}{path}", lb.url))
+            .header("authorization", format!("Bearer {INTERNAL_TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path} is not routed");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({"error": {"code": "not_found", "message": "no such path"}}),
+            "{path}"
+        );
+    }
+    let r = http
+        .get(format!("{}/api/communities", lb.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    std::fs::remove_dir_all(&web).unwrap();
 }
 
 /// Clients spread over both gateways through one URL; a SIGTERM'd gateway

@@ -22,17 +22,32 @@ export function avatarColor(id: string): string {
   return `hsl(${Math.abs(h) % 360} 45% 42%)`;
 }
 
+/**
+ * An avatar URL is the sender's own claim: only http(s) images are loaded,
+ * and without a Referer, so a sender learns nothing of where it is shown.
+ */
+function safeImageUrl(src: string | null | undefined): string | null {
+  if (!src) return null;
+  try {
+    const u = new URL(src, window.location.href);
+    return u.protocol === "https:" || u.protocol === "http:" ? u.href : null;
+  } catch {
+    return null;
+  }
+}
+
 export function Avatar({ id, name, src }: { id: string; name: string; src?: string | null }) {
   const [failed, setFailed] = useState(false);
   useEffect(() => setFailed(false), [src]);
-  const showImage = !!src && !failed;
+  const url = safeImageUrl(src);
+  const showImage = !!url && !failed;
   return (
     <span
       className="chorus-avatar"
       aria-hidden="true"
       style={showImage ? undefined : ({ "--chorus-avatar-bg": avatarColor(id) } as CSSProperties)}
     >
-      {showImage ? <img src={src!} alt="" loading="lazy" onError={() => setFailed(true)} /> : initials(name)}
+      {showImage ? <img src={url!} alt="" loading="lazy" referrerPolicy="no-referrer" onError={() => setFailed(true)} /> : initials(name)}
     </span>
   );
 }
