@@ -110,6 +110,7 @@ pub async fn run(
         &args.db.database_url,
         args.db.db_max_connections,
         wake.clone(),
+        std::time::Duration::from_millis(args.post_linger_ms),
     )?;
     if !args.no_migrate {
         pg.migrate().await?;

@@ -89,6 +89,7 @@ pub async fn start_api_with_web(
         write_rate: 0.0,
         write_burst: 100,
         no_migrate: false,
+        post_linger_ms: chorus_api::config::DEFAULT_POST_LINGER_MS,
         allowed_origins: Vec::new(),
         web_dir,
         log: LogArgs {

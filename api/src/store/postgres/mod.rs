@@ -51,6 +51,7 @@ impl PgStore {
         url: &str,
         max_connections: u32,
         wake_publisher: Arc<Notify>,
+        post_linger: std::time::Duration,
     ) -> Result<Self, ApiError> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
@@ -64,6 +65,7 @@ impl PgStore {
         let writer = writer::PostWriter::start(
             pool.connect_options().as_ref().clone(),
             wake_publisher.clone(),
+            post_linger,
         );
         Ok(PgStore {
             pool,

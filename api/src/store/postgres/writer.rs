@@ -29,15 +29,6 @@ const WRITERS: usize = 2;
 /// (and the community locks it holds) short.
 const MAX_BATCH: usize = 128;
 
-/// Longest a writer waits, after the first post of a batch, for more: at
-/// 500 posts a second a batch then holds two or three posts instead of
-/// one, which divides the round trips, commits and publisher passes per
-/// post. It waits only as long as posts are arriving apart (a smoothed
-/// gap, see [`Arrivals`]), and not at all when they come further apart
-/// than this: a quiet community's post is never held for company that
-/// will not come.
-const LINGER: Duration = Duration::from_millis(4);
-
 /// Weight of the newest gap in the smoothed gap between posts (1/8: a
 /// rate change shows within a dozen posts, one odd gap does not).
 const GAP_SMOOTHING: f64 = 0.125;
@@ -84,6 +75,8 @@ pub(super) struct PostWriter {
 /// a race only skews the estimate by one sample.
 #[derive(Debug)]
 pub(super) struct Arrivals {
+    /// The most a writer lingers (0: never).
+    limit: Duration,
     start: std::time::Instant,
     /// Microseconds since `start` of the last post.
     last_us: std::sync::atomic::AtomicU64,
@@ -92,12 +85,13 @@ pub(super) struct Arrivals {
 }
 
 impl Arrivals {
-    fn new() -> Self {
+    fn new(limit: Duration) -> Self {
         Arrivals {
+            limit,
             start: std::time::Instant::now(),
             last_us: Default::default(),
             // Quiet at first: no linger until posts come close together.
-            gap_us: (LINGER.as_micros() as f64 * 10.0).to_bits().into(),
+            gap_us: (limit.as_micros() as f64 * 10.0 + 1.0).to_bits().into(),
         }
     }
 
@@ -111,10 +105,10 @@ impl Arrivals {
     }
 
     /// How long to wait for more after a batch's first post: the expected
-    /// gap, when more are expected within [`LINGER`].
+    /// gap, when more are expected within the limit.
     fn linger(&self) -> Duration {
         let gap = f64::from_bits(self.gap_us.load(std::sync::atomic::Ordering::Relaxed));
-        if gap < LINGER.as_micros() as f64 {
+        if gap < self.limit.as_micros() as f64 {
             Duration::from_micros(gap as u64)
         } else {
             Duration::ZERO
@@ -125,10 +119,10 @@ impl Arrivals {
 impl PostWriter {
     /// Starts the writers; each opens its session on first use and wakes
     /// the outbox publisher once per committed batch.
-    pub fn start(options: PgConnectOptions, wake_publisher: Arc<Notify>) -> Self {
+    pub fn start(options: PgConnectOptions, wake_publisher: Arc<Notify>, linger: Duration) -> Self {
         let (queue, jobs) = mpsc::channel(QUEUE);
         let jobs = Arc::new(Mutex::new(jobs));
-        let arrivals = Arc::new(Arrivals::new());
+        let arrivals = Arc::new(Arrivals::new(linger));
         for _ in 0..WRITERS {
             tokio::spawn(run(
                 options.clone(),
@@ -172,7 +166,7 @@ async fn run(
             // Gather what arrives within the linger (the other writer is
             // committing meanwhile): each batch costs a round trip, a
             // commit and a publisher pass, whatever its size. No linger
-            // when posts come further apart than `LINGER`.
+            // when posts come further apart than the limit.
             let linger = arrivals.linger();
             if linger.is_zero() {
                 // What is queued already, without a timer: the timer wheel
@@ -303,16 +297,14 @@ mod tests {
 
     #[test]
     fn lingers_only_while_posts_come_close_together() {
-        let a = Arrivals::new();
+        let limit = Duration::from_millis(crate::config::DEFAULT_POST_LINGER_MS);
+        let a = Arrivals::new(limit);
         assert_eq!(a.linger(), Duration::ZERO, "quiet at first");
         for _ in 0..100 {
             a.record();
         }
         let busy = a.linger();
-        assert!(
-            busy < LINGER,
-            "back-to-back posts: a short linger, {busy:?}"
-        );
+        assert!(busy < limit, "back-to-back posts: a short linger, {busy:?}");
         // Posts every 10 ms: no linger.
         a.gap_us
             .store((10_000f64).to_bits(), std::sync::atomic::Ordering::Relaxed);
@@ -320,5 +312,14 @@ mod tests {
         a.gap_us
             .store((2_000f64).to_bits(), std::sync::atomic::Ordering::Relaxed);
         assert_eq!(a.linger(), Duration::from_millis(2), "one expected gap");
+    }
+
+    #[test]
+    fn a_zero_limit_never_lingers() {
+        let a = Arrivals::new(Duration::ZERO);
+        for _ in 0..100 {
+            a.record();
+        }
+        assert_eq!(a.linger(), Duration::ZERO);
     }
 }
