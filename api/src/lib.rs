@@ -68,14 +68,10 @@ impl Listeners {
 /// origin that is not a valid header value or a web directory without an
 /// `index.html` refuses to start, naming the variable.
 fn public_options(args: &ServeArgs) -> Result<routes::PublicOptions, ApiError> {
-    let allowed_origins = args
-        .allowed_origins
-        .iter()
-        // A browser's Origin has no trailing slash; a configured one might.
-        .map(|o| o.trim().trim_end_matches('/'))
-        .filter(|o| !o.is_empty())
+    let allowed_origins = chorus_shared::config::allowed_origins(&args.allowed_origins)
+        .into_iter()
         .map(|o| {
-            axum::http::HeaderValue::from_str(o).map_err(|_| {
+            axum::http::HeaderValue::from_str(&o).map_err(|_| {
                 ApiError::Config(format!("CHORUS_ALLOWED_ORIGINS: {o:?} is not an origin"))
             })
         })

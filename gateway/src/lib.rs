@@ -145,13 +145,7 @@ pub async fn run_with(
         backplane: services.backplane,
         verifier,
         admission: Admission {
-            allowed_origins: args
-                .allowed_origins
-                .iter()
-                // A browser's Origin has no trailing slash; a configured one might.
-                .map(|o| o.trim().trim_end_matches('/').to_owned())
-                .filter(|o| !o.is_empty())
-                .collect(),
+            allowed_origins: chorus_shared::config::allowed_origins(&args.allowed_origins),
             outbound_queue: args.outbound_queue.max(1),
             drain_seconds: args.drain_seconds,
             max_connections,

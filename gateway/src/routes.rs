@@ -155,11 +155,7 @@ async fn upgrade(
     };
     let origin_ok = match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
         Some(origin) if !gw.admission().allowed_origins.is_empty() => {
-            // `*` admits any origin, as on the API (one shared setting).
-            gw.admission()
-                .allowed_origins
-                .iter()
-                .any(|a| a == "*" || a == origin)
+            chorus_shared::config::origin_allowed(&gw.admission().allowed_origins, origin)
         }
         _ => true,
     };

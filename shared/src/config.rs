@@ -51,6 +51,24 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// `CHORUS_ALLOWED_ORIGINS` as both services read it: entries trimmed,
+/// empty ones dropped, a trailing `/` removed (a browser's `Origin` never
+/// has one, a configured URL might).
+pub fn allowed_origins(configured: &[String]) -> Vec<String> {
+    configured
+        .iter()
+        .map(|o| o.trim().trim_end_matches('/'))
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether a browser `origin` passes `allowed` (from [`allowed_origins`]):
+/// listed, or `*` is listed.
+pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    allowed.iter().any(|a| a == "*" || a == origin)
+}
+
 /// Parses `90`, `90s`, `15m`, `1h` or `2d` into a duration.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -153,6 +171,19 @@ pub fn check_internal_token(token: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_are_trimmed_and_star_admits_any() {
+        let list = allowed_origins(&[
+            " https://a.example/ ".into(),
+            "".into(),
+            "http://b:8000".into(),
+        ]);
+        assert_eq!(list, ["https://a.example", "http://b:8000"]);
+        assert!(origin_allowed(&list, "https://a.example"));
+        assert!(!origin_allowed(&list, "https://evil.example"));
+        assert!(origin_allowed(&["*".into()], "https://evil.example"));
+    }
 
     #[test]
     fn durations() {

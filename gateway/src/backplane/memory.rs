@@ -1,4 +1,5 @@
-//! [`MemoryBackplane`]: the backplane inside one process.
+//! [`MemoryBackplane`]: the backplane inside one process, kept whole in
+//! one file on purpose (why: the last paragraph).
 //!
 //! A [`MemoryBus`] stands for the Redis server: a broadcast channel per
 //! pub/sub channel, presence entries with expiry, and the registry. Each
@@ -11,7 +12,7 @@
 //! expiring on tokio's clock, so tests with paused time see a gateway that
 //! stopped reporting die and get reaped.
 //!
-//! Kept in one file on purpose: it is the in-process double of the whole
+//! Why one file: it is the in-process double of the whole
 //! [`Backplane`](super::Backplane) trait and mirrors `redis.rs` method for
 //! method (pub/sub, presence, registry), so the two are read side by side;
 //! split by concern, the bus would be apart from the rules it enforces.

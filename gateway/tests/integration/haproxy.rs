@@ -79,6 +79,27 @@ impl Haproxy {
         }
     }
 
+    /// Each of `paths` (asked with the service token, which must not
+    /// help) is answered by HAProxy itself with the contract's 404, never
+    /// forwarded (the services word theirs differently).
+    async fn assert_not_routed(&self, http: &reqwest::Client, paths: &[&str]) {
+        for path in paths {
+            let r = http
+                .get(format!("{}{path}", self.url))
+                .header("authorization", format!("Bearer {INTERNAL_TOKEN}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "{path} is not routed");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(
+                body,
+                json!({"error": {"code": "not_found", "message": "no such path"}}),
+                "{path}"
+            );
+        }
+    }
+
     /// HAProxy's own view of a server: `UP`, `DOWN`, ... (`None` while
     /// the stats page does not answer).
     async fn status(&self, backend: &str, server: &str) -> Option<String> {
@@ -139,29 +160,18 @@ async fn haproxy_routes_ws_and_api_and_nothing_else() {
     let lb = Haproxy::start(&api, &gw1, &gw2);
     wait_until(|| async { lb.is("api", "api1", "UP").await }).await;
     let http = reqwest::Client::new();
-    for path in [
-        "/internal/memberships",
-        "/metrics",
-        "/readyz",
-        "/healthz",
-        "/",
-        "/ws/x",
-    ] {
-        let r = http
-            .get(format!("{}{path}", lb.url))
-            .header("authorization", format!("Bearer {INTERNAL_TOKEN}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404, "{path} is not routed");
-        let body: Value = r.json().await.unwrap();
-        // HAProxy's own answer (the services word theirs differently).
-        assert_eq!(
-            body,
-            json!({"error": {"code": "not_found", "message": "no such path"}}),
-            "{path}"
-        );
-    }
+    lb.assert_not_routed(
+        &http,
+        &[
+            "/internal/memberships",
+            "/metrics",
+            "/readyz",
+            "/healthz",
+            "/",
+            "/ws/x",
+        ],
+    )
+    .await;
     // Dot-segments are refused before routing (sent raw: an HTTP client
     // library would resolve them itself).
     {
@@ -212,27 +222,17 @@ async fn haproxy_with_the_web_front_end_routes_pages_but_never_admin_paths() {
         assert_eq!(r.status(), 200, "{path}");
         assert!(r.text().await.unwrap().contains("chorus web"), "{path}");
     }
-    for path in [
-        "/internal",
-        "/internal/memberships",
-        "/metrics",
-        "/readyz",
-        "/healthz",
-    ] {
-        let r = http
-            .get(format!("{}{path}", lb.url))
-            .header("authorization", format!("Bearer {INTERNAL_TOKEN}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404, "{path} is not routed");
-        let body: Value = r.json().await.unwrap();
-        assert_eq!(
-            body,
-            json!({"error": {"code": "not_found", "message": "no such path"}}),
-            "{path}"
-        );
-    }
+    lb.assert_not_routed(
+        &http,
+        &[
+            "/internal",
+            "/internal/memberships",
+            "/metrics",
+            "/readyz",
+            "/healthz",
+        ],
+    )
+    .await;
     let r = http
         .get(format!("{}/api/communities", lb.url))
         .send()
