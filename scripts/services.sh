@@ -108,6 +108,44 @@ chorus_services_start() {
     export CHORUS_PG_BIN CHORUS_SERVICES_DIR
 }
 
+# Starts a private Redis Cluster of three primaries and three replicas
+# in DIR/cluster (redis-server processes on free loopback ports, created
+# with redis-cli --cluster create) and exports CHORUS_TEST_REDIS_CLUSTER_URL
+# (redis-cluster://...). chorus_services_stop stops it. scripts/test runs
+# the gateway tests against it a second time.
+chorus_redis_cluster_start() {
+    local dir=$1/cluster port ports=() addrs=() seeds=""
+    mkdir -p "$dir"
+    for _ in 1 2 3 4 5 6; do
+        port=$(chorus_free_port)
+        redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+            --cluster-enabled yes --cluster-config-file "nodes-$port.conf" \
+            --cluster-node-timeout 1000 --daemonize yes --dir "$dir" \
+            --pidfile "$dir/redis-$port.pid" --logfile "$dir/redis-$port.log" || return 1
+        ports+=("$port")
+        addrs+=("127.0.0.1:$port")
+    done
+    for port in "${ports[@]}"; do
+        for _ in $(seq 50); do
+            redis-cli -p "$port" ping >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+    done
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 \
+        || { cat "$dir/create.log" >&2; return 1; }
+    for port in "${ports[@]}"; do
+        for _ in $(seq 100); do
+            redis-cli -p "$port" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break
+            sleep 0.1
+        done
+    done
+    for port in "${ports[@]:1}"; do
+        seeds="$seeds${seeds:+&}node=127.0.0.1:$port"
+    done
+    export CHORUS_TEST_REDIS_CLUSTER_URL="redis-cluster://127.0.0.1:${ports[0]}?$seeds"
+    CHORUS_REDIS_CLUSTER_DIR=$dir
+}
+
 # Starts a private HAProxy with deploy/haproxy/haproxy.cfg, in the
 # foreground of a background job (never the system service), its pid in
 # DIR/haproxy.pid and its log in DIR/haproxy.log. Addresses come from the
@@ -151,6 +189,11 @@ chorus_services_stop() {
     [ -n "${CHORUS_SERVICES_DIR:-}" ] || return 0
     if [ -f "$CHORUS_SERVICES_DIR/redis.pid" ]; then
         kill "$(cat "$CHORUS_SERVICES_DIR/redis.pid")" 2>/dev/null || true
+    fi
+    if [ -n "${CHORUS_REDIS_CLUSTER_DIR:-}" ]; then
+        for pidfile in "$CHORUS_REDIS_CLUSTER_DIR"/redis-*.pid; do
+            [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+        done
     fi
     chorus_as_pg "$CHORUS_PG_BIN/pg_ctl" -D "$CHORUS_SERVICES_DIR/pg" -m fast -w stop >/dev/null 2>&1 || true
 }

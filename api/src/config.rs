@@ -92,7 +92,9 @@ pub struct ServeArgs {
     pub admin_addr: SocketAddr,
     #[command(flatten)]
     pub db: DbArgs,
-    /// Redis backplane URL.
+    /// Redis backplane: `redis://host:port` for one Redis, or
+    /// `redis-cluster://host:port?node=host:port&...` for a Redis Cluster
+    /// (sharded pub/sub).
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
     /// Service token gateways present to /internal/* endpoints.

@@ -31,6 +31,7 @@ pub fn register() {
         metrics::counter!("chorus_api_rate_limited_total", "bucket" => bucket.label()).increment(0);
     }
     metrics::gauge!("chorus_outbox_pending").set(0.0);
+    metrics::gauge!("chorus_outbox_held_channels").set(0.0);
     metrics::gauge!("chorus_api_registered_gateways").set(0.0);
 }
 

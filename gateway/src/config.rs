@@ -154,7 +154,9 @@ pub struct GatewayArgs {
     /// Service token presented to the API's /internal/* endpoints.
     #[arg(long, env = "CHORUS_INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: String,
-    /// Redis backplane URL.
+    /// Redis backplane: `redis://host:port` for one Redis, or
+    /// `redis-cluster://host:port?node=host:port&...` for a Redis Cluster
+    /// (sharded pub/sub).
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
     /// This gateway's id in /api/socket-status (default: hostname:port).

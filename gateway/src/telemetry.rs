@@ -27,6 +27,7 @@ const COUNTERS: &[&str] = &[
     "chorus_gateway_api_busy_total",
     "chorus_http_connections_refused_total",
     "chorus_gateway_backplane_reconnects_total",
+    "chorus_gateway_backplane_topology_changes_total",
 ];
 
 /// Counters with one label, and the label's fixed values.

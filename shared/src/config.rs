@@ -18,6 +18,17 @@ use std::time::Duration;
 /// Default Redis backplane URL (the contract's loopback default).
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
+/// Whether `REDIS_URL` names a Redis Cluster: `redis-cluster://` (or
+/// `rediss-cluster://`, `valkey-cluster://`, `valkeys-cluster://`), with
+/// more seed nodes as `?node=host:port` parameters. On a cluster both
+/// services use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7), so a
+/// publication reaches only the shard that owns its channel instead of
+/// being broadcast to every node; on one Redis, classic pub/sub.
+pub fn redis_is_cluster(url: &str) -> bool {
+    url.split_once("://")
+        .is_some_and(|(scheme, _)| scheme.ends_with("-cluster"))
+}
+
 /// Slowest accepted non-zero rate (tokens per second): one per 1,000 s.
 /// Slower than that a limit is a ban, and the wait a bucket reports
 /// (`Retry-After`) must stay a representable duration: a rate like `1e-30`
@@ -183,6 +194,18 @@ mod tests {
         assert!(origin_allowed(&list, "https://a.example"));
         assert!(!origin_allowed(&list, "https://evil.example"));
         assert!(origin_allowed(&["*".into()], "https://evil.example"));
+    }
+
+    #[test]
+    fn cluster_urls_are_told_by_their_scheme() {
+        assert!(redis_is_cluster("redis-cluster://127.0.0.1:7000"));
+        assert!(redis_is_cluster(
+            "rediss-cluster://u:p@a:7000?node=b:7001&node=c:7002"
+        ));
+        assert!(redis_is_cluster("valkey-cluster://a:7000"));
+        assert!(!redis_is_cluster("redis://127.0.0.1:6379"));
+        assert!(!redis_is_cluster("redis-sentinel://a:26379"));
+        assert!(!redis_is_cluster("127.0.0.1:6379"));
     }
 
     #[test]

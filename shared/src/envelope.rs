@@ -21,19 +21,26 @@ pub const COMMUNITY_CHANNEL_PREFIX: &str = "chorus:community:";
 /// Prefix of the channels carrying one user's events.
 pub const USER_CHANNEL_PREFIX: &str = "chorus:user:";
 
-/// Redis channel carrying one community's events.
+/// Redis channel carrying one community's events. The id is a hash tag,
+/// the same as the community's presence keys
+/// (`chorus_shared::presence`), so on Redis Cluster the channel, its
+/// sharded subscribers and the community's presence live on one shard.
 pub fn community_channel(community_id: &Uuid) -> String {
-    format!("{COMMUNITY_CHANNEL_PREFIX}{community_id}")
+    format!("{COMMUNITY_CHANNEL_PREFIX}{{{community_id}}}")
 }
 
-/// Redis channel carrying one user's events (notifications, revocations).
+/// Redis channel carrying one user's events (notifications, revocations),
+/// the user id as its hash tag.
 pub fn user_channel(user_id: &str) -> String {
-    format!("{USER_CHANNEL_PREFIX}{user_id}")
+    format!("{USER_CHANNEL_PREFIX}{{{user_id}}}")
 }
 
 /// The user whose channel `channel` is, if it is a user channel.
 pub fn user_of_channel(channel: &str) -> Option<&str> {
-    channel.strip_prefix(USER_CHANNEL_PREFIX)
+    channel
+        .strip_prefix(USER_CHANNEL_PREFIX)?
+        .strip_prefix('{')?
+        .strip_suffix('}')
 }
 
 /// One event on the backplane.
@@ -119,6 +126,18 @@ impl Envelope {
 mod tests {
     use super::*;
     use crate::protocol::{MembershipRevoked, MessageDeleted};
+
+    #[test]
+    fn channels_carry_their_id_as_a_hash_tag() {
+        let c = Uuid::nil();
+        assert_eq!(community_channel(&c), format!("chorus:community:{{{c}}}"));
+        assert_eq!(user_channel("u1"), "chorus:user:{u1}");
+        assert_eq!(user_of_channel(&user_channel("u1")), Some("u1"));
+        // A user id may hold braces; it still comes back whole.
+        assert_eq!(user_of_channel(&user_channel("a}b{")), Some("a}b{"));
+        assert_eq!(user_of_channel(&community_channel(&c)), None);
+        assert_eq!(user_of_channel("chorus:user:u1"), None);
+    }
 
     #[test]
     fn round_trips() {

@@ -56,12 +56,15 @@ pub fn reap_lock_key(incarnation: &str) -> String {
 }
 
 /// Key of one gateway's registry report (a JSON `GatewayStatus`, expiring).
+/// The registry's keys share the hash tag `{registry}`, so the API reads
+/// every report with one `MGET` on Redis Cluster too (a few keys, one per
+/// gateway: one slot holds them easily).
 pub fn gateway_key(id: &str) -> String {
-    format!("chorus:gateway:{id}")
+    format!("chorus:{{registry}}:gateway:{id}")
 }
 
 /// Set of gateway ids that have reported; stale ids are removed by readers.
-pub const GATEWAY_IDS_KEY: &str = "chorus:gateways";
+pub const GATEWAY_IDS_KEY: &str = "chorus:{registry}:gateways";
 
 /// Adds a user to an incarnation's set. KEYS: users, holder set. ARGV:
 /// user. Returns `{first, online}`: `first` is 1 when the user just came
@@ -131,6 +134,9 @@ mod tests {
         assert!(holder_users_key(&c, "gw#1").ends_with(":gw:gw#1"));
         // Incarnation keys carry no community tag.
         assert!(!holder_rooms_key("gw#1").contains('{'));
+        // The registry is read with one MGET: one slot.
+        assert!(gateway_key("gw-1").starts_with("chorus:{registry}:"));
+        assert!(GATEWAY_IDS_KEY.starts_with("chorus:{registry}:"));
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //! that the Redis client still delivers after reconnecting, publishes an
 //! event again, always in order; gateways drop the repeats.
 //!
+//! A channel whose publication fails (on Redis Cluster: its shard is
+//! away) is held back for a while, from its first failed event on, while
+//! the other channels keep going: one shard being away delays only its
+//! own channels. Only when nothing at all was accepted does the whole
+//! loop back off.
+//!
 //! The publisher is its own component, apart from the [`crate::store`]:
 //! [`run_publisher`] owns an [`OutboxSource`] ([`OutboxStore`] in
 //! production, the Postgres side: advisory lock, unpublished rows, marking,
@@ -57,13 +63,19 @@ pub struct Drained {
     pub more: bool,
 }
 
+/// Most channels held back at once after failed publications. Past it
+/// the pass counts as failed as a whole and the loop backs off: with that
+/// many channels failing the backplane is away, not one shard of it, and
+/// the list stays small enough to send with every read.
+pub const MAX_HELD_CHANNELS: usize = 10_000;
+
 /// Where the outbox publisher sends events; [`RedisSink`] is the one
 /// implementation.
 #[async_trait]
 pub trait OutboxSink: Send + Sync {
-    /// Publishes the batch in order; returns how many of the leading
-    /// entries were published (all of them unless the backplane failed).
-    async fn publish(&self, batch: &[(String, Vec<u8>)]) -> usize;
+    /// Publishes the batch, each channel's entries in order; returns, per
+    /// entry, whether the backplane accepted it.
+    async fn publish(&self, batch: &[(String, Vec<u8>)]) -> Vec<bool>;
 }
 
 /// Where the outbox publisher reads events from and what it keeps tidy;
@@ -183,8 +195,8 @@ mod tests {
 
     #[async_trait]
     impl OutboxSink for Accepting {
-        async fn publish(&self, batch: &[(String, Vec<u8>)]) -> usize {
-            batch.len()
+        async fn publish(&self, batch: &[(String, Vec<u8>)]) -> Vec<bool> {
+            vec![true; batch.len()]
         }
     }
 

@@ -15,6 +15,14 @@
 //! a mark lost in a crash publishes those events again, which
 //! at-least-once allows, and no publisher fsync competes with the
 //! writers'.
+//!
+//! Channels whose events the sink refused are held back (left out of the
+//! reads) until a backoff passes, so the rest keep flowing; each channel's
+//! events are only ever marked in order, from the front, so a retry starts
+//! at its first refused event.
+
+use std::collections::HashSet;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::Connection;
@@ -24,7 +32,10 @@ use tokio::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{Drained, OUTBOX_POLL, OutboxSink, OutboxSource};
+use super::{
+    Drained, MAX_HELD_CHANNELS, OUTBOX_BACKOFF_MAX, OUTBOX_BACKOFF_MIN, OUTBOX_POLL, OutboxSink,
+    OutboxSource,
+};
 use crate::error::ApiError;
 use crate::store::purge_idempotency_keys;
 
@@ -50,6 +61,13 @@ struct Session {
     leader: bool,
     /// When a pass last found events.
     last_found: Instant,
+    /// Channels left out of reads until `held_until`, after the sink
+    /// refused one of their events.
+    held: Vec<String>,
+    held_until: Instant,
+    /// How long the next hold lasts: doubles while held channels keep
+    /// failing, back to the minimum once a pass fails none.
+    hold: Duration,
 }
 
 impl OutboxStore {
@@ -71,6 +89,9 @@ impl OutboxStore {
             conn: PgConnection::connect_with(&options).await?,
             leader: false,
             last_found: Instant::now(),
+            held: Vec::new(),
+            held_until: Instant::now(),
+            hold: OUTBOX_BACKOFF_MIN,
         })
     }
 }
@@ -87,14 +108,18 @@ impl Session {
                 return Ok(Drained::default());
             }
         }
+        if !self.held.is_empty() && Instant::now() >= self.held_until {
+            self.held.clear();
+        }
         let rows: Vec<(i64, String, Vec<u8>, DateTime<Utc>)> = sqlx::query_as(
-            "select id, channel, payload, created_at from outbox where published_at is null order by id limit $1",
+            "select id, channel, payload, created_at from outbox where published_at is null and channel <> all($2) order by id limit $1",
         )
         .bind(max)
+        .bind(&self.held)
         .fetch_all(&mut self.conn)
         .await?;
         if rows.is_empty() {
-            if self.last_found.elapsed() >= OUTBOX_POLL {
+            if self.last_found.elapsed() >= OUTBOX_POLL && self.held.is_empty() {
                 self.release().await?;
             }
             return Ok(Drained::default());
@@ -104,24 +129,49 @@ impl Session {
             .iter()
             .map(|(_, c, p, _)| (c.clone(), p.clone()))
             .collect();
-        let published = sink.publish(&batch).await.min(rows.len());
-        if published > 0 {
-            let ids: Vec<i64> = rows[..published].iter().map(|r| r.0).collect();
+        let accepted = sink.publish(&batch).await;
+        // An event counts only when every earlier one of its channel in the
+        // batch was accepted too: a channel is marked in order, so a retry
+        // republishes from its first refusal on (repeats gateways drop)
+        // and never leaves a hole behind a later mark.
+        let mut refused: HashSet<&str> = HashSet::new();
+        let mut published = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            if accepted.get(i).copied().unwrap_or(false) && !refused.contains(row.1.as_str()) {
+                published.push(row);
+            } else {
+                refused.insert(row.1.as_str());
+            }
+        }
+        if !published.is_empty() {
+            let ids: Vec<i64> = published.iter().map(|r| r.0).collect();
             sqlx::query("update outbox set published_at = now() where id = any($1)")
                 .bind(&ids)
                 .execute(&mut self.conn)
                 .await?;
             let now = Utc::now();
-            for (_, _, _, created) in &rows[..published] {
+            for (_, _, _, created) in &published {
                 let lag = (now - *created).to_std().unwrap_or_default();
                 metrics::histogram!("chorus_outbox_publish_lag_seconds").record(lag.as_secs_f64());
             }
-            metrics::counter!("chorus_outbox_published_total").increment(published as u64);
+            metrics::counter!("chorus_outbox_published_total").increment(published.len() as u64);
         }
-        let failed = published < rows.len();
+        // Nothing accepted means the backplane is away, not one shard of
+        // it, and so does more refused channels than can be held back:
+        // the whole loop backs off instead.
+        let failed = published.is_empty()
+            || (!refused.is_empty() && self.held.len() + refused.len() > MAX_HELD_CHANNELS);
         if failed {
+            self.held.clear();
             self.release().await?;
+        } else if refused.is_empty() {
+            self.hold = OUTBOX_BACKOFF_MIN;
+        } else {
+            self.held.extend(refused.into_iter().map(str::to_owned));
+            self.held_until = Instant::now() + self.hold;
+            self.hold = (self.hold * 2).min(OUTBOX_BACKOFF_MAX);
         }
+        metrics::gauge!("chorus_outbox_held_channels").set(self.held.len() as f64);
         Ok(Drained {
             failed,
             more: !failed && rows.len() as i64 == max,

@@ -1,6 +1,10 @@
 //! The Redis side of the outbox publisher: [`RedisSink`] publishes each
-//! batch in one pipeline. Its client is also the connection the API reads
-//! live state (presence, gateway registry) with.
+//! batch, in one pipeline of `PUBLISH` on one Redis, and as concurrent
+//! `SPUBLISH` commands on Redis Cluster (fred routes each to the shard
+//! owning its channel, and a shard that does not answer fails only its
+//! own). Its
+//! client is also the connection the API reads live state (presence,
+//! gateway registry) with.
 
 use std::time::Duration;
 
@@ -17,6 +21,8 @@ const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct RedisSink {
     client: Client,
+    /// `REDIS_URL` names a Redis Cluster: sharded pub/sub.
+    cluster: bool,
 }
 
 impl std::fmt::Debug for RedisSink {
@@ -43,7 +49,10 @@ impl RedisSink {
         // The connection task lives as long as the client; failures are
         // retried by the reconnect policy and seen as failed publishes.
         drop(client.connect());
-        Ok(RedisSink { client })
+        Ok(RedisSink {
+            client,
+            cluster: chorus_shared::config::redis_is_cluster(url),
+        })
     }
 
     /// The underlying client, shared with the live-state reader.
@@ -59,30 +68,45 @@ impl RedisSink {
 
 #[async_trait]
 impl OutboxSink for RedisSink {
-    async fn publish(&self, batch: &[(String, Vec<u8>)]) -> usize {
+    async fn publish(&self, batch: &[(String, Vec<u8>)]) -> Vec<bool> {
         if !self.client.is_connected() {
             metrics::counter!("chorus_outbox_publish_failures_total").increment(1);
-            return 0;
+            return vec![false; batch.len()];
         }
         // A batch that times out while Redis is away may still be sent by
         // fred once it reconnects, and we publish those rows again: that
         // is the at-least-once half of the outbox. Gateways drop repeats
         // (by seq, and by id for notifications).
-        let pipeline = self.client.pipeline();
-        for (channel, payload) in batch {
-            let queued: Result<(), _> = pipeline
-                .publish(channel.as_str(), bytes::Bytes::from(payload.clone()))
-                .await;
-            if queued.is_err() {
-                return 0;
+        let results: Vec<Result<i64, fred::error::Error>> = if self.cluster {
+            // One command each, sent concurrently (fred still batches
+            // each shard's on its connection, in order): each has its own
+            // timeout, so a shard that does not answer fails only its own
+            // entries. A pipeline would time out as a whole.
+            let publishes = batch.iter().map(|(channel, payload)| {
+                self.client
+                    .spublish::<i64, _, _>(channel.as_str(), bytes::Bytes::from(payload.clone()))
+            });
+            futures_util::future::join_all(publishes).await
+        } else {
+            let pipeline = self.client.pipeline();
+            for (channel, payload) in batch {
+                let queued: Result<(), _> = pipeline
+                    .publish(channel.as_str(), bytes::Bytes::from(payload.clone()))
+                    .await;
+                if queued.is_err() {
+                    return vec![false; batch.len()];
+                }
             }
-        }
-        let results = pipeline.try_all::<i64>().await;
-        let ok = results.iter().take_while(|r| r.is_ok()).count();
-        if let Some(Err(e)) = results.get(ok) {
+            pipeline.try_all::<i64>().await
+        };
+        let accepted: Vec<bool> = (0..batch.len())
+            .map(|i| matches!(results.get(i), Some(Ok(_))))
+            .collect();
+        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
             metrics::counter!("chorus_outbox_publish_failures_total").increment(1);
-            tracing::warn!(error = %e, published = ok, "redis publish failed, will retry");
+            let failed = accepted.iter().filter(|ok| !**ok).count();
+            tracing::warn!(error = %e, failed, of = batch.len(), "redis publish failed, will retry");
         }
-        ok
+        accepted
     }
 }

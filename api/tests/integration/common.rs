@@ -273,6 +273,16 @@ pub struct Sub {
 
 impl Sub {
     pub async fn new(redis_url: &str, channels: &[String]) -> Sub {
+        Sub::start(redis_url, channels, false).await
+    }
+
+    /// A sharded subscriber (`SSUBSCRIBE`) on one Redis Cluster node's own
+    /// channels, over a plain connection to that node.
+    pub async fn sharded(node_url: &str, channels: &[String]) -> Sub {
+        Sub::start(node_url, channels, true).await
+    }
+
+    async fn start(redis_url: &str, channels: &[String], sharded: bool) -> Sub {
         let config = Config::from_url(redis_url).unwrap();
         let client = Builder::from_config(config)
             .with_performance_config(|p| p.broadcast_channel_capacity = 100_000)
@@ -282,10 +292,12 @@ impl Sub {
         client.init().await.expect("redis connect");
         drop(client.manage_subscriptions());
         let rx = client.message_rx();
-        client
-            .subscribe(channels.to_vec())
-            .await
-            .expect("subscribe");
+        if sharded {
+            client.ssubscribe(channels.to_vec()).await
+        } else {
+            client.subscribe(channels.to_vec()).await
+        }
+        .expect("subscribe");
         Sub {
             _client: client,
             rx,

@@ -195,3 +195,48 @@ async fn expect_seqs(sub: &mut Sub, from: i64, to: i64) {
         }
     }
 }
+
+/// On a Redis Cluster (three primaries, no replicas) a frozen shard holds
+/// back only its own channels: another shard's community keeps receiving
+/// while it is away, and the frozen shard's event follows once it is back.
+#[tokio::test]
+async fn on_a_cluster_one_shard_away_delays_only_its_channels() {
+    let rc = chorus_testkit::RedisCluster::start(3, 0).await;
+    let api = Api::start_with(Opts {
+        redis_url: rc.url(),
+        ..Opts::default()
+    })
+    .await;
+    let alice = token(&uid("alice"));
+    // Two communities whose channels live on different shards.
+    let shard_of = |c: &str| rc.primary_of(&community_channel(&c.parse().unwrap()));
+    let away = api.community(&alice, "away", true).await;
+    let mut other = api.community(&alice, "other", true).await;
+    while shard_of(&other) == shard_of(&away) {
+        other = api.community(&alice, "other", true).await;
+    }
+    let (away_port, other_port) = (shard_of(&away), shard_of(&other));
+    let channel = |c: &str| community_channel(&c.parse().unwrap());
+    let mut away_sub =
+        Sub::sharded(&format!("redis://127.0.0.1:{away_port}"), &[channel(&away)]).await;
+    let mut other_sub = Sub::sharded(
+        &format!("redis://127.0.0.1:{other_port}"),
+        &[channel(&other)],
+    )
+    .await;
+
+    rc.pause(away_port);
+    api.send(&alice, &away, "held back").await;
+    for seq in 1..=3 {
+        api.send(&alice, &other, &format!("flows {seq}")).await;
+        let (_, e) = other_sub.next().await;
+        assert_eq!(e.seq, Some(seq), "the other shard's channel keeps flowing");
+    }
+    rc.resume(away_port);
+    let (_, e) = away_sub.next().await;
+    assert_eq!(
+        e.seq,
+        Some(1),
+        "the held event goes out once its shard is back"
+    );
+}

@@ -6,9 +6,22 @@
 //!
 //! The subscriber is pinged every second; a missing answer counts as a dead
 //! connection: it is marked not-live (so `/readyz` fails), forcibly
-//! reconnected, and on reconnect every channel is resubscribed and every
-//! community reconciled, because pub/sub loses whatever was published in
-//! between. A gateway never looks healthy while silently delivering nothing.
+//! reconnected, and on reconnect every channel is resubscribed and then
+//! every community reconciled, because pub/sub loses whatever was published
+//! in between. A gateway never looks healthy while silently delivering
+//! nothing.
+//!
+//! On Redis Cluster (`REDIS_URL` of `redis-cluster://`) channels are
+//! sharded: `SSUBSCRIBE` on the shard owning each channel's slot, and
+//! `SPUBLISH`, so a gateway hears only the shards of its rooms and a
+//! publication costs one shard. fred keeps one connection per primary and
+//! follows `MOVED`/`ASK`. What it does not follow is a slot moving while
+//! the connections stay up: Redis then ends the sharded subscriptions of
+//! that slot with an `SUNSUBSCRIBE` push that fred swallows. So the
+//! topology is checked every [`CLUSTER_TOPOLOGY_CHECK`], and any change of
+//! a slot's owner (a migration, a replica promoted) resubscribes every
+//! channel on its owner now and reconciles every community, as a
+//! reconnect does.
 //!
 //! Kept in one file on purpose: it is the whole [`Backplane`] trait against
 //! Redis, method for method beside its in-process double (`memory.rs`),
@@ -25,6 +38,7 @@ use chorus_shared::presence::{
 };
 use chorus_shared::protocol::GatewayStatus;
 use fred::clients::{Pipeline, SubscriberClient};
+use fred::prelude::ClusterInterface;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use tokio::sync::broadcast::error::RecvError;
@@ -50,11 +64,23 @@ const PRESENCE_PIPELINE: usize = 1000;
 /// Timeout of backplane commands (publish, presence, registry).
 const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How often a gateway on Redis Cluster reads the slot map (one `CLUSTER
+/// SLOTS`): the longest a migrated slot's rooms go unheard before they are
+/// resubscribed and reconciled. A failover is seen sooner, by the broken
+/// connection.
+const CLUSTER_TOPOLOGY_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Wait before trying again when restoring subscriptions after a
+/// reconnect failed (the shard may still be electing a new primary).
+const RESUBSCRIBE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Redis implementation of [`Backplane`].
 #[derive(Clone)]
 pub struct RedisBackplane {
     sub: SubscriberClient,
     cmd: Client,
+    /// `REDIS_URL` names a Redis Cluster: sharded pub/sub.
+    cluster: bool,
     live: Arc<AtomicBool>,
     incarnation: Arc<Incarnation>,
 }
@@ -63,6 +89,7 @@ impl std::fmt::Debug for RedisBackplane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBackplane")
             .field("gateway_id", &self.incarnation.gateway_id())
+            .field("cluster", &self.cluster)
             .field("live", &self.is_live())
             .finish_non_exhaustive()
     }
@@ -100,6 +127,7 @@ impl RedisBackplane {
         Ok(RedisBackplane {
             sub,
             cmd,
+            cluster: chorus_shared::config::redis_is_cluster(url),
             live: Arc::new(AtomicBool::new(false)),
             incarnation: Arc::new(Incarnation::new(gateway_id, liveness)),
         })
@@ -110,7 +138,6 @@ impl RedisBackplane {
         let mut messages = self.sub.message_rx();
         let mut reconnects = self.sub.reconnect_rx();
         drop(self.sub.connect());
-        drop(self.sub.manage_subscriptions());
 
         let dispatch_sink = sink.clone();
         tokio::spawn(async move {
@@ -134,17 +161,22 @@ impl RedisBackplane {
             }
         });
 
-        // Every (re)connection: subscriptions are restored by fred; what was
-        // published meanwhile is recovered by a resync.
-        let resync_sink = sink;
-        let live = self.live.clone();
+        // Every (re)connection: subscriptions are restored, and only then
+        // is what was published meanwhile recovered by a resync (the other
+        // way round, events published between the two would be missed).
+        let this = self.clone();
+        let resync_sink = sink.clone();
         tokio::spawn(async move {
             while let Ok(_) | Err(RecvError::Lagged(_)) = reconnects.recv().await {
                 metrics::counter!("chorus_gateway_backplane_reconnects_total").increment(1);
-                live.store(true, Ordering::SeqCst);
-                resync_sink.on_resync();
+                this.restore(resync_sink.as_ref()).await;
             }
         });
+
+        if self.cluster {
+            let this = self.clone();
+            tokio::spawn(async move { this.watch_topology(sink).await });
+        }
 
         let sub = self.sub.clone();
         let live = self.live.clone();
@@ -179,6 +211,71 @@ impl RedisBackplane {
                 }
             }
         });
+    }
+
+    /// Resubscribes every channel (on Redis Cluster, on the shard owning it
+    /// now), retrying while the connection is up, then marks the
+    /// subscription live and has every community reconciled.
+    async fn restore(&self, sink: &dyn BackplaneSink) {
+        while let Err(e) = self.resubscribe().await {
+            tracing::warn!(error = %e, "restoring backplane subscriptions failed; retrying");
+            if !self.sub.is_connected() {
+                // The next reconnect restores them.
+                return;
+            }
+            tokio::time::sleep(RESUBSCRIBE_RETRY).await;
+        }
+        self.live.store(true, Ordering::SeqCst);
+        sink.on_resync();
+    }
+
+    /// Subscribes again to every channel this gateway tracks: on Redis
+    /// Cluster one `SSUBSCRIBE` per hash slot (a command's channels must
+    /// share one), on one Redis one `SUBSCRIBE` for all. (fred's own
+    /// `resubscribe_all` sends an empty `SUBSCRIBE` when there is nothing
+    /// classic to restore, which Redis refuses.)
+    async fn resubscribe(&self) -> Result<(), Error> {
+        if self.cluster {
+            let channels = self.sub.tracked_shard_channels();
+            for (_, group) in fred::util::group_by_hash_slot(channels)? {
+                self.sub.ssubscribe(Vec::from(group)).await?;
+            }
+        } else {
+            let channels: Vec<_> = self.sub.tracked_channels().into_iter().collect();
+            if !channels.is_empty() {
+                self.sub.subscribe(channels).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Redis Cluster only: reads the slot map every
+    /// [`CLUSTER_TOPOLOGY_CHECK`] and restores the subscriptions when a
+    /// slot changed owner.
+    async fn watch_topology(&self, sink: Arc<dyn BackplaneSink>) {
+        let mut tick = tokio::time::interval(CLUSTER_TOPOLOGY_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut known: Option<Vec<(u16, u16, String)>> = None;
+        loop {
+            tick.tick().await;
+            if !self.sub.is_connected() || self.sub.sync_cluster().await.is_err() {
+                continue;
+            }
+            let Some(state) = self.sub.cached_cluster_state() else {
+                continue;
+            };
+            let owners: Vec<(u16, u16, String)> = state
+                .slots()
+                .iter()
+                .map(|r| (r.start, r.end, r.primary.to_string()))
+                .collect();
+            if known.as_ref().is_some_and(|k| *k != owners) {
+                metrics::counter!("chorus_gateway_backplane_topology_changes_total").increment(1);
+                tracing::info!("redis cluster slots moved; resubscribing and reconciling");
+                self.restore(sink.as_ref()).await;
+            }
+            known = Some(owners);
+        }
     }
 
     async fn script(
@@ -224,8 +321,8 @@ impl RedisBackplane {
     }
 
     /// Runs a join or leave script under `name`, after adding the community
-    /// to the incarnation's index when it is not there yet (pipelined, so
-    /// the index is written first).
+    /// to the incarnation's index when it is not there yet (first, so a
+    /// reaper that finds an entry finds its community listed too).
     async fn write(
         &self,
         script: &str,
@@ -236,21 +333,17 @@ impl RedisBackplane {
         let keys = vec![users_key(&community), holder_users_key(&community, name)];
         let args = vec![user.to_owned()];
         let r = if self.incarnation.unindexed(name, community) {
-            let p = self.cmd.pipeline();
-            let _: () = p
-                .sadd(holder_rooms_key(name), community.to_string())
+            match self
+                .cmd
+                .sadd::<(), _, _>(holder_rooms_key(name), community.to_string())
                 .await
-                .map_err(redis_err)?;
-            queue_eval(&p, script, keys, args).await?;
-            let mut results = p.try_all::<Value>().await.into_iter();
-            let indexed = results.next();
-            let r = results
-                .next()
-                .unwrap_or_else(|| Err(Error::new(ErrorKind::Unknown, "no reply")));
-            if matches!(indexed, Some(Ok(_))) {
-                self.incarnation.indexed(name, community);
+            {
+                Ok(()) => {
+                    self.incarnation.indexed(name, community);
+                    self.script(script, keys, args).await
+                }
+                Err(e) => Err(redis_err(e)),
             }
-            r.and_then(|v| v.convert::<Vec<Value>>()).map_err(redis_err)
         } else {
             self.script(script, keys, args).await
         };
@@ -258,6 +351,41 @@ impl RedisBackplane {
             self.incarnation.doubt();
         }
         r
+    }
+
+    /// Runs `script` once per (keys, args), each routed by its first key
+    /// (a script's keys share one slot), and answers each call's result in
+    /// order. On one Redis the calls go as one pipeline. On Redis Cluster
+    /// they go as concurrent commands instead: fred 10.1 fails a pipeline
+    /// holding `EVAL` there ("Too many failed write attempts"), and its
+    /// connections batch concurrent commands anyway.
+    async fn eval_many(
+        &self,
+        script: &str,
+        calls: Vec<(Vec<String>, Vec<String>)>,
+    ) -> Result<Vec<Result<Value, Error>>, GatewayError> {
+        if self.cluster {
+            let calls = calls
+                .into_iter()
+                .map(|(keys, args)| self.cmd.eval::<Value, _, _, _>(script, keys, args));
+            return Ok(futures_util::future::join_all(calls).await);
+        }
+        let n = calls.len();
+        let p = self.cmd.pipeline();
+        for (keys, args) in calls {
+            queue_eval(&p, script, keys, args).await?;
+        }
+        let mut results = p.try_all::<Value>().await;
+        // A pipeline that failed as a whole answers one error: every call
+        // failed with it.
+        if results.len() < n {
+            let e = results
+                .pop()
+                .and_then(Result::err)
+                .unwrap_or_else(|| Error::new(ErrorKind::Unknown, "no reply"));
+            results = vec![Err(e); n];
+        }
+        Ok(results)
     }
 
     /// Reaps one incarnation's entries community by community (pipelined
@@ -274,17 +402,16 @@ impl RedisBackplane {
         let mut out = Vec::with_capacity(rooms.len());
         let mut complete = true;
         for chunk in rooms.chunks(PRESENCE_PIPELINE) {
-            let p = self.cmd.pipeline();
-            for community in chunk {
-                queue_eval(
-                    &p,
-                    REAP_SCRIPT,
-                    vec![users_key(community), holder_users_key(community, name)],
-                    Vec::new(),
-                )
-                .await?;
-            }
-            for (community, r) in chunk.iter().zip(p.try_all::<Value>().await) {
+            let calls = chunk
+                .iter()
+                .map(|community| {
+                    (
+                        vec![users_key(community), holder_users_key(community, name)],
+                        Vec::new(),
+                    )
+                })
+                .collect();
+            for (community, r) in chunk.iter().zip(self.eval_many(REAP_SCRIPT, calls).await?) {
                 match r {
                     Ok(v) => {
                         let (gone, online) = list_and_count(v);
@@ -363,18 +490,30 @@ impl Backplane for RedisBackplane {
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), GatewayError> {
-        self.sub.subscribe(channel).await.map_err(redis_err)
+        if self.cluster {
+            self.sub.ssubscribe(channel).await
+        } else {
+            self.sub.subscribe(channel).await
+        }
+        .map_err(redis_err)
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), GatewayError> {
-        self.sub.unsubscribe(channel).await.map_err(redis_err)
+        if self.cluster {
+            self.sub.sunsubscribe(channel).await
+        } else {
+            self.sub.unsubscribe(channel).await
+        }
+        .map_err(redis_err)
     }
 
     async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), GatewayError> {
-        self.cmd
-            .publish::<(), _, _>(channel, payload)
-            .await
-            .map_err(redis_err)
+        if self.cluster {
+            self.cmd.spublish::<(), _, _>(channel, payload).await
+        } else {
+            self.cmd.publish::<(), _, _>(channel, payload).await
+        }
+        .map_err(redis_err)
     }
 
     fn is_live(&self) -> bool {
@@ -422,27 +561,26 @@ impl Backplane for RedisBackplane {
         let name = self.writable().await?;
         let mut out = Vec::with_capacity(batch.len());
         for chunk in batch.chunks(PRESENCE_PIPELINE) {
-            let p = self.cmd.pipeline();
             let rooms: Vec<String> = chunk.iter().map(|(c, _)| c.to_string()).collect();
-            let _: () = p
-                .sadd(holder_rooms_key(&name), rooms)
+            // The index first: without it a reaper would miss these rooms.
+            if let Err(e) = self
+                .cmd
+                .sadd::<(), _, _>(holder_rooms_key(&name), rooms)
                 .await
-                .map_err(redis_err)?;
-            for (community, users) in chunk {
-                queue_eval(
-                    &p,
-                    ADD_SCRIPT,
-                    vec![users_key(community), holder_users_key(community, &name)],
-                    users.iter().map(|u| u.to_string()).collect(),
-                )
-                .await?;
-            }
-            let mut results = p.try_all::<Value>().await.into_iter();
-            if let Some(Err(e)) = results.next() {
-                // Without the index entry a reaper would miss these rooms.
+            {
                 self.incarnation.doubt();
                 return Err(redis_err(e));
             }
+            let calls = chunk
+                .iter()
+                .map(|(community, users)| {
+                    (
+                        vec![users_key(community), holder_users_key(community, &name)],
+                        users.iter().map(|u| u.to_string()).collect(),
+                    )
+                })
+                .collect();
+            let results = self.eval_many(ADD_SCRIPT, calls).await?;
             for ((community, _), r) in chunk.iter().zip(results) {
                 match r {
                     Ok(v) => {

@@ -609,16 +609,23 @@ impl Client {
     }
 }
 
-/// A plain Redis client on the shared Redis, for tests that publish on the
-/// backplane themselves.
-pub async fn redis_client() -> fred::prelude::Client {
-    use fred::prelude::ClientLike;
+/// Publishes `payload` on `channel` of the shared Redis (`REDIS_URL`),
+/// for tests that play the API's outbox themselves: `SPUBLISH` on a Redis
+/// Cluster, `PUBLISH` on one Redis, as the services do.
+pub async fn publish_raw(channel: String, payload: Vec<u8>) {
+    use fred::prelude::{ClientLike, PubsubInterface};
+    let url = env_url("REDIS_URL");
     let redis = fred::prelude::Client::new(
-        fred::prelude::Config::from_url(&env_url("REDIS_URL")).unwrap(),
+        fred::prelude::Config::from_url(&url).unwrap(),
         None,
         None,
         None,
     );
     redis.init().await.unwrap();
-    redis
+    let _: () = if chorus_shared::config::redis_is_cluster(&url) {
+        redis.spublish(channel, payload).await.unwrap()
+    } else {
+        redis.publish(channel, payload).await.unwrap()
+    };
+    redis.quit().await.unwrap();
 }

@@ -270,7 +270,6 @@ async fn removed_members_get_membership_revoked_and_nothing_more() {
 
 #[tokio::test]
 async fn dropped_and_reordered_publications_are_filled_in_order_once() {
-    use fred::prelude::PubsubInterface;
     let cl = Cluster::start().await;
     let alice = uid("alice");
     let c = cl.community(&alice, &[]).await;
@@ -289,11 +288,7 @@ async fn dropped_and_reordered_publications_are_filled_in_order_once() {
             .fetch_one(lock.conn())
             .await
             .unwrap();
-    let _: () = redis_client()
-        .await
-        .publish(channel, payload)
-        .await
-        .unwrap();
+    publish_raw(channel, payload).await;
     assert_eq!(a.seqs_until(3).await, vec![1, 2, 3], "gap filled in order");
     // Now the real publisher runs: 1-4 all arrive again; only 4 is new.
     lock.release().await;

@@ -2,7 +2,6 @@
 //! typing coalesced across tabs, the join cap, repeated notifications
 //! dropped, readiness while rooms cannot be repaired.
 
-use fred::prelude::PubsubInterface;
 use serde_json::json;
 
 use crate::common::*;
@@ -116,15 +115,11 @@ async fn a_notification_published_twice_is_delivered_once() {
     let (channel, payload): (String, Vec<u8>) = sqlx::query_as(
         "select channel, payload from outbox where channel = $1 order by id desc limit 1",
     )
-    .bind(format!("chorus:user:{bob}"))
+    .bind(chorus_shared::envelope::user_channel(&bob))
     .fetch_one(&mut db)
     .await
     .unwrap();
-    let _: () = redis_client()
-        .await
-        .publish(channel, payload)
-        .await
-        .unwrap();
+    publish_raw(channel, payload).await;
     send("second").await;
     let next = b.next_event().await;
     assert_eq!(
@@ -154,11 +149,11 @@ async fn a_gateway_whose_rooms_cannot_repair_reports_not_ready() {
             },
         ),
     );
-    let _: () = redis_client()
-        .await
-        .publish(format!("chorus:community:{c}"), env.encode())
-        .await
-        .unwrap();
+    publish_raw(
+        chorus_shared::envelope::community_channel(&c.parse().unwrap()),
+        env.encode(),
+    )
+    .await;
     wait_until(|| async { !gw1.ready().await }).await;
     let body = reqwest::get(format!("{}/readyz", gw1.admin_url))
         .await

@@ -7,6 +7,8 @@
 
 mod common;
 
+mod cluster;
+
 mod connection;
 mod delivery;
 mod faults;
