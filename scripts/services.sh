@@ -45,6 +45,23 @@ chorus_free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# A free port for a Redis Cluster node: its cluster bus listens 10,000
+# higher, so both must be free and the port at most 55535. Taken below the
+# kernel's ephemeral range (32768+), where nothing is handed out by chance.
+chorus_free_cluster_port() {
+    python3 -c '
+import random, socket
+for _ in range(1000):
+    p = random.randint(20000, 32000)
+    try:
+        for q in (p, p + 10000):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
+    except OSError:
+        continue
+    print(p); break
+'
+}
+
 # Runs a command as the owner of the Postgres data (postgres refuses root).
 chorus_as_pg() {
     if [ "$(id -u)" -eq 0 ]; then
@@ -108,16 +125,18 @@ chorus_services_start() {
     export CHORUS_PG_BIN CHORUS_SERVICES_DIR
 }
 
-# Starts a private Redis Cluster of three primaries and three replicas
-# in DIR/cluster (redis-server processes on free loopback ports, created
-# with redis-cli --cluster create) and exports CHORUS_TEST_REDIS_CLUSTER_URL
-# (redis-cluster://...). chorus_services_stop stops it. scripts/test runs
-# the gateway tests against it a second time.
+# Starts a private Redis Cluster in DIR/cluster, PRIMARIES primaries
+# (default 3) with REPLICAS replicas each (default 1): redis-server
+# processes on free loopback ports (pid files DIR/cluster/redis-PORT.pid),
+# created with redis-cli --cluster create. Exports
+# CHORUS_TEST_REDIS_CLUSTER_URL (redis-cluster://...);
+# chorus_services_stop stops it. scripts/test runs the gateway tests
+# against one a second time, and loadtest/cluster runs on one when asked.
 chorus_redis_cluster_start() {
-    local dir=$1/cluster port ports=() addrs=() seeds=""
+    local dir=$1/cluster primaries=${2:-3} replicas=${3:-1} port ports=() addrs=() seeds=""
     mkdir -p "$dir"
-    for _ in 1 2 3 4 5 6; do
-        port=$(chorus_free_port)
+    for _ in $(seq $((primaries * (1 + replicas)))); do
+        port=$(chorus_free_cluster_port)
         redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
             --cluster-enabled yes --cluster-config-file "nodes-$port.conf" \
             --cluster-node-timeout 1000 --daemonize yes --dir "$dir" \
@@ -131,7 +150,7 @@ chorus_redis_cluster_start() {
             sleep 0.1
         done
     done
-    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 \
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas "$replicas" --cluster-yes >"$dir/create.log" 2>&1 \
         || { cat "$dir/create.log" >&2; return 1; }
     for port in "${ports[@]}"; do
         for _ in $(seq 100); do
@@ -142,7 +161,7 @@ chorus_redis_cluster_start() {
     for port in "${ports[@]:1}"; do
         seeds="$seeds${seeds:+&}node=127.0.0.1:$port"
     done
-    export CHORUS_TEST_REDIS_CLUSTER_URL="redis-cluster://127.0.0.1:${ports[0]}?$seeds"
+    export CHORUS_TEST_REDIS_CLUSTER_URL="redis-cluster://127.0.0.1:${ports[0]}${seeds:+?}$seeds"
     CHORUS_REDIS_CLUSTER_DIR=$dir
 }
 

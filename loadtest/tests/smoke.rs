@@ -14,7 +14,7 @@ use std::time::Duration;
 use chorus_loadtest::client::Proto;
 use chorus_loadtest::group::Drive;
 use chorus_loadtest::outcome::Outcome;
-use chorus_loadtest::scenario::{self, Common, Fault};
+use chorus_loadtest::scenario::{self, Common, Fault, Placement};
 use chorus_testkit::{INTERNAL_TOKEN, OwnRedis, SECRET, env_url, free_port, fresh_database, uid};
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -163,6 +163,7 @@ impl Stack {
             progress,
             run: uid("r").replace('-', ""),
             targets: false,
+            placement: Placement::Spread,
         }
     }
 

@@ -221,7 +221,7 @@ impl RedisCluster {
         std::fs::create_dir_all(&dir).unwrap();
         let mut nodes = Vec::new();
         for _ in 0..primaries * (1 + replicas) {
-            let port = free_port();
+            let port = free_cluster_port();
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
@@ -386,6 +386,24 @@ impl Drop for RedisCluster {
             n.kill();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A free port for a Redis Cluster node: its cluster bus listens 10,000
+/// higher, so both must be free and the port at most 55535. Taken below
+/// the kernel's ephemeral range (32768+), where nothing is handed out by
+/// chance; the start varies with the process so parallel tests spread.
+fn free_cluster_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % 1000 * 12;
+    loop {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        let p = 20_000 + u16::try_from(offset).unwrap_or(0);
+        let free = |q: u16| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok();
+        if free(p) && free(p + 10_000) {
+            return p;
+        }
     }
 }
 

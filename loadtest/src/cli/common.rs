@@ -12,7 +12,7 @@ use crate::client::Proto;
 use crate::floor;
 use crate::outcome::{self, Outcome};
 use crate::procs::Watched;
-use crate::scenario::{self, Common};
+use crate::scenario::{self, Common, Placement};
 
 #[derive(Debug, Args)]
 pub(super) struct CommonArgs {
@@ -71,6 +71,10 @@ pub(super) struct CommonArgs {
     /// Name of the scenario in the outputs (e.g. `fanout-50k`).
     #[arg(long)]
     pub(super) name: Option<String>,
+    /// How clients are spread over the gateways: `spread` (round-robin
+    /// by user) or `by-room` (each room's members on one gateway).
+    #[arg(long, value_enum, default_value_t = Placement::Spread)]
+    pub(super) placement: Placement,
 }
 
 fn pid_dir(dir: &PathBuf) -> anyhow::Result<Vec<Watched>> {
@@ -86,7 +90,8 @@ fn pid_dir(dir: &PathBuf) -> anyhow::Result<Vec<Watched>> {
         let role = match stem {
             s if s.starts_with("gw") || s.starts_with("gateway") => "gateway",
             "api" => "api",
-            "redis" => "redis",
+            // `redis-1.pid`... for the shards of a Redis Cluster.
+            s if s.starts_with("redis") => "redis",
             "postgres" => "postgres",
             _ => continue,
         };
@@ -155,6 +160,7 @@ impl CommonArgs {
             progress,
             run: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
             targets: self.targets,
+            placement: self.placement,
         })
     }
 

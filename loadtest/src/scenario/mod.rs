@@ -82,6 +82,21 @@ pub struct Common {
     /// Whether to hold the run to the targets of the issue (only for the
     /// full-size runs; smoke runs have none).
     pub targets: bool,
+    /// Which gateway each client connects to.
+    pub placement: Placement,
+}
+
+/// How clients are spread over the gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Placement {
+    /// Round-robin by user: every room has members on every gateway, so
+    /// every gateway hears every room's events.
+    #[default]
+    Spread,
+    /// A room's members all on one gateway (rooms round-robin): a gateway
+    /// hears only its own rooms, which shows what a gateway that holds no
+    /// member of a room costs (nothing, with sharded subscriptions).
+    ByRoom,
 }
 
 impl Common {
@@ -127,15 +142,20 @@ pub(super) async fn connect(c: &Common, users: usize, room_size: usize) -> anyho
     let bar = c.bar(0, "setting up");
     let world = setup::world(c.proto, &c.api, &c.secret, &c.run, users, room_size, &bar).await?;
     bar.finish_and_clear();
+    let gateways = c.gateways.len().max(1);
     let clients: Vec<ClientSpec> = world
         .rooms
         .iter()
-        .flat_map(|room| room.members.iter().map(move |m| (room.id.clone(), *m)))
-        .map(|(room, m)| ClientSpec {
+        .enumerate()
+        .flat_map(|(r, room)| room.members.iter().map(move |m| (r, room.id.clone(), *m)))
+        .map(|(r, room, m)| ClientSpec {
             user: world.users[m].id.clone(),
             token: world.users[m].token.clone(),
             communities: vec![room],
-            gateway: m % c.gateways.len().max(1),
+            gateway: match c.placement {
+                Placement::Spread => m % gateways,
+                Placement::ByRoom => r % gateways,
+            },
         })
         .collect();
     let groups = if c.workers == 0 { 1 } else { c.workers };
