@@ -19,8 +19,8 @@ use std::time::Duration;
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 /// Whether `REDIS_URL` names a Redis Cluster: `redis-cluster://` (or
-/// `rediss-cluster://`, `valkey-cluster://`, `valkeys-cluster://`), with
-/// more seed nodes as `?node=host:port` parameters. On a cluster both
+/// `valkey-cluster://`), with more seed nodes as `?node=host:port`
+/// parameters. On a cluster both
 /// services use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7), so a
 /// publication reaches only the shard that owns its channel instead of
 /// being broadcast to every node; on one Redis, classic pub/sub.

@@ -358,6 +358,58 @@ impl RedisCluster {
         }
     }
 
+    /// Moves the slot of `key` (with its keys) from its primary to the
+    /// primary on `to`, the way `redis-cli --cluster reshard` moves each
+    /// slot: IMPORTING and MIGRATING, `MIGRATE` of the slot's keys, then
+    /// the new owner announced to every node.
+    pub fn move_slot_of(&self, key: &str, to: u16) {
+        let from = self.primary_of(key);
+        assert_ne!(from, to, "{key} is already on {to}");
+        let slot = cli(from, &["cluster", "keyslot", key]).trim().to_owned();
+        let id = |port: u16| cli(port, &["cluster", "myid"]).trim().to_owned();
+        let (from_id, to_id) = (id(from), id(to));
+        let ok = |port: u16, args: &[&str]| {
+            let out = cli(port, args);
+            assert!(
+                out.trim() == "OK" || out.trim() == "NOKEY",
+                "{args:?} on {port}: {out}"
+            );
+        };
+        ok(to, &["cluster", "setslot", &slot, "importing", &from_id]);
+        ok(from, &["cluster", "setslot", &slot, "migrating", &to_id]);
+        loop {
+            let keys = cli(from, &["cluster", "getkeysinslot", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let to_port = to.to_string();
+            let mut args = vec!["migrate", "127.0.0.1", &to_port, "", "0", "5000", "keys"];
+            args.extend(keys);
+            ok(from, &args);
+        }
+        ok(to, &["cluster", "setslot", &slot, "node", &to_id]);
+        ok(from, &["cluster", "setslot", &slot, "node", &to_id]);
+        for port in self.running().filter(|p| *p != from && *p != to) {
+            // Replicas refuse SETSLOT; they learn it from their primary.
+            let _ = cli(port, &["cluster", "setslot", &slot, "node", &to_id]);
+        }
+    }
+
+    /// The ports of the primaries, as the first running node sees them.
+    pub fn primaries(&self) -> Vec<u16> {
+        let port = self.running().next().unwrap();
+        cli(port, &["cluster", "nodes"])
+            .lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                (f.len() >= 3 && f[2].contains("master") && !f[2].contains("fail"))
+                    .then(|| node_port(f[1]))
+                    .flatten()
+            })
+            .collect()
+    }
+
     /// Freezes the node on `port` (SIGSTOP): connections stay open and
     /// nothing answers, like a stalled or partitioned host.
     pub fn pause(&self, port: u16) {

@@ -74,6 +74,9 @@ const CLUSTER_TOPOLOGY_CHECK: std::time::Duration = std::time::Duration::from_se
 /// reconnect failed (the shard may still be electing a new primary).
 const RESUBSCRIBE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Slot ranges of a Redis Cluster and the address of each one's primary.
+type SlotMap = Vec<(u16, u16, String)>;
+
 /// Redis implementation of [`Backplane`].
 #[derive(Clone)]
 pub struct RedisBackplane {
@@ -81,6 +84,10 @@ pub struct RedisBackplane {
     cmd: Client,
     /// `REDIS_URL` names a Redis Cluster: sharded pub/sub.
     cluster: bool,
+    /// Redis Cluster: the slot map (ranges and their primaries) as it was
+    /// when the subscriptions were last restored, for the topology watch
+    /// to compare against.
+    slot_map: Arc<std::sync::Mutex<Option<SlotMap>>>,
     live: Arc<AtomicBool>,
     incarnation: Arc<Incarnation>,
 }
@@ -128,6 +135,7 @@ impl RedisBackplane {
             sub,
             cmd,
             cluster: chorus_shared::config::redis_is_cluster(url),
+            slot_map: Arc::default(),
             live: Arc::new(AtomicBool::new(false)),
             incarnation: Arc::new(Incarnation::new(gateway_id, liveness)),
         })
@@ -217,6 +225,7 @@ impl RedisBackplane {
     /// now), retrying while the connection is up, then marks the
     /// subscription live and has every community reconciled.
     async fn restore(&self, sink: &dyn BackplaneSink) {
+        let map = self.slot_map();
         while let Err(e) = self.resubscribe().await {
             tracing::warn!(error = %e, "restoring backplane subscriptions failed; retrying");
             if !self.sub.is_connected() {
@@ -225,8 +234,25 @@ impl RedisBackplane {
             }
             tokio::time::sleep(RESUBSCRIBE_RETRY).await;
         }
+        if self.cluster {
+            // What the subscriptions were made against, read before them:
+            // a move during the restore still shows as a change.
+            *lock(&self.slot_map) = map;
+        }
         self.live.store(true, Ordering::SeqCst);
         sink.on_resync();
+    }
+
+    /// The slot map fred routes by now (Redis Cluster only).
+    fn slot_map(&self) -> Option<SlotMap> {
+        let state = self.sub.cached_cluster_state()?;
+        Some(
+            state
+                .slots()
+                .iter()
+                .map(|r| (r.start, r.end, r.primary.to_string()))
+                .collect(),
+        )
     }
 
     /// Subscribes again to every channel this gateway tracks: on Redis
@@ -255,26 +281,25 @@ impl RedisBackplane {
     async fn watch_topology(&self, sink: Arc<dyn BackplaneSink>) {
         let mut tick = tokio::time::interval(CLUSTER_TOPOLOGY_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut known: Option<Vec<(u16, u16, String)>> = None;
         loop {
             tick.tick().await;
-            if !self.sub.is_connected() || self.sub.sync_cluster().await.is_err() {
+            if !self.sub.is_connected() {
                 continue;
             }
-            let Some(state) = self.sub.cached_cluster_state() else {
+            if let Err(e) = self.sub.sync_cluster().await {
+                tracing::debug!(error = %e, "reading the cluster's slot map failed");
                 continue;
+            }
+            let now = self.slot_map();
+            let moved = {
+                let known = lock(&self.slot_map);
+                known.is_some() && now.is_some() && *known != now
             };
-            let owners: Vec<(u16, u16, String)> = state
-                .slots()
-                .iter()
-                .map(|r| (r.start, r.end, r.primary.to_string()))
-                .collect();
-            if known.as_ref().is_some_and(|k| *k != owners) {
+            if moved {
                 metrics::counter!("chorus_gateway_backplane_topology_changes_total").increment(1);
                 tracing::info!("redis cluster slots moved; resubscribing and reconciling");
                 self.restore(sink.as_ref()).await;
             }
-            known = Some(owners);
         }
     }
 
@@ -454,6 +479,12 @@ async fn queue_eval(
     all.extend(args.into_iter().map(Value::from));
     let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
     p.custom::<(), Value>(eval, all).await.map_err(redis_err)
+}
+
+/// Locks a mutex whose holders never panic while holding it (plain
+/// assignments), so a poisoned lock's value is still good.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Milliseconds of a duration, for Redis.

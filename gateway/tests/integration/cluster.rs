@@ -1,6 +1,7 @@
 //! The backplane on a Redis Cluster (three primaries, one replica each,
-//! owned by the test): sharded pub/sub, and a primary killed mid-stream
-//! while every client must still see every seq once, in order.
+//! owned by the test): sharded pub/sub, and a primary killed or a slot
+//! moved mid-stream while every client must still see every seq once, in
+//! order.
 
 use std::collections::BTreeMap;
 
@@ -137,4 +138,43 @@ async fn a_primary_killed_mid_stream_loses_nothing() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_slot_moved_mid_stream_loses_nothing() {
+    let rc = RedisCluster::start(3, 0).await;
+    let cl = Cluster::start_with(GwOpts::new(&rc.url())).await;
+    let alice = uid("alice");
+    let c = cl.community(&alice, &[]).await;
+    let channel = community_channel(&c.parse().unwrap());
+    let mut a = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    let mut b = Client::connect(&cl.gw2.url, &token(&alice)).await;
+    a.join(&c, None).await;
+    b.join(&c, None).await;
+    for i in 1..=3 {
+        cl.post(&alice, &c, &format!("before {i}")).await;
+    }
+    assert_eq!(a.seqs_until(3).await, vec![1, 2, 3]);
+    assert_eq!(b.seqs_until(3).await, vec![1, 2, 3]);
+
+    let from = rc.primary_of(&channel);
+    let to = rc
+        .primaries()
+        .into_iter()
+        .find(|p| *p != from)
+        .expect("another primary");
+    rc.move_slot_of(&channel, to);
+    assert_eq!(rc.primary_of(&channel), to);
+    // The old owner ended the gateways' subscriptions when the slot left;
+    // these events are published on the new owner.
+    for i in 4..=10 {
+        cl.post(&alice, &c, &format!("after {i}")).await;
+    }
+    let want: Vec<i64> = (4..=10).collect();
+    assert_eq!(a.seqs_until(10).await, want, "gateway 1 lost nothing");
+    assert_eq!(b.seqs_until(10).await, want, "gateway 2 lost nothing");
+    // And the subscriptions live on the new owner: a live event arrives.
+    cl.post(&alice, &c, "live again").await;
+    a.next_is_message("live again").await;
+    b.next_is_message("live again").await;
 }
