@@ -45,21 +45,26 @@ chorus_free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# A free port for a Redis Cluster node: its cluster bus listens 10,000
-# higher, so both must be free and the port at most 55535. Taken below the
-# kernel's ephemeral range (32768+), where nothing is handed out by chance.
-chorus_free_cluster_port() {
+# N free ports for Redis Cluster nodes, one per line: each node's cluster
+# bus listens 10,000 higher, so both must be free, the port at most 55535,
+# and no port may be another's bus port. Taken below the kernel's
+# ephemeral range (32768+), where nothing is handed out by chance.
+chorus_free_cluster_ports() {
     python3 -c '
-import random, socket
-for _ in range(1000):
+import random, socket, sys
+n, taken = int(sys.argv[1]), set()
+while len(taken) < n:
     p = random.randint(20000, 32000)
+    if {p, p + 10000} & (taken | {t + 10000 for t in taken} | {t - 10000 for t in taken}):
+        continue
     try:
         for q in (p, p + 10000):
             s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
     except OSError:
         continue
-    print(p); break
-'
+    taken.add(p)
+print("\n".join(map(str, sorted(taken))))
+' "$1"
 }
 
 # Runs a command as the owner of the Postgres data (postgres refuses root).
@@ -135,11 +140,13 @@ chorus_services_start() {
 chorus_redis_cluster_start() {
     local dir=$1/cluster primaries=${2:-3} replicas=${3:-1} port ports=() addrs=() seeds=""
     mkdir -p "$dir"
-    for _ in $(seq $((primaries * (1 + replicas)))); do
-        port=$(chorus_free_cluster_port)
+    # Set first: a start that fails half-way is still stopped.
+    CHORUS_REDIS_CLUSTER_DIR=$dir
+    for port in $(chorus_free_cluster_ports $((primaries * (1 + replicas)))); do
         redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
             --cluster-enabled yes --cluster-config-file "nodes-$port.conf" \
-            --cluster-node-timeout 1000 --daemonize yes --dir "$dir" \
+            --cluster-node-timeout 1000 --cluster-require-full-coverage no \
+            --daemonize yes --dir "$dir" \
             --pidfile "$dir/redis-$port.pid" --logfile "$dir/redis-$port.log" || return 1
         ports+=("$port")
         addrs+=("127.0.0.1:$port")
@@ -154,15 +161,16 @@ chorus_redis_cluster_start() {
         || { cat "$dir/create.log" >&2; return 1; }
     for port in "${ports[@]}"; do
         for _ in $(seq 100); do
-            redis-cli -p "$port" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break
+            redis-cli -p "$port" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && continue 2
             sleep 0.1
         done
+        echo "redis cluster node $port never saw the cluster ok (logs: $dir)" >&2
+        return 1
     done
     for port in "${ports[@]:1}"; do
         seeds="$seeds${seeds:+&}node=127.0.0.1:$port"
     done
     export CHORUS_TEST_REDIS_CLUSTER_URL="redis-cluster://127.0.0.1:${ports[0]}${seeds:+?}$seeds"
-    CHORUS_REDIS_CLUSTER_DIR=$dir
 }
 
 # Starts a private HAProxy with deploy/haproxy/haproxy.cfg, in the

@@ -29,6 +29,19 @@ pub fn redis_is_cluster(url: &str) -> bool {
         .is_some_and(|(scheme, _)| scheme.ends_with("-cluster"))
 }
 
+/// Refuses a `REDIS_URL` this build cannot honour: the TLS schemes
+/// (`rediss://`, `rediss-cluster://`...), since no TLS client is built in,
+/// and saying so at start beats a connection that never comes up.
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    if scheme.starts_with("rediss") || scheme.starts_with("valkeys") {
+        return Err(format!(
+            "REDIS_URL: {scheme}:// needs TLS, which this build does not include; use redis:// or redis-cluster://"
+        ));
+    }
+    Ok(())
+}
+
 /// Slowest accepted non-zero rate (tokens per second): one per 1,000 s.
 /// Slower than that a limit is a ban, and the wait a bucket reports
 /// (`Retry-After`) must stay a representable duration: a rate like `1e-30`
@@ -200,8 +213,12 @@ mod tests {
     fn cluster_urls_are_told_by_their_scheme() {
         assert!(redis_is_cluster("redis-cluster://127.0.0.1:7000"));
         assert!(redis_is_cluster(
-            "rediss-cluster://u:p@a:7000?node=b:7001&node=c:7002"
+            "redis-cluster://u:p@a:7000?node=b:7001&node=c:7002"
         ));
+        assert!(check_redis_url("redis-cluster://a:7000").is_ok());
+        assert!(check_redis_url("redis://a:6379").is_ok());
+        assert!(check_redis_url("rediss://a:6379").is_err());
+        assert!(check_redis_url("rediss-cluster://a:6379").is_err());
         assert!(redis_is_cluster("valkey-cluster://a:7000"));
         assert!(!redis_is_cluster("redis://127.0.0.1:6379"));
         assert!(!redis_is_cluster("redis-sentinel://a:26379"));

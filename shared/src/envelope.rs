@@ -35,6 +35,16 @@ pub fn user_channel(user_id: &str) -> String {
     format!("{USER_CHANNEL_PREFIX}{{{user_id}}}")
 }
 
+/// The community whose channel `channel` is, if it is a community channel.
+pub fn community_of_channel(channel: &str) -> Option<Uuid> {
+    channel
+        .strip_prefix(COMMUNITY_CHANNEL_PREFIX)?
+        .strip_prefix('{')?
+        .strip_suffix('}')?
+        .parse()
+        .ok()
+}
+
 /// The user whose channel `channel` is, if it is a user channel.
 pub fn user_of_channel(channel: &str) -> Option<&str> {
     channel
@@ -136,6 +146,8 @@ mod tests {
         // A user id may hold braces; it still comes back whole.
         assert_eq!(user_of_channel(&user_channel("a}b{")), Some("a}b{"));
         assert_eq!(user_of_channel(&community_channel(&c)), None);
+        assert_eq!(community_of_channel(&community_channel(&c)), Some(c));
+        assert_eq!(community_of_channel(&user_channel("u1")), None);
         assert_eq!(user_of_channel("chorus:user:u1"), None);
     }
 

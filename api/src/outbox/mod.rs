@@ -13,9 +13,10 @@
 //!
 //! A channel whose publication fails (on Redis Cluster: its shard is
 //! away) is held back for a while, from its first failed event on, while
-//! the other channels keep going: one shard being away delays only its
-//! own channels. Only when nothing at all was accepted does the whole
-//! loop back off.
+//! the other channels keep going: one shard being away delays mostly its
+//! own channels (each retry of a held channel costs the pass at most the
+//! sink's per-command timeout on a cluster). Only when the backplane is
+//! away as a whole does the whole loop back off.
 //!
 //! The publisher is its own component, apart from the [`crate::store`]:
 //! [`run_publisher`] owns an [`OutboxSource`] ([`OutboxStore`] in
@@ -69,13 +70,23 @@ pub struct Drained {
 /// the list stays small enough to send with every read.
 pub const MAX_HELD_CHANNELS: usize = 10_000;
 
+/// What a sink did with a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publication {
+    /// The backplane is away as a whole: nothing went out (or nothing is
+    /// known to have), and the publisher backs off.
+    Away,
+    /// Per entry, whether the backplane accepted it; refused entries'
+    /// channels are held back while the rest go on.
+    PerEntry(Vec<bool>),
+}
+
 /// Where the outbox publisher sends events; [`RedisSink`] is the one
 /// implementation.
 #[async_trait]
 pub trait OutboxSink: Send + Sync {
-    /// Publishes the batch, each channel's entries in order; returns, per
-    /// entry, whether the backplane accepted it.
-    async fn publish(&self, batch: &[(String, Vec<u8>)]) -> Vec<bool>;
+    /// Publishes the batch, each channel's entries in order.
+    async fn publish(&self, batch: &[(String, Vec<u8>)]) -> Publication;
 }
 
 /// Where the outbox publisher reads events from and what it keeps tidy;
@@ -195,8 +206,8 @@ mod tests {
 
     #[async_trait]
     impl OutboxSink for Accepting {
-        async fn publish(&self, batch: &[(String, Vec<u8>)]) -> Vec<bool> {
-            vec![true; batch.len()]
+        async fn publish(&self, batch: &[(String, Vec<u8>)]) -> Publication {
+            Publication::PerEntry(vec![true; batch.len()])
         }
     }
 

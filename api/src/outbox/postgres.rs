@@ -34,7 +34,7 @@ use async_trait::async_trait;
 
 use super::{
     Drained, MAX_HELD_CHANNELS, OUTBOX_BACKOFF_MAX, OUTBOX_BACKOFF_MIN, OUTBOX_POLL, OutboxSink,
-    OutboxSource,
+    OutboxSource, Publication,
 };
 use crate::error::ApiError;
 use crate::store::purge_idempotency_keys;
@@ -65,9 +65,13 @@ struct Session {
     /// refused one of their events.
     held: Vec<String>,
     held_until: Instant,
-    /// How long the next hold lasts: doubles while held channels keep
-    /// failing, back to the minimum once a pass fails none.
+    /// How long the next hold lasts: doubles each time channels are
+    /// refused, back to the minimum once a pass after a hold ran out
+    /// refuses nothing.
     hold: Duration,
+    /// The held channels were let back into the reads and no pass has
+    /// gone through without refusals since.
+    retrying: bool,
 }
 
 impl OutboxStore {
@@ -92,6 +96,7 @@ impl OutboxStore {
             held: Vec::new(),
             held_until: Instant::now(),
             hold: OUTBOX_BACKOFF_MIN,
+            retrying: false,
         })
     }
 }
@@ -110,9 +115,12 @@ impl Session {
         }
         if !self.held.is_empty() && Instant::now() >= self.held_until {
             self.held.clear();
+            self.retrying = true;
         }
+        // `not in` a subquery: Postgres hashes the held list once per read
+        // instead of comparing every row with each of its entries.
         let rows: Vec<(i64, String, Vec<u8>, DateTime<Utc>)> = sqlx::query_as(
-            "select id, channel, payload, created_at from outbox where published_at is null and channel <> all($2) order by id limit $1",
+            "select id, channel, payload, created_at from outbox where published_at is null and channel not in (select unnest($2::text[])) order by id limit $1",
         )
         .bind(max)
         .bind(&self.held)
@@ -129,7 +137,18 @@ impl Session {
             .iter()
             .map(|(_, c, p, _)| (c.clone(), p.clone()))
             .collect();
-        let accepted = sink.publish(&batch).await;
+        let accepted = match sink.publish(&batch).await {
+            Publication::PerEntry(accepted) => accepted,
+            Publication::Away => {
+                self.held.clear();
+                metrics::gauge!("chorus_outbox_held_channels").set(0.0);
+                self.release().await?;
+                return Ok(Drained {
+                    failed: true,
+                    more: false,
+                });
+            }
+        };
         // An event counts only when every earlier one of its channel in the
         // batch was accepted too: a channel is marked in order, so a retry
         // republishes from its first refusal on (repeats gateways drop)
@@ -156,20 +175,24 @@ impl Session {
             }
             metrics::counter!("chorus_outbox_published_total").increment(published.len() as u64);
         }
-        // Nothing accepted means the backplane is away, not one shard of
-        // it, and so does more refused channels than can be held back:
-        // the whole loop backs off instead.
-        let failed = published.is_empty()
-            || (!refused.is_empty() && self.held.len() + refused.len() > MAX_HELD_CHANNELS);
+        // Refused channels are held back, even when that was the whole
+        // batch (a shard away with a backlog fills whole batches); more
+        // than can be held means the backplane is away, not one shard of
+        // it, and the whole loop backs off instead.
+        let failed = self.held.len() + refused.len() > MAX_HELD_CHANNELS;
         if failed {
             self.held.clear();
             self.release().await?;
         } else if refused.is_empty() {
-            self.hold = OUTBOX_BACKOFF_MIN;
+            if self.retrying {
+                self.hold = OUTBOX_BACKOFF_MIN;
+                self.retrying = false;
+            }
         } else {
             self.held.extend(refused.into_iter().map(str::to_owned));
             self.held_until = Instant::now() + self.hold;
             self.hold = (self.hold * 2).min(OUTBOX_BACKOFF_MAX);
+            self.retrying = false;
         }
         metrics::gauge!("chorus_outbox_held_channels").set(self.held.len() as f64);
         Ok(Drained {

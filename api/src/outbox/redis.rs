@@ -10,12 +10,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::prelude::{Builder, Client, ClientLike, Config, PubsubInterface, ReconnectPolicy};
+use fred::types::config::Options;
 
-use super::OutboxSink;
+use super::{OutboxSink, Publication};
 use crate::error::ApiError;
 
 /// Time for one Redis command (a publish batch) before it counts as failed.
 const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Time for one `SPUBLISH` on a Redis Cluster before its entry counts as
+/// refused. A pass waits for its slowest publication, so this is what a
+/// frozen shard costs the other shards' channels each time its held
+/// channels are retried (at most once per hold, 50 ms growing to 1 s). A
+/// healthy shard answers in well under a millisecond; a slow answer only
+/// means the event is published again, which gateways drop as a repeat.
+const CLUSTER_PUBLISH_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Publishes to Redis pub/sub with fred, pipelining each batch.
 #[derive(Clone)]
@@ -35,6 +44,7 @@ impl RedisSink {
     /// Creates the client and starts connecting in the background; the API
     /// does not wait for Redis (its outbox queues while Redis is away).
     pub fn connect(url: &str) -> Result<Self, ApiError> {
+        chorus_shared::config::check_redis_url(url).map_err(ApiError::Config)?;
         let config =
             Config::from_url(url).map_err(|e| ApiError::Config(format!("REDIS_URL: {e}")))?;
         let client = Builder::from_config(config)
@@ -68,10 +78,10 @@ impl RedisSink {
 
 #[async_trait]
 impl OutboxSink for RedisSink {
-    async fn publish(&self, batch: &[(String, Vec<u8>)]) -> Vec<bool> {
+    async fn publish(&self, batch: &[(String, Vec<u8>)]) -> Publication {
         if !self.client.is_connected() {
             metrics::counter!("chorus_outbox_publish_failures_total").increment(1);
-            return vec![false; batch.len()];
+            return Publication::Away;
         }
         // A batch that times out while Redis is away may still be sent by
         // fred once it reconnects, and we publish those rows again: that
@@ -82,9 +92,12 @@ impl OutboxSink for RedisSink {
             // each shard's on its connection, in order): each has its own
             // timeout, so a shard that does not answer fails only its own
             // entries. A pipeline would time out as a whole.
+            let client = self.client.with_options(&Options {
+                timeout: Some(CLUSTER_PUBLISH_TIMEOUT),
+                ..Options::default()
+            });
             let publishes = batch.iter().map(|(channel, payload)| {
-                self.client
-                    .spublish::<i64, _, _>(channel.as_str(), bytes::Bytes::from(payload.clone()))
+                client.spublish::<i64, _, _>(channel.as_str(), bytes::Bytes::from(payload.clone()))
             });
             futures_util::future::join_all(publishes).await
         } else {
@@ -94,19 +107,24 @@ impl OutboxSink for RedisSink {
                     .publish(channel.as_str(), bytes::Bytes::from(payload.clone()))
                     .await;
                 if queued.is_err() {
-                    return vec![false; batch.len()];
+                    return Publication::Away;
                 }
             }
             pipeline.try_all::<i64>().await
         };
-        let accepted: Vec<bool> = (0..batch.len())
-            .map(|i| matches!(results.get(i), Some(Ok(_))))
-            .collect();
+        let failed = results.iter().filter(|r| r.is_err()).count();
         if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
             metrics::counter!("chorus_outbox_publish_failures_total").increment(1);
-            let failed = accepted.iter().filter(|ok| !**ok).count();
             tracing::warn!(error = %e, failed, of = batch.len(), "redis publish failed, will retry");
         }
-        accepted
+        // One Redis answering nothing for the whole pipeline is away.
+        if !self.cluster && (results.len() < batch.len() || failed == batch.len()) {
+            return Publication::Away;
+        }
+        Publication::PerEntry(
+            (0..batch.len())
+                .map(|i| matches!(results.get(i), Some(Ok(_))))
+                .collect(),
+        )
     }
 }

@@ -28,6 +28,13 @@ pub trait BackplaneSink: Send + Sync + 'static {
     /// Messages may have been lost (reconnect, overflow): every subscribed
     /// community must be reconciled against the API.
     fn on_resync(&self);
+    /// Messages of these channels only may have been lost (their Redis
+    /// Cluster slot moved): their communities must be reconciled, and the
+    /// memberships of their users rechecked.
+    fn on_resync_channels(&self, channels: &[String]) {
+        let _ = channels;
+        self.on_resync();
+    }
 }
 
 /// Result of adding a presence entry.

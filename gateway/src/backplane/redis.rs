@@ -27,6 +27,7 @@
 //! Redis, method for method beside its in-process double (`memory.rs`),
 //! and its pieces share the two connections and the incarnation state.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -37,10 +38,13 @@ use chorus_shared::presence::{
     holder_key, holder_rooms_key, holder_users_key, reap_lock_key, users_key,
 };
 use chorus_shared::protocol::GatewayStatus;
+use fred::bytes_utils::Str;
 use fred::clients::{Pipeline, SubscriberClient};
 use fred::prelude::ClusterInterface;
 use fred::prelude::*;
+use fred::types::config::Options;
 use fred::types::{ClusterHash, CustomCommand};
+use fred::util::redis_keyslot;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
@@ -70,9 +74,12 @@ const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// connection.
 const CLUSTER_TOPOLOGY_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Wait before trying again when restoring subscriptions after a
-/// reconnect failed (the shard may still be electing a new primary).
+/// First and longest wait before trying again when restoring
+/// subscriptions failed (the shard may still be electing a new primary;
+/// a Redis older than 7 never knows `SSUBSCRIBE`, and is not worth a
+/// warning five times a second).
 const RESUBSCRIBE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+const RESUBSCRIBE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Slot ranges of a Redis Cluster and the address of each one's primary.
 type SlotMap = Vec<(u16, u16, String)>;
@@ -109,6 +116,7 @@ fn redis_err(e: Error) -> GatewayError {
 impl RedisBackplane {
     /// Creates both clients and starts connecting in the background.
     pub fn new(url: &str, gateway_id: &str, liveness: Liveness) -> Result<Self, GatewayError> {
+        chorus_shared::config::check_redis_url(url).map_err(GatewayError::Config)?;
         let config =
             Config::from_url(url).map_err(|e| GatewayError::Config(format!("REDIS_URL: {e}")))?;
         let build = |capacity: usize| {
@@ -177,7 +185,7 @@ impl RedisBackplane {
         tokio::spawn(async move {
             while let Ok(_) | Err(RecvError::Lagged(_)) = reconnects.recv().await {
                 metrics::counter!("chorus_gateway_backplane_reconnects_total").increment(1);
-                this.restore(resync_sink.as_ref()).await;
+                this.restore(resync_sink.as_ref(), None).await;
             }
         });
 
@@ -186,18 +194,34 @@ impl RedisBackplane {
             tokio::spawn(async move { this.watch_topology(sink).await });
         }
 
-        let sub = self.sub.clone();
+        let this = self.clone();
         let live = self.live.clone();
         tokio::spawn(async move {
+            let sub = &this.sub;
             let mut tick = tokio::time::interval(BACKPLANE_PING_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut silent_shards = 0;
             loop {
                 tick.tick().await;
-                let ok = sub.is_connected()
-                    && matches!(
-                        tokio::time::timeout(BACKPLANE_PING_TIMEOUT, sub.ping::<Value>(None)).await,
-                        Ok(Ok(_))
-                    );
+                let ok = if this.cluster {
+                    let (answered, silent) = this.ping_shards().await;
+                    if silent != silent_shards {
+                        tracing::warn!(silent, answered, "redis cluster shards not answering");
+                        silent_shards = silent;
+                    }
+                    // Live while any shard answers. A shard that does not
+                    // is every gateway's trouble alike (its rooms wait for
+                    // its failover or return); turning every gateway
+                    // unready would only refuse clients everywhere.
+                    sub.is_connected() && answered > 0
+                } else {
+                    sub.is_connected()
+                        && matches!(
+                            tokio::time::timeout(BACKPLANE_PING_TIMEOUT, sub.ping::<Value>(None))
+                                .await,
+                            Ok(Ok(_))
+                        )
+                };
                 let was = live.swap(ok, Ordering::SeqCst);
                 if ok != was {
                     metrics::gauge!("chorus_gateway_backplane_live").set(if ok {
@@ -221,26 +245,126 @@ impl RedisBackplane {
         });
     }
 
-    /// Resubscribes every channel (on Redis Cluster, on the shard owning it
-    /// now), retrying while the connection is up, then marks the
-    /// subscription live and has every community reconciled.
-    async fn restore(&self, sink: &dyn BackplaneSink) {
-        let map = self.slot_map();
-        while let Err(e) = self.resubscribe().await {
-            tracing::warn!(error = %e, "restoring backplane subscriptions failed; retrying");
-            if !self.sub.is_connected() {
-                // The next reconnect restores them.
+    /// Pings every primary of the cluster on the subscriber's own
+    /// connections; answers how many answered and how many did not.
+    async fn ping_shards(&self) -> (usize, usize) {
+        let primaries = self
+            .sub
+            .cached_cluster_state()
+            .map(|s| s.unique_primary_nodes())
+            .unwrap_or_default();
+        let pings = primaries.into_iter().map(|server| {
+            let node = self.sub.with_options(&Options {
+                cluster_node: Some(server),
+                timeout: Some(BACKPLANE_PING_TIMEOUT),
+                ..Options::default()
+            });
+            async move { node.ping::<Value>(None).await.is_ok() }
+        });
+        let answers = futures_util::future::join_all(pings).await;
+        let answered = answers.iter().filter(|ok| **ok).count();
+        (answered, answers.len() - answered)
+    }
+
+    /// Resubscribes the channels in `scope` (on Redis Cluster, each on the
+    /// shard owning it now), then has their communities reconciled: every
+    /// community after a reconnect (`None`), only the moved slots' after a
+    /// slot move. Channels whose subscription fails are tried again with a
+    /// growing wait while the connection is up (a shard may still be
+    /// electing a primary); the others are reconciled meanwhile.
+    async fn restore(&self, sink: &dyn BackplaneSink, scope: Option<&HashSet<u16>>) {
+        if self.cluster && scope.is_none() {
+            // What the subscriptions are made against, read before them:
+            // a move during the restore still shows as a change.
+            *lock(&self.slot_map) = self.slot_map();
+        }
+        let mut todo = self.tracked(scope);
+        let mut wait = RESUBSCRIBE_RETRY;
+        let mut first = true;
+        loop {
+            let failed = self.resubscribe(&todo).await;
+            if first {
+                // Nothing could be subscribed: not live (a single Redis
+                // is all or nothing).
+                self.live.store(
+                    todo.is_empty() || failed.len() < todo.len(),
+                    Ordering::SeqCst,
+                );
+            }
+            if first && scope.is_none() && failed.is_empty() {
+                sink.on_resync();
+            } else {
+                let done: Vec<String> = todo
+                    .iter()
+                    .filter(|c| !failed.contains(*c))
+                    .map(|c| c.to_string())
+                    .collect();
+                if !done.is_empty() {
+                    sink.on_resync_channels(&done);
+                }
+            }
+            if failed.is_empty() || !self.sub.is_connected() {
+                // Done, or the next reconnect restores everything.
                 return;
             }
-            tokio::time::sleep(RESUBSCRIBE_RETRY).await;
+            tracing::warn!(
+                channels = failed.len(),
+                "restoring backplane subscriptions failed; retrying"
+            );
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RESUBSCRIBE_RETRY_MAX);
+            todo = failed;
+            first = false;
         }
-        if self.cluster {
-            // What the subscriptions were made against, read before them:
-            // a move during the restore still shows as a change.
-            *lock(&self.slot_map) = map;
+    }
+
+    /// The channels this gateway is subscribed to, or those of them in
+    /// the given hash slots.
+    fn tracked(&self, slots: Option<&HashSet<u16>>) -> Vec<Str> {
+        if !self.cluster {
+            return self.sub.tracked_channels().into_iter().collect();
         }
-        self.live.store(true, Ordering::SeqCst);
-        sink.on_resync();
+        self.sub
+            .tracked_shard_channels()
+            .into_iter()
+            .filter(|c| slots.is_none_or(|s| s.contains(&redis_keyslot(c.as_bytes()))))
+            .collect()
+    }
+
+    /// Subscribes again to `channels`: on Redis Cluster one `SSUBSCRIBE`
+    /// per hash slot (a command's channels must share one), every slot
+    /// tried; on one Redis one `SUBSCRIBE` for all. (fred's own
+    /// `resubscribe_all` stops at the first failure and sends an empty
+    /// `SUBSCRIBE` when there is nothing classic to restore, which Redis
+    /// refuses.) Returns the channels that failed.
+    async fn resubscribe(&self, channels: &[Str]) -> Vec<Str> {
+        if channels.is_empty() {
+            return Vec::new();
+        }
+        if !self.cluster {
+            return match self.sub.subscribe(channels.to_vec()).await {
+                Ok(()) => Vec::new(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "resubscribing failed");
+                    channels.to_vec()
+                }
+            };
+        }
+        let mut by_slot: BTreeMap<u16, Vec<Str>> = BTreeMap::new();
+        for c in channels {
+            by_slot
+                .entry(redis_keyslot(c.as_bytes()))
+                .or_default()
+                .push(c.clone());
+        }
+        let mut failed = Vec::new();
+        for (_, group) in by_slot {
+            if let Err(e) = self.sub.ssubscribe(group.clone()).await {
+                tracing::debug!(error = %e, "resubscribing a slot failed");
+                failed.extend(group);
+            }
+        }
+        failed
     }
 
     /// The slot map fred routes by now (Redis Cluster only).
@@ -255,29 +379,9 @@ impl RedisBackplane {
         )
     }
 
-    /// Subscribes again to every channel this gateway tracks: on Redis
-    /// Cluster one `SSUBSCRIBE` per hash slot (a command's channels must
-    /// share one), on one Redis one `SUBSCRIBE` for all. (fred's own
-    /// `resubscribe_all` sends an empty `SUBSCRIBE` when there is nothing
-    /// classic to restore, which Redis refuses.)
-    async fn resubscribe(&self) -> Result<(), Error> {
-        if self.cluster {
-            let channels = self.sub.tracked_shard_channels();
-            for (_, group) in fred::util::group_by_hash_slot(channels)? {
-                self.sub.ssubscribe(Vec::from(group)).await?;
-            }
-        } else {
-            let channels: Vec<_> = self.sub.tracked_channels().into_iter().collect();
-            if !channels.is_empty() {
-                self.sub.subscribe(channels).await?;
-            }
-        }
-        Ok(())
-    }
-
     /// Redis Cluster only: reads the slot map every
-    /// [`CLUSTER_TOPOLOGY_CHECK`] and restores the subscriptions when a
-    /// slot changed owner.
+    /// [`CLUSTER_TOPOLOGY_CHECK`] and, for the slots that changed owner,
+    /// restores the subscriptions and reconciles their communities.
     async fn watch_topology(&self, sink: Arc<dyn BackplaneSink>) {
         let mut tick = tokio::time::interval(CLUSTER_TOPOLOGY_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -290,15 +394,22 @@ impl RedisBackplane {
                 tracing::debug!(error = %e, "reading the cluster's slot map failed");
                 continue;
             }
-            let now = self.slot_map();
-            let moved = {
-                let known = lock(&self.slot_map);
-                known.is_some() && now.is_some() && *known != now
+            let Some(now) = self.slot_map() else {
+                continue;
             };
-            if moved {
+            let moved = {
+                let mut known = lock(&self.slot_map);
+                let moved = known.as_ref().map(|k| moved_slots(k, &now));
+                *known = Some(now);
+                moved.unwrap_or_default()
+            };
+            if !moved.is_empty() {
                 metrics::counter!("chorus_gateway_backplane_topology_changes_total").increment(1);
-                tracing::info!("redis cluster slots moved; resubscribing and reconciling");
-                self.restore(sink.as_ref()).await;
+                tracing::info!(
+                    slots = moved.len(),
+                    "redis cluster slots moved; resubscribing and reconciling their rooms"
+                );
+                self.restore(sink.as_ref(), Some(&moved)).await;
             }
         }
     }
@@ -480,6 +591,29 @@ async fn queue_eval(
     let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
     p.custom::<(), Value>(eval, all).await.map_err(redis_err)
 }
+
+/// The slots whose primary differs between two slot maps (a slot served
+/// in one and not the other counts as moved).
+fn moved_slots(before: &SlotMap, after: &SlotMap) -> HashSet<u16> {
+    fn owners(map: &SlotMap) -> Vec<Option<&str>> {
+        let mut owner = vec![None; usize::from(u16::MAX) + 1];
+        for (start, end, primary) in map {
+            for slot in *start..=*end {
+                owner[usize::from(slot)] = Some(primary.as_str());
+            }
+        }
+        owner.truncate(CLUSTER_SLOTS);
+        owner
+    }
+    let (a, b) = (owners(before), owners(after));
+    (0..CLUSTER_SLOTS)
+        .filter(|&i| a[i] != b[i])
+        .filter_map(|i| u16::try_from(i).ok())
+        .collect()
+}
+
+/// Hash slots of a Redis Cluster.
+const CLUSTER_SLOTS: usize = 16_384;
 
 /// Locks a mutex whose holders never panic while holding it (plain
 /// assignments), so a poisoned lock's value is still good.

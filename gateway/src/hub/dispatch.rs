@@ -8,11 +8,12 @@
 //! overflow every room is reconciled, since pub/sub loses what was
 //! published meanwhile.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use chorus_shared::envelope::{Envelope, user_of_channel};
+use chorus_shared::envelope::{Envelope, community_of_channel, user_of_channel};
 use chorus_shared::protocol::ServerEvent;
 
 use super::Hub;
@@ -93,9 +94,32 @@ impl BackplaneSink for Hub {
             while hub.inner.recheck_again.load(Ordering::SeqCst) {
                 hub.inner.recheck_again.store(false, Ordering::SeqCst);
                 let rooms: Vec<Arc<Room>> = lock(&hub.inner.rooms).values().cloned().collect();
-                hub.recheck_memberships(rooms).await;
+                hub.recheck_memberships(rooms, None).await;
             }
         });
+    }
+
+    fn on_resync_channels(&self, channels: &[String]) {
+        let communities: HashSet<uuid::Uuid> = channels
+            .iter()
+            .filter_map(|c| community_of_channel(c))
+            .collect();
+        let users: HashSet<Arc<str>> = channels
+            .iter()
+            .filter_map(|c| user_of_channel(c))
+            .map(Arc::from)
+            .collect();
+        let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
+        for room in &rooms {
+            if communities.contains(&room.id) && room.ready.initialized() {
+                self.reconcile(room);
+            }
+        }
+        // A revocation published to one of these users meanwhile is lost.
+        if !users.is_empty() {
+            let hub = self.clone();
+            tokio::spawn(async move { hub.recheck_memberships(rooms, Some(&users)).await });
+        }
     }
 }
 
@@ -147,10 +171,11 @@ impl Hub {
         }
     }
 
-    /// Asks the API whether each local member (officials aside) still
-    /// belongs to each room, and revokes those who do not: the repair for
-    /// revocations lost while the backplane was away.
-    async fn recheck_memberships(&self, rooms: Vec<Arc<Room>>) {
+    /// Asks the API whether each local member (officials aside; only the
+    /// users in `only`, when given) still belongs to each room, and
+    /// revokes those who do not: the repair for revocations lost while the
+    /// backplane was away.
+    async fn recheck_memberships(&self, rooms: Vec<Arc<Room>>, only: Option<&HashSet<Arc<str>>>) {
         let mut checks: Vec<(Arc<Room>, Arc<str>)> = Vec::new();
         for room in rooms {
             let users: std::collections::HashSet<Arc<str>> = {
@@ -165,6 +190,7 @@ impl Hub {
                     .chain(joining)
                     .filter(|c| !c.official)
                     .map(|c| c.user_id.clone())
+                    .filter(|u| only.is_none_or(|o| o.contains(u)))
                     .collect()
             };
             checks.extend(users.into_iter().map(|u| (room.clone(), u)));
