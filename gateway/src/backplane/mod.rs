@@ -8,6 +8,7 @@
 mod incarnation;
 mod memory;
 mod redis;
+mod subscriptions;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -1,5 +1,8 @@
 //! Test harness: an in-process API and gateways on ephemeral ports, and a
-//! WebSocket client that speaks the contract in JSON or MessagePack.
+//! WebSocket client that speaks the contract in JSON or MessagePack. Kept
+//! in one file: every test module imports it whole (`use
+//! crate::common::*`), and its pieces (services, cluster, client) are
+//! used together by nearly every test.
 
 use std::collections::VecDeque;
 use std::time::Duration;
