@@ -8,6 +8,7 @@ use std::path::Path;
 
 /// Module → the modules it may use, lowest layers first.
 const ALLOWED: &[(&str, &[&str])] = &[
+    ("sync", &[]),
     ("close", &[]),
     ("config", &[]),
     ("error", &[]),
@@ -16,7 +17,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("handle", &["close", "codec", "liveness"]),
     ("socket", &["close", "codec", "error", "handle"]),
     ("telemetry", &["close", "codec", "socket"]),
-    ("backplane", &["config", "error"]),
+    ("backplane", &["config", "error", "sync"]),
     ("api_client", &["backplane", "error"]),
     (
         "hub",
@@ -28,6 +29,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "error",
             "handle",
+            "sync",
         ],
     ),
     ("state", &["api_client", "backplane", "hub", "socket"]),

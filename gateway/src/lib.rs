@@ -36,6 +36,7 @@ pub mod routes;
 pub mod session;
 pub mod socket;
 pub mod state;
+mod sync;
 pub mod telemetry;
 
 use std::future::Future;

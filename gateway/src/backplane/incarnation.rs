@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -21,9 +21,7 @@ use uuid::Uuid;
 use crate::config::Liveness;
 use crate::error::GatewayError;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 struct Current {
     name: Arc<str>,

@@ -18,7 +18,7 @@
 //! split by concern, the bus would be apart from the rules it enforces.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -38,9 +38,7 @@ use crate::error::GatewayError;
 /// as lagging (and resyncs): Redis's own output buffer, in miniature.
 const CHANNEL_BUFFER: usize = 1024;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 /// One community's presence: what the per-community keys hold in Redis.
 #[derive(Default)]

@@ -77,6 +77,8 @@ pub struct RedisBackplane {
     /// when the subscriptions were last restored, for the topology watch
     /// to compare against.
     pub(super) slot_map: Arc<std::sync::Mutex<Option<SlotMap>>>,
+    /// Set by `quit`: every background task of this backplane ends.
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
     pub(super) live: Arc<AtomicBool>,
     incarnation: Arc<Incarnation>,
 }
@@ -126,9 +128,23 @@ impl RedisBackplane {
             cmd,
             cluster: chorus_shared::config::redis_is_cluster(url),
             slot_map: Arc::default(),
+            stop: Arc::new(tokio::sync::watch::channel(false).0),
             live: Arc::new(AtomicBool::new(false)),
             incarnation: Arc::new(Incarnation::new(gateway_id, liveness)),
         })
+    }
+
+    /// Runs a background task until [`Backplane::quit`]: the loops below
+    /// never end by themselves (each holds a client, so its channels never
+    /// close), and shutdown must reach them.
+    fn spawn_until_quit(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => {}
+                () = task => {}
+            }
+        });
     }
 
     /// Connects the subscriber and starts the dispatch and health tasks.
@@ -138,7 +154,7 @@ impl RedisBackplane {
         drop(self.sub.connect());
 
         let dispatch_sink = sink.clone();
-        tokio::spawn(async move {
+        self.spawn_until_quit(async move {
             loop {
                 match messages.recv().await {
                     Ok(m) => {
@@ -164,7 +180,7 @@ impl RedisBackplane {
         // way round, events published between the two would be missed).
         let this = self.clone();
         let resync_sink = sink.clone();
-        tokio::spawn(async move {
+        self.spawn_until_quit(async move {
             while let Ok(_) | Err(RecvError::Lagged(_)) = reconnects.recv().await {
                 metrics::counter!("chorus_gateway_backplane_reconnects_total").increment(1);
                 this.restore(resync_sink.as_ref(), None).await;
@@ -173,12 +189,12 @@ impl RedisBackplane {
 
         if self.cluster {
             let this = self.clone();
-            tokio::spawn(async move { this.watch_topology(sink).await });
+            self.spawn_until_quit(async move { this.watch_topology(sink).await });
         }
 
         let this = self.clone();
         let live = self.live.clone();
-        tokio::spawn(async move {
+        self.spawn_until_quit(async move {
             let sub = &this.sub;
             let mut tick = tokio::time::interval(BACKPLANE_PING_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -434,6 +450,7 @@ impl Backplane for RedisBackplane {
     }
 
     async fn quit(&self) {
+        self.stop.send_replace(true);
         let _ = self.sub.quit().await;
         let _ = self.cmd.quit().await;
     }

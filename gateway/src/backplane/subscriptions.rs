@@ -73,9 +73,11 @@ impl RedisBackplane {
         let mut first = true;
         loop {
             let failed = self.resubscribe(&todo).await;
-            if first {
-                // Nothing could be subscribed: not live (a single Redis
-                // is all or nothing).
+            if first && scope.is_none() {
+                // Nothing could be subscribed after a reconnect: not live
+                // (a single Redis is all or nothing). A moved slot that
+                // fails to resubscribe is that slot's trouble, not the
+                // gateway's.
                 self.live.store(
                     todo.is_empty() || failed.len() < todo.len(),
                     Ordering::SeqCst,
@@ -228,8 +230,4 @@ fn moved_slots(before: &SlotMap, after: &SlotMap) -> HashSet<u16> {
 /// Hash slots of a Redis Cluster.
 const CLUSTER_SLOTS: usize = 16_384;
 
-/// Locks a mutex whose holders never panic while holding it (plain
-/// assignments), so a poisoned lock's value is still good.
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::lock;

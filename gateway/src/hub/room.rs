@@ -50,9 +50,7 @@ pub(super) const ONLINE_SNAPSHOT_TTL: std::time::Duration = std::time::Duration:
 /// gap-fill page.
 pub(super) const MAX_PENDING: usize = 1000;
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(super) use crate::sync::lock;
 
 /// A live member of a room.
 pub(super) struct Member {
