@@ -8,7 +8,7 @@
 //! rooms, and rooms nothing of sockets.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use axum::extract::ws::Message;
 use chorus_shared::protocol::{Reconnect, ServerEvent};
@@ -44,6 +44,9 @@ pub struct ConnHandle {
     pub official: bool,
     tx: mpsc::Sender<Outbound>,
     close_code: AtomicU32,
+    /// The client closed the connection itself (its close frame came
+    /// before any close of ours): the user left, rather than got lost.
+    goodbye: AtomicBool,
     closing: Notify,
     /// Bytes of this connection's own frames queued and not yet written.
     own_queued: AtomicUsize,
@@ -93,6 +96,7 @@ impl ConnHandle {
             official,
             tx,
             close_code: AtomicU32::new(0),
+            goodbye: AtomicBool::new(false),
             closing: Notify::new(),
             own_queued: AtomicUsize::new(0),
             liveness: Liveness::new(expires_at),
@@ -182,6 +186,19 @@ impl ConnHandle {
             .is_ok();
         self.closing.notify_waiters();
         won
+    }
+
+    /// The client's close frame arrived. It counts as a goodbye only when
+    /// it opened the closing handshake, not when it answered ours.
+    pub fn client_closed(&self) {
+        if self.close_code().is_none() {
+            self.goodbye.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the client ended the connection with its own close frame.
+    pub fn said_goodbye(&self) -> bool {
+        self.goodbye.load(Ordering::SeqCst)
     }
 
     /// The code the connection is closing with, once a close was requested.

@@ -73,10 +73,25 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
+/// Handshakes the kernel queues on the WebSocket listener before they are
+/// accepted. A reconnect storm brings thousands at once; past the queue the
+/// kernel drops the SYN and the client retries after 1 s, then 3 s, which
+/// turns a burst the gateway absorbs in a second into a storm that lasts
+/// ten. tokio's default is 1024; the kernel caps this at
+/// `net.core.somaxconn` (4096 on current kernels).
+pub const LISTEN_BACKLOG: u32 = 8192;
+
 impl Listeners {
     pub async fn bind(args: &GatewayArgs) -> Result<Self, GatewayError> {
+        let socket = if args.addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(args.addr)?;
         Ok(Listeners {
-            ws: TcpListener::bind(args.addr).await?,
+            ws: socket.listen(LISTEN_BACKLOG)?,
             admin: TcpListener::bind(args.admin_addr).await?,
         })
     }
@@ -134,6 +149,7 @@ pub async fn run_with(
         HubConfig {
             recovery_window: args.recovery_window,
             presence_limit: args.presence_broadcast_limit,
+            presence_grace: Duration::from_millis(args.presence_grace_ms),
         },
     );
     services.backplane.start(Arc::new(hub.clone()));

@@ -74,7 +74,11 @@ pub fn register() {
         metrics::gauge!("chorus_gateway_connections", "encoding" => encoding.label())
             .increment(0.0);
     }
-    for name in ["chorus_gateway_rooms", "chorus_gateway_subscriptions"] {
+    for name in [
+        "chorus_gateway_rooms",
+        "chorus_gateway_subscriptions",
+        "chorus_gateway_presence_held",
+    ] {
         metrics::gauge!(name).increment(0.0);
     }
     metrics::gauge!("chorus_gateway_backplane_live").set(0.0);

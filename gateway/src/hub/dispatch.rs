@@ -161,7 +161,7 @@ impl Hub {
                     tokio::spawn(async move {
                         if let Some(room) = hub.room(community) {
                             for c in removed {
-                                hub.release_user(&room, &c).await;
+                                hub.release_user(&room, &c.user_id).await;
                             }
                         }
                     });
@@ -249,7 +249,7 @@ impl Hub {
     async fn revoke(&self, community: uuid::Uuid, conn: &Arc<ConnHandle>) -> bool {
         let member = self.revoke_now(community, conn);
         if member && let Some(room) = self.room(community) {
-            self.release_user(&room, conn).await;
+            self.release_user(&room, &conn.user_id).await;
         }
         member
     }

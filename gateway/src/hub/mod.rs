@@ -7,6 +7,7 @@
 //!   with live traffic);
 //! - [`gapfill`]: fetching what a room is missing;
 //! - [`presence`]: presence entries and `user-joined`/`user-left`;
+//! - [`linger`]: the presence grace after a lost connection;
 //! - [`subscriptions`]: channel (un)subscriptions, applied in order;
 //! - [`dispatch`]: backplane messages routed to rooms and users;
 //! - [`registry`]: connections and users of this gateway.
@@ -17,6 +18,7 @@
 
 mod dispatch;
 mod gapfill;
+mod linger;
 mod presence;
 mod registry;
 mod replay;
@@ -28,11 +30,13 @@ mod tests;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chorus_shared::protocol::{ServerEvent, UserTyping};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use self::linger::Linger;
 use self::registry::UserEntry;
 pub use self::registry::UserSlot;
 use self::room::{Room, lock};
@@ -57,6 +61,9 @@ pub struct HubConfig {
     pub recovery_window: i64,
     /// Online count above which presence changes are not broadcast.
     pub presence_limit: u64,
+    /// How long a user stays present in a room after their last connection
+    /// there was lost without a close frame (zero: released at once).
+    pub presence_grace: Duration,
 }
 
 struct HubInner {
@@ -75,6 +82,8 @@ struct HubInner {
     subs: Subscriptions,
     recovery_window: i64,
     presence_limit: u64,
+    presence_grace: Duration,
+    linger: Arc<Linger>,
 }
 
 /// Handle to the gateway's routing state; cheap to clone.
@@ -96,7 +105,7 @@ impl Hub {
     /// `backplane`. The caller starts the backplane with this hub as its
     /// sink.
     pub fn new(backplane: Arc<dyn Backplane>, api: Arc<dyn Api>, config: HubConfig) -> Hub {
-        Hub {
+        let hub = Hub {
             inner: Arc::new(HubInner {
                 subs: Subscriptions::start(backplane.clone()),
                 backplane,
@@ -111,8 +120,12 @@ impl Hub {
                 recheck_again: AtomicBool::new(false),
                 recovery_window: config.recovery_window,
                 presence_limit: config.presence_limit,
+                presence_grace: config.presence_grace,
+                linger: Arc::default(),
             }),
-        }
+        };
+        Linger::start(Arc::downgrade(&hub.inner), hub.inner.linger.clone());
+        hub
     }
 
     fn room(&self, id: Uuid) -> Option<Arc<Room>> {
@@ -247,7 +260,7 @@ impl Hub {
         // marks it; one heard since the access check is in the user's log.
         if !conn.official && self.revoked_since(&conn.user_id, room.id, checked_at) {
             room.state().joining.remove(&conn.id);
-            self.release_user(room, conn).await;
+            self.release_user(room, &conn.user_id).await;
             return Err(GatewayError::Forbidden("membership revoked"));
         }
         // If the connection closes meanwhile this future is dropped: the
@@ -260,7 +273,7 @@ impl Hub {
                 st.joining.remove(&conn.id)
             };
             if joining {
-                self.release_user(room, conn).await;
+                self.release_user(room, &conn.user_id).await;
             }
             return result.map(Some);
         }
@@ -273,6 +286,18 @@ impl Hub {
     /// Removes `conn` from a community (leave, disconnect, revocation),
     /// whether a member or still joining. Returns whether it was a member.
     pub async fn leave(&self, community: Uuid, conn: &Arc<ConnHandle>) -> bool {
+        self.remove(community, conn, None).await
+    }
+
+    /// Removes `conn` from a community. A live member's presence is held
+    /// for `grace` when given (see [`linger`]); one still joining, whose
+    /// presence may not be written yet, is released at once.
+    async fn remove(
+        &self,
+        community: Uuid,
+        conn: &Arc<ConnHandle>,
+        grace: Option<Duration>,
+    ) -> bool {
         let Some(room) = self.room(community) else {
             return false;
         };
@@ -283,8 +308,12 @@ impl Hub {
                 st.joining.remove(&conn.id),
             )
         };
-        if member || joining {
-            self.release_user(&room, conn).await;
+        match grace {
+            Some(grace) if member => {
+                self.inner.linger.hold(room, conn.user_id.clone(), grace);
+            }
+            _ if member || joining => self.release_user(&room, &conn.user_id).await,
+            _ => {}
         }
         member
     }

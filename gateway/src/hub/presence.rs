@@ -45,19 +45,19 @@ impl Hub {
         }
     }
 
-    /// Drops one local connection of the user from the room's presence
+    /// Drops one local connection of `user` from the room's presence
     /// count; the last one leaves presence; an empty room is retired.
-    pub(super) async fn release_user(&self, room: &Arc<Room>, conn: &Arc<ConnHandle>) {
+    pub(super) async fn release_user(&self, room: &Arc<Room>, user: &Arc<str>) {
         let (last_local, empty) = {
             let mut st = room.state();
-            let last_local = match st.users.get_mut(&conn.user_id) {
+            let last_local = match st.users.get_mut(user) {
                 Some(n) if *n > 1 => {
                     *n -= 1;
                     false
                 }
                 Some(_) => {
-                    st.users.remove(&conn.user_id);
-                    st.typing.remove(&conn.user_id);
+                    st.users.remove(user);
+                    st.typing.remove(user);
                     true
                 }
                 None => false,
@@ -65,14 +65,9 @@ impl Hub {
             (last_local, st.users.is_empty() && st.members.is_empty())
         };
         if last_local {
-            match self
-                .inner
-                .backplane
-                .presence_leave(room.id, &conn.user_id)
-                .await
-            {
+            match self.inner.backplane.presence_leave(room.id, user).await {
                 Ok(l) if l.gone && l.online < self.inner.presence_limit => {
-                    self.publish_left(room.id, &conn.user_id).await;
+                    self.publish_left(room.id, user).await;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -231,6 +226,9 @@ impl Hub {
     /// Clean exit: removes this gateway's own presence entries, announcing
     /// users who thereby went offline everywhere.
     pub async fn withdraw_presence(&self) {
+        // Users held past their last connection are withdrawn with the
+        // rest.
+        self.inner.linger.stop();
         match self.inner.backplane.presence_withdraw().await {
             Ok(reaped) => self.announce_reaped(&reaped).await,
             Err(e) => {

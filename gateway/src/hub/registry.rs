@@ -169,8 +169,12 @@ impl Hub {
                 }
             }
         }
+        // A client that said goodbye left; one that vanished is likely to
+        // be back in a moment, and its presence is held meanwhile.
+        let grace =
+            Some(self.inner.presence_grace).filter(|g| !g.is_zero() && !conn.said_goodbye());
         for c in communities {
-            self.leave(*c, conn).await;
+            self.remove(*c, conn, grace).await;
         }
         lock(&self.inner.conns).remove(&conn.id);
         let n = self.inner.conn_count.fetch_sub(1, Ordering::SeqCst) - 1;

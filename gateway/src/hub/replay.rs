@@ -9,7 +9,10 @@
 //!
 //! Windows are shared: the whole recovery window below the room's head is
 //! fetched once and reused for a few seconds, so a reconnect storm costs
-//! one API request per community, not one per client.
+//! one API request per community, not one per client. While live traffic
+//! goes on, the room keeps what it delivers after the fetch (its
+//! [`Tail`]), and a later joiner continues from the window into the tail
+//! instead of fetching again for the events that came since.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +36,10 @@ const WINDOW_CACHE_TTL: Duration = Duration::from_secs(5);
 /// fetch in pages worth a round trip.
 pub(super) const MIN_FETCH: i64 = 1000;
 
+/// Most events a room's recovery tail holds: a fetch's page. A room busier
+/// than that during a storm fetches again instead (one request a page).
+const MAX_TAIL: usize = MIN_FETCH as usize;
+
 /// A shared, in-flight window fetch.
 pub(super) type WindowFetch = Arc<OnceCell<Result<Arc<Window>, GatewayError>>>;
 
@@ -46,6 +53,52 @@ pub(super) struct Window {
     pub complete_through: i64,
     /// The fetch hit its limit: more events exist beyond `complete_through`.
     pub truncated: bool,
+}
+
+/// The live events a room delivered after `from`, kept while joiners
+/// recover. Complete: every seq after `from` up to the room's
+/// `delivered_through` is here, but for creations of since-deleted
+/// messages, which the room skipped too. Dropped once unused for
+/// [`WINDOW_CACHE_TTL`] or past [`MAX_TAIL`] events.
+#[derive(Debug)]
+pub(super) struct Tail {
+    from: i64,
+    events: Vec<(i64, Frame)>,
+    used: tokio::time::Instant,
+}
+
+impl Tail {
+    pub fn new(from: i64) -> Self {
+        Tail {
+            from,
+            events: Vec::new(),
+            used: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Keeps a delivered event; false when the tail should be dropped.
+    pub fn record(&mut self, seq: i64, frame: Frame) -> bool {
+        if self.events.len() >= MAX_TAIL || self.used.elapsed() >= WINDOW_CACHE_TTL {
+            return false;
+        }
+        self.events.push((seq, frame));
+        true
+    }
+
+    /// Whether a replay standing at `through` can continue from here.
+    pub fn reaches_back_to(&self, through: i64) -> bool {
+        self.from <= through
+    }
+
+    /// The events after `through`, when the tail reaches back to it.
+    fn after(&mut self, through: i64) -> Option<Vec<(i64, Frame)>> {
+        if !self.reaches_back_to(through) {
+            return None;
+        }
+        self.used = tokio::time::Instant::now();
+        let start = self.events.partition_point(|(s, _)| *s <= through);
+        Some(self.events[start..].to_vec())
+    }
 }
 
 impl Window {
@@ -105,31 +158,26 @@ impl Hub {
         let mut through = from;
         let mut missed = 0i64;
         loop {
-            {
+            let tail = {
                 let mut st = room.state();
                 if st.delivered_through <= through {
                     st.admit(conn, through)?;
                     break;
                 }
+                let head = st.delivered_through;
+                st.tail
+                    .as_mut()
+                    .and_then(|t| t.after(through))
+                    .map(|events| (events, head))
+            };
+            if let Some((events, head)) = tail {
+                missed += replay(room, conn, &events, &mut through).await?;
+                through = through.max(head);
+                continue;
             }
             let target = room.delivered_through();
             let window = self.window(room, through, target).await?;
-            for (seq, frame) in &window.events {
-                if *seq <= through {
-                    continue;
-                }
-                // Revoked meanwhile: not one more event (the admission,
-                // refused, releases the rest).
-                if room.state().revoked.contains(&conn.id) {
-                    return Err(GatewayError::Forbidden("membership revoked"));
-                }
-                // Paced by the client's reading: waits for queue space.
-                if !conn.push_event_wait(frame).await {
-                    return Err(GatewayError::Unavailable("connection closed".into()));
-                }
-                through = *seq;
-                missed += 1;
-            }
+            missed += replay(room, conn, &window.events, &mut through).await?;
             through = through.max(window.complete_through);
         }
         metrics::counter!("chorus_gateway_replayed_events_total").increment(missed.unsigned_abs());
@@ -152,11 +200,17 @@ impl Hub {
         let limit = window
             .saturating_mul(2)
             .clamp(MIN_FETCH, MAX_EVENTS_PER_REQUEST);
+        // What a window must reach: the room's position, or only the
+        // window's own end when the room's tail goes on from there.
+        let reach = |st: &super::room::RoomState, w: &Window| match &st.tail {
+            Some(t) if t.reaches_back_to(w.complete_through) => target.min(w.complete_through),
+            _ => target,
+        };
         let cell = {
             let mut st = room.state();
             if let Some((at, w)) = &st.window
                 && at.elapsed() < WINDOW_CACHE_TTL
-                && w.serves(after, target)
+                && w.serves(after, reach(&st, w))
             {
                 return Ok(w.clone());
             }
@@ -165,6 +219,13 @@ impl Hub {
                 None => {
                     let cell = Arc::new(OnceCell::new());
                     st.window_inflight = Some(cell.clone());
+                    // Live events from here on are kept for later joiners:
+                    // the fetch reaches at least this far, so the window
+                    // and the tail leave no gap. (A tail still kept reaches
+                    // back further: it stays.)
+                    if st.tail.is_none() {
+                        st.tail = Some(Tail::new(st.delivered_through));
+                    }
                     cell
                 }
             }
@@ -182,7 +243,7 @@ impl Hub {
             })
             .await
             .clone()?;
-        if shared.serves(after, target) {
+        if shared.serves(after, reach(&room.state(), &shared)) {
             return Ok(shared);
         }
         // Someone else's fetch that starts too late for us, or a window too
@@ -191,7 +252,8 @@ impl Hub {
         self.fetch(room.id, after, limit).await.map(Arc::new)
     }
 
-    /// Fetches `(after, …]` from the API as shared frames.
+    /// Fetches `(after, …]` from the API as shared frames (replays and gap
+    /// filling).
     pub(super) async fn fetch(
         &self,
         community: Uuid,
@@ -215,6 +277,34 @@ impl Hub {
             truncated: full,
         })
     }
+}
+
+/// Sends `events` after `through` to a joiner, moving `through` along;
+/// returns how many were sent.
+async fn replay(
+    room: &Room,
+    conn: &ConnHandle,
+    events: &[(i64, Frame)],
+    through: &mut i64,
+) -> Result<i64, GatewayError> {
+    let mut sent = 0;
+    for (seq, frame) in events {
+        if *seq <= *through {
+            continue;
+        }
+        // Revoked meanwhile: not one more event (the admission, refused,
+        // releases the rest).
+        if room.state().revoked.contains(&conn.id) {
+            return Err(GatewayError::Forbidden("membership revoked"));
+        }
+        // Paced by the client's reading: waits for queue space.
+        if !conn.push_event_wait(frame).await {
+            return Err(GatewayError::Unavailable("connection closed".into()));
+        }
+        *through = *seq;
+        sent += 1;
+    }
+    Ok(sent)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use chorus_shared::envelope::community_channel;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use super::replay::{Window, WindowFetch};
+use super::replay::{Tail, Window, WindowFetch};
 use crate::codec::Frame;
 use crate::error::GatewayError;
 use crate::handle::ConnHandle;
@@ -86,6 +86,9 @@ pub(super) struct RoomState {
     /// The last fetched recovery window and when, shared by joiners.
     pub window: Option<(Instant, Arc<Window>)>,
     pub window_inflight: Option<WindowFetch>,
+    /// The live events delivered since a recovery window was fetched, so
+    /// later joiners continue from the window without fetching again.
+    pub tail: Option<Tail>,
     /// The community's online users as the backplane last listed them, and
     /// when: join acks within [`ONLINE_SNAPSHOT_TTL`] share it.
     pub online: Option<(Instant, Arc<Vec<String>>)>,
@@ -131,6 +134,7 @@ impl RoomState {
             users: HashMap::new(),
             window: None,
             window_inflight: None,
+            tail: None,
             online: None,
             online_inflight: None,
             typing: HashMap::new(),
@@ -165,6 +169,7 @@ impl RoomState {
                 if let Some((seq, frame)) = self.pending.pop_first() {
                     self.deliver(seq, &frame);
                     self.delivered_through = seq;
+                    self.record(seq, frame);
                 }
             } else if self.complete_through > self.delivered_through {
                 // Everything up to complete_through that is not pending
@@ -176,6 +181,16 @@ impl RoomState {
         }
         if self.complete_through > self.delivered_through {
             self.delivered_through = self.complete_through;
+        }
+    }
+
+    /// Keeps a delivered event in the recovery tail, if one is kept; a tail
+    /// unused for a while, or grown past its bound, is dropped.
+    fn record(&mut self, seq: i64, frame: Frame) {
+        if let Some(t) = &mut self.tail
+            && !t.record(seq, frame)
+        {
+            self.tail = None;
         }
     }
 

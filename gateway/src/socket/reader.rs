@@ -103,7 +103,10 @@ impl<S: Session> Reader<S> {
                     );
                     continue;
                 }
-                (Message::Close(_), _) => return,
+                (Message::Close(_), _) => {
+                    self.handle.client_closed();
+                    return;
+                }
                 (Message::Ping(_) | Message::Pong(_), _) => continue,
             };
             // A command runs to completion unless the connection closes.

@@ -152,6 +152,7 @@ pub struct GwOpts {
     pub max_connections: Option<u64>,
     pub max_connections_per_user: u32,
     pub max_joins: usize,
+    pub presence_grace_ms: u64,
 }
 
 impl GwOpts {
@@ -170,6 +171,7 @@ impl GwOpts {
             max_connections: None,
             max_connections_per_user: chorus_gateway::config::DEFAULT_MAX_CONNECTIONS_PER_USER,
             max_joins: chorus_gateway::config::DEFAULT_MAX_JOINS_PER_CONNECTION,
+            presence_grace_ms: chorus_gateway::config::DEFAULT_PRESENCE_GRACE_MS,
         }
     }
 }
@@ -231,6 +233,7 @@ fn gateway_args(api_url: &str, api_internal_url: &str, opts: GwOpts) -> GatewayA
         idle_timeout: opts.idle_timeout,
         max_joins: opts.max_joins,
         presence_liveness_ms: 15_000,
+        presence_grace_ms: opts.presence_grace_ms,
         jwt,
         log: LogArgs {
             log_format: LogFormat::Text,

@@ -161,3 +161,64 @@ async fn large_rooms_stop_broadcasting_joins_and_leaves() {
         .await;
     assert_eq!(p["online"].as_array().unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn a_connection_lost_and_back_within_the_grace_is_never_announced_gone() {
+    let mut opts = GwOpts::new(&env_url("REDIS_URL"));
+    // Long enough for a reconnect on a loaded machine, short for the test.
+    opts.presence_grace_ms = 3_000;
+    let cl = Cluster::start_with(opts).await;
+    let (alice, bob, carol) = (uid("alice"), uid("bob"), uid("carol"));
+    let c = cl.community(&alice, &[&bob, &carol]).await;
+    let mut watcher = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    watcher.join(&c, None).await;
+    let mut b = Client::connect(&cl.gw1.url, &token(&bob)).await;
+    b.join(&c, None).await;
+    let mut k = Client::connect(&cl.gw1.url, &token(&carol)).await;
+    k.join(&c, None).await;
+    for who in [&bob, &carol] {
+        assert_eq!(
+            watcher.event_of("user-joined").await["data"]["userId"],
+            who.as_str()
+        );
+    }
+    // Bob's connection is lost (no close frame) and he comes back through
+    // the other gateway, as a load balancer may send him.
+    drop(b);
+    let mut b = Client::connect(&cl.gw2.url, &token(&bob)).await;
+    let ack = b.join(&c, None).await;
+    assert!(ack["online"].as_array().unwrap().contains(&json!(alice)));
+    cl.post(&alice, &c, "bob is back").await;
+    watcher.next_is_message("bob is back").await;
+    // Carol's is lost after his, on the same gateway, and she stays away:
+    // she leaves when her grace ends, after bob's held presence was
+    // released (same gateway, in order) without a word.
+    drop(k);
+    let mut seen = Vec::new();
+    let left = loop {
+        let e = watcher.next_event().await;
+        if e["type"] == "user-left" {
+            break e;
+        }
+        seen.push(e);
+    };
+    assert_eq!(left["data"]["userId"], carol.as_str());
+    assert!(seen.is_empty(), "nothing before carol's leave: {seen:?}");
+    // And bob is online throughout, over HTTP too.
+    let (s, p) = cl
+        .call(
+            Method::GET,
+            &format!("/api/communities/{c}/presence"),
+            &token(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(p["online"].as_array().unwrap().contains(&json!(bob)), "{p}");
+    // A goodbye (close frame) is a leave, announced at once.
+    b.close().await;
+    assert_eq!(
+        watcher.event_of("user-left").await["data"]["userId"],
+        bob.as_str()
+    );
+}

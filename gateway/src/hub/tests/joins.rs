@@ -14,21 +14,24 @@ async fn a_replay_meets_live_traffic_at_the_seam_without_gap_or_repeat() {
     }
     assert_eq!(seqs(&mut rx_b, 5).await, [1, 2, 3, 4, 5]);
 
-    // a rejoins with lastSeq 2 and a queue of 2 frames: its replay stalls
-    // on the full queue while live traffic moves the room on.
+    // a rejoins with lastSeq 2 and a queue of 2 frames; its window fetch
+    // is slow, and live traffic moves the room on meanwhile.
+    f.api.hold_backfill();
     let (a, mut rx_a) = f.conn("a", 2).await;
     let joining = {
         let (hub, api, community, a) = (f.hub.clone(), f.api.clone(), f.community, a.clone());
         tokio::spawn(async move { join(&hub, &api, community, &a, Some(2)).await })
     };
-    until(|| rx_a.len() == 2).await;
+    let before = f.api.backfills();
+    until(|| f.api.backfills() > before).await;
     for _ in 0..3 {
         f.post(); // 6, 7, 8
     }
     assert_eq!(seqs(&mut rx_b, 3).await, [6, 7, 8]);
     // 9 and 10 are committed but not yet published: the replay, reading
-    // the API, runs ahead of the live room.
+    // the API, runs ahead of the live room (paced by a's full queue).
     let late = [f.commit(), f.commit()];
+    f.api.release_backfill();
     assert_eq!(seqs(&mut rx_a, 8).await, [3, 4, 5, 6, 7, 8, 9, 10]);
     let joined = joining.await.expect("task").expect("joined");
     assert_eq!(
@@ -115,6 +118,50 @@ async fn a_reconnect_storm_shares_one_window_fetch() {
         let want: Vec<i64> = (i + 1..=20).collect();
         assert_eq!(seqs(&mut rx, want.len()).await, want);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn later_joiners_continue_from_the_window_into_the_live_tail() {
+    let mut f = Fixture::new(1000);
+    let (b, _rx_b) = f.conn("b", 64).await;
+    f.join(&b, None).await.expect("b joined");
+    let delivered = |f: &Fixture, seq: i64| {
+        f.hub
+            .room(f.community)
+            .is_some_and(|r| r.delivered_through() == seq)
+    };
+    for _ in 0..20 {
+        f.post();
+    }
+    until(|| delivered(&f, 20)).await;
+    let before = f.api.backfills();
+    let (u0, mut rx0) = f.conn("u0", 64).await;
+    f.join(&u0, Some(0)).await.expect("joined");
+    assert_eq!(f.api.backfills() - before, 1);
+    // Live traffic moves the room past the window's end; later joiners
+    // get the window, then what the room delivered since, and no fetch.
+    for _ in 0..3 {
+        f.post();
+    }
+    until(|| delivered(&f, 23)).await;
+    let (u1, mut rx1) = f.conn("u1", 64).await;
+    f.join(&u1, Some(5)).await.expect("joined");
+    let (u2, mut rx2) = f.conn("u2", 64).await;
+    f.join(&u2, Some(21)).await.expect("joined");
+    assert_eq!(f.api.backfills() - before, 1, "one fetch for the three");
+    f.post();
+    assert_eq!(seqs(&mut rx0, 24).await, (1..=24).collect::<Vec<_>>());
+    assert_eq!(seqs(&mut rx1, 19).await, (6..=24).collect::<Vec<_>>());
+    assert_eq!(seqs(&mut rx2, 3).await, vec![22, 23, 24]);
+    // Unused for the window's lifetime, the tail is dropped with the next
+    // event: a later joiner fetches again.
+    tokio::time::advance(Duration::from_secs(6)).await;
+    f.post();
+    until(|| delivered(&f, 25)).await;
+    let (u3, mut rx3) = f.conn("u3", 64).await;
+    f.join(&u3, Some(20)).await.expect("joined");
+    assert_eq!(f.api.backfills() - before, 2);
+    assert_eq!(seqs(&mut rx3, 5).await, vec![21, 22, 23, 24, 25]);
 }
 
 #[tokio::test(start_paused = true)]

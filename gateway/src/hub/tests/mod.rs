@@ -31,6 +31,9 @@ pub(super) use crate::hub::{Hub, HubConfig, Joined};
 /// frame fails at once instead of after this long.
 pub(super) const WAIT: Duration = Duration::from_secs(30);
 
+/// The presence grace of the hubs under test.
+pub(super) const GRACE: Duration = Duration::from_secs(5);
+
 pub(super) struct Fixture {
     pub(super) api: Arc<MemoryApi>,
     pub(super) bus: Arc<MemoryBus>,
@@ -51,6 +54,7 @@ impl Fixture {
             HubConfig {
                 recovery_window,
                 presence_limit: 10_000,
+                presence_grace: GRACE,
             },
         );
         backplane.start(Arc::new(hub.clone()));

@@ -17,9 +17,91 @@ async fn presence_counts_users_not_tabs() {
     assert!(f.hub.leave(f.community, &tab1).await);
     f.marker().await;
     assert_marker_next(&mut rx).await;
-    // Closing the last tab (the connection ends) announces the leave.
+    // Closing the last tab (its close frame, then the end) announces the
+    // leave at once.
+    tab2.client_closed();
     f.hub.disconnect(&tab2, &[f.community]).await;
     assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_connection_back_within_the_grace_announces_nothing() {
+    let mut f = Fixture::new(1000);
+    let (other, _other_bp) = second_gateway(&f, "gw-other");
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    let (a, _rx_a) = f.conn("a", 64).await;
+    f.join(&a, None).await.expect("joined");
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "a"));
+    // Lost without a close frame: still present, to the room and to
+    // everyone reading the backplane.
+    f.hub.disconnect(&a, &[f.community]).await;
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    assert_eq!(online(&f).await, ["a", "w"]);
+    // Back just before the grace ends, through another gateway.
+    tokio::time::advance(GRACE - Duration::from_millis(10)).await;
+    let (a2, _rx_a2) = conn_on(&f, &other, 901, "a").await;
+    join(&other, &f.api, f.community, &a2, None)
+        .await
+        .expect("joined");
+    // The grace ends: the held presence goes, a is still online elsewhere,
+    // and neither the loss nor the return was announced.
+    // (A sleep, not an advance: the clock moves on only once every task,
+    // the release included, is idle.)
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    assert_eq!(online(&f).await, ["a", "w"]);
+    // A goodbye from the new connection is a leave, announced at once.
+    a2.client_closed();
+    other.disconnect(&a2, &[f.community]).await;
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
+    assert_eq!(online(&f).await, ["w"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_connection_not_back_leaves_when_the_grace_ends() {
+    let mut f = Fixture::new(1000);
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    let (a, _rx_a) = f.conn("a", 64).await;
+    f.join(&a, None).await.expect("joined");
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "a"));
+    let (b, _rx_b) = f.conn("b", 64).await;
+    f.join(&b, None).await.expect("joined");
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "b"));
+    let lost = tokio::time::Instant::now();
+    f.hub.disconnect(&a, &[f.community]).await;
+    tokio::time::advance(GRACE / 2).await;
+    f.hub.disconnect(&b, &[f.community]).await;
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    // Each leaves when its own grace ends, in the order they were lost.
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
+    assert!(lost.elapsed() >= GRACE);
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "b"));
+    assert!(lost.elapsed() >= GRACE + GRACE / 2);
+    assert_eq!(online(&f).await, ["w"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_closed_by_the_gateway_is_held_too() {
+    let mut f = Fixture::new(1000);
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    // A server-side close (a drain's 1012) is a loss too, and the close
+    // frame answering it is no goodbye.
+    let (c, _rx_c) = f.conn("c", 64).await;
+    f.join(&c, None).await.expect("joined");
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "c"));
+    c.drain(500);
+    c.client_closed();
+    assert!(!c.said_goodbye());
+    f.hub.disconnect(&c, &[f.community]).await;
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "c"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -118,6 +200,7 @@ fn second_gateway(f: &Fixture, id: &str) -> (Hub, Arc<MemoryBackplane>) {
         HubConfig {
             recovery_window: 1000,
             presence_limit: 10_000,
+            presence_grace: GRACE,
         },
     );
     backplane.start(Arc::new(hub.clone()));
