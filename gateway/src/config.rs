@@ -62,21 +62,28 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Online count above which `user-joined`/`user-left` are no longer
 /// broadcast: each change costs O(members) deliveries (default).
 pub const DEFAULT_PRESENCE_BROADCAST_LIMIT: u64 = 10_000;
-/// How long a user stays present after their last connection was lost
-/// without a close frame (default). Clients reconnect soon after a lost
-/// connection (a network change, a drain, a storm), and a user who is back
-/// within this long was never announced as gone: no `user-left` and
-/// `user-joined` pair to the whole room for a blip. Ten seconds cover the
+/// How long a user stays present after their connection ended because the
+/// gateway sent them elsewhere (a drain) or was lost with many others at
+/// once (default; see `hub::linger`). Those clients come back, and a user
+/// back within this long was never announced as gone: no `user-left` and
+/// `user-joined` pair to the whole room per client. Ten seconds cover the
 /// SDK's first four reconnect attempts (full-jitter backoff from 500 ms,
-/// at most 7.5 s in all) and a drain's reconnect hint (at most 5 s), and a
-/// whole gateway's clients rejoining at once (a storm of 20,000 took 9 s
-/// on the benchmark machine; announcing each return is what made it take
+/// at most 7.5 s in all), a drain's reconnect hint (at most 5 s), and a
+/// whole gateway's clients rejoining at once (20,000 clients took 7.4 s on
+/// the benchmark machine; announcing each return is what made them take
 /// 16-26 s). Short enough that a user who really went away leaves the list
 /// soon, inside the 30 s the contract allows for a dead gateway's users.
 pub const DEFAULT_PRESENCE_GRACE_MS: u64 = 10_000;
-/// Longest presence grace accepted: past a minute, the online list shows
-/// people who are gone.
-pub const MAX_PRESENCE_GRACE_MS: u64 = 60_000;
+/// Longest presence grace accepted: the contract's bound for a dead
+/// gateway's users, the slowest `user-left` it allows.
+pub const MAX_PRESENCE_GRACE_MS: u64 = 30_000;
+/// Connections lost (ended without the client's close frame) per second on
+/// one gateway past which losses are held for the grace instead of
+/// announced. Ordinary churn stays well below it (100,000 connections that
+/// last an hour end at ~28 a second, most with a close frame); a network
+/// failure, a load balancer's restart or a storm passes it within
+/// milliseconds. Code-only: tests lower it to make every loss a mass one.
+pub const DEFAULT_MASS_LOSS_PER_SECOND: u32 = 100;
 
 /// How often a gateway reports itself for `/api/socket-status` (contract:
 /// at least every 5 s), and how long a report stays valid.
@@ -221,8 +228,9 @@ pub struct GatewayArgs {
         value_parser = integer("CHORUS_PRESENCE_BROADCAST_LIMIT", 0, u64::MAX)
     )]
     pub presence_broadcast_limit: u64,
-    /// Milliseconds a user stays present after a connection lost without a
-    /// close frame, so a reconnect announces nothing; 0 releases at once.
+    /// Milliseconds a user stays present after a drain's close, or a
+    /// connection lost with many others at once, so the reconnect announces
+    /// nothing; 0 releases at once.
     #[arg(
         long,
         env = "CHORUS_PRESENCE_GRACE_MS",
@@ -230,6 +238,9 @@ pub struct GatewayArgs {
         value_parser = integer("CHORUS_PRESENCE_GRACE_MS", 0_u64, MAX_PRESENCE_GRACE_MS)
     )]
     pub presence_grace_ms: u64,
+    /// Lost connections per second past which they are held; code-only.
+    #[arg(skip = DEFAULT_MASS_LOSS_PER_SECOND)]
+    pub mass_loss_per_second: u32,
     /// Most open connections (WebSockets and requests not yet upgraded);
     /// upgrades past it get 503 (default: the open-file limit less a
     /// reserve).

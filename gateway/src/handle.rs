@@ -188,10 +188,14 @@ impl ConnHandle {
         won
     }
 
-    /// The client's close frame arrived. It counts as a goodbye only when
-    /// it opened the closing handshake, not when it answered ours.
-    pub fn client_closed(&self) {
-        if self.close_code().is_none() {
+    /// The client's close frame arrived, with `code`. It counts as a
+    /// goodbye when it opened the closing handshake (not when it answered
+    /// ours) with a code that means leaving: none, 1000 (normal) or 1001
+    /// (going away, a closed tab). Other codes are a client giving up on
+    /// this connection to make another (the SDK's 4000 after a missed
+    /// heartbeat), not a user leaving.
+    pub fn client_closed(&self, code: Option<u16>) {
+        if self.close_code().is_none() && matches!(code, None | Some(1000 | 1001)) {
             self.goodbye.store(true, Ordering::SeqCst);
         }
     }

@@ -59,6 +59,16 @@ use crate::state::{Admission, Gateway, Parts};
 /// after every client was told to reconnect.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
+/// A drained client is told to reconnect after a delay spread over this
+/// range (ms), so the herd does not land on one instant.
+const DRAIN_RECONNECT_MIN_MS: u64 = 500;
+const DRAIN_RECONNECT_SPREAD_MS: u64 = 4_500;
+/// How long a drained gateway keeps its held presence after its last
+/// close before withdrawing it: the longest reconnect hint plus slack, so
+/// the last clients closed are back elsewhere and are not announced gone.
+const DRAIN_REJOIN_WAIT: Duration =
+    Duration::from_millis(DRAIN_RECONNECT_MIN_MS + DRAIN_RECONNECT_SPREAD_MS + 500);
+
 /// How long shutdown waits for upgrade requests in flight: an upgrade is a
 /// single round trip, so whatever is still unfinished after this is a
 /// client trickling its request, which must not hold up the drain.
@@ -150,6 +160,7 @@ pub async fn run_with(
             recovery_window: args.recovery_window,
             presence_limit: args.presence_broadcast_limit,
             presence_grace: Duration::from_millis(args.presence_grace_ms),
+            mass_loss_per_second: args.mass_loss_per_second,
         },
     );
     services.backplane.start(Arc::new(hub.clone()));
@@ -209,6 +220,13 @@ pub async fn run_with(
     // axum's graceful shutdown does not wait for upgraded sockets: the
     // gateway drains them itself.
     drain(&gw).await;
+    // The last clients closed were told to come back within the reconnect
+    // hint, and their presence is held meanwhile: withdrawn now, it would
+    // announce them gone and, a moment later, back.
+    if gw.hub().holds_presence() {
+        let grace = Duration::from_millis(args.presence_grace_ms);
+        tokio::time::sleep(DRAIN_REJOIN_WAIT.min(grace)).await;
+    }
     let _ = stop_tx.send(true);
     let _ = registry.await;
     let _ = presence.await;
@@ -233,7 +251,8 @@ async fn drain(gw: &Gateway) {
     for (i, c) in conns.iter().enumerate() {
         tokio::time::sleep_until(start + period * (i as u32) / n).await;
         // Spread reconnects too, so the herd does not land on one instant.
-        let after_ms = 500 + (c.id.wrapping_mul(7919) % 4500);
+        let after_ms =
+            DRAIN_RECONNECT_MIN_MS + (c.id.wrapping_mul(7919) % DRAIN_RECONNECT_SPREAD_MS);
         c.drain(after_ms);
     }
     let _ = tokio::time::timeout(DRAIN_GRACE, gw.hub().all_closed()).await;

@@ -1,17 +1,21 @@
-//! Presence grace: a connection lost without the client's close frame
-//! keeps its user present in its rooms for a grace period.
+//! Presence grace: connections that end because the gateway sent their
+//! clients elsewhere (a drain's 1012), or that are lost many at once (a
+//! network failure, a load balancer's restart, a reconnect storm), keep
+//! their users present in their rooms for a grace period.
 //!
-//! Clients reconnect after a lost connection (a network change, a load
-//! balancer's reset, a gateway's drain, a reconnect storm). Releasing the
-//! user at once would announce `user-left` to the room and, a moment later,
-//! `user-joined` again: two broadcasts to every member, and two presence
-//! scripts, for a user who never went away. Instead the user's count in
-//! the room is kept for the grace; a connection of the same user that
-//! joins meanwhile (on any gateway: the presence entry stays too) finds
-//! them present, and when the grace ends the release finds them still
-//! online and announces nothing. A user who does not come back leaves when
-//! the grace ends. A close frame from the client, or `leave-community`, is
-//! the user leaving: released at once.
+//! Those clients come back within seconds. Releasing each user at once
+//! would announce `user-left` to the room and, a moment later, `user-joined`
+//! again: two broadcasts to every member, and two presence scripts, per
+//! client, at the moment the gateways are busiest. Instead the user's slot
+//! in the room is held for the grace: a connection of the same user that
+//! joins meanwhile takes the slot over (on another gateway it finds the
+//! presence entry still there), and nothing is announced. A user who does
+//! not come back leaves when the grace ends.
+//!
+//! One lost connection on its own (fewer than the mass-loss rate in a
+//! second) is released at once, as is a connection the client closed
+//! itself (1000, 1001 or no code) and `leave-community`: the contract's
+//! `user-left` follows the last connection's end.
 //!
 //! The releases wait in one FIFO queue (the grace is the same for all, so
 //! deadlines come in order) served by one task, which ends with the hub or
@@ -28,6 +32,12 @@ use tokio::time::Instant;
 
 use super::room::{Room, lock};
 use super::{Hub, HubInner};
+use crate::close;
+use crate::handle::ConnHandle;
+
+/// The window over which lost connections are counted to tell a mass loss
+/// from a single client's.
+const LOSS_WINDOW: Duration = Duration::from_secs(1);
 
 /// Releases run concurrently at most this many at once when a grace ends
 /// for many users together (a storm whose clients did not come back): each
@@ -42,12 +52,22 @@ struct Held {
     user: Arc<str>,
 }
 
+/// Connections lost in the current window, and until when losses are held
+/// after the last window that passed the mass-loss rate.
+#[derive(Default)]
+struct Losses {
+    window_start: Option<Instant>,
+    count: u32,
+    holding_until: Option<Instant>,
+}
+
 /// The queue of held presences; shared by the hub and its release task.
 #[derive(Default)]
 pub(super) struct Linger {
     queue: Mutex<VecDeque<Held>>,
     wake: Notify,
     stopped: AtomicBool,
+    losses: Mutex<Losses>,
 }
 
 impl Linger {
@@ -83,15 +103,44 @@ impl Linger {
                 futures_util::stream::iter(due)
                     .for_each_concurrent(RELEASE_CONCURRENCY, |h| {
                         let hub = hub.clone();
-                        async move { hub.release_user(&h.room, &h.user).await }
+                        async move { hub.release_held(&h.room, &h.user).await }
                     })
                     .await;
             }
         });
     }
 
-    /// Holds `user`'s presence in `room` for `grace`.
+    /// Whether `conn`, which ended without a goodbye, is held: the gateway
+    /// closed it to send its client elsewhere (a drain), or it is one of
+    /// many lost at once (more than `per_second` within a second; and any
+    /// loss for a grace after such a second, while the clients come back).
+    /// `per_second` 0 holds every loss.
+    pub(super) fn holds(&self, conn: &ConnHandle, per_second: u32, grace: Duration) -> bool {
+        if conn.close_code() == Some(close::DRAINING) {
+            return true;
+        }
+        let now = Instant::now();
+        let mut l = lock(&self.losses);
+        if l.window_start
+            .is_none_or(|s| now.duration_since(s) >= LOSS_WINDOW)
+        {
+            l.window_start = Some(now);
+            l.count = 0;
+        }
+        l.count = l.count.saturating_add(1);
+        if l.count > per_second {
+            l.holding_until = Some(now + grace);
+        }
+        l.holding_until.is_some_and(|until| now < until)
+    }
+
+    /// Holds `user`'s presence in `room` for `grace` (its slot was counted
+    /// in the room's `held` by the caller).
     pub(super) fn hold(&self, room: Arc<Room>, user: Arc<str>, grace: Duration) {
+        if self.stopped.load(Ordering::SeqCst) {
+            // Withdrawing: every entry of this gateway goes at once.
+            return;
+        }
         let due = Instant::now() + grace;
         let first = {
             let mut q = lock(&self.queue);
@@ -104,8 +153,13 @@ impl Linger {
         }
     }
 
+    /// Whether any presence is held.
+    pub(super) fn holding(&self) -> bool {
+        !lock(&self.queue).is_empty()
+    }
+
     /// Ends the release task and forgets what it held: the gateway is
-    /// withdrawing all its presence entries at once.
+    /// withdrawing all its presence entries at once, or the hub is gone.
     pub(super) fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         let n = {

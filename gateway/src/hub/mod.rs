@@ -61,9 +61,11 @@ pub struct HubConfig {
     pub recovery_window: i64,
     /// Online count above which presence changes are not broadcast.
     pub presence_limit: u64,
-    /// How long a user stays present in a room after their last connection
-    /// there was lost without a close frame (zero: released at once).
+    /// How long a held user stays present in a room (zero: nobody is
+    /// held); see [`linger`].
     pub presence_grace: Duration,
+    /// Lost connections per second past which they are held.
+    pub mass_loss_per_second: u32,
 }
 
 struct HubInner {
@@ -83,7 +85,15 @@ struct HubInner {
     recovery_window: i64,
     presence_limit: u64,
     presence_grace: Duration,
+    mass_loss_per_second: u32,
     linger: Arc<Linger>,
+}
+
+impl Drop for HubInner {
+    fn drop(&mut self) {
+        // The release task holds the hub weakly: it ends now.
+        self.linger.stop();
+    }
 }
 
 /// Handle to the gateway's routing state; cheap to clone.
@@ -121,6 +131,7 @@ impl Hub {
                 recovery_window: config.recovery_window,
                 presence_limit: config.presence_limit,
                 presence_grace: config.presence_grace,
+                mass_loss_per_second: config.mass_loss_per_second,
                 linger: Arc::default(),
             }),
         };
@@ -239,7 +250,8 @@ impl Hub {
             .await?;
 
         let first_local = {
-            let mut st = room.state();
+            let mut guard = room.state();
+            let st = &mut *guard;
             if st.retired {
                 return Ok(None);
             }
@@ -251,9 +263,14 @@ impl Hub {
                 }));
             }
             st.joining.insert(conn.id);
+            // A slot held for the user's lost connection becomes this
+            // one's: the user never left.
+            let took_over = st.take_hold(&conn.user_id);
             let n = st.users.entry(conn.user_id.clone()).or_insert(0);
-            *n += 1;
-            *n == 1
+            if !took_over {
+                *n += 1;
+            }
+            !took_over && *n == 1
         };
 
         // From here on a revocation finds the connection `joining` and
@@ -303,10 +320,11 @@ impl Hub {
         };
         let (member, joining) = {
             let mut st = room.state();
-            (
-                st.members.remove(&conn.id).is_some(),
-                st.joining.remove(&conn.id),
-            )
+            let member = st.members.remove(&conn.id).is_some();
+            if member && grace.is_some() {
+                *st.held.entry(conn.user_id.clone()).or_insert(0) += 1;
+            }
+            (member, st.joining.remove(&conn.id))
         };
         match grace {
             Some(grace) if member => {

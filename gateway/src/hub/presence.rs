@@ -80,6 +80,19 @@ impl Hub {
         }
     }
 
+    /// Ends one held slot of `user` in `room` (see `linger`), unless a
+    /// joiner of the user took it over meanwhile.
+    pub(super) async fn release_held(&self, room: &Arc<Room>, user: &Arc<str>) {
+        if room.state().take_hold(user) {
+            self.release_user(room, user).await;
+        }
+    }
+
+    /// Whether presence is held for lost connections.
+    pub fn holds_presence(&self) -> bool {
+        self.inner.linger.holding()
+    }
+
     /// The community's online users for a join ack: a snapshot of the
     /// backplane's list at most [`ONLINE_SNAPSHOT_TTL`] old, fetched once
     /// for concurrent callers, plus this gateway's own users.

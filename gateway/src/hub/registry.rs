@@ -169,10 +169,16 @@ impl Hub {
                 }
             }
         }
-        // A client that said goodbye left; one that vanished is likely to
-        // be back in a moment, and its presence is held meanwhile.
-        let grace =
-            Some(self.inner.presence_grace).filter(|g| !g.is_zero() && !conn.said_goodbye());
+        // A client that said goodbye left; one sent elsewhere, or lost with
+        // many others, is about to be back, and is held meanwhile.
+        let grace = self.inner.presence_grace;
+        let held = !grace.is_zero()
+            && !conn.said_goodbye()
+            && self
+                .inner
+                .linger
+                .holds(conn, self.inner.mass_loss_per_second, grace);
+        let grace = held.then_some(grace);
         for c in communities {
             self.remove(*c, conn, grace).await;
         }

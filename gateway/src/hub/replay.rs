@@ -14,10 +14,11 @@
 //! [`Tail`]), and a later joiner continues from the window into the tail
 //! instead of fetching again for the events that came since.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chorus_shared::protocol::{EventsPage, MAX_EVENTS_PER_REQUEST};
+use chorus_shared::protocol::{EventsPage, MAX_EVENTS_PER_REQUEST, ServerEvent};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
@@ -57,13 +58,20 @@ pub(super) struct Window {
 
 /// The live events a room delivered after `from`, kept while joiners
 /// recover. Complete: every seq after `from` up to the room's
-/// `delivered_through` is here, but for creations of since-deleted
-/// messages, which the room skipped too. Dropped once unused for
-/// [`WINDOW_CACHE_TTL`] or past [`MAX_TAIL`] events.
+/// `delivered_through` is here, but for the seqs the room skipped
+/// (creations of messages deleted before it heard of them). Dropped with
+/// the first event after it went unused for [`WINDOW_CACHE_TTL`], past
+/// [`MAX_TAIL`] events, or with its room: a room that falls quiet keeps
+/// its tail, bounded by the same count.
+///
+/// It also remembers which messages were deleted while it was kept: a
+/// replay must send those only as their `message-deleted` (contract), and
+/// the cached window, or the tail itself, may still hold their creation.
 #[derive(Debug)]
 pub(super) struct Tail {
     from: i64,
     events: Vec<(i64, Frame)>,
+    deleted: HashSet<Uuid>,
     used: tokio::time::Instant,
 }
 
@@ -72,6 +80,7 @@ impl Tail {
         Tail {
             from,
             events: Vec::new(),
+            deleted: HashSet::new(),
             used: tokio::time::Instant::now(),
         }
     }
@@ -81,8 +90,18 @@ impl Tail {
         if self.events.len() >= MAX_TAIL || self.used.elapsed() >= WINDOW_CACHE_TTL {
             return false;
         }
+        if let Some(ServerEvent::MessageDeleted(d)) = frame.event() {
+            self.deleted.insert(d.message_id);
+        }
         self.events.push((seq, frame));
         true
+    }
+
+    /// Whether `frame` is the creation of a message deleted since the tail
+    /// began.
+    pub fn deletes_creation(&self, frame: &Frame) -> bool {
+        !self.deleted.is_empty()
+            && matches!(frame.event(), Some(ServerEvent::NewMessage(m)) if self.deleted.contains(&m.message.id))
     }
 
     /// Whether a replay standing at `through` can continue from here.
@@ -292,10 +311,19 @@ async fn replay(
         if *seq <= *through {
             continue;
         }
-        // Revoked meanwhile: not one more event (the admission, refused,
-        // releases the rest).
-        if room.state().revoked.contains(&conn.id) {
-            return Err(GatewayError::Forbidden("membership revoked"));
+        {
+            let st = room.state();
+            // Revoked meanwhile: not one more event (the admission,
+            // refused, releases the rest).
+            if st.revoked.contains(&conn.id) {
+                return Err(GatewayError::Forbidden("membership revoked"));
+            }
+            // Deleted since this copy was taken: the replay goes on to its
+            // `message-deleted`, and the creation is skipped (contract).
+            if st.tail.as_ref().is_some_and(|t| t.deletes_creation(frame)) {
+                *through = *seq;
+                continue;
+            }
         }
         // Paced by the client's reading: waits for queue space.
         if !conn.push_event_wait(frame).await {

@@ -80,9 +80,13 @@ pub(super) struct RoomState {
     /// Connections counted in `users` that are still joining (replaying):
     /// a join cut short by its connection closing is released by `leave`.
     pub joining: HashSet<u64>,
-    /// Local connections per user (joined members and replaying joiners),
-    /// for presence: one entry per user however many tabs.
+    /// Local connections per user (joined members, replaying joiners and
+    /// held slots of lost connections), for presence: one entry per user
+    /// however many tabs.
     pub users: HashMap<Arc<str>, u32>,
+    /// Of `users`' counts, the slots held for lost connections (see
+    /// `linger`): a joiner of the same user takes one over.
+    pub held: HashMap<Arc<str>, u32>,
     /// The last fetched recovery window and when, shared by joiners.
     pub window: Option<(Instant, Arc<Window>)>,
     pub window_inflight: Option<WindowFetch>,
@@ -132,6 +136,7 @@ impl RoomState {
             members: HashMap::new(),
             joining: HashSet::new(),
             users: HashMap::new(),
+            held: HashMap::new(),
             window: None,
             window_inflight: None,
             tail: None,
@@ -197,6 +202,21 @@ impl RoomState {
     /// True when something is waiting for a missing range.
     pub fn has_gap(&self) -> bool {
         !self.pending.is_empty() || self.heard_through > self.delivered_through
+    }
+
+    /// Takes over one held slot of `user`, if there is one.
+    pub fn take_hold(&mut self, user: &str) -> bool {
+        match self.held.get_mut(user) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => {
+                self.held.remove(user);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether `user`'s typing state `is_typing` should be broadcast now,

@@ -103,8 +103,8 @@ impl<S: Session> Reader<S> {
                     );
                     continue;
                 }
-                (Message::Close(_), _) => {
-                    self.handle.client_closed();
+                (Message::Close(frame), _) => {
+                    self.handle.client_closed(frame.map(|f| f.code));
                     return;
                 }
                 (Message::Ping(_) | Message::Pong(_), _) => continue,

@@ -153,6 +153,7 @@ pub struct GwOpts {
     pub max_connections_per_user: u32,
     pub max_joins: usize,
     pub presence_grace_ms: u64,
+    pub mass_loss_per_second: u32,
 }
 
 impl GwOpts {
@@ -172,6 +173,7 @@ impl GwOpts {
             max_connections_per_user: chorus_gateway::config::DEFAULT_MAX_CONNECTIONS_PER_USER,
             max_joins: chorus_gateway::config::DEFAULT_MAX_JOINS_PER_CONNECTION,
             presence_grace_ms: chorus_gateway::config::DEFAULT_PRESENCE_GRACE_MS,
+            mass_loss_per_second: chorus_gateway::config::DEFAULT_MASS_LOSS_PER_SECOND,
         }
     }
 }
@@ -234,6 +236,7 @@ fn gateway_args(api_url: &str, api_internal_url: &str, opts: GwOpts) -> GatewayA
         max_joins: opts.max_joins,
         presence_liveness_ms: 15_000,
         presence_grace_ms: opts.presence_grace_ms,
+        mass_loss_per_second: opts.mass_loss_per_second,
         jwt,
         log: LogArgs {
             log_format: LogFormat::Text,

@@ -1,5 +1,7 @@
 //! Presence across gateways and tabs, and the gateway registry.
 
+use std::time::Duration;
+
 use reqwest::Method;
 use serde_json::json;
 
@@ -163,10 +165,37 @@ async fn large_rooms_stop_broadcasting_joins_and_leaves() {
 }
 
 #[tokio::test]
-async fn a_connection_lost_and_back_within_the_grace_is_never_announced_gone() {
+async fn a_single_lost_connection_leaves_without_waiting_for_the_grace() {
     let mut opts = GwOpts::new(&env_url("REDIS_URL"));
-    // Long enough for a reconnect on a loaded machine, short for the test.
+    // A grace far longer than the wait below: only an unheld loss passes.
+    opts.presence_grace_ms = 30_000;
+    let cl = Cluster::start_with(opts).await;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let c = cl.community(&alice, &[&bob]).await;
+    let mut watcher = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    watcher.join(&c, None).await;
+    let mut b = Client::connect(&cl.gw2.url, &token(&bob)).await;
+    b.join(&c, None).await;
+    assert_eq!(
+        watcher.event_of("user-joined").await["data"]["userId"],
+        bob.as_str()
+    );
+    // Gone without a close frame, alone: the contract's leave.
+    drop(b);
+    watcher.wait = Duration::from_secs(15);
+    assert_eq!(
+        watcher.event_of("user-left").await["data"]["userId"],
+        bob.as_str()
+    );
+}
+
+#[tokio::test]
+async fn connections_lost_together_and_back_within_the_grace_are_never_announced_gone() {
+    let mut opts = GwOpts::new(&env_url("REDIS_URL"));
+    // Long enough for a reconnect on a loaded machine, short for the test;
+    // every loss counts as a mass loss.
     opts.presence_grace_ms = 3_000;
+    opts.mass_loss_per_second = 0;
     let cl = Cluster::start_with(opts).await;
     let (alice, bob, carol) = (uid("alice"), uid("bob"), uid("carol"));
     let c = cl.community(&alice, &[&bob, &carol]).await;
@@ -215,8 +244,28 @@ async fn a_connection_lost_and_back_within_the_grace_is_never_announced_gone() {
         .await;
     assert_eq!(s, 200);
     assert!(p["online"].as_array().unwrap().contains(&json!(bob)), "{p}");
-    // A goodbye (close frame) is a leave, announced at once.
+}
+
+#[tokio::test]
+async fn a_close_frame_leaves_without_waiting_for_the_grace_even_in_a_mass_loss() {
+    let mut opts = GwOpts::new(&env_url("REDIS_URL"));
+    // Every loss held, for far longer than the wait below: only a goodbye
+    // passes.
+    opts.presence_grace_ms = 30_000;
+    opts.mass_loss_per_second = 0;
+    let cl = Cluster::start_with(opts).await;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let c = cl.community(&alice, &[&bob]).await;
+    let mut watcher = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    watcher.join(&c, None).await;
+    let mut b = Client::connect(&cl.gw2.url, &token(&bob)).await;
+    b.join(&c, None).await;
+    assert_eq!(
+        watcher.event_of("user-joined").await["data"]["userId"],
+        bob.as_str()
+    );
     b.close().await;
+    watcher.wait = Duration::from_secs(15);
     assert_eq!(
         watcher.event_of("user-left").await["data"]["userId"],
         bob.as_str()

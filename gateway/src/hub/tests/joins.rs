@@ -165,6 +165,44 @@ async fn later_joiners_continue_from_the_window_into_the_live_tail() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_message_deleted_since_the_window_was_fetched_replays_only_as_its_deletion() {
+    let mut f = Fixture::new(1000);
+    let (b, _rx_b) = f.conn("b", 64).await;
+    f.join(&b, None).await.expect("b joined");
+    let delivered = |f: &Fixture, seq: i64| {
+        f.hub
+            .room(f.community)
+            .is_some_and(|r| r.delivered_through() == seq)
+    };
+    let posts: Vec<Publication> = (0..5).map(|_| f.post()).collect();
+    until(|| delivered(&f, 5)).await;
+    let (u0, mut rx0) = f.conn("u0", 64).await;
+    f.join(&u0, Some(0)).await.expect("joined");
+    // 3 is deleted (seq 6) and 7 posted, live: the cached window still
+    // holds 3's creation, the room's tail its deletion.
+    let third = match chorus_shared::envelope::Envelope::decode(&posts[2].payload)
+        .expect("envelope")
+        .event
+    {
+        ServerEvent::NewMessage(m) => m.message.id,
+        other => panic!("expected new-message, got {other:?}"),
+    };
+    let deletion = f.api.delete(third).expect("deleted");
+    f.publish(&deletion);
+    f.post();
+    until(|| delivered(&f, 7)).await;
+    let before = f.api.backfills();
+    let (u1, mut rx1) = f.conn("u1", 64).await;
+    f.join(&u1, Some(1)).await.expect("joined");
+    assert_eq!(f.api.backfills(), before, "window and tail, no fetch");
+    // Contract: created and deleted since lastSeq, it comes only as its
+    // deletion.
+    assert_eq!(seqs(&mut rx1, 5).await, vec![2, 4, 5, 6, 7]);
+    // One live all along got it as it happened.
+    assert_eq!(seqs(&mut rx0, 7).await, (1..=7).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_join_cut_short_by_its_connection_closing_is_released() {
     let mut f = Fixture::new(1000);
     let (w, mut rx_w) = f.conn("w", 64).await;

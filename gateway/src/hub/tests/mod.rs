@@ -45,6 +45,16 @@ pub(super) struct Fixture {
 
 impl Fixture {
     pub(super) fn new(recovery_window: i64) -> Self {
+        Self::build(recovery_window, crate::config::DEFAULT_MASS_LOSS_PER_SECOND)
+    }
+
+    /// A fixture whose hub holds every lost connection's presence, as in a
+    /// mass loss.
+    pub(super) fn holding_losses() -> Self {
+        Self::build(1000, 0)
+    }
+
+    fn build(recovery_window: i64, mass_loss_per_second: u32) -> Self {
         let api = MemoryApi::new();
         let bus = MemoryBus::new();
         let backplane = MemoryBackplane::new(bus.clone(), "gw-test");
@@ -55,6 +65,7 @@ impl Fixture {
                 recovery_window,
                 presence_limit: 10_000,
                 presence_grace: GRACE,
+                mass_loss_per_second,
             },
         );
         backplane.start(Arc::new(hub.clone()));
