@@ -147,7 +147,9 @@ impl Session {
         recovered: bool,
         missed: i64,
     ) -> Result<Value, GatewayError> {
-        let mut online = self.gw.hub().online(community).await;
+        let listed = self.gw.hub().online(community).await;
+        let mut online = Vec::with_capacity(listed.len() + 1);
+        online.extend(listed.iter().cloned());
         if !online.contains(&self.me.user.id) {
             online.push(self.me.user.id.clone());
         }

@@ -270,7 +270,11 @@ impl Hub {
             if !took_over {
                 *n += 1;
             }
-            !took_over && *n == 1
+            let first_local = !took_over && *n == 1;
+            if first_local {
+                st.online_merged = None;
+            }
+            first_local
         };
 
         // From here on a revocation finds the connection `joining` and

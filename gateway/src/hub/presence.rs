@@ -23,7 +23,7 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::Hub;
-use super::room::{ONLINE_SNAPSHOT_TTL, Room, lock};
+use super::room::{ONLINE_SNAPSHOT_TTL, Room, RoomState, lock};
 use crate::backplane::{Added, Reaped};
 use crate::handle::ConnHandle;
 
@@ -57,6 +57,7 @@ impl Hub {
                 }
                 Some(_) => {
                     st.users.remove(user);
+                    st.online_merged = None;
                     st.typing.remove(user);
                     true
                 }
@@ -95,22 +96,26 @@ impl Hub {
 
     /// The community's online users for a join ack: a snapshot of the
     /// backplane's list at most [`ONLINE_SNAPSHOT_TTL`] old, fetched once
-    /// for concurrent callers, plus this gateway's own users.
-    pub async fn online(&self, community: Uuid) -> Vec<String> {
+    /// for concurrent callers, plus this gateway's own users. The merged
+    /// list is kept until the snapshot or the set of local users changes:
+    /// a storm's thousands of acks in a room share one.
+    pub async fn online(&self, community: Uuid) -> Arc<Vec<String>> {
         let Some(room) = self.room(community) else {
-            return self
-                .inner
-                .backplane
-                .presence_online(community)
-                .await
-                .unwrap_or_default();
+            return Arc::new(
+                self.inner
+                    .backplane
+                    .presence_online(community)
+                    .await
+                    .unwrap_or_default(),
+            );
         };
         let cell = {
             let mut st = room.state();
             if let Some((at, list)) = &st.online
                 && at.elapsed() < ONLINE_SNAPSHOT_TTL
             {
-                return with_local(list, &st.users);
+                let list = list.clone();
+                return merged(&mut st, &list);
             }
             st.online_inflight
                 .get_or_insert_with(|| Arc::new(OnceCell::new()))
@@ -128,12 +133,13 @@ impl Hub {
                 let list = Arc::new(list);
                 let mut st = room.state();
                 st.online = Some((Instant::now(), list.clone()));
+                st.online_merged = None;
                 st.online_inflight = None;
                 list
             })
             .await
             .clone();
-        with_local(&list, &room.state().users)
+        merged(&mut room.state(), &list)
     }
 
     /// Presence upkeep, run every few seconds: starts a new incarnation
@@ -304,6 +310,18 @@ impl Hub {
             tracing::warn!(error = %e, "publishing an ephemeral event failed");
         }
     }
+}
+
+/// The room's merged online list for the snapshot `listed`: the one kept,
+/// or made and kept. (The room clears it whenever the snapshot or its set
+/// of local users changes.)
+fn merged(st: &mut RoomState, listed: &[String]) -> Arc<Vec<String>> {
+    if let Some(m) = &st.online_merged {
+        return m.clone();
+    }
+    let m = Arc::new(with_local(listed, &st.users));
+    st.online_merged = Some(m.clone());
+    m
 }
 
 /// `listed` plus the local users missing from it.

@@ -96,6 +96,9 @@ pub(super) struct RoomState {
     /// The community's online users as the backplane last listed them, and
     /// when: join acks within [`ONLINE_SNAPSHOT_TTL`] share it.
     pub online: Option<(Instant, Arc<Vec<String>>)>,
+    /// `online` merged with the local users, shared by acks until either
+    /// changes (cleared then).
+    pub online_merged: Option<Arc<Vec<String>>>,
     pub online_inflight: Option<Arc<OnceCell<Arc<Vec<String>>>>>,
     /// The typing state last broadcast for each local user, and when: the
     /// same state again within [`TYPING_INTERVAL`] is not broadcast.
@@ -141,6 +144,7 @@ impl RoomState {
             window_inflight: None,
             tail: None,
             online: None,
+            online_merged: None,
             online_inflight: None,
             typing: HashMap::new(),
             retired: false,
