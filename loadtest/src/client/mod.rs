@@ -250,6 +250,13 @@ pub async fn tcp(url: &str, local: Option<IpAddr>) -> std::io::Result<TcpStream>
         TcpSocket::new_v6()?
     };
     if let Some(ip) = local {
+        // The port is chosen at connect, where only the 4-tuple must be
+        // free: a storm's dropped connections sit in TIME_WAIT on this side
+        // (it closed first), and a port chosen at bind must be held by none
+        // of them, a search that grows long (the load tool's own CPU) and
+        // then fails (`EADDRINUSE`: a reconnect the servers never saw).
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
+            .map_err(std::io::Error::from)?;
         sock.bind((ip, 0).into())?;
     }
     let s = sock.connect(addr).await?;
