@@ -7,6 +7,7 @@
 //! the next frame. This file holds the fixture; the scenarios are grouped
 //! by concern in the files beside it.
 
+mod grace;
 mod joins;
 mod membership;
 mod ordering;

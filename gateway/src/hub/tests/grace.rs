@@ -1,0 +1,177 @@
+//! The presence grace (`hub::linger`): which ends are held (a drain, a
+//! mass loss) and which leave at once (one loss, a goodbye), a return
+//! taking the held slot over, and the release when the grace ends.
+
+use super::users::{conn_on, online, second_gateway};
+use super::*;
+
+#[tokio::test(start_paused = true)]
+async fn one_lost_connection_leaves_at_once() {
+    let mut f = Fixture::new(1000);
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    let (a, _rx_a) = f.conn("a", 64).await;
+    f.join(&a, None).await.expect("joined");
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "a"));
+    // No close frame, and no other loss: the contract's leave, at once.
+    f.hub.disconnect(&a, &[f.community]).await;
+    f.marker().await;
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
+    assert_marker_next(&mut rx).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_lost_many_at_once_are_held_for_the_grace() {
+    let mut f = Fixture::new(1000);
+    let (w, mut rx) = f.conn("w", 1024).await;
+    f.join(&w, None).await.expect("joined");
+    let limit = crate::config::DEFAULT_MASS_LOSS_PER_SECOND as usize;
+    let mut lost = Vec::new();
+    for i in 0..=limit + 1 {
+        let (c, rx_c) = f.conn(&format!("u{i}"), 64).await;
+        f.join(&c, None).await.expect("joined");
+        assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(_)));
+        lost.push((c, rx_c));
+    }
+    // All lost at the same moment (counted in this order): up to the rate
+    // each leaves at once; past it, losses are held.
+    futures_util::future::join_all(
+        lost.iter()
+            .map(|(c, _)| f.hub.disconnect(c, std::slice::from_ref(&f.community))),
+    )
+    .await;
+    f.marker().await;
+    let mut left = std::collections::HashSet::new();
+    for _ in 0..limit {
+        match next(&mut rx).await {
+            ServerEvent::UserLeft(l) => assert!(left.insert(l.user_id)),
+            other => panic!("expected a user-left, got {other:?}"),
+        }
+    }
+    assert_eq!(left, (0..limit).map(|i| format!("u{i}")).collect());
+    assert_marker_next(&mut rx).await;
+    // The held ones leave when the grace ends, in the order they were lost.
+    let at = tokio::time::Instant::now();
+    for i in limit..=limit + 1 {
+        assert!(
+            matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == format!("u{i}"))
+        );
+    }
+    assert!(at.elapsed() >= GRACE - Duration::from_millis(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_user_back_within_the_grace_is_announced_neither_gone_nor_back() {
+    let mut f = Fixture::holding_losses();
+    let (other, _other_bp) = second_gateway(&f, "gw-other");
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    let (a, _rx_a) = f.conn("a", 64).await;
+    f.join(&a, None).await.expect("joined");
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "a"));
+    // Lost: still present, to the room and to everyone reading the
+    // backplane.
+    f.hub.disconnect(&a, &[f.community]).await;
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    assert_eq!(online(&f).await, ["a", "w"]);
+    // Back just before the grace ends, through another gateway.
+    tokio::time::advance(GRACE - Duration::from_millis(10)).await;
+    let (a2, _rx_a2) = conn_on(&f, &other, 901, "a").await;
+    join(&other, &f.api, f.community, &a2, None)
+        .await
+        .expect("joined");
+    // The grace ends: the held presence goes, a is still online elsewhere,
+    // and neither the loss nor the return was announced. (A sleep, not an
+    // advance: the clock moves on only once every task, the release
+    // included, is idle.)
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    assert_eq!(online(&f).await, ["a", "w"]);
+    // A goodbye from the new connection is a leave, announced at once.
+    a2.client_closed(None);
+    other.disconnect(&a2, &[f.community]).await;
+    f.marker().await;
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
+    assert_marker_next(&mut rx).await;
+    assert_eq!(online(&f).await, ["w"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_return_takes_the_held_slot_over_so_its_leave_is_at_once() {
+    let mut f = Fixture::holding_losses();
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    let (a, _rx_a) = f.conn("a", 64).await;
+    f.join(&a, None).await.expect("joined");
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "a"));
+    f.hub.disconnect(&a, &[f.community]).await;
+    // Back on the same gateway: the new connection takes the held slot.
+    let (a2, _rx_a2) = f.conn("a", 64).await;
+    f.join(&a2, None).await.expect("joined");
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    // Its leave is the user's: announced at once, not when the old
+    // connection's grace ends.
+    assert!(f.hub.leave(f.community, &a2).await);
+    f.marker().await;
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
+    assert_marker_next(&mut rx).await;
+    // And the grace's end finds its slot taken: nothing more.
+    tokio::time::sleep(GRACE).await;
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    assert_eq!(online(&f).await, ["w"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_user_not_back_leaves_when_the_grace_ends() {
+    let mut f = Fixture::holding_losses();
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    let (a, _rx_a) = f.conn("a", 64).await;
+    f.join(&a, None).await.expect("joined");
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "a"));
+    let (b, _rx_b) = f.conn("b", 64).await;
+    f.join(&b, None).await.expect("joined");
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "b"));
+    let lost = tokio::time::Instant::now();
+    f.hub.disconnect(&a, &[f.community]).await;
+    tokio::time::advance(GRACE / 2).await;
+    f.hub.disconnect(&b, &[f.community]).await;
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    // Each leaves when its own grace ends, in the order they were lost.
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
+    assert!(lost.elapsed() >= GRACE);
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "b"));
+    assert!(lost.elapsed() >= GRACE + GRACE / 2);
+    assert_eq!(online(&f).await, ["w"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drained_connection_is_held_and_a_close_frame_answering_ours_is_no_goodbye() {
+    let mut f = Fixture::new(1000);
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    // A drain (1012) sends the client elsewhere: held even on its own, and
+    // the close frame answering ours is no goodbye.
+    let (c, _rx_c) = f.conn("c", 64).await;
+    f.join(&c, None).await.expect("joined");
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "c"));
+    c.drain(500);
+    c.client_closed(Some(1000));
+    assert!(!c.said_goodbye());
+    f.hub.disconnect(&c, &[f.community]).await;
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "c"));
+    // A client's own close with a code of its own (the SDK's 4000: it
+    // gives this connection up for another) is no goodbye either.
+    let (d, _rx_d) = f.conn("d", 64).await;
+    d.client_closed(Some(4000));
+    assert!(!d.said_goodbye());
+    d.client_closed(Some(1001));
+    assert!(d.said_goodbye());
+}
