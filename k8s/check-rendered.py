@@ -68,8 +68,11 @@ def rules(path):
         sleep = int(c["lifecycle"]["preStop"]["exec"]["command"][-1])
         if name == "chorus-gateway":
             drain = int(env.get("CHORUS_DRAIN_SECONDS", {}).get("value") or config.get("CHORUS_DRAIN_SECONDS", 20))
-            if pod["terminationGracePeriodSeconds"] < sleep + drain + 10:
-                errors.append(f"{name}: terminationGracePeriodSeconds must exceed preStop {sleep} s + drain {drain} s + 10 s")
+            # 10.5 s after the drain: its last closes (up to 5 s) and the
+            # wait for the last clients to be back (5.5 s) before the
+            # gateway withdraws its presence.
+            if pod["terminationGracePeriodSeconds"] < sleep + drain + 11:
+                errors.append(f"{name}: terminationGracePeriodSeconds must exceed preStop {sleep} s + drain {drain} s + 11 s")
     # Services select pods and name ports that exist.
     for (kind, n), svc in by.items():
         if kind != "Service":

@@ -68,11 +68,12 @@ pub const DEFAULT_PRESENCE_BROADCAST_LIMIT: u64 = 10_000;
 /// back within this long was never announced as gone: no `user-left` and
 /// `user-joined` pair to the whole room per client. Ten seconds cover the
 /// SDK's first four reconnect attempts (full-jitter backoff from 500 ms,
-/// at most 7.5 s in all), a drain's reconnect hint (at most 5 s), and a
-/// whole gateway's clients rejoining at once (20,000 clients took 7.4 s on
-/// the benchmark machine; announcing each return is what made them take
-/// 16-26 s). Short enough that a user who really went away leaves the list
-/// soon, inside the 30 s the contract allows for a dead gateway's users.
+/// at most 7.5 s in all), a drain's reconnect (a hint of at most 2.5 s,
+/// which the SDK's jitter at most doubles), and a storm's rejoins (20,000
+/// clients over two gateways rejoined in about 6 s on the benchmark
+/// machine; announcing each return is what made them take 17-22 s).
+/// Short enough that a user who really went away leaves the list soon,
+/// inside the 30 s the contract allows for a dead gateway's users.
 pub const DEFAULT_PRESENCE_GRACE_MS: u64 = 10_000;
 /// Longest presence grace accepted: the contract's bound for a dead
 /// gateway's users, the slowest `user-left` it allows.

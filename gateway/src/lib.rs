@@ -60,14 +60,18 @@ use crate::state::{Admission, Gateway, Parts};
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// A drained client is told to reconnect after a delay spread over this
-/// range (ms), so the herd does not land on one instant.
+/// range (ms), so the herd does not land on one instant (the closes are
+/// spread over the drain period too). Clients add jitter up to the hint
+/// again (the SDK waits `afterMs × (1 + random)`), so the longest wait is
+/// twice the longest hint: 5 s, inside the presence grace.
 const DRAIN_RECONNECT_MIN_MS: u64 = 500;
-const DRAIN_RECONNECT_SPREAD_MS: u64 = 4_500;
+const DRAIN_RECONNECT_SPREAD_MS: u64 = 2_000;
 /// How long a drained gateway keeps its held presence after its last
-/// close before withdrawing it: the longest reconnect hint plus slack, so
-/// the last clients closed are back elsewhere and are not announced gone.
+/// close before withdrawing it: the longest jittered reconnect plus slack,
+/// so the last clients closed are back elsewhere and are not announced
+/// gone and back.
 const DRAIN_REJOIN_WAIT: Duration =
-    Duration::from_millis(DRAIN_RECONNECT_MIN_MS + DRAIN_RECONNECT_SPREAD_MS + 500);
+    Duration::from_millis(2 * (DRAIN_RECONNECT_MIN_MS + DRAIN_RECONNECT_SPREAD_MS) + 500);
 
 /// How long shutdown waits for upgrade requests in flight: an upgrade is a
 /// single round trip, so whatever is still unfinished after this is a

@@ -22,7 +22,7 @@
 //! when the gateway withdraws its presence on exit.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -50,6 +50,8 @@ struct Held {
     due: Instant,
     room: Arc<Room>,
     user: Arc<str>,
+    /// The hold's id in the room's `held` slots.
+    id: u64,
 }
 
 /// Connections lost in the current window, and until when losses are held
@@ -68,6 +70,7 @@ pub(super) struct Linger {
     wake: Notify,
     stopped: AtomicBool,
     losses: Mutex<Losses>,
+    next_id: AtomicU64,
 }
 
 impl Linger {
@@ -103,7 +106,7 @@ impl Linger {
                 futures_util::stream::iter(due)
                     .for_each_concurrent(RELEASE_CONCURRENCY, |h| {
                         let hub = hub.clone();
-                        async move { hub.release_held(&h.room, &h.user).await }
+                        async move { hub.release_held(&h.room, &h.user, h.id).await }
                     })
                     .await;
             }
@@ -134,17 +137,24 @@ impl Linger {
         l.holding_until.is_some_and(|until| now < until)
     }
 
-    /// Holds `user`'s presence in `room` for `grace` (its slot was counted
-    /// in the room's `held` by the caller).
-    pub(super) fn hold(&self, room: Arc<Room>, user: Arc<str>, grace: Duration) {
-        if self.stopped.load(Ordering::SeqCst) {
-            // Withdrawing: every entry of this gateway goes at once.
-            return;
-        }
+    /// A new hold's id; `None` once stopped (withdrawing: every entry of
+    /// this gateway goes at once, and nothing is held any more).
+    pub(super) fn reserve(&self) -> Option<u64> {
+        (!self.stopped.load(Ordering::SeqCst)).then(|| self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Holds `user`'s presence in `room` for `grace` under hold `id` (its
+    /// slot was counted in the room's `held` by the caller).
+    pub(super) fn hold(&self, room: Arc<Room>, user: Arc<str>, id: u64, grace: Duration) {
         let due = Instant::now() + grace;
         let first = {
             let mut q = lock(&self.queue);
-            q.push_back(Held { due, room, user });
+            q.push_back(Held {
+                due,
+                room,
+                user,
+                id,
+            });
             q.len() == 1
         };
         metrics::gauge!("chorus_gateway_presence_held").increment(1.0);

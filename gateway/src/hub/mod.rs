@@ -322,20 +322,25 @@ impl Hub {
         let Some(room) = self.room(community) else {
             return false;
         };
-        let (member, joining) = {
+        let (member, joining, held) = {
             let mut st = room.state();
             let member = st.members.remove(&conn.id).is_some();
-            if member && grace.is_some() {
-                *st.held.entry(conn.user_id.clone()).or_insert(0) += 1;
+            let held = grace
+                .filter(|_| member)
+                .and_then(|g| self.inner.linger.reserve().map(|id| (id, g)));
+            if let Some((id, _)) = held {
+                st.hold(&conn.user_id, id);
             }
-            (member, st.joining.remove(&conn.id))
+            (member, st.joining.remove(&conn.id), held)
         };
-        match grace {
-            Some(grace) if member => {
-                self.inner.linger.hold(room, conn.user_id.clone(), grace);
+        match held {
+            Some((id, grace)) => {
+                self.inner
+                    .linger
+                    .hold(room, conn.user_id.clone(), id, grace);
             }
-            _ if member || joining => self.release_user(&room, &conn.user_id).await,
-            _ => {}
+            None if member || joining => self.release_user(&room, &conn.user_id).await,
+            None => {}
         }
         member
     }

@@ -81,10 +81,10 @@ impl Hub {
         }
     }
 
-    /// Ends one held slot of `user` in `room` (see `linger`), unless a
-    /// joiner of the user took it over meanwhile.
-    pub(super) async fn release_held(&self, room: &Arc<Room>, user: &Arc<str>) {
-        if room.state().take_hold(user) {
+    /// Ends hold `id` of `user` in `room` (see `linger`), unless a joiner
+    /// of the user took it over meanwhile.
+    pub(super) async fn release_held(&self, room: &Arc<Room>, user: &Arc<str>, id: u64) {
+        if room.state().end_hold(user, id) {
             self.release_user(room, user).await;
         }
     }
@@ -115,7 +115,7 @@ impl Hub {
                 && at.elapsed() < ONLINE_SNAPSHOT_TTL
             {
                 let list = list.clone();
-                return merged(&mut st, &list);
+                return merged(&mut st, list);
             }
             st.online_inflight
                 .get_or_insert_with(|| Arc::new(OnceCell::new()))
@@ -139,7 +139,7 @@ impl Hub {
             })
             .await
             .clone();
-        merged(&mut room.state(), &list)
+        merged(&mut room.state(), list)
     }
 
     /// Presence upkeep, run every few seconds: starts a new incarnation
@@ -312,15 +312,17 @@ impl Hub {
     }
 }
 
-/// The room's merged online list for the snapshot `listed`: the one kept,
-/// or made and kept. (The room clears it whenever the snapshot or its set
-/// of local users changes.)
-fn merged(st: &mut RoomState, listed: &[String]) -> Arc<Vec<String>> {
-    if let Some(m) = &st.online_merged {
+/// The room's merged online list for the snapshot `listed`: the one kept
+/// for that very snapshot, or made and kept. (The room clears it whenever
+/// its set of local users changes.)
+fn merged(st: &mut RoomState, listed: Arc<Vec<String>>) -> Arc<Vec<String>> {
+    if let Some((of, m)) = &st.online_merged
+        && Arc::ptr_eq(of, &listed)
+    {
         return m.clone();
     }
-    let m = Arc::new(with_local(listed, &st.users));
-    st.online_merged = Some(m.clone());
+    let m = Arc::new(with_local(&listed, &st.users));
+    st.online_merged = Some((listed, m.clone()));
     m
 }
 

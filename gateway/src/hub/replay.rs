@@ -14,11 +14,10 @@
 //! [`Tail`]), and a later joiner continues from the window into the tail
 //! instead of fetching again for the events that came since.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chorus_shared::protocol::{EventsPage, MAX_EVENTS_PER_REQUEST, ServerEvent};
+use chorus_shared::protocol::{EventsPage, MAX_EVENTS_PER_REQUEST};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
@@ -64,14 +63,13 @@ pub(super) struct Window {
 /// [`MAX_TAIL`] events, or with its room: a room that falls quiet keeps
 /// its tail, bounded by the same count.
 ///
-/// It also remembers which messages were deleted while it was kept: a
-/// replay must send those only as their `message-deleted` (contract), and
-/// the cached window, or the tail itself, may still hold their creation.
+/// A cached window, or the tail itself, may hold the creation of a message
+/// deleted since: the room's recent deletions (`RoomState::deleted`) keep a
+/// replay from sending it.
 #[derive(Debug)]
 pub(super) struct Tail {
     from: i64,
     events: Vec<(i64, Frame)>,
-    deleted: HashSet<Uuid>,
     used: tokio::time::Instant,
 }
 
@@ -80,7 +78,6 @@ impl Tail {
         Tail {
             from,
             events: Vec::new(),
-            deleted: HashSet::new(),
             used: tokio::time::Instant::now(),
         }
     }
@@ -90,18 +87,13 @@ impl Tail {
         if self.events.len() >= MAX_TAIL || self.used.elapsed() >= WINDOW_CACHE_TTL {
             return false;
         }
-        if let Some(ServerEvent::MessageDeleted(d)) = frame.event() {
-            self.deleted.insert(d.message_id);
-        }
         self.events.push((seq, frame));
         true
     }
 
-    /// Whether `frame` is the creation of a message deleted since the tail
-    /// began.
-    pub fn deletes_creation(&self, frame: &Frame) -> bool {
-        !self.deleted.is_empty()
-            && matches!(frame.event(), Some(ServerEvent::NewMessage(m)) if self.deleted.contains(&m.message.id))
+    /// Marks the tail used (a new window's fetch counts on it).
+    pub fn touch(&mut self) {
+        self.used = tokio::time::Instant::now();
     }
 
     /// Whether a replay standing at `through` can continue from here.
@@ -242,9 +234,8 @@ impl Hub {
                     // the fetch reaches at least this far, so the window
                     // and the tail leave no gap. (A tail still kept reaches
                     // back further: it stays.)
-                    if st.tail.is_none() {
-                        st.tail = Some(Tail::new(st.delivered_through));
-                    }
+                    let from = st.delivered_through;
+                    st.tail.get_or_insert_with(|| Tail::new(from)).touch();
                     cell
                 }
             }
@@ -318,9 +309,10 @@ async fn replay(
             if st.revoked.contains(&conn.id) {
                 return Err(GatewayError::Forbidden("membership revoked"));
             }
-            // Deleted since this copy was taken: the replay goes on to its
-            // `message-deleted`, and the creation is skipped (contract).
-            if st.tail.as_ref().is_some_and(|t| t.deletes_creation(frame)) {
+            // Deleted since this copy was taken (the room delivered the
+            // deletion): the replay goes on to its `message-deleted`, and
+            // the creation is skipped (contract).
+            if st.deleted_since(frame) {
                 *through = *seq;
                 continue;
             }

@@ -14,11 +14,12 @@
 //! `.await`: fan-out queues a pointer to the shared event to each member,
 //! so N members cost N non-blocking queue pushes and no allocation.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use chorus_shared::envelope::community_channel;
+use chorus_shared::protocol::ServerEvent;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
@@ -50,7 +51,17 @@ pub(super) const ONLINE_SNAPSHOT_TTL: std::time::Duration = std::time::Duration:
 /// gap-fill page.
 pub(super) const MAX_PENDING: usize = 1000;
 
+/// Deletions a room remembers (the message ids of the last ones it
+/// delivered): a replay from a window fetched before a deletion skips the
+/// deleted message's creation (contract). A replay would have to outlast
+/// this many deletions in its room to miss one; the set costs nothing in
+/// rooms without deletions.
+pub(super) const RECENT_DELETIONS: usize = 1000;
+
 pub(super) use crate::sync::lock;
+
+/// A list of online user ids, shared.
+pub(super) type OnlineList = Arc<Vec<String>>;
 
 /// A live member of a room.
 pub(super) struct Member {
@@ -85,8 +96,13 @@ pub(super) struct RoomState {
     /// however many tabs.
     pub users: HashMap<Arc<str>, u32>,
     /// Of `users`' counts, the slots held for lost connections (see
-    /// `linger`): a joiner of the same user takes one over.
-    pub held: HashMap<Arc<str>, u32>,
+    /// `linger`), by hold id, oldest first: a joiner of the same user takes
+    /// the oldest over, and a grace's end releases only its own.
+    pub held: HashMap<Arc<str>, VecDeque<u64>>,
+    /// The last [`RECENT_DELETIONS`] messages deleted, in delivery order
+    /// and as a set.
+    pub deleted: VecDeque<Uuid>,
+    pub deleted_set: HashSet<Uuid>,
     /// The last fetched recovery window and when, shared by joiners.
     pub window: Option<(Instant, Arc<Window>)>,
     pub window_inflight: Option<WindowFetch>,
@@ -96,9 +112,9 @@ pub(super) struct RoomState {
     /// The community's online users as the backplane last listed them, and
     /// when: join acks within [`ONLINE_SNAPSHOT_TTL`] share it.
     pub online: Option<(Instant, Arc<Vec<String>>)>,
-    /// `online` merged with the local users, shared by acks until either
-    /// changes (cleared then).
-    pub online_merged: Option<Arc<Vec<String>>>,
+    /// A snapshot of `online` and its merge with the local users, shared
+    /// by acks until the local users change (cleared then).
+    pub online_merged: Option<(OnlineList, OnlineList)>,
     pub online_inflight: Option<Arc<OnceCell<Arc<Vec<String>>>>>,
     /// The typing state last broadcast for each local user, and when: the
     /// same state again within [`TYPING_INTERVAL`] is not broadcast.
@@ -140,6 +156,8 @@ impl RoomState {
             joining: HashSet::new(),
             users: HashMap::new(),
             held: HashMap::new(),
+            deleted: VecDeque::new(),
+            deleted_set: HashSet::new(),
             window: None,
             window_inflight: None,
             tail: None,
@@ -193,9 +211,20 @@ impl RoomState {
         }
     }
 
-    /// Keeps a delivered event in the recovery tail, if one is kept; a tail
-    /// unused for a while, or grown past its bound, is dropped.
+    /// Keeps a delivered event in the recovery tail, if one is kept (a tail
+    /// unused for a while, or grown past its bound, is dropped), and a
+    /// deletion's message id.
     fn record(&mut self, seq: i64, frame: Frame) {
+        if let Some(ServerEvent::MessageDeleted(d)) = frame.event()
+            && self.deleted_set.insert(d.message_id)
+        {
+            self.deleted.push_back(d.message_id);
+            if self.deleted.len() > RECENT_DELETIONS
+                && let Some(old) = self.deleted.pop_front()
+            {
+                self.deleted_set.remove(&old);
+            }
+        }
         if let Some(t) = &mut self.tail
             && !t.record(seq, frame)
         {
@@ -203,24 +232,47 @@ impl RoomState {
         }
     }
 
+    /// Whether `frame` is the creation of a message this room saw deleted.
+    pub fn deleted_since(&self, frame: &Frame) -> bool {
+        !self.deleted_set.is_empty()
+            && matches!(frame.event(), Some(ServerEvent::NewMessage(m)) if self.deleted_set.contains(&m.message.id))
+    }
+
     /// True when something is waiting for a missing range.
     pub fn has_gap(&self) -> bool {
         !self.pending.is_empty() || self.heard_through > self.delivered_through
     }
 
-    /// Takes over one held slot of `user`, if there is one.
+    /// Counts a held slot of `user` under hold `id`.
+    pub fn hold(&mut self, user: &Arc<str>, id: u64) {
+        self.held.entry(user.clone()).or_default().push_back(id);
+    }
+
+    /// Takes over the oldest held slot of `user`, if there is one.
     pub fn take_hold(&mut self, user: &str) -> bool {
-        match self.held.get_mut(user) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                true
-            }
-            Some(_) => {
-                self.held.remove(user);
-                true
-            }
-            None => false,
+        let Some(ids) = self.held.get_mut(user) else {
+            return false;
+        };
+        ids.pop_front();
+        if ids.is_empty() {
+            self.held.remove(user);
         }
+        true
+    }
+
+    /// Ends hold `id` of `user`: true if it was still held (not taken over).
+    pub fn end_hold(&mut self, user: &str, id: u64) -> bool {
+        let Some(ids) = self.held.get_mut(user) else {
+            return false;
+        };
+        let Some(at) = ids.iter().position(|&i| i == id) else {
+            return false;
+        };
+        ids.remove(at);
+        if ids.is_empty() {
+            self.held.remove(user);
+        }
+        true
     }
 
     /// Whether `user`'s typing state `is_typing` should be broadcast now,
@@ -408,6 +460,52 @@ mod tests {
         assert_eq!(count(&mut rx_fast), 5);
         assert_eq!(slow.close_code(), Some(close::SLOW_CONSUMER));
         assert_eq!(fast.close_code(), None);
+    }
+
+    #[test]
+    fn the_room_remembers_recent_deletions_with_or_without_a_tail() {
+        use chorus_shared::protocol::{Message, MessageData, MessageDeleted, Sender};
+        let creation = |id: Uuid, seq: i64| -> Frame {
+            Arc::new(SharedFrame::new(ServerEvent::NewMessage(MessageData {
+                message: Message {
+                    id,
+                    community_id: Uuid::nil(),
+                    seq,
+                    sender: Sender {
+                        id: "u".into(),
+                        name: "U".into(),
+                        avatar: None,
+                    },
+                    content: "hello".into(),
+                    mentions: Vec::new(),
+                    created_at: chrono::Utc::now(),
+                },
+            })))
+        };
+        let deletion = |id: Uuid, seq: i64| -> Frame {
+            Arc::new(SharedFrame::new(ServerEvent::MessageDeleted(
+                MessageDeleted {
+                    community_id: Uuid::nil(),
+                    message_id: id,
+                    seq,
+                },
+            )))
+        };
+        let mut st = RoomState::new(0);
+        assert!(st.tail.is_none());
+        let first = Uuid::now_v7();
+        st.offer(1, creation(first, 1));
+        assert!(!st.deleted_since(&creation(first, 1)));
+        st.offer(2, deletion(first, 2));
+        assert!(st.deleted_since(&creation(first, 1)), "seen deleted");
+        assert!(!st.deleted_since(&deletion(first, 2)), "only creations");
+        // Bounded: past RECENT_DELETIONS the oldest is forgotten.
+        for seq in 3..(3 + RECENT_DELETIONS as i64) {
+            st.offer(seq, deletion(Uuid::now_v7(), seq));
+        }
+        assert!(!st.deleted_since(&creation(first, 1)));
+        assert_eq!(st.deleted.len(), RECENT_DELETIONS);
+        assert_eq!(st.deleted_set.len(), RECENT_DELETIONS);
     }
 
     #[test]

@@ -255,6 +255,7 @@ pub async fn tcp(url: &str, local: Option<IpAddr>) -> std::io::Result<TcpStream>
         // (it closed first), and a port chosen at bind must be held by none
         // of them, a search that grows long (the load tool's own CPU) and
         // then fails (`EADDRINUSE`: a reconnect the servers never saw).
+        #[cfg(target_os = "linux")]
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
             .map_err(std::io::Error::from)?;
         sock.bind((ip, 0).into())?;

@@ -112,6 +112,11 @@ async fn a_return_takes_the_held_slot_over_so_its_leave_is_at_once() {
     f.join(&a2, None).await.expect("joined");
     f.marker().await;
     assert_marker_next(&mut rx).await;
+    // The grace's end finds the slot taken over: a stays, unannounced.
+    tokio::time::sleep(GRACE).await;
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    assert_eq!(online(&f).await, ["a", "w"]);
     // Its leave is the user's: announced at once, not when the old
     // connection's grace ends.
     assert!(f.hub.leave(f.community, &a2).await);
@@ -174,4 +179,28 @@ async fn a_drained_connection_is_held_and_a_close_frame_answering_ours_is_no_goo
     assert!(!d.said_goodbye());
     d.client_closed(Some(1001));
     assert!(d.said_goodbye());
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_hold_ends_at_its_own_deadline() {
+    let mut f = Fixture::holding_losses();
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    let (a, _rx_a) = f.conn("a", 64).await;
+    f.join(&a, None).await.expect("joined");
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "a"));
+    let lost = tokio::time::Instant::now();
+    f.hub.disconnect(&a, &[f.community]).await;
+    // Back, taking the hold over, and lost again just before the first
+    // grace ends: held anew, until its own deadline.
+    let (a2, _rx_a2) = f.conn("a", 64).await;
+    f.join(&a2, None).await.expect("joined");
+    tokio::time::advance(GRACE - Duration::from_millis(100)).await;
+    f.hub.disconnect(&a2, &[f.community]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+    assert_eq!(online(&f).await, ["a", "w"]);
+    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
+    assert!(lost.elapsed() >= 2 * GRACE - Duration::from_millis(100));
 }
