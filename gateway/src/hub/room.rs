@@ -13,6 +13,11 @@
 //! Everything here is plain data under one mutex, never held across
 //! `.await`: fan-out queues a pointer to the shared event to each member,
 //! so N members cost N non-blocking queue pushes and no allocation.
+//!
+//! Kept in one file with its unit tests (over 450 lines with them): the
+//! state's fields and the rules that keep them consistent (ordering, held
+//! slots, recent deletions) are read together, and the tests drive
+//! `RoomState` directly.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
