@@ -93,9 +93,23 @@ pub async fn storm(
         ),
     ];
     if !c.gateway_metrics.is_empty() {
+        let per_community = backfills / s.world.rooms.len().max(1) as f64;
         figures.push(fig(
             "backfill requests per community",
-            backfills / s.world.rooms.len().max(1) as f64,
+            per_community,
+            "",
+            None,
+        ));
+        // Spread clients put every community on every gateway (by room, on
+        // one), and gateways share no memory: one fetch per community on
+        // each gateway holding it is the least there can be.
+        let holding = match c.placement {
+            Placement::Spread => c.gateway_metrics.len(),
+            Placement::ByRoom => 1,
+        };
+        figures.push(fig(
+            "backfill requests per community and gateway",
+            per_community / holding as f64,
             "",
             c.target(1.0),
         ));
