@@ -1,4 +1,6 @@
 //! One community's local state, and the ordering rule of its delivery.
+//! Kept whole, with its unit tests, past 450 lines: the state's fields and
+//! the rules that keep them consistent are read together.
 //!
 //! A [`Room`] exists per community with at least one local connection. It
 //! owns the community's delivery order: `delivered_through` is the seq up
@@ -13,11 +15,6 @@
 //! Everything here is plain data under one mutex, never held across
 //! `.await`: fan-out queues a pointer to the shared event to each member,
 //! so N members cost N non-blocking queue pushes and no allocation.
-//!
-//! Kept in one file with its unit tests (over 450 lines with them): the
-//! state's fields and the rules that keep them consistent (ordering, held
-//! slots, recent deletions) are read together, and the tests drive
-//! `RoomState` directly.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};

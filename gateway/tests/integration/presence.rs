@@ -164,11 +164,16 @@ async fn large_rooms_stop_broadcasting_joins_and_leaves() {
     assert_eq!(p["online"].as_array().unwrap().len(), 3);
 }
 
-#[tokio::test]
-async fn a_single_lost_connection_leaves_without_waiting_for_the_grace() {
+/// With a 30 s grace (`hold_every_loss`: every loss held), alice watches
+/// from gw1 while bob joins from gw2; then bob's connection ends by `end`,
+/// and his `user-left` must come well inside the grace: the end was not
+/// held.
+async fn bob_leaves_without_the_grace(hold_every_loss: bool, end: impl AsyncFnOnce(Client)) {
     let mut opts = GwOpts::new(&env_url("REDIS_URL"));
-    // A grace far longer than the wait below: only an unheld loss passes.
     opts.presence_grace_ms = 30_000;
+    if hold_every_loss {
+        opts.mass_loss_per_second = 0;
+    }
     let cl = Cluster::start_with(opts).await;
     let (alice, bob) = (uid("alice"), uid("bob"));
     let c = cl.community(&alice, &[&bob]).await;
@@ -180,13 +185,18 @@ async fn a_single_lost_connection_leaves_without_waiting_for_the_grace() {
         watcher.event_of("user-joined").await["data"]["userId"],
         bob.as_str()
     );
-    // Gone without a close frame, alone: the contract's leave.
-    drop(b);
+    end(b).await;
     watcher.wait = Duration::from_secs(15);
     assert_eq!(
         watcher.event_of("user-left").await["data"]["userId"],
         bob.as_str()
     );
+}
+
+#[tokio::test]
+async fn a_single_lost_connection_leaves_without_waiting_for_the_grace() {
+    // Gone without a close frame, alone: the contract's leave.
+    bob_leaves_without_the_grace(false, async |b| drop(b)).await;
 }
 
 #[tokio::test]
@@ -248,26 +258,6 @@ async fn connections_lost_together_and_back_within_the_grace_are_never_announced
 
 #[tokio::test]
 async fn a_close_frame_leaves_without_waiting_for_the_grace_even_in_a_mass_loss() {
-    let mut opts = GwOpts::new(&env_url("REDIS_URL"));
-    // Every loss held, for far longer than the wait below: only a goodbye
-    // passes.
-    opts.presence_grace_ms = 30_000;
-    opts.mass_loss_per_second = 0;
-    let cl = Cluster::start_with(opts).await;
-    let (alice, bob) = (uid("alice"), uid("bob"));
-    let c = cl.community(&alice, &[&bob]).await;
-    let mut watcher = Client::connect(&cl.gw1.url, &token(&alice)).await;
-    watcher.join(&c, None).await;
-    let mut b = Client::connect(&cl.gw2.url, &token(&bob)).await;
-    b.join(&c, None).await;
-    assert_eq!(
-        watcher.event_of("user-joined").await["data"]["userId"],
-        bob.as_str()
-    );
-    b.close().await;
-    watcher.wait = Duration::from_secs(15);
-    assert_eq!(
-        watcher.event_of("user-left").await["data"]["userId"],
-        bob.as_str()
-    );
+    // Every loss is held: only a goodbye passes.
+    bob_leaves_without_the_grace(true, async |b| b.close().await).await;
 }

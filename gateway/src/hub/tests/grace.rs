@@ -10,13 +10,12 @@ async fn one_lost_connection_leaves_at_once() {
     let mut f = Fixture::new(1000);
     let (w, mut rx) = f.conn("w", 64).await;
     f.join(&w, None).await.expect("joined");
-    let (a, _rx_a) = f.conn("a", 64).await;
-    f.join(&a, None).await.expect("joined");
-    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "a"));
+    let (a, _rx_a) = f.joined("a", 64).await;
+    assert_joined(&mut rx, "a").await;
     // No close frame, and no other loss: the contract's leave, at once.
     f.hub.disconnect(&a, &[f.community]).await;
     f.marker().await;
-    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
+    assert_left(&mut rx, "a").await;
     assert_marker_next(&mut rx).await;
 }
 
@@ -28,8 +27,7 @@ async fn connections_lost_many_at_once_are_held_for_the_grace() {
     let limit = crate::config::DEFAULT_MASS_LOSS_PER_SECOND as usize;
     let mut lost = Vec::new();
     for i in 0..=limit + 1 {
-        let (c, rx_c) = f.conn(&format!("u{i}"), 64).await;
-        f.join(&c, None).await.expect("joined");
+        let (c, rx_c) = f.joined(&format!("u{i}"), 64).await;
         assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(_)));
         lost.push((c, rx_c));
     }
@@ -66,9 +64,8 @@ async fn a_held_user_back_within_the_grace_is_announced_neither_gone_nor_back() 
     let (other, _other_bp) = second_gateway(&f, "gw-other");
     let (w, mut rx) = f.conn("w", 64).await;
     f.join(&w, None).await.expect("joined");
-    let (a, _rx_a) = f.conn("a", 64).await;
-    f.join(&a, None).await.expect("joined");
-    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "a"));
+    let (a, _rx_a) = f.joined("a", 64).await;
+    assert_joined(&mut rx, "a").await;
     // Lost: still present, to the room and to everyone reading the
     // backplane.
     f.hub.disconnect(&a, &[f.community]).await;
@@ -93,7 +90,7 @@ async fn a_held_user_back_within_the_grace_is_announced_neither_gone_nor_back() 
     a2.client_closed(None);
     other.disconnect(&a2, &[f.community]).await;
     f.marker().await;
-    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
+    assert_left(&mut rx, "a").await;
     assert_marker_next(&mut rx).await;
     assert_eq!(online(&f).await, ["w"]);
 }
@@ -103,13 +100,11 @@ async fn a_return_takes_the_held_slot_over_so_its_leave_is_at_once() {
     let mut f = Fixture::holding_losses();
     let (w, mut rx) = f.conn("w", 64).await;
     f.join(&w, None).await.expect("joined");
-    let (a, _rx_a) = f.conn("a", 64).await;
-    f.join(&a, None).await.expect("joined");
-    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "a"));
+    let (a, _rx_a) = f.joined("a", 64).await;
+    assert_joined(&mut rx, "a").await;
     f.hub.disconnect(&a, &[f.community]).await;
     // Back on the same gateway: the new connection takes the held slot.
-    let (a2, _rx_a2) = f.conn("a", 64).await;
-    f.join(&a2, None).await.expect("joined");
+    let (a2, _rx_a2) = f.joined("a", 64).await;
     f.marker().await;
     assert_marker_next(&mut rx).await;
     // The grace's end finds the slot taken over: a stays, unannounced.
@@ -121,7 +116,7 @@ async fn a_return_takes_the_held_slot_over_so_its_leave_is_at_once() {
     // connection's grace ends.
     assert!(f.hub.leave(f.community, &a2).await);
     f.marker().await;
-    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
+    assert_left(&mut rx, "a").await;
     assert_marker_next(&mut rx).await;
     // And the grace's end finds its slot taken: nothing more.
     tokio::time::sleep(GRACE).await;
@@ -135,12 +130,10 @@ async fn a_held_user_not_back_leaves_when_the_grace_ends() {
     let mut f = Fixture::holding_losses();
     let (w, mut rx) = f.conn("w", 64).await;
     f.join(&w, None).await.expect("joined");
-    let (a, _rx_a) = f.conn("a", 64).await;
-    f.join(&a, None).await.expect("joined");
-    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "a"));
-    let (b, _rx_b) = f.conn("b", 64).await;
-    f.join(&b, None).await.expect("joined");
-    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "b"));
+    let (a, _rx_a) = f.joined("a", 64).await;
+    assert_joined(&mut rx, "a").await;
+    let (b, _rx_b) = f.joined("b", 64).await;
+    assert_joined(&mut rx, "b").await;
     let lost = tokio::time::Instant::now();
     f.hub.disconnect(&a, &[f.community]).await;
     tokio::time::advance(GRACE / 2).await;
@@ -148,9 +141,9 @@ async fn a_held_user_not_back_leaves_when_the_grace_ends() {
     f.marker().await;
     assert_marker_next(&mut rx).await;
     // Each leaves when its own grace ends, in the order they were lost.
-    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
+    assert_left(&mut rx, "a").await;
     assert!(lost.elapsed() >= GRACE);
-    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "b"));
+    assert_left(&mut rx, "b").await;
     assert!(lost.elapsed() >= GRACE + GRACE / 2);
     assert_eq!(online(&f).await, ["w"]);
 }
@@ -162,16 +155,15 @@ async fn a_drained_connection_is_held_and_a_close_frame_answering_ours_is_no_goo
     f.join(&w, None).await.expect("joined");
     // A drain (1012) sends the client elsewhere: held even on its own, and
     // the close frame answering ours is no goodbye.
-    let (c, _rx_c) = f.conn("c", 64).await;
-    f.join(&c, None).await.expect("joined");
-    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "c"));
+    let (c, _rx_c) = f.joined("c", 64).await;
+    assert_joined(&mut rx, "c").await;
     c.drain(500);
     c.client_closed(Some(1000));
     assert!(!c.said_goodbye());
     f.hub.disconnect(&c, &[f.community]).await;
     f.marker().await;
     assert_marker_next(&mut rx).await;
-    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "c"));
+    assert_left(&mut rx, "c").await;
     // A client's own close with a code of its own (the SDK's 4000: it
     // gives this connection up for another) is no goodbye either.
     let (d, _rx_d) = f.conn("d", 64).await;
@@ -186,21 +178,19 @@ async fn each_hold_ends_at_its_own_deadline() {
     let mut f = Fixture::holding_losses();
     let (w, mut rx) = f.conn("w", 64).await;
     f.join(&w, None).await.expect("joined");
-    let (a, _rx_a) = f.conn("a", 64).await;
-    f.join(&a, None).await.expect("joined");
-    assert!(matches!(next(&mut rx).await, ServerEvent::UserJoined(j) if j.user_id == "a"));
+    let (a, _rx_a) = f.joined("a", 64).await;
+    assert_joined(&mut rx, "a").await;
     let lost = tokio::time::Instant::now();
     f.hub.disconnect(&a, &[f.community]).await;
     // Back, taking the hold over, and lost again just before the first
     // grace ends: held anew, until its own deadline.
-    let (a2, _rx_a2) = f.conn("a", 64).await;
-    f.join(&a2, None).await.expect("joined");
+    let (a2, _rx_a2) = f.joined("a", 64).await;
     tokio::time::advance(GRACE - Duration::from_millis(100)).await;
     f.hub.disconnect(&a2, &[f.community]).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     f.marker().await;
     assert_marker_next(&mut rx).await;
     assert_eq!(online(&f).await, ["a", "w"]);
-    assert!(matches!(next(&mut rx).await, ServerEvent::UserLeft(l) if l.user_id == "a"));
+    assert_left(&mut rx, "a").await;
     assert!(lost.elapsed() >= 2 * GRACE - Duration::from_millis(100));
 }

@@ -125,15 +125,10 @@ async fn later_joiners_continue_from_the_window_into_the_live_tail() {
     let mut f = Fixture::new(1000);
     let (b, _rx_b) = f.conn("b", 64).await;
     f.join(&b, None).await.expect("b joined");
-    let delivered = |f: &Fixture, seq: i64| {
-        f.hub
-            .room(f.community)
-            .is_some_and(|r| r.delivered_through() == seq)
-    };
     for _ in 0..20 {
         f.post();
     }
-    until(|| delivered(&f, 20)).await;
+    until(|| f.delivered(20)).await;
     let before = f.api.backfills();
     let (u0, mut rx0) = f.conn("u0", 64).await;
     f.join(&u0, Some(0)).await.expect("joined");
@@ -143,7 +138,7 @@ async fn later_joiners_continue_from_the_window_into_the_live_tail() {
     for _ in 0..3 {
         f.post();
     }
-    until(|| delivered(&f, 23)).await;
+    until(|| f.delivered(23)).await;
     let (u1, mut rx1) = f.conn("u1", 64).await;
     f.join(&u1, Some(5)).await.expect("joined");
     let (u2, mut rx2) = f.conn("u2", 64).await;
@@ -157,7 +152,7 @@ async fn later_joiners_continue_from_the_window_into_the_live_tail() {
     // event: a later joiner fetches again.
     tokio::time::advance(Duration::from_secs(6)).await;
     f.post();
-    until(|| delivered(&f, 25)).await;
+    until(|| f.delivered(25)).await;
     let (u3, mut rx3) = f.conn("u3", 64).await;
     f.join(&u3, Some(20)).await.expect("joined");
     assert_eq!(f.api.backfills() - before, 2);
@@ -169,13 +164,8 @@ async fn a_message_deleted_since_the_window_was_fetched_replays_only_as_its_dele
     let mut f = Fixture::new(1000);
     let (b, _rx_b) = f.conn("b", 64).await;
     f.join(&b, None).await.expect("b joined");
-    let delivered = |f: &Fixture, seq: i64| {
-        f.hub
-            .room(f.community)
-            .is_some_and(|r| r.delivered_through() == seq)
-    };
     let posts: Vec<Publication> = (0..5).map(|_| f.post()).collect();
-    until(|| delivered(&f, 5)).await;
+    until(|| f.delivered(5)).await;
     let (u0, mut rx0) = f.conn("u0", 64).await;
     f.join(&u0, Some(0)).await.expect("joined");
     // 3 is deleted (seq 6) and 7 posted, live: the cached window still
@@ -190,7 +180,7 @@ async fn a_message_deleted_since_the_window_was_fetched_replays_only_as_its_dele
     let deletion = f.api.delete(third).expect("deleted");
     f.publish(&deletion);
     f.post();
-    until(|| delivered(&f, 7)).await;
+    until(|| f.delivered(7)).await;
     let before = f.api.backfills();
     let (u1, mut rx1) = f.conn("u1", 64).await;
     f.join(&u1, Some(1)).await.expect("joined");

@@ -107,6 +107,24 @@ impl Fixture {
         join(&self.hub, &self.api, self.community, conn, last_seq).await
     }
 
+    /// A connection of `user` (a member) with a queue of `queue`, joined.
+    pub(super) async fn joined(
+        &mut self,
+        user: &str,
+        queue: usize,
+    ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+        let (c, rx) = self.conn(user, queue).await;
+        self.join(&c, None).await.expect("joined");
+        (c, rx)
+    }
+
+    /// Whether the room has delivered exactly through `seq`.
+    pub(super) fn delivered(&self, seq: i64) -> bool {
+        self.hub
+            .room(self.community)
+            .is_some_and(|r| r.delivered_through() == seq)
+    }
+
     /// Commits a message without publishing it.
     pub(super) fn commit(&self) -> Publication {
         self.api.post(self.community, "owner", "hello")
@@ -189,6 +207,22 @@ pub(super) async fn assert_marker_next(rx: &mut mpsc::Receiver<Outbound>) {
     match next(rx).await {
         ServerEvent::UserTyping(t) if t.user_id == "marker" => {}
         other => panic!("expected the marker next, got {other:?}"),
+    }
+}
+
+/// Asserts that the next frame is `user-joined` of `user`.
+pub(super) async fn assert_joined(rx: &mut mpsc::Receiver<Outbound>, user: &str) {
+    match next(rx).await {
+        ServerEvent::UserJoined(j) if j.user_id == user => {}
+        other => panic!("expected {user}'s user-joined, got {other:?}"),
+    }
+}
+
+/// Asserts that the next frame is `user-left` of `user`.
+pub(super) async fn assert_left(rx: &mut mpsc::Receiver<Outbound>, user: &str) {
+    match next(rx).await {
+        ServerEvent::UserLeft(l) if l.user_id == user => {}
+        other => panic!("expected {user}'s user-left, got {other:?}"),
     }
 }
 
