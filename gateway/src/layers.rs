@@ -35,7 +35,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("state", &["api_client", "backplane", "hub", "socket"]),
     (
         "session",
-        &["close", "error", "handle", "hub", "socket", "state"],
+        &[
+            "close", "codec", "error", "handle", "hub", "socket", "state",
+        ],
     ),
     ("routes", &["codec", "handle", "session", "socket", "state"]),
 ];

@@ -156,12 +156,24 @@ impl Hub {
                 for c in &removed {
                     c.push_event(&frame);
                 }
-                if !removed.is_empty() {
+                // Presence held for the user's lost connections goes too:
+                // they are no longer a member to come back.
+                let held = self.room(community).and_then(|room| {
+                    let n = room.state().drop_holds(user);
+                    (n > 0).then_some((room, n))
+                });
+                if !removed.is_empty() || held.is_some() {
                     let hub = self.clone();
+                    let user: Arc<str> = Arc::from(user);
                     tokio::spawn(async move {
                         if let Some(room) = hub.room(community) {
                             for c in removed {
                                 hub.release_user(&room, &c.user_id).await;
+                            }
+                        }
+                        if let Some((room, n)) = held {
+                            for _ in 0..n {
+                                hub.release_user(&room, &user).await;
                             }
                         }
                     });

@@ -45,13 +45,20 @@ const LOSS_WINDOW: Duration = Duration::from_secs(1);
 /// backplane's queue short for everyone else.
 const RELEASE_CONCURRENCY: usize = 64;
 
-/// A user's presence in a room, held past its last connection.
+/// What a lost connection holds past its end.
 struct Held {
     due: Instant,
-    room: Arc<Room>,
     user: Arc<str>,
-    /// The hold's id in the room's `held` slots.
-    id: u64,
+    what: What,
+}
+
+enum What {
+    /// The user's presence in a room; `id` is the hold's in the room's
+    /// `held` slots.
+    Presence { room: Arc<Room>, id: u64 },
+    /// The user's channel subscription (a returning client would take it
+    /// again at once: two Redis commands per client in a storm).
+    Channel,
 }
 
 /// Connections lost in the current window, and until when losses are held
@@ -102,11 +109,18 @@ impl Linger {
                     let n = q.iter().take_while(|h| h.due <= now).count();
                     q.drain(..n).collect()
                 };
-                metrics::gauge!("chorus_gateway_presence_held").decrement(due.len() as f64);
-                futures_util::stream::iter(due)
-                    .for_each_concurrent(RELEASE_CONCURRENCY, |h| {
+                let mut rooms = Vec::with_capacity(due.len());
+                for h in due {
+                    match h.what {
+                        What::Presence { room, id } => rooms.push((room, h.user, id)),
+                        What::Channel => hub.release_channel(&h.user),
+                    }
+                }
+                metrics::gauge!("chorus_gateway_presence_held").decrement(rooms.len() as f64);
+                futures_util::stream::iter(rooms)
+                    .for_each_concurrent(RELEASE_CONCURRENCY, |(room, user, id)| {
                         let hub = hub.clone();
-                        async move { hub.release_held(&h.room, &h.user, h.id).await }
+                        async move { hub.release_held(&room, &user, id).await }
                     })
                     .await;
             }
@@ -146,18 +160,27 @@ impl Linger {
     /// Holds `user`'s presence in `room` for `grace` under hold `id` (its
     /// slot was counted in the room's `held` by the caller).
     pub(super) fn hold(&self, room: Arc<Room>, user: Arc<str>, id: u64, grace: Duration) {
+        self.push(user, What::Presence { room, id }, grace);
+        metrics::gauge!("chorus_gateway_presence_held").increment(1.0);
+    }
+
+    /// Holds `user`'s channel subscription for `grace`, released through
+    /// [`Hub::release_channel`]; false once stopped.
+    pub(super) fn hold_channel(&self, user: Arc<str>, grace: Duration) -> bool {
+        if self.stopped.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.push(user, What::Channel, grace);
+        true
+    }
+
+    fn push(&self, user: Arc<str>, what: What, grace: Duration) {
         let due = Instant::now() + grace;
         let first = {
             let mut q = lock(&self.queue);
-            q.push_back(Held {
-                due,
-                room,
-                user,
-                id,
-            });
+            q.push_back(Held { due, user, what });
             q.len() == 1
         };
-        metrics::gauge!("chorus_gateway_presence_held").increment(1.0);
         if first {
             self.wake.notify_one();
         }
@@ -174,7 +197,10 @@ impl Linger {
         self.stopped.store(true, Ordering::SeqCst);
         let n = {
             let mut q = lock(&self.queue);
-            let n = q.len();
+            let n = q
+                .iter()
+                .filter(|h| matches!(h.what, What::Presence { .. }))
+                .count();
             q.clear();
             n
         };

@@ -6,7 +6,9 @@
 //! latest notifications delivered (to drop the repeats an at-least-once
 //! outbox may publish). A user's channel is subscribed on their first
 //! local connection and unsubscribed on their last, queued under the users
-//! lock so the two can never be reordered.
+//! lock so the two can never be reordered; a last connection whose
+//! presence is held (see `linger.rs`) keeps the channel, and the entry,
+//! until the grace ends, so a returning client finds it subscribed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -44,6 +46,17 @@ pub(super) struct UserEntry {
     recent_set: HashSet<Uuid>,
     /// The user's latest revocations: community and revocation epoch.
     revoked: VecDeque<(Uuid, u64)>,
+    /// The user's channel is subscribed (or its subscribe is queued).
+    subscribed: bool,
+    /// Lost connections whose grace keeps the channel subscribed.
+    channel_holds: u32,
+}
+
+impl UserEntry {
+    /// Nothing needs the entry: no connection, upgrade or hold.
+    fn unused(&self) -> bool {
+        self.conns.is_empty() && self.reserved == 0 && self.channel_holds == 0
+    }
 }
 
 /// A connection slot of a user under the per-user cap, taken before the
@@ -64,7 +77,7 @@ impl Drop for UserSlot {
         let mut users = lock(&self.hub.inner.users);
         if let Some(e) = users.get_mut(&self.user) {
             e.reserved = e.reserved.saturating_sub(1);
-            if e.conns.is_empty() && e.reserved == 0 {
+            if e.unused() {
                 users.remove(&self.user);
             }
         }
@@ -108,7 +121,7 @@ impl Hub {
             .unwrap_or(u32::MAX)
             .saturating_add(e.reserved);
         if cap > 0 && held >= cap {
-            if e.conns.is_empty() && e.reserved == 0 {
+            if e.unused() {
                 users.remove(&user);
             }
             return None;
@@ -122,9 +135,9 @@ impl Hub {
     }
 
     /// Registers a new connection in the slot taken for it; subscribes its
-    /// user's channel (for notifications and membership revocations) on
-    /// the user's first local connection. On error the connection must
-    /// still be disconnected.
+    /// user's channel (for notifications and membership revocations) unless
+    /// it is subscribed already (another connection, or a held one's
+    /// grace). On error the connection must still be disconnected.
     pub async fn connect(
         &self,
         conn: &Arc<ConnHandle>,
@@ -142,33 +155,33 @@ impl Hub {
                 e.reserved = e.reserved.saturating_sub(1);
             }
             e.conns.insert(conn.id, conn.clone());
-            (e.conns.len() == 1).then(|| self.inner.subs.subscribe(user_channel(&conn.user_id)))
+            (!std::mem::replace(&mut e.subscribed, true))
+                .then(|| self.inner.subs.subscribe(user_channel(&conn.user_id)))
         };
-        match subscribed {
-            Some(pending) => pending.done().await,
-            None => Ok(()),
+        let Some(pending) = subscribed else {
+            return Ok(());
+        };
+        let done = pending.done().await;
+        if done.is_err() {
+            // Not subscribed after all: the next connection must try again,
+            // even if this one's end is held.
+            self.unsubscribe_user(&mut lock(&self.inner.users), &conn.user_id);
+        }
+        done
+    }
+
+    /// Queues the unsubscribe of `user`'s channel if it is subscribed;
+    /// under the users lock, so a later subscribe is ordered after it.
+    fn unsubscribe_user(&self, users: &mut HashMap<Arc<str>, UserEntry>, user: &Arc<str>) {
+        if let Some(e) = users.get_mut(user)
+            && std::mem::take(&mut e.subscribed)
+        {
+            self.inner.subs.unsubscribe(user_channel(user));
         }
     }
 
     /// Forgets a closed connection: leaves its rooms, then its user channel.
     pub async fn disconnect(&self, conn: &Arc<ConnHandle>, communities: &[Uuid]) {
-        // The user's slot is freed first: leaving rooms waits for Redis,
-        // and a reconnecting tab must not be refused meanwhile.
-        {
-            let mut users = lock(&self.inner.users);
-            if let Some(e) = users.get_mut(&conn.user_id) {
-                e.conns.remove(&conn.id);
-                e.notify.remove(&conn.id);
-                if e.conns.is_empty() {
-                    if e.reserved == 0 {
-                        users.remove(&conn.user_id);
-                    }
-                    // Queued under the lock: a later first connection's
-                    // subscribe is ordered after it.
-                    self.inner.subs.unsubscribe(user_channel(&conn.user_id));
-                }
-            }
-        }
         // A client that said goodbye left; one sent elsewhere, or lost with
         // many others, is about to be back, and is held meanwhile.
         let grace = self.inner.presence_grace;
@@ -178,6 +191,26 @@ impl Hub {
                 .inner
                 .linger
                 .holds(conn, self.inner.mass_loss_per_second, grace);
+        // The user's slot is freed first: leaving rooms waits for Redis,
+        // and a reconnecting tab must not be refused meanwhile.
+        {
+            let mut users = lock(&self.inner.users);
+            if let Some(e) = users.get_mut(&conn.user_id) {
+                e.conns.remove(&conn.id);
+                e.notify.remove(&conn.id);
+                if e.conns.is_empty() {
+                    if held && self.inner.linger.hold_channel(conn.user_id.clone(), grace) {
+                        e.channel_holds += 1;
+                    } else if e.channel_holds == 0 {
+                        let gone = e.reserved == 0;
+                        self.unsubscribe_user(&mut users, &conn.user_id);
+                        if gone {
+                            users.remove(&conn.user_id);
+                        }
+                    }
+                }
+            }
+        }
         let grace = held.then_some(grace);
         for c in communities {
             self.remove(*c, conn, grace).await;
@@ -195,6 +228,23 @@ impl Hub {
     /// refused if a revocation with a later epoch arrives.
     pub fn revocation_epoch(&self) -> u64 {
         self.inner.revocations.load(Ordering::SeqCst)
+    }
+
+    /// A lost connection's grace ended: its user's channel goes unless
+    /// something else keeps it.
+    pub(super) fn release_channel(&self, user: &Arc<str>) {
+        let mut users = lock(&self.inner.users);
+        let Some(e) = users.get_mut(user) else {
+            return;
+        };
+        e.channel_holds = e.channel_holds.saturating_sub(1);
+        if e.channel_holds == 0 && e.conns.is_empty() {
+            let gone = e.reserved == 0;
+            self.unsubscribe_user(&mut users, user);
+            if gone {
+                users.remove(user);
+            }
+        }
     }
 
     /// Whether `user` lost membership of `community` after `epoch`.

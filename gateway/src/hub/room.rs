@@ -262,6 +262,12 @@ impl RoomState {
         true
     }
 
+    /// Ends every hold of `user` (their membership was revoked): how many
+    /// there were, each a slot to release.
+    pub fn drop_holds(&mut self, user: &str) -> usize {
+        self.held.remove(user).map_or(0, |ids| ids.len())
+    }
+
     /// Ends hold `id` of `user`: true if it was still held (not taken over).
     pub fn end_hold(&mut self, user: &str, id: u64) -> bool {
         let Some(ids) = self.held.get_mut(user) else {

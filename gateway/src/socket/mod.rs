@@ -42,6 +42,9 @@ pub struct SocketConfig {
 
 /// What a connection's commands are run by: the layer above the socket.
 pub trait Session: Send + 'static {
+    /// A command's ack data, written into the `ack` frame as it is.
+    type Reply: serde::Serialize + Send;
+
     /// Runs one client command (any type but `ping`, which the reader
     /// answers itself). Its result becomes the `ack` data or the `error`
     /// frame for the command's `ref`.
@@ -50,7 +53,7 @@ pub trait Session: Send + 'static {
         conn: &Arc<ConnHandle>,
         kind: &str,
         data: serde_json::Value,
-    ) -> impl Future<Output = Result<serde_json::Value, GatewayError>> + Send;
+    ) -> impl Future<Output = Result<Self::Reply, GatewayError>> + Send;
 
     /// The connection has ended: releases what the session holds (rooms,
     /// registrations).

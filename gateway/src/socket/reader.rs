@@ -157,7 +157,7 @@ impl<S: Session> Reader<S> {
         }
     }
 
-    fn reply(&self, reference: Option<u64>, result: Result<serde_json::Value, GatewayError>) {
+    fn reply(&self, reference: Option<u64>, result: Result<S::Reply, GatewayError>) {
         match (result, reference) {
             (Ok(data), Some(r)) => self.handle.push_value(&AckFrame {
                 kind: AckTag::Ack,

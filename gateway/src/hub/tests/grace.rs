@@ -194,3 +194,61 @@ async fn each_hold_ends_at_its_own_deadline() {
     assert_left(&mut rx, "a").await;
     assert!(lost.elapsed() >= 2 * GRACE - Duration::from_millis(100));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_held_users_channel_stays_subscribed_until_the_grace_ends() {
+    use chorus_shared::envelope::user_channel;
+
+    use super::{notification, title};
+    let mut f = Fixture::holding_losses();
+    let channel = user_channel("a");
+    let (a, _rx_a) = f.joined("a", 64).await;
+    assert!(f.backplane.is_subscribed(&channel));
+    // Lost and held. Another user's first connection subscribes after
+    // anything queued before it, so the check below is not too early.
+    f.hub.disconnect(&a, &[f.community]).await;
+    let (_b, _rx_b) = f.conn("b", 64).await;
+    assert!(
+        f.backplane.is_subscribed(&channel),
+        "kept through the grace"
+    );
+    // Back: the channel is there already, and it reaches the return at
+    // once, before and after the first grace ends.
+    let (a2, mut rx_a2) = f.joined("a", 64).await;
+    f.hub.subscribe_notifications(&a2);
+    assert_eq!(f.bus.subscribers(&channel), 1);
+    f.publish(&notification("a", 1));
+    assert_eq!(title(next(&mut rx_a2).await), "n1");
+    tokio::time::advance(GRACE + Duration::from_millis(10)).await;
+    let (_c, _rx_c) = f.conn("c", 64).await;
+    f.publish(&notification("a", 2));
+    assert_eq!(title(next(&mut rx_a2).await), "n2");
+    // Lost again: the channel goes when this grace ends.
+    f.hub.disconnect(&a2, &[f.community]).await;
+    tokio::time::advance(GRACE - Duration::from_millis(10)).await;
+    let (_d, _rx_d) = f.conn("d", 64).await;
+    assert!(f.backplane.is_subscribed(&channel));
+    tokio::time::advance(Duration::from_millis(20)).await;
+    until(|| !f.backplane.is_subscribed(&channel)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_user_whose_membership_is_revoked_leaves_at_once() {
+    let mut f = Fixture::holding_losses();
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    let (a, _rx_a) = f.joined("a", 64).await;
+    assert_joined(&mut rx, "a").await;
+    f.hub.disconnect(&a, &[f.community]).await;
+    // Held, and then removed from the community: not coming back, so it
+    // leaves now, not when the grace ends.
+    let at = tokio::time::Instant::now();
+    f.publish(&f.api.remove_member(f.community, "a"));
+    assert_left(&mut rx, "a").await;
+    assert!(at.elapsed() < GRACE / 2, "left after {:?}", at.elapsed());
+    assert_eq!(online(&f).await, ["w"]);
+    // Its grace ends later with nothing left to release.
+    tokio::time::advance(GRACE + Duration::from_millis(10)).await;
+    f.marker().await;
+    assert_marker_next(&mut rx).await;
+}
