@@ -2,7 +2,7 @@
 //!
 //! Rooms, the user registry and draining hold connections only through this
 //! handle: who the connection is, a non-blocking push onto its bounded
-//! outbound queue, and a close signal. The socket layer's reader and writer
+//! outbound queue (`handle/queue.rs`), and a close signal. The socket layer's reader and writer
 //! hold the same handle, so a close requested anywhere (a full queue, a
 //! revoked token, a drain) ends both tasks. The handle knows nothing of
 //! rooms, and rooms nothing of sockets.
@@ -12,14 +12,18 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use axum::extract::ws::Message;
 use chorus_shared::protocol::{Reconnect, ServerEvent};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::close;
 use crate::codec::{Encoding, Frame, SharedFrame};
 use crate::liveness::Liveness;
 
-/// One entry of a connection's outbound queue: a single pointer, so the
-/// queue's first block (32 slots, allocated up front) stays small. A shared
+mod queue;
+
+pub use queue::{Empty, OutboundRx};
+use queue::{Queue, Refused};
+
+/// One entry of a connection's outbound queue: a single pointer. A shared
 /// event is encoded for this connection by its writer (at most once per
 /// encoding per event, see `SharedFrame`); the rare connection-specific
 /// frame (ready, acks, errors) arrives encoded.
@@ -42,7 +46,7 @@ pub struct ConnHandle {
     pub encoding: Encoding,
     /// An official may be in any community without being a member.
     pub official: bool,
-    tx: mpsc::Sender<Outbound>,
+    queue: Queue,
     close_code: AtomicU32,
     /// The client closed the connection itself (its close frame came
     /// before any close of ours): the user left, rather than got lost.
@@ -73,7 +77,7 @@ impl ConnHandle {
         encoding: Encoding,
         queue: usize,
         expires_at: tokio::time::Instant,
-    ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+    ) -> (Arc<ConnHandle>, OutboundRx) {
         Self::with_role(id, user_id, name, false, encoding, queue, expires_at)
     }
 
@@ -86,21 +90,21 @@ impl ConnHandle {
         encoding: Encoding,
         queue: usize,
         expires_at: tokio::time::Instant,
-    ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+    ) -> (Arc<ConnHandle>, OutboundRx) {
         let handle = Arc::new(ConnHandle {
             id,
             user_id: Arc::from(user_id),
             name: Arc::from(name),
             encoding,
             official,
-            tx,
+            queue: Queue::new(queue.max(1)),
             close_code: AtomicU32::new(0),
             goodbye: AtomicBool::new(false),
             closing: Notify::new(),
             own_queued: AtomicUsize::new(0),
             liveness: Liveness::new(expires_at),
         });
+        let rx = OutboundRx::new(handle.clone());
         (handle, rx)
     }
 
@@ -142,13 +146,13 @@ impl ConnHandle {
     }
 
     fn send_now(&self, out: Outbound) -> bool {
-        match self.tx.try_send(out) {
+        match self.queue.push(out) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full(_)) => {
                 self.slow_consumer();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Refused::Closed) => false,
         }
     }
 
@@ -157,9 +161,10 @@ impl ConnHandle {
     /// without progress: then the connection is closed with 4009. False
     /// when not queued.
     pub async fn push_event_wait(&self, frame: &Frame) -> bool {
+        let send = self.queue.push_waiting(frame.clone());
         tokio::select! {
-            r = tokio::time::timeout(close::SLOW_CONSUMER_GRACE, self.tx.send(frame.clone())) => match r {
-                Ok(sent) => sent.is_ok(),
+            r = tokio::time::timeout(close::SLOW_CONSUMER_GRACE, send) => match r {
+                Ok(sent) => sent,
                 Err(_) => {
                     self.slow_consumer();
                     false
@@ -250,7 +255,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn handle(queue: usize) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+    fn handle(queue: usize) -> (Arc<ConnHandle>, OutboundRx) {
         let expiry = tokio::time::Instant::now() + Duration::from_secs(60);
         ConnHandle::new(1, "u", "U", Encoding::Json, queue, expiry)
     }

@@ -14,7 +14,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("error", &[]),
     ("liveness", &[]),
     ("codec", &["error"]),
-    ("handle", &["close", "codec", "liveness"]),
+    ("handle", &["close", "codec", "liveness", "sync"]),
     ("socket", &["close", "codec", "error", "handle"]),
     ("telemetry", &["close", "codec", "socket"]),
     ("backplane", &["config", "error", "sync"]),

@@ -374,10 +374,9 @@ mod tests {
     use super::*;
     use crate::close;
     use crate::codec::{Encoding, SharedFrame};
-    use crate::handle::Outbound;
+    use crate::handle::OutboundRx;
     use chorus_shared::protocol::{MembershipRevoked, ServerEvent};
     use std::time::Duration;
-    use tokio::sync::mpsc;
 
     fn frame() -> Frame {
         Arc::new(SharedFrame::new(ServerEvent::MembershipRevoked(
@@ -387,12 +386,12 @@ mod tests {
         )))
     }
 
-    fn conn(id: u64, queue: usize) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+    fn conn(id: u64, queue: usize) -> (Arc<ConnHandle>, OutboundRx) {
         let expiry = tokio::time::Instant::now() + Duration::from_secs(3600);
         ConnHandle::new(id, &format!("u{id}"), "U", Encoding::Json, queue, expiry)
     }
 
-    fn count(rx: &mut mpsc::Receiver<Outbound>) -> usize {
+    fn count(rx: &mut OutboundRx) -> usize {
         std::iter::from_fn(|| rx.try_recv().ok()).count()
     }
 

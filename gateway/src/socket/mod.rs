@@ -17,12 +17,11 @@ use std::time::Duration;
 use axum::extract::ws::WebSocket;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::close;
 use crate::error::GatewayError;
-use crate::handle::{ConnHandle, Outbound};
+use crate::handle::{ConnHandle, OutboundRx};
 
 pub use self::reader::COMMANDS;
 use self::reader::Reader;
@@ -73,7 +72,7 @@ pub trait Session: Send + 'static {
 pub fn serve<S, F>(
     socket: WebSocket,
     handle: Arc<ConnHandle>,
-    rx: mpsc::Receiver<Outbound>,
+    rx: OutboundRx,
     config: Arc<SocketConfig>,
     open: F,
 ) -> impl Future<Output = ()> + Send
@@ -96,7 +95,7 @@ where
 async fn setup<S, F>(
     socket: WebSocket,
     handle: Arc<ConnHandle>,
-    rx: mpsc::Receiver<Outbound>,
+    rx: OutboundRx,
     config: Arc<SocketConfig>,
     open: F,
 ) -> Option<(Reader<S>, SplitStream<WebSocket>, JoinHandle<()>)>

@@ -13,12 +13,11 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
-use tokio::sync::mpsc;
 
 use super::SocketConfig;
 use crate::close;
 use crate::codec::Encoding;
-use crate::handle::{ConnHandle, Outbound};
+use crate::handle::{ConnHandle, Outbound, OutboundRx};
 
 /// Most queued frames written before one flush: enough to amortize the
 /// flush under load, small enough that a close is seen between batches.
@@ -50,7 +49,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 )]
 pub(super) fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: OutboundRx,
     handle: Arc<ConnHandle>,
     config: Arc<SocketConfig>,
 ) -> impl Future<Output = ()> + Send {
@@ -205,7 +204,7 @@ async fn bounded<E>(op: impl Future<Output = Result<(), E>>) -> Result<(), Writt
 /// write finishing is progress.
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<Outbound>,
+    rx: &mut OutboundRx,
     handle: &ConnHandle,
     first: Outbound,
 ) -> Written {
@@ -232,7 +231,7 @@ async fn write_batch(
 /// frame, bounded in time; then the socket is dropped.
 async fn finish(
     sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<Outbound>,
+    rx: &mut OutboundRx,
     encoding: Encoding,
     code: u16,
 ) {

@@ -18,14 +18,13 @@ pub(super) use std::time::Duration;
 
 pub(super) use chorus_shared::envelope::community_channel;
 pub(super) use chorus_shared::protocol::{ServerEvent, UserTyping};
-pub(super) use tokio::sync::mpsc;
 pub(super) use uuid::Uuid;
 
 pub(super) use crate::api_client::{MemoryApi, Publication};
 pub(super) use crate::backplane::{Backplane, MemoryBackplane, MemoryBus};
 pub(super) use crate::codec::Encoding;
 pub(super) use crate::error::GatewayError;
-pub(super) use crate::handle::{ConnHandle, Outbound};
+pub(super) use crate::handle::{ConnHandle, OutboundRx};
 pub(super) use crate::hub::{Hub, HubConfig, Joined};
 
 /// Long enough for anything that is coming; with paused time a missing
@@ -82,11 +81,7 @@ impl Fixture {
     }
 
     /// A registered connection of `user` (a member) with a queue of `queue`.
-    pub(super) async fn conn(
-        &mut self,
-        user: &str,
-        queue: usize,
-    ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+    pub(super) async fn conn(&mut self, user: &str, queue: usize) -> (Arc<ConnHandle>, OutboundRx) {
         self.api.add_member(self.community, user);
         let expiry = tokio::time::Instant::now() + Duration::from_secs(3600);
         let (c, rx) = ConnHandle::new(self.next_conn, user, user, Encoding::Json, queue, expiry);
@@ -112,7 +107,7 @@ impl Fixture {
         &mut self,
         user: &str,
         queue: usize,
-    ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+    ) -> (Arc<ConnHandle>, OutboundRx) {
         let (c, rx) = self.conn(user, queue).await;
         self.join(&c, None).await.expect("joined");
         (c, rx)
@@ -172,7 +167,7 @@ pub(super) async fn join(
 }
 
 /// The next frame's event.
-pub(super) async fn next(rx: &mut mpsc::Receiver<Outbound>) -> ServerEvent {
+pub(super) async fn next(rx: &mut OutboundRx) -> ServerEvent {
     let frame = tokio::time::timeout(WAIT, rx.recv())
         .await
         .expect("a frame within the wait")
@@ -190,7 +185,7 @@ pub(super) fn seq_of(e: &ServerEvent) -> Option<i64> {
 
 /// The seqs of the next `n` sequenced frames; presence frames in between
 /// are skipped, anything else fails.
-pub(super) async fn seqs(rx: &mut mpsc::Receiver<Outbound>, n: usize) -> Vec<i64> {
+pub(super) async fn seqs(rx: &mut OutboundRx, n: usize) -> Vec<i64> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         match next(rx).await {
@@ -203,7 +198,7 @@ pub(super) async fn seqs(rx: &mut mpsc::Receiver<Outbound>, n: usize) -> Vec<i64
     out
 }
 
-pub(super) async fn assert_marker_next(rx: &mut mpsc::Receiver<Outbound>) {
+pub(super) async fn assert_marker_next(rx: &mut OutboundRx) {
     match next(rx).await {
         ServerEvent::UserTyping(t) if t.user_id == "marker" => {}
         other => panic!("expected the marker next, got {other:?}"),
@@ -211,7 +206,7 @@ pub(super) async fn assert_marker_next(rx: &mut mpsc::Receiver<Outbound>) {
 }
 
 /// Asserts that the next frame is `user-joined` of `user`.
-pub(super) async fn assert_joined(rx: &mut mpsc::Receiver<Outbound>, user: &str) {
+pub(super) async fn assert_joined(rx: &mut OutboundRx, user: &str) {
     match next(rx).await {
         ServerEvent::UserJoined(j) if j.user_id == user => {}
         other => panic!("expected {user}'s user-joined, got {other:?}"),
@@ -219,7 +214,7 @@ pub(super) async fn assert_joined(rx: &mut mpsc::Receiver<Outbound>, user: &str)
 }
 
 /// Asserts that the next frame is `user-left` of `user`.
-pub(super) async fn assert_left(rx: &mut mpsc::Receiver<Outbound>, user: &str) {
+pub(super) async fn assert_left(rx: &mut OutboundRx, user: &str) {
     match next(rx).await {
         ServerEvent::UserLeft(l) if l.user_id == user => {}
         other => panic!("expected {user}'s user-left, got {other:?}"),

@@ -136,7 +136,7 @@ pub(super) async fn conn_on(
     hub: &Hub,
     id: u64,
     user: &str,
-) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+) -> (Arc<ConnHandle>, OutboundRx) {
     f.api.add_member(f.community, user);
     let expiry = tokio::time::Instant::now() + Duration::from_secs(3600);
     let (c, rx) = ConnHandle::new(id, user, user, Encoding::Json, 64, expiry);
