@@ -214,7 +214,23 @@ mod tests {
         let writer = tokio::spawn(async move { rx.recv().await.is_some() });
         tokio::task::yield_now().await;
         assert!(h.push_event(&event(1)));
-        assert!(writer.await.expect("writer"));
+        let woken = tokio::time::timeout(Duration::from_secs(10), writer).await;
+        assert!(woken.expect("woken").expect("writer"));
+    }
+
+    #[tokio::test]
+    async fn a_replay_waiting_for_space_ends_when_the_writer_goes() {
+        let (h, rx) = handle(1);
+        assert!(h.push_event(&event(1)));
+        let waiting = {
+            let h = h.clone();
+            tokio::spawn(async move { h.push_event_wait(&event(2)).await })
+        };
+        tokio::task::yield_now().await;
+        drop(rx);
+        let ended = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+        assert!(!ended.expect("ended").expect("replay"), "not queued");
+        assert_eq!(h.close_code(), None, "refused, not a slow consumer");
     }
 
     #[tokio::test(start_paused = true)]

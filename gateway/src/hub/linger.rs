@@ -186,13 +186,18 @@ impl Linger {
         }
     }
 
-    /// Whether any presence is held.
+    /// Whether any presence is held (held channels alone do not count:
+    /// nothing is announced when they go).
     pub(super) fn holding(&self) -> bool {
-        !lock(&self.queue).is_empty()
+        lock(&self.queue)
+            .iter()
+            .any(|h| matches!(h.what, What::Presence { .. }))
     }
 
     /// Ends the release task and forgets what it held: the gateway is
     /// withdrawing all its presence entries at once, or the hub is gone.
+    /// Held channels stay subscribed until the process exits (both happen
+    /// only on the way out).
     pub(super) fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         let n = {

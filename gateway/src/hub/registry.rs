@@ -198,15 +198,16 @@ impl Hub {
             if let Some(e) = users.get_mut(&conn.user_id) {
                 e.conns.remove(&conn.id);
                 e.notify.remove(&conn.id);
-                if e.conns.is_empty() {
-                    if held && self.inner.linger.hold_channel(conn.user_id.clone(), grace) {
-                        e.channel_holds += 1;
-                    } else if e.channel_holds == 0 {
-                        let gone = e.reserved == 0;
-                        self.unsubscribe_user(&mut users, &conn.user_id);
-                        if gone {
-                            users.remove(&conn.user_id);
-                        }
+                // Held whether or not other tabs remain: they may close
+                // before this grace ends, and the channel must still carry
+                // a revocation for the held presence.
+                if held && self.inner.linger.hold_channel(conn.user_id.clone(), grace) {
+                    e.channel_holds += 1;
+                } else if e.conns.is_empty() && e.channel_holds == 0 {
+                    let gone = e.reserved == 0;
+                    self.unsubscribe_user(&mut users, &conn.user_id);
+                    if gone {
+                        users.remove(&conn.user_id);
                     }
                 }
             }

@@ -247,8 +247,31 @@ async fn a_held_user_whose_membership_is_revoked_leaves_at_once() {
     assert_left(&mut rx, "a").await;
     assert!(at.elapsed() < GRACE / 2, "left after {:?}", at.elapsed());
     assert_eq!(online(&f).await, ["w"]);
-    // Its grace ends later with nothing left to release.
+    // Let back in, and back within the grace: the old hold's end releases
+    // nothing of the new connection's.
+    let (_a2, _rx_a2) = f.joined("a", 64).await;
+    assert_joined(&mut rx, "a").await;
     tokio::time::advance(GRACE + Duration::from_millis(10)).await;
     f.marker().await;
     assert_marker_next(&mut rx).await;
+    assert_eq!(online(&f).await, ["a", "w"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_tab_keeps_the_channel_when_the_users_other_tab_closes() {
+    let mut f = Fixture::holding_losses();
+    let (w, mut rx) = f.conn("w", 64).await;
+    f.join(&w, None).await.expect("joined");
+    let (a1, _rx_a1) = f.joined("a", 64).await;
+    assert_joined(&mut rx, "a").await;
+    let (a2, _rx_a2) = f.conn("a", 64).await;
+    // One tab lost (held), then the other closed by the user.
+    f.hub.disconnect(&a1, &[f.community]).await;
+    a2.client_closed(Some(1000));
+    f.hub.disconnect(&a2, &[]).await;
+    // The channel still carries a revocation for the held presence.
+    let at = tokio::time::Instant::now();
+    f.publish(&f.api.remove_member(f.community, "a"));
+    assert_left(&mut rx, "a").await;
+    assert!(at.elapsed() < GRACE / 2, "left after {:?}", at.elapsed());
 }
