@@ -6,9 +6,10 @@
 //! latest notifications delivered (to drop the repeats an at-least-once
 //! outbox may publish). A user's channel is subscribed on their first
 //! local connection and unsubscribed on their last, queued under the users
-//! lock so the two can never be reordered; a last connection whose
-//! presence is held (see `linger.rs`) keeps the channel, and the entry,
-//! until the grace ends, so a returning client finds it subscribed.
+//! lock so the two can never be reordered; a connection whose presence is
+//! held (see `linger.rs`) keeps the channel, and the entry, until the
+//! grace ends, so a returning client finds it subscribed and a revocation
+//! still reaches the held presence.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
