@@ -42,11 +42,13 @@ pub const FD_RESERVE: u64 = 512;
 /// settable from code (tests) only.
 pub const DEFAULT_MAX_JOINS_PER_CONNECTION: usize = 1000;
 
-/// Frames a connection may have queued for sending. A client that falls
-/// this far behind live traffic is closed with 4009 rather than buffered
-/// without bound: 256 frames is several seconds of a very busy room, far
-/// more than any reading client lags, while bounded at ~256 pointers plus
-/// shared frame bytes.
+/// Frames a connection may have queued for sending while its socket
+/// pushes back. A client that falls this far behind live traffic is
+/// closed with 4009 rather than buffered without bound: 256 frames is
+/// several seconds of a very busy room, far more than any reading client
+/// lags, while bounded at ~256 pointers plus shared frame bytes. While the
+/// socket takes frames and only the gateway is behind, the queue may hold
+/// four times this (see `handle/queue.rs`).
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
 
 /// Interval of server WebSocket pings, also announced in `ready`. Below the
@@ -259,7 +261,9 @@ pub struct GatewayArgs {
         value_parser = integer("CHORUS_MAX_CONNECTIONS_PER_USER", 0, u32::MAX)
     )]
     pub max_connections_per_user: u32,
-    /// Frames a connection may have queued before it is cut off with 4009.
+    /// Frames a connection may have queued, while its client is not
+    /// reading, before it is cut off with 4009 (four times that while only
+    /// the gateway is behind).
     #[arg(
         long,
         env = "CHORUS_WS_OUTBOUND_QUEUE",

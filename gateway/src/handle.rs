@@ -140,7 +140,9 @@ impl ConnHandle {
     }
 
     /// Queues a shared event without waiting. A full queue means a slow
-    /// consumer: the connection is closed with 4009. False when not queued.
+    /// consumer: the connection is closed with 4009 (a queue is full at its
+    /// capacity while the writer waits on the socket, at an overdraft
+    /// beyond it otherwise: see `handle/queue.rs`). False when not queued.
     pub fn push_event(&self, frame: &Frame) -> bool {
         self.send_now(frame.clone())
     }
@@ -172,6 +174,13 @@ impl ConnHandle {
             },
             _ = self.closed() => false,
         }
+    }
+
+    /// The writer starts (true) or stops (false) waiting on the socket;
+    /// only meanwhile does a full queue count against the client (see
+    /// `handle/queue.rs`).
+    pub fn socket_full(&self, full: bool) {
+        self.queue.socket_full(full);
     }
 
     /// Closes a connection that stopped keeping up with 4009.
@@ -263,6 +272,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_closes_with_4009_and_the_first_code_wins() {
         let (h, mut rx) = handle(1);
+        h.socket_full(true);
         assert!(h.push(Message::Text("a".into())));
         assert!(!h.push(Message::Text("b".into())), "queue full");
         assert_eq!(h.close_code(), Some(close::SLOW_CONSUMER));

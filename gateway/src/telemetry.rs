@@ -17,6 +17,7 @@ const COUNTERS: &[&str] = &[
     "chorus_gateway_backfill_failures_total",
     "chorus_gateway_replayed_events_total",
     "chorus_gateway_slow_consumer_closes_total",
+    "chorus_gateway_queue_overdraft_total",
     "chorus_gateway_rate_limited_total",
     "chorus_gateway_typing_coalesced_total",
     "chorus_gateway_pending_dropped_total",

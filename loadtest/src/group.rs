@@ -2,7 +2,7 @@
 //! driven together (socket sends, typing, a reconnect storm) and verified
 //! together against what the coordinator says was committed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -81,6 +81,9 @@ pub struct Report {
     pub from_history: u64,
     pub replayed: u64,
     pub reconnects: u64,
+    /// Why sessions ended in an error and reconnected, by kind.
+    #[serde(default)]
+    pub reconnect_reasons: BTreeMap<String, u64>,
     pub typing: u64,
     /// `send-message` commands acked, refused, and not sent because the
     /// connection's operation queue was full.
@@ -104,6 +107,9 @@ impl Report {
         self.from_history += o.from_history;
         self.replayed += o.replayed;
         self.reconnects += o.reconnects;
+        for (k, n) in &o.reconnect_reasons {
+            *self.reconnect_reasons.entry(k.clone()).or_default() += n;
+        }
         self.typing += o.typing;
         self.sends_acked += o.sends_acked;
         self.send_errors += o.send_errors;
@@ -294,6 +300,7 @@ impl Group {
             sends_acked: self.shared.sends_acked.load(Ordering::Relaxed),
             send_errors: self.shared.send_errors.load(Ordering::Relaxed),
             ops_dropped: self.ops_dropped.load(Ordering::Relaxed),
+            reconnect_reasons: self.shared.reconnect_reasons(),
             stats: self.shared.stats().clone(),
             ..Report::default()
         };

@@ -3,6 +3,7 @@
 //! phase per server process, and latency over time. Printed as a table,
 //! written as JSON, or rendered as an HTML page with inline SVG plots.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -89,6 +90,8 @@ pub struct Verdict {
     pub replayed: u64,
     pub from_history: u64,
     pub reconnects: u64,
+    /// Why sessions ended in an error and reconnected, by kind.
+    pub reconnect_reasons: BTreeMap<String, u64>,
     pub post_errors: u64,
     pub first_post_error: Option<String>,
     /// `send-message`s answered with an error.
@@ -116,6 +119,7 @@ impl Verdict {
             replayed: r.replayed,
             from_history: r.from_history,
             reconnects: r.reconnects,
+            reconnect_reasons: r.reconnect_reasons.clone(),
             post_errors,
             first_post_error,
             send_errors: r.send_errors,
@@ -206,6 +210,9 @@ pub fn table(outcomes: &[Outcome]) -> String {
             },
             if o.passed() { "  PASS" } else { "  FAIL" },
         );
+        for (reason, n) in &v.reconnect_reasons {
+            let _ = writeln!(s, "  reconnected {n} times after: {reason}");
+        }
         if let Some(f) = &v.first_failure {
             let _ = writeln!(s, "  first connection failure: {f}");
         }

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::error::GatewayError;
 
 pub use self::memory::{MemoryBackplane, MemoryBus};
-pub use self::redis::RedisBackplane;
+pub use self::redis::{COMMAND_TIMEOUT, RedisBackplane};
 
 use std::sync::Arc;
 

@@ -23,6 +23,17 @@
 //! channel on its owner now and reconciles every community, as a
 //! reconnect does.
 //!
+//! The command connection's task (fred's router: it writes commands and
+//! reads their replies) runs on a thread of its own ([`CommandThread`]),
+//! not among the connection tasks. When a room fills up, thousands of
+//! writer tasks are runnable at once and the cooperative run queue is
+//! seconds deep; a reply read only after that counted as a timed-out
+//! command, which makes presence doubtful and renews all of it. On its own
+//! thread the router gets its turns from the kernel's preemptive
+//! scheduler, replies are read as they come, and a command times out only
+//! when Redis is slow. The subscriber stays among the connection tasks: its
+//! messages feed them, and Redis holds what they cannot take yet.
+//!
 //! Kept in one file on purpose: it is the whole [`Backplane`] trait against
 //! Redis, method for method beside its in-process double (`memory.rs`),
 //! and its pieces share the two connections and the incarnation state.
@@ -64,13 +75,50 @@ const INBOUND_BUFFER: usize = 16 * 1024;
 const PRESENCE_PIPELINE: usize = 1000;
 
 /// Timeout of backplane commands (publish, presence, registry).
-const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A thread with a single-threaded runtime of its own, for the command
+/// connection's task (see the module's docs). It ends on
+/// [`CommandThread::stop`] or when the last backplane clone is dropped.
+struct CommandThread {
+    runtime: tokio::runtime::Handle,
+    stop: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl CommandThread {
+    fn start() -> Result<Self, GatewayError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("chorus-redis-cmd".into())
+            .spawn(move || {
+                // Ends on `stop` or when the sender is dropped.
+                runtime.block_on(async move { drop(stopped.await) });
+            })?;
+        Ok(CommandThread {
+            runtime: handle,
+            stop: std::sync::Mutex::new(Some(stop)),
+        })
+    }
+
+    fn stop(&self) {
+        let stop = crate::sync::lock(&self.stop).take();
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
+    }
+}
 
 /// Redis implementation of [`Backplane`].
 #[derive(Clone)]
 pub struct RedisBackplane {
     pub(super) sub: SubscriberClient,
     cmd: Client,
+    /// Where `cmd`'s connection task runs.
+    cmd_thread: Arc<CommandThread>,
     /// `REDIS_URL` names a Redis Cluster: sharded pub/sub.
     pub(super) cluster: bool,
     /// Redis Cluster: the slot map (ranges and their primaries) as it was
@@ -122,10 +170,16 @@ impl RedisBackplane {
         let cmd = build(32)
             .build()
             .map_err(|e| GatewayError::Config(format!("redis: {e}")))?;
-        drop(cmd.connect());
+        let cmd_thread = CommandThread::start()?;
+        {
+            // fred spawns the connection task on the runtime entered here.
+            let _on_thread = cmd_thread.runtime.enter();
+            drop(cmd.connect());
+        }
         Ok(RedisBackplane {
             sub,
             cmd,
+            cmd_thread: Arc::new(cmd_thread),
             cluster: chorus_shared::config::redis_is_cluster(url),
             slot_map: Arc::default(),
             stop: Arc::new(tokio::sync::watch::channel(false).0),
@@ -453,6 +507,7 @@ impl Backplane for RedisBackplane {
         self.stop.send_replace(true);
         let _ = self.sub.quit().await;
         let _ = self.cmd.quit().await;
+        self.cmd_thread.stop();
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), GatewayError> {

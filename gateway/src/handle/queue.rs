@@ -5,6 +5,15 @@
 //! a first block of 32 slots, about 800 bytes allocated up front; this one
 //! adds about 100 bytes to the handle, and its deque grows only with what
 //! is actually queued.
+//!
+//! A full queue counts against the client only while the client is the one
+//! behind: while its writer waits on the socket (the kernel's buffers are
+//! full, so the client is not reading). When the writer is merely waiting
+//! for a CPU (the gateway is behind, say while a room of 500 fills up and
+//! every join is announced to every member), live events may run into an
+//! overdraft of [`OVERDRAFT`] times the capacity before the connection is
+//! closed anyway: an overloaded gateway must not cut off clients that read
+//! fine, whose reconnects would only add to its load.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -23,6 +32,13 @@ use crate::sync::lock;
 /// allocates per frame.
 const KEPT_SLOTS: usize = 8;
 
+/// How many times its capacity a queue may hold while its writer is not
+/// waiting on the socket (see the module's docs). Four: a room of 500
+/// filling up announces up to 499 joins at once, which the default 256
+/// slots alone do not hold; the bound stays hard, at 8 KiB of slots per
+/// connection by default (the frames are shared with every recipient).
+const OVERDRAFT: usize = 4;
+
 /// A connection's outbound queue (see the module's docs).
 pub(super) struct Queue {
     state: Mutex<QueueState>,
@@ -35,6 +51,9 @@ pub(super) struct Queue {
 struct QueueState {
     frames: VecDeque<Outbound>,
     capacity: usize,
+    /// The writer is waiting on the socket: the client is not reading as
+    /// fast as frames come.
+    socket_full: bool,
     /// The writer is gone: nothing is queued any more.
     closed: bool,
 }
@@ -52,6 +71,7 @@ impl Queue {
             state: Mutex::new(QueueState {
                 frames: VecDeque::new(),
                 capacity,
+                socket_full: false,
                 closed: false,
             }),
             writer: AtomicWaker::new(),
@@ -68,7 +88,7 @@ impl Queue {
             let space = self.space.notified();
             tokio::pin!(space);
             space.as_mut().enable();
-            match self.push(frame) {
+            match self.push_within(frame, |s| s.capacity) {
                 Ok(()) => return true,
                 Err(Refused::Closed) => return false,
                 Err(Refused::Full(back)) => frame = back,
@@ -77,19 +97,45 @@ impl Queue {
         }
     }
 
+    /// Queues a live event: within the capacity, or the overdraft while
+    /// the socket takes what the writer sends.
     pub(super) fn push(&self, frame: Outbound) -> Result<(), Refused> {
-        {
+        self.push_within(frame, |s| {
+            if s.socket_full {
+                s.capacity
+            } else {
+                s.capacity.saturating_mul(OVERDRAFT)
+            }
+        })
+    }
+
+    fn push_within(
+        &self,
+        frame: Outbound,
+        limit: impl FnOnce(&QueueState) -> usize,
+    ) -> Result<(), Refused> {
+        let overdrawn = {
             let mut s = lock(&self.state);
             if s.closed {
                 return Err(Refused::Closed);
             }
-            if s.frames.len() >= s.capacity {
+            let len = s.frames.len();
+            if len >= limit(&s) {
                 return Err(Refused::Full(frame));
             }
             s.frames.push_back(frame);
+            len >= s.capacity
+        };
+        if overdrawn {
+            metrics::counter!("chorus_gateway_queue_overdraft_total").increment(1);
         }
         self.writer.wake();
         Ok(())
+    }
+
+    /// The writer starts (true) or stops (false) waiting on the socket.
+    pub(super) fn socket_full(&self, full: bool) {
+        lock(&self.state).socket_full = full;
     }
 
     /// The next frame; or, with nothing queued, whether the queue is
@@ -97,7 +143,9 @@ impl Queue {
     fn pop(&self) -> Result<Outbound, bool> {
         let (frame, was_full) = {
             let mut s = lock(&self.state);
-            let was_full = s.frames.len() >= s.capacity;
+            // Replays wait while the queue holds its capacity or more: this
+            // pop is the one that makes room for them.
+            let was_full = s.frames.len() == s.capacity;
             let Some(frame) = s.frames.pop_front() else {
                 return Err(s.closed);
             };
@@ -190,6 +238,7 @@ mod tests {
     use chorus_shared::protocol::ServerEvent;
 
     use super::*;
+    use crate::close;
     use crate::codec::{Encoding, Frame, SharedFrame};
 
     fn handle(queue: usize) -> (Arc<ConnHandle>, OutboundRx) {
@@ -250,6 +299,60 @@ mod tests {
         );
         assert!(rx.try_recv().is_ok());
         assert!(rx.try_recv().is_err());
+        assert_eq!(h.close_code(), None);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_a_slow_consumer_while_the_writer_waits_on_the_socket() {
+        let (h, _rx) = handle(4);
+        h.socket_full(true);
+        for n in 0..4 {
+            assert!(h.push_event(&event(n)));
+        }
+        assert_eq!(h.close_code(), None);
+        assert!(!h.push_event(&event(4)));
+        assert_eq!(h.close_code(), Some(close::SLOW_CONSUMER));
+    }
+
+    #[tokio::test]
+    async fn a_writer_behind_only_for_a_cpu_gets_the_overdraft_and_no_more() {
+        let (h, mut rx) = handle(4);
+        for n in 0..4 * OVERDRAFT {
+            assert!(h.push_event(&event(n as i64)), "frame {n}");
+        }
+        assert_eq!(h.close_code(), None, "the client is not the one behind");
+        // The socket stops taking frames: back to the capacity, which the
+        // queue is already past.
+        h.socket_full(true);
+        assert!(rx.try_recv().is_ok());
+        assert!(!h.push_event(&event(99)));
+        assert_eq!(h.close_code(), Some(close::SLOW_CONSUMER));
+
+        // And with the socket taking frames, the overdraft is the bound.
+        let (h, _rx) = handle(4);
+        for n in 0..4 * OVERDRAFT {
+            assert!(h.push_event(&event(n as i64)));
+        }
+        assert!(!h.push_event(&event(99)));
+        assert_eq!(h.close_code(), Some(close::SLOW_CONSUMER));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_waits_for_the_capacity_not_the_overdraft() {
+        let (h, mut rx) = handle(2);
+        for n in 0..3 {
+            assert!(h.push_event(&event(n)), "live, into the overdraft");
+        }
+        let waiting = {
+            let h = h.clone();
+            tokio::spawn(async move { h.push_event_wait(&event(9)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(rx.try_recv().is_ok());
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "two queued: still at the capacity");
+        assert!(rx.try_recv().is_ok());
+        assert!(waiting.await.expect("replay"), "queued below the capacity");
         assert_eq!(h.close_code(), None);
     }
 

@@ -458,6 +458,8 @@ mod tests {
     fn a_full_queue_closes_the_slow_member_only() {
         let mut st = RoomState::new(0);
         let (slow, _rx_slow) = conn(1, 2);
+        // Its writer waits on a socket the client does not read.
+        slow.socket_full(true);
         let (fast, mut rx_fast) = conn(2, 64);
         st.admit(&slow, i64::MIN).expect("admitted");
         st.admit(&fast, i64::MIN).expect("admitted");

@@ -8,6 +8,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -199,6 +200,21 @@ async fn bounded<E>(op: impl Future<Output = Result<(), E>>) -> Result<(), Writt
     }
 }
 
+/// Runs one socket operation; while it waits on the socket (the client is
+/// not reading as fast as frames come), the queue knows it, so that only
+/// then does a full queue count against the client. Almost every write
+/// completes on its first poll and touches nothing.
+async fn on_socket<T>(handle: &ConnHandle, op: impl Future<Output = T>) -> T {
+    let mut op = std::pin::pin!(op);
+    if let Poll::Ready(done) = futures_util::poll!(op.as_mut()) {
+        return done;
+    }
+    handle.socket_full(true);
+    let done = op.await;
+    handle.socket_full(false);
+    done
+}
+
 /// Writes `first` and whatever else is queued, then flushes once. Each
 /// frame is written straight to the socket (no write buffer), so each
 /// write finishing is progress.
@@ -212,16 +228,16 @@ async fn write_batch(
     let r = async {
         let message = first.get(encoding);
         handle.dequeued(&first);
-        bounded(sink.feed(message)).await?;
+        bounded(on_socket(handle, sink.feed(message))).await?;
         first.written();
         for _ in 1..WRITE_BATCH {
             let Ok(next) = rx.try_recv() else { break };
             let message = next.get(encoding);
             handle.dequeued(&next);
-            bounded(sink.feed(message)).await?;
+            bounded(on_socket(handle, sink.feed(message))).await?;
             next.written();
         }
-        bounded(sink.flush()).await
+        bounded(on_socket(handle, sink.flush())).await
     }
     .await;
     r.err().unwrap_or(Written::All)

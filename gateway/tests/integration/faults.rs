@@ -530,6 +530,37 @@ async fn a_replay_to_a_client_that_stopped_reading_ends_in_4009() {
     assert!(matches!(ended, Some(4009) | None), "closed: {ended:?}");
 }
 
+/// The command connection reads its replies on a thread of its own: a
+/// command answered while every task of the gateway's runtime is held up
+/// (here the test's one runtime thread is blocked, past the command
+/// timeout) succeeds, instead of counting as timed out, which would make
+/// the gateway's presence doubtful and renew all of it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_command_answered_while_the_runtime_is_held_up_succeeds() {
+    use chorus_gateway::backplane::{Backplane, COMMAND_TIMEOUT, RedisBackplane};
+    let backplane = RedisBackplane::new(&env_url("REDIS_URL"), "gw-held-up", Default::default())
+        .expect("backplane");
+    let channel = uid("chorus-test-held-up");
+    wait_until(|| async {
+        backplane
+            .publish(&channel, bytes::Bytes::from_static(b"up"))
+            .await
+            .is_ok()
+    })
+    .await;
+    let publish = backplane.publish(&channel, bytes::Bytes::from_static(b"held up"));
+    tokio::pin!(publish);
+    assert!(
+        futures_util::poll!(publish.as_mut()).is_pending(),
+        "sent, not yet answered"
+    );
+    std::thread::sleep(COMMAND_TIMEOUT + Duration::from_secs(1));
+    publish
+        .await
+        .expect("answered while the runtime was held up");
+    backplane.quit().await;
+}
+
 /// A WebSocket client with a tiny receive buffer that has sent `first`
 /// and will read only when the test says so.
 async fn stalling_client(

@@ -106,7 +106,8 @@ pub(super) async fn session(s: &mut Session<'_>) -> Result<Exit, ConnError> {
             frame = ws.next() => {
                 let text = match frame {
                     Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(_))) | None => return Err(ConnError::Closed),
+                    Some(Ok(Message::Close(c))) => return Err(ConnError::closed(c)),
+                None => return Err(ConnError::Closed(None)),
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(e.into()),
                 };
@@ -165,7 +166,8 @@ async fn connect(env: &Env, url: &str, token: &str) -> Result<Ws, ConnError> {
                     return Ok(ws);
                 }
             }
-            Some(Ok(Message::Close(_))) | None => return Err(ConnError::Closed),
+            Some(Ok(Message::Close(c))) => return Err(ConnError::closed(c)),
+            None => return Err(ConnError::Closed(None)),
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(e.into()),
         }
@@ -198,7 +200,8 @@ async fn join(
         loop {
             let text: Utf8Bytes = match ws.next().await {
                 Some(Ok(Message::Text(t))) => t,
-                Some(Ok(Message::Close(_))) | None => return Err(ConnError::Closed),
+                Some(Ok(Message::Close(c))) => return Err(ConnError::closed(c)),
+                None => return Err(ConnError::Closed(None)),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(e.into()),
             };

@@ -36,12 +36,38 @@ pub enum Op {
 pub enum ConnError {
     #[error("connect: {0}")]
     Connect(String),
-    #[error("closed by the server")]
-    Closed,
+    /// The server closed the socket: its close code and reason, or
+    /// nothing when the stream ended without a close frame.
+    #[error("closed by the server{}", close_text(.0))]
+    Closed(Option<(u16, String)>),
     #[error("protocol: {0}")]
     Protocol(String),
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+}
+
+fn close_text(close: &Option<(u16, String)>) -> String {
+    match close {
+        Some((code, reason)) if reason.is_empty() => format!(" with {code}"),
+        Some((code, reason)) => format!(" with {code} ({reason})"),
+        None => " without a close frame".into(),
+    }
+}
+
+impl ConnError {
+    /// The end of a stream, from what the socket read last.
+    pub fn closed(frame: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> Self {
+        ConnError::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+    }
+
+    /// The error's kind without per-connection detail (a refused join's
+    /// frame), to count alike errors together in a report.
+    pub fn kind(&self) -> String {
+        match self {
+            ConnError::Protocol(e) if e.starts_with("join refused") => "join refused".into(),
+            e => e.to_string(),
+        }
+    }
 }
 
 impl From<tokio_tungstenite::tungstenite::Error> for ConnError {
@@ -160,6 +186,7 @@ pub async fn run(
                 if control.borrow().quit {
                     return;
                 }
+                shared.reconnect_reason(e.kind());
                 {
                     let mut st = lock(&state);
                     if st.rooms.is_empty() && attempt >= MAX_FIRST_ATTEMPTS {

@@ -46,6 +46,11 @@ pub struct ClientSpec {
 /// Marker prefix of every posted message's content.
 const MARK: &str = "lt ";
 
+/// Kinds of reconnect reasons counted apart per group; the rest count as
+/// "other". Kinds are few (close codes, timeouts), so this only bounds a
+/// surprise such as errors that carry an address.
+const MAX_REASONS: usize = 16;
+
 /// The content of post number `k`, sent at `sent_us`, padded to `len`.
 pub fn content(sent_us: u64, k: u64, len: usize) -> String {
     let mut s = format!("{MARK}{sent_us} {k} ");
@@ -180,6 +185,8 @@ pub struct Shared {
     /// `send-message` commands acked, and answered with an error.
     pub sends_acked: AtomicU64,
     pub send_errors: AtomicU64,
+    /// Why sessions ended in an error (then reconnected), by kind.
+    reconnect_reasons: Mutex<BTreeMap<String, u64>>,
 }
 
 /// Latencies, overall and per wall-clock second.
@@ -199,6 +206,28 @@ pub struct Stats {
 }
 
 impl Shared {
+    /// Counts a session that ended in an error of `kind`; past
+    /// [`MAX_REASONS`] kinds, under "other".
+    pub fn reconnect_reason(&self, kind: String) {
+        let mut reasons = self
+            .reconnect_reasons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let kind = if reasons.len() < MAX_REASONS || reasons.contains_key(&kind) {
+            kind
+        } else {
+            "other".into()
+        };
+        *reasons.entry(kind).or_default() += 1;
+    }
+
+    pub fn reconnect_reasons(&self) -> BTreeMap<String, u64> {
+        self.reconnect_reasons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn stats(&self) -> MutexGuard<'_, Stats> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -94,7 +94,8 @@ async fn next_text(ws: &mut Ws) -> Result<String, ConnError> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
-            Some(Ok(Message::Close(_))) | None => return Err(ConnError::Closed),
+            Some(Ok(Message::Close(c))) => return Err(ConnError::closed(c)),
+            None => return Err(ConnError::Closed(None)),
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(e.into()),
         }

@@ -142,6 +142,7 @@ pub(super) async fn connect(c: &Common, users: usize, room_size: usize) -> anyho
     let bar = c.bar(0, "setting up");
     let world = setup::world(c.proto, &c.api, &c.secret, &c.run, users, room_size, &bar).await?;
     bar.finish_and_clear();
+    flush_page_cache().await;
     let gateways = c.gateways.len().max(1);
     let clients: Vec<ClientSpec> = world
         .rooms
@@ -193,6 +194,7 @@ pub(super) async fn connect(c: &Common, users: usize, room_size: usize) -> anyho
     // connect phase ends, and the measured ones start, once the gateways
     // are quiet again.
     quiesce(c).await;
+    flush_page_cache().await;
     let after = c.sample(Some(&fleet));
     let connected = fleet.progress().joined;
     Ok(Setup {
@@ -206,6 +208,17 @@ pub(super) async fn connect(c: &Common, users: usize, room_size: usize) -> anyho
         fleet,
         connected,
     })
+}
+
+/// Writes the machine's dirty page cache out now (`sync`), so that the
+/// setup's writes are not written back in a measured phase: the kernel
+/// writes dirty pages back about 30 s after they were dirtied, and with
+/// everything on one disk that write-back held Postgres's WAL flushes,
+/// and so every POST, for up to half a second. A no-op for servers on
+/// other machines. A failure (no `sync` on the path) only loses the
+/// flush, so it is not reported.
+pub(super) async fn flush_page_cache() {
+    let _ = tokio::process::Command::new("sync").status().await;
 }
 
 /// Waits (at most [`QUIESCE_MAX`]) until the gateways use less than
