@@ -191,6 +191,8 @@ pub struct MemoryBackplane {
     sink: Mutex<Option<Arc<dyn BackplaneSink>>>,
     /// Channel → the task forwarding it to the sink.
     subscriptions: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Set by [`MemoryBackplane::refuse_subscribes`].
+    refusing: Mutex<Option<Arc<tokio::sync::Notify>>>,
 }
 
 impl std::fmt::Debug for MemoryBackplane {
@@ -209,6 +211,7 @@ impl MemoryBackplane {
             incarnation: Incarnation::new(gateway_id, Liveness::default()),
             sink: Mutex::new(None),
             subscriptions: Mutex::new(HashMap::new()),
+            refusing: Mutex::new(None),
         })
     }
 
@@ -277,6 +280,20 @@ impl MemoryBackplane {
         }
     }
 
+    /// Simulates a Redis that refuses subscribes: each waits for a
+    /// permit of the returned signal, then fails, until
+    /// [`MemoryBackplane::accept_subscribes`].
+    pub fn refuse_subscribes(&self) -> Arc<tokio::sync::Notify> {
+        let signal = Arc::new(tokio::sync::Notify::new());
+        *lock(&self.refusing) = Some(signal.clone());
+        signal
+    }
+
+    /// Subscribes succeed again.
+    pub fn accept_subscribes(&self) {
+        *lock(&self.refusing) = None;
+    }
+
     /// Whether this gateway subscribes to `channel`.
     pub fn is_subscribed(&self, channel: &str) -> bool {
         lock(&self.subscriptions).contains_key(channel)
@@ -305,6 +322,11 @@ impl Backplane for MemoryBackplane {
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), GatewayError> {
+        let refusing = lock(&self.refusing).clone();
+        if let Some(signal) = refusing {
+            signal.notified().await;
+            return Err(GatewayError::Backplane("subscribe refused".into()));
+        }
         let sink = lock(&self.sink)
             .clone()
             .ok_or_else(|| GatewayError::Backplane("not started".into()))?;

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::Hub;
 use super::room::lock;
+use super::subscriptions::Pending;
 use crate::error::GatewayError;
 use crate::handle::ConnHandle;
 
@@ -49,6 +50,10 @@ pub(super) struct UserEntry {
     revoked: VecDeque<(Uuid, u64)>,
     /// The user's channel is subscribed (or its subscribe is queued).
     subscribed: bool,
+    /// The subscribe of the user's channel, while its outcome is unknown:
+    /// a connection arriving meanwhile waits for it too, so that no
+    /// connection lives on without the channel when it fails.
+    subscribing: Option<Pending>,
     /// Lost connections whose grace keeps the channel subscribed.
     channel_holds: u32,
 }
@@ -156,17 +161,28 @@ impl Hub {
                 e.reserved = e.reserved.saturating_sub(1);
             }
             e.conns.insert(conn.id, conn.clone());
-            (!std::mem::replace(&mut e.subscribed, true))
-                .then(|| self.inner.subs.subscribe(user_channel(&conn.user_id)))
+            if std::mem::replace(&mut e.subscribed, true) {
+                e.subscribing.clone()
+            } else {
+                let pending = self.inner.subs.subscribe(user_channel(&conn.user_id));
+                e.subscribing = Some(pending.clone());
+                Some(pending)
+            }
         };
         let Some(pending) = subscribed else {
             return Ok(());
         };
-        let done = pending.done().await;
-        if done.is_err() {
-            // Not subscribed after all: the next connection must try again,
-            // even if this one's end is held.
-            self.unsubscribe_user(&mut lock(&self.inner.users), &conn.user_id);
+        let done = pending.clone().done().await;
+        let mut users = lock(&self.inner.users);
+        if let Some(e) = users.get_mut(&conn.user_id)
+            && e.subscribing.as_ref().is_some_and(|p| p.same(&pending))
+        {
+            e.subscribing = None;
+            if done.is_err() {
+                // Not subscribed after all: the next connection must try
+                // again, even if this one's end is held.
+                self.unsubscribe_user(&mut users, &conn.user_id);
+            }
         }
         done
     }
@@ -177,6 +193,7 @@ impl Hub {
         if let Some(e) = users.get_mut(user)
             && std::mem::take(&mut e.subscribed)
         {
+            e.subscribing = None;
             self.inner.subs.unsubscribe(user_channel(user));
         }
     }

@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use futures_util::FutureExt;
+use futures_util::future::Shared;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backplane::Backplane;
@@ -24,14 +26,27 @@ pub(super) struct Subscriptions {
     tx: mpsc::UnboundedSender<SubOp>,
 }
 
-/// The outcome of a queued subscribe, to await outside any lock.
-pub(super) struct Pending(oneshot::Receiver<Result<(), GatewayError>>);
+/// The outcome of a queued subscribe, to await outside any lock; clones
+/// share it (several connections may wait for one subscribe).
+#[derive(Clone)]
+pub(super) struct Pending(Shared<oneshot::Receiver<Result<(), GatewayError>>>);
 
 impl Pending {
     pub async fn done(self) -> Result<(), GatewayError> {
         self.0
             .await
             .map_err(|_| GatewayError::Backplane("subscription task stopped".into()))?
+    }
+
+    /// Whether both wait for the same subscribe.
+    pub fn same(&self, other: &Pending) -> bool {
+        self.0.ptr_eq(&other.0)
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pending")
     }
 }
 
@@ -59,7 +74,7 @@ impl Subscriptions {
         let (tx, rx) = oneshot::channel();
         // If the task is gone, the dropped sender reports it in `done`.
         let _ = self.tx.send(SubOp::Subscribe(channel, tx));
-        Pending(rx)
+        Pending(rx.shared())
     }
 
     /// Queues an unsubscribe.

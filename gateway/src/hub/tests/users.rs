@@ -26,6 +26,39 @@ async fn presence_counts_users_not_tabs() {
     assert_marker_next(&mut rx).await;
 }
 
+/// A second tab that connects while the first tab's subscribe of the
+/// user's channel is in flight waits for it; when it fails, both fail
+/// (neither lives on without notifications and revocations), and the next
+/// connection subscribes again.
+#[tokio::test(start_paused = true)]
+async fn a_tab_connecting_during_a_failing_subscribe_fails_with_it() {
+    let f = Fixture::new(1000);
+    let refused = f.backplane.refuse_subscribes();
+    let tab = |id: u64| {
+        let hub = f.hub.clone();
+        let expiry = tokio::time::Instant::now() + WAIT;
+        let (c, rx) = ConnHandle::new(id, "a", "a", Encoding::Json, 16, expiry);
+        let slot = hub.reserve("a", 0).expect("no cap");
+        let task = tokio::spawn(async move { hub.connect(&c, slot).await });
+        (task, rx)
+    };
+    let (first, _rx1) = tab(1);
+    tokio::task::yield_now().await;
+    let (second, _rx2) = tab(2);
+    tokio::task::yield_now().await;
+    assert!(!second.is_finished(), "waits for the first tab's subscribe");
+    refused.notify_one();
+    assert!(first.await.expect("first").is_err());
+    assert!(second.await.expect("second").is_err(), "fails with it");
+    let channel = chorus_shared::envelope::user_channel("a");
+    assert!(!f.backplane.is_subscribed(&channel));
+
+    f.backplane.accept_subscribes();
+    let (third, _rx3) = tab(3);
+    third.await.expect("third").expect("subscribed again");
+    assert!(f.backplane.is_subscribed(&channel));
+}
+
 #[tokio::test(start_paused = true)]
 async fn typing_is_broadcast_once_a_second_per_state_however_many_tabs() {
     let mut f = Fixture::new(1000);
