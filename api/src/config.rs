@@ -23,14 +23,16 @@ pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 16;
 pub const MAX_DB_MAX_CONNECTIONS: u32 = 1000;
 
 /// Default longest the post writer waits, after the first post of a
-/// batch, for more (`CHORUS_POST_LINGER_MS`, in milliseconds): at 500 posts
-/// a second a batch then holds two or three posts instead of one, which
-/// divides the round trips, commits and publisher passes per post (the
-/// write path's CPU per POST is 30 % lower than without it), at the price
-/// of about 3 ms of latency (BENCHMARKS.md has both). The writer waits only
-/// while posts arrive closer together than this (a smoothed gap), so a
-/// quiet community's post is never held for company that will not come.
-pub const DEFAULT_POST_LINGER_MS: u64 = 4;
+/// batch, for more (`CHORUS_POST_LINGER_MS`, in milliseconds): none. Since
+/// posts publish themselves (no publisher pass per batch), a batch of one
+/// costs the write path about what the Rust peer's single insert and
+/// publish cost, and latency is the peer's. Waiting 4 ms at 500 posts a
+/// second makes batches of two or three and takes about 20 % off the write
+/// path's CPU per POST, for about 3 ms of latency (BENCHMARKS.md, "Posts
+/// that publish themselves"). A linger only applies while posts arrive
+/// closer together than it (a smoothed gap); under load batches grow by
+/// themselves either way.
+pub const DEFAULT_POST_LINGER_MS: u64 = 0;
 /// Longest accepted linger: past a few milliseconds batches stop growing
 /// (a commit takes about that long) and only latency grows.
 pub const MAX_POST_LINGER_MS: u64 = 50;

@@ -30,7 +30,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::ServeArgs;
 use crate::error::ApiError;
-use crate::outbox::{OutboxStore, RedisSink};
+use crate::outbox::{DirectPublish, OutboxStore, RedisSink};
 use crate::state::{AppState, RateSetting};
 use crate::store::PgStore;
 
@@ -102,16 +102,18 @@ pub async fn run(
     let public = public_options(&args)?;
     let verifier = JwtVerifier::new(&args.jwt).map_err(|e| ApiError::Config(e.to_string()))?;
     let wake = Arc::new(Notify::new());
+    let sink = RedisSink::connect(&args.redis_url)?;
+    let direct = DirectPublish::new(Arc::new(sink.clone()));
     let pg = PgStore::connect_lazy(
         &args.db.database_url,
         args.db.db_max_connections,
         wake.clone(),
+        Some(direct.clone()),
         std::time::Duration::from_millis(args.post_linger_ms),
     )?;
     if !args.no_migrate {
         pg.migrate().await?;
     }
-    let sink = RedisSink::connect(&args.redis_url)?;
     let state = AppState::new(
         Arc::new(pg.clone()),
         live::LiveState::new(sink.client()),
@@ -132,7 +134,7 @@ pub async fn run(
     let _pool_gauges = telemetry::watch_pool(pg.pool(), state.live().clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let publisher = tokio::spawn(outbox::run_publisher(
-        Arc::new(OutboxStore::new(pg.pool())),
+        Arc::new(OutboxStore::new(pg.pool(), Some(direct))),
         Arc::new(sink.clone()),
         wake,
         stop_rx.clone(),

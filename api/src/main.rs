@@ -21,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
                 &db.database_url,
                 1,
                 std::sync::Arc::new(tokio::sync::Notify::new()),
+                None,
                 std::time::Duration::ZERO,
             )?;
             store.migrate().await.context("running migrations")?;

@@ -18,6 +18,7 @@ const POOL_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 pub fn register() {
     for name in [
         "chorus_outbox_published_total",
+        "chorus_outbox_published_directly_total",
         "chorus_api_request_deadline_exceeded_total",
         "chorus_http_connections_refused_total",
         "chorus_api_messages_written_total",

@@ -3,7 +3,8 @@
 //! Writers wake it in-process right after commit, so an event normally
 //! reaches Redis a millisecond or two after its transaction; a slow poll is
 //! the fallback for events committed by other replicas or left behind by a
-//! failure. While Redis is away publishing fails, rows stay unpublished and
+//! failure. The post writer publishes most posts itself, without waking it
+//! (see [`direct`]); the publisher takes what that path leaves. While Redis is away publishing fails, rows stay unpublished and
 //! the loop backs off; when Redis returns the backlog goes out in id order,
 //! which is seq order per community. Nothing is marked published before
 //! Redis accepted it, so a crash at any point loses nothing. Publication is
@@ -24,6 +25,7 @@
 //! retention purge; in `postgres.rs`) and an [`OutboxSink`] ([`RedisSink`]
 //! in production; in `redis.rs`).
 
+mod direct;
 mod postgres;
 mod redis;
 
@@ -36,6 +38,7 @@ use tokio::time::Instant;
 
 use crate::error::ApiError;
 
+pub use direct::{DirectEvent, DirectPublish};
 pub use postgres::{OUTBOX_LOCK_KEY, OutboxStore};
 pub use redis::RedisSink;
 

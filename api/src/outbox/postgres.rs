@@ -18,12 +18,17 @@
 //! at-least-once allows, and no publisher fsync competes with the
 //! writers'.
 //!
+//! Events this process's post writers are publishing themselves, or have
+//! published and not marked yet, are left out of the reads; a pass waits
+//! for those publications before its own (see `direct.rs`).
+//!
 //! Channels whose events the sink refused are held back (left out of the
 //! reads) until a backoff passes, so the rest keep flowing; each channel's
 //! events are only ever marked in order, from the front, so a retry starts
 //! at its first refused event.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -35,8 +40,8 @@ use tokio::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    Drained, MAX_HELD_CHANNELS, OUTBOX_BACKOFF_MAX, OUTBOX_BACKOFF_MIN, OUTBOX_POLL, OutboxSink,
-    OutboxSource, Publication,
+    DirectPublish, Drained, MAX_HELD_CHANNELS, OUTBOX_BACKOFF_MAX, OUTBOX_BACKOFF_MIN, OUTBOX_POLL,
+    OutboxSink, OutboxSource, Publication,
 };
 use crate::error::ApiError;
 use crate::store::purge_idempotency_keys;
@@ -54,6 +59,8 @@ const OUTBOX_RETENTION_MIN: i64 = 60;
 pub struct OutboxStore {
     pool: PgPool,
     session: Mutex<Option<Session>>,
+    /// What this process's post writers publish themselves.
+    direct: Option<Arc<DirectPublish>>,
 }
 
 /// The publisher's own connection, and whether it holds the lock.
@@ -77,10 +84,11 @@ struct Session {
 }
 
 impl OutboxStore {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: PgPool, direct: Option<Arc<DirectPublish>>) -> Self {
         OutboxStore {
             pool,
             session: Mutex::new(None),
+            direct,
         }
     }
 
@@ -105,11 +113,18 @@ impl OutboxStore {
 
 impl Session {
     /// One pass; see [`OutboxSource::drain`].
-    async fn drain(&mut self, sink: &dyn OutboxSink, max: i64) -> Result<Drained, ApiError> {
+    async fn drain(
+        &mut self,
+        sink: &dyn OutboxSink,
+        max: i64,
+        direct: Option<&DirectPublish>,
+    ) -> Result<Drained, ApiError> {
+        let (refusals, skip) = direct.map(DirectPublish::before_read).unwrap_or_default();
         if !self.leader {
             let waiting: bool = sqlx::query_scalar(
-                "select exists (select 1 from outbox where published_at is null)",
+                "select exists (select 1 from outbox where published_at is null and id <> all($1))",
             )
+            .bind(&skip)
             .fetch_one(&mut self.conn)
             .await?;
             if !waiting {
@@ -130,10 +145,11 @@ impl Session {
         // `not in` a subquery: Postgres hashes the held list once per read
         // instead of comparing every row with each of its entries.
         let rows: Vec<(i64, String, Vec<u8>, DateTime<Utc>)> = sqlx::query_as(
-            "select id, channel, payload, created_at from outbox where published_at is null and channel not in (select unnest($2::text[])) order by id limit $1",
+            "select id, channel, payload, created_at from outbox where published_at is null and channel not in (select unnest($2::text[])) and id <> all($3) order by id limit $1",
         )
         .bind(max)
         .bind(&self.held)
+        .bind(&skip)
         .fetch_all(&mut self.conn)
         .await?;
         if rows.is_empty() {
@@ -143,6 +159,16 @@ impl Session {
             return Ok(Drained::default());
         }
         self.last_found = Instant::now();
+        if let Some(direct) = direct
+            && !direct.settle(refusals).await
+        {
+            // A writer's publication was refused after the read left its
+            // events out: read again, with them, to keep their order.
+            return Ok(Drained {
+                failed: false,
+                more: true,
+            });
+        }
         let batch: Vec<(String, Vec<u8>)> = rows
             .iter()
             .map(|(_, c, p, _)| (c.clone(), p.clone()))
@@ -234,7 +260,7 @@ impl OutboxSource for OutboxStore {
             Some(s) => s,
             None => session.insert(self.connect().await?),
         };
-        let pass = current.drain(sink, max).await;
+        let pass = current.drain(sink, max, self.direct.as_deref()).await;
         if pass.is_err() {
             *session = None;
         }

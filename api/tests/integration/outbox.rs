@@ -171,12 +171,123 @@ async fn redis_outage_and_api_restart_lose_nothing() {
     expect_seqs(&mut sub, 11, 15).await;
     api.send(&alice, &c, "after").await;
     expect_seqs(&mut sub, 16, 16).await;
+    // Everything is marked in the end (the last post marks its event
+    // shortly after publishing it itself).
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
-    let pending: i64 = sqlx::query_scalar("select count(*) from outbox where published_at is null")
-        .fetch_one(&pool)
+    wait_until_published(&pool, &channel).await;
+}
+
+/// A post publishes itself right after its commit, without the outbox
+/// publisher, but only when nothing earlier on its channel is unpublished:
+/// behind an event the publisher has not published yet, posts wait for it
+/// and keep their order.
+#[tokio::test]
+async fn posts_publish_themselves_only_behind_published_events() {
+    let api = Api::start().await;
+    let (alice_id, bob_id) = (uid("alice"), uid("bob"));
+    let alice = token(&alice_id);
+    let a = api.community(&alice, "behind", true).await;
+    api.add(&alice, &a, &bob_id).await;
+    let b = api.community(&alice, "free", true).await;
+    let (a_ch, b_ch) = (
+        community_channel(&a.parse().unwrap()),
+        community_channel(&b.parse().unwrap()),
+    );
+    let mut sub = Sub::new(&env_url("REDIS_URL"), &[a_ch.clone(), b_ch.clone()]).await;
+    let pool = sqlx::PgPool::connect(&api.database_url).await.unwrap();
+
+    // The publisher is locked out from here on.
+    let lock = AdvisoryLock::take(&api.database_url, OUTBOX_LOCK_KEY).await;
+    api.send(&alice, &b, "needs no publisher").await;
+    let (ch, e) = sub.next().await;
+    assert_eq!((ch.as_str(), e.seq), (b_ch.as_str(), Some(1)));
+
+    // A post with a mention takes the full path, which leaves its event to
+    // the publisher; the plain posts behind it must wait for it.
+    let r = api
+        .post(
+            "/api/messages-realtime",
+            &alice,
+            json!({"communityId": a, "content": "hi @bob", "mentions": [bob_id]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    api.send(&alice, &a, "behind the mention").await;
+    api.send(&alice, &a, "behind it too").await;
+
+    // Once b's first event is marked, b's next post is clean again and
+    // goes out at once: it is the next thing published, none of a's came.
+    wait_until_published(&pool, &b_ch).await;
+    api.send(&alice, &b, "marker").await;
+    let (ch, e) = sub.next().await;
+    assert_eq!((ch.as_str(), e.seq), (b_ch.as_str(), Some(2)), "{e:?}");
+
+    lock.release().await;
+    expect_seqs(&mut sub, 1, 3).await;
+    wait_until_published(&pool, &a_ch).await;
+    wait_until_published(&pool, &b_ch).await;
+}
+
+/// Concurrent posts in one community, some taking the full path (a
+/// mention) and most publishing themselves, reach Redis gap-free and in
+/// seq order.
+#[tokio::test]
+async fn both_paths_together_keep_a_communitys_order() {
+    const SENDERS: usize = 8;
+    const POSTS: usize = 40;
+    let api = std::sync::Arc::new(Api::start().await);
+    let (alice_id, bob_id) = (uid("alice"), uid("bob"));
+    let alice = token(&alice_id);
+    let c = api.community(&alice, "both paths", true).await;
+    api.add(&alice, &c, &bob_id).await;
+    let channel = community_channel(&c.parse().unwrap());
+    let mut sub = Sub::new(&env_url("REDIS_URL"), std::slice::from_ref(&channel)).await;
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let (api, alice, c, bob_id) = (api.clone(), alice.clone(), c.clone(), bob_id.clone());
+            tokio::spawn(async move {
+                for i in 0..POSTS {
+                    let mentions = if (s + i) % 5 == 0 {
+                        json!([bob_id])
+                    } else {
+                        json!([])
+                    };
+                    let r = api
+                        .post(
+                            "/api/messages-realtime",
+                            &alice,
+                            json!({"communityId": c, "content": format!("{s}/{i} @bob"), "mentions": mentions}),
+                        )
+                        .await;
+                    assert_eq!(r.status, 201, "{:?}", r.body);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.unwrap();
+    }
+    expect_seqs(&mut sub, 1, (SENDERS * POSTS) as i64).await;
+    let pool = sqlx::PgPool::connect(&api.database_url).await.unwrap();
+    wait_until_published(&pool, &channel).await;
+}
+
+/// Waits until every outbox row of `channel` is marked published.
+async fn wait_until_published(pool: &sqlx::PgPool, channel: &str) {
+    for _ in 0..1000 {
+        let pending: i64 = sqlx::query_scalar(
+            "select count(*) from outbox where published_at is null and channel = $1",
+        )
+        .bind(channel)
+        .fetch_one(pool)
         .await
         .unwrap();
-    assert_eq!(pending, 0);
+        if pending == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{channel}: outbox rows still unpublished after 10 s");
 }
 
 /// Reads until every seq in `from..=to` was seen. Publication is at least

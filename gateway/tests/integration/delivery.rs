@@ -271,14 +271,25 @@ async fn removed_members_get_membership_revoked_and_nothing_more() {
 #[tokio::test]
 async fn dropped_and_reordered_publications_are_filled_in_order_once() {
     let cl = Cluster::start().await;
-    let alice = uid("alice");
-    let c = cl.community(&alice, &[]).await;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let c = cl.community(&alice, &[&bob]).await;
     let mut a = Client::connect(&cl.gw1.url, &token(&alice)).await;
     a.join(&c, None).await;
 
     let mut lock =
         chorus_testkit::AdvisoryLock::take(&cl.db, chorus_api::outbox::OUTBOX_LOCK_KEY).await;
-    for i in 1..=4 {
+    // A mention makes the first post the publisher's (locked out), and the
+    // plain posts behind it wait for it instead of publishing themselves.
+    let (s, _) = cl
+        .call(
+            Method::POST,
+            "/api/messages-realtime",
+            &token(&alice),
+            Some(json!({"communityId": c, "content": "m1 @bob", "mentions": [bob]})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    for i in 2..=4 {
         cl.post(&alice, &c, &format!("m{i}")).await;
     }
     // Only seq 3 reaches Redis (1 and 2 "dropped", 3 before them): the

@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use super::Store;
 use crate::error::ApiError;
+use crate::outbox::DirectPublish;
 
 pub(crate) use idempotency::purge_expired as purge_idempotency_keys;
 
@@ -51,6 +52,7 @@ impl PgStore {
         url: &str,
         max_connections: u32,
         wake_publisher: Arc<Notify>,
+        direct: Option<Arc<DirectPublish>>,
         post_linger: std::time::Duration,
     ) -> Result<Self, ApiError> {
         let pool = PgPoolOptions::new()
@@ -65,6 +67,7 @@ impl PgStore {
         let writer = writer::PostWriter::start(
             pool.connect_options().as_ref().clone(),
             wake_publisher.clone(),
+            direct,
             post_linger,
         );
         Ok(PgStore {

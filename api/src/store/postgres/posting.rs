@@ -1,7 +1,7 @@
 //! The fast path of message creation: a post without mentions encoded
 //! once (response JSON and backplane envelope, each with a placeholder
 //! seq) and created by the post writer (`writer.rs`) in a batch, by one
-//! call of `chorus_post_messages`. Refusals map to the contract's errors
+//! call of `chorus_post_messages_direct`. Refusals map to the contract's errors
 //! here; anything this path does not handle goes down the full path in
 //! `messages.rs`.
 
@@ -15,14 +15,15 @@ use super::writer::Post;
 use crate::error::ApiError;
 use crate::store::NewPost;
 
-/// The seq written where `chorus_post_messages` splices in the real one.
+/// The seq written where `chorus_post_messages_direct` (and the writer,
+/// for the events it publishes itself) splices in the real one.
 /// MessagePack encodes it as 0xcf (uint64) and eight bytes beginning with
 /// 0x7e: 0xcf is a UTF-8 lead byte that 0x7e cannot follow, so the nine
 /// bytes never occur inside a string, and the envelope's other integers
 /// (version, timestamp) are small. It occurs exactly where the seq is.
 const SEQ_PLACEHOLDER: i64 = 0x7e5e_9000_0000_0001;
 
-/// What `chorus_post_messages` answers instead of a seq for an unknown
+/// What `chorus_post_messages_direct` answers instead of a seq for an unknown
 /// community, a sender who is not a member, and a key that already has a
 /// record (see its migration).
 const UNKNOWN_COMMUNITY: i64 = -404;
@@ -131,6 +132,7 @@ impl PgStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::writer::splice;
     use super::*;
 
     fn message(content: &str) -> Message {
@@ -147,20 +149,6 @@ mod tests {
             mentions: Vec::new(),
             created_at: DateTime::from_timestamp_millis(1_800_000_000_123).unwrap_or_default(),
         }
-    }
-
-    /// What `chorus_post_messages` does with the envelope, in Rust.
-    fn splice(encoded: &[u8], cuts: &[(usize, usize)], seq: i64) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut from = 0;
-        for &(start, end) in cuts {
-            out.extend_from_slice(&encoded[from..start]);
-            out.push(0xcf);
-            out.extend_from_slice(&seq.to_be_bytes());
-            from = end;
-        }
-        out.extend_from_slice(&encoded[from..]);
-        out
     }
 
     #[test]

@@ -1,10 +1,16 @@
 //! The post writer: posts without mentions go through a queue to a few
 //! writer tasks, each with its own Postgres session, which create whatever
-//! is queued in one `chorus_post_messages` call (see its migration): one
-//! round trip and one commit for a batch of concurrent posts, instead of a
-//! pooled transaction of several round trips per post. Under load the
-//! batches grow by themselves: whatever arrives while a batch commits goes
-//! in the next one.
+//! is queued in one `chorus_post_messages_direct` call (see its
+//! migrations): one round trip and one commit for a batch of concurrent
+//! posts, instead of a pooled transaction of several round trips per post.
+//! Under load the batches grow by themselves: whatever arrives while a
+//! batch commits goes in the next one.
+//!
+//! After the commit a writer publishes the batch's clean posts itself
+//! (`outbox::DirectPublish`); the next batch's call, by either writer,
+//! marks them. Only the other posts wake the outbox publisher. With marks
+//! pending and no batch within [`MARK_DELAY`], a writer marks them in a
+//! statement of their own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +24,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::outbox::{DirectEvent, DirectPublish};
 
 /// Writer tasks, each with one session: two, so that a batch waiting on a
 /// community lock (a slow-path write holding it) or on its commit does not
@@ -41,7 +48,16 @@ const QUEUE: usize = 4096;
 /// with 503: the pool's acquire timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A post ready for the database: what `chorus_post_messages` takes for it.
+/// How long the marks of events the writers published themselves wait
+/// for the next batch's statement before a writer sends them alone: from
+/// about 10 posts a second the next batch comes sooner and the marks cost
+/// nothing; at the end of a burst they cost one statement without a WAL
+/// flush. Until marked, a later post of the same community takes the
+/// publisher's path (correct, only slower), so the delay stays short.
+const MARK_DELAY: Duration = Duration::from_millis(100);
+
+/// A post ready for the database: what `chorus_post_messages_direct`
+/// takes for it.
 #[derive(Debug)]
 pub(super) struct Post {
     pub id: Uuid,
@@ -117,9 +133,15 @@ impl Arrivals {
 }
 
 impl PostWriter {
-    /// Starts the writers; each opens its session on first use and wakes
-    /// the outbox publisher once per committed batch.
-    pub fn start(options: PgConnectOptions, wake_publisher: Arc<Notify>, linger: Duration) -> Self {
+    /// Starts the writers; each opens its session on first use, publishes
+    /// its batches' clean posts through `direct` (when given) and wakes the
+    /// outbox publisher for the rest, once per committed batch.
+    pub fn start(
+        options: PgConnectOptions,
+        wake_publisher: Arc<Notify>,
+        direct: Option<Arc<DirectPublish>>,
+        linger: Duration,
+    ) -> Self {
         let (queue, jobs) = mpsc::channel(QUEUE);
         let jobs = Arc::new(Mutex::new(jobs));
         let arrivals = Arc::new(Arrivals::new(linger));
@@ -127,7 +149,10 @@ impl PostWriter {
             tokio::spawn(run(
                 options.clone(),
                 jobs.clone(),
-                wake_publisher.clone(),
+                Publishing {
+                    wake: wake_publisher.clone(),
+                    direct: direct.clone(),
+                },
                 arrivals.clone(),
             ));
         }
@@ -149,24 +174,135 @@ impl PostWriter {
     }
 }
 
+/// A writer's side of publication.
+struct Publishing {
+    wake: Arc<Notify>,
+    direct: Option<Arc<DirectPublish>>,
+}
+
+impl Publishing {
+    /// After a committed batch: its marks are done; its clean posts are
+    /// claimed (before `answer` tells anyone about them), then published;
+    /// the publisher is woken for whatever is left (or given up on).
+    async fn committed(
+        &self,
+        marked: &[i64],
+        direct: Vec<DirectEvent>,
+        left: bool,
+        answer: impl FnOnce(),
+    ) {
+        let mut wake = left;
+        match &self.direct {
+            Some(d) if !direct.is_empty() => {
+                d.forget(marked);
+                let claim = d.claim(&direct).await;
+                answer();
+                wake |= !d.publish(claim, direct).await;
+            }
+            Some(d) => {
+                d.forget(marked);
+                answer();
+            }
+            None => answer(),
+        }
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// After a failed call: its marks did not happen. The ids go back to
+    /// the publisher, which publishes those events again (at least once).
+    fn failed(&self, marked: &[i64]) {
+        if let Some(d) = &self.direct
+            && !marked.is_empty()
+        {
+            d.forget(marked);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Marks what is pending in a statement of its own, committed without
+    /// waiting for the WAL flush (a mark lost in a crash only publishes the
+    /// event again).
+    async fn mark_alone(&self, options: &PgConnectOptions, session: &mut Option<PgConnection>) {
+        let marked = self.take_marks();
+        if marked.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = marked.iter().map(i64::to_string).collect();
+        // Integers only, formatted here: a simple query can carry the
+        // `set local` in the same round trip.
+        // Rows another session is marking are skipped (see the function's
+        // migration): waiting for them could deadlock.
+        let sql = format!(
+            "set local synchronous_commit = off; update outbox set published_at = now() where id in (select id from outbox where id = any('{{{}}}'::bigint[]) and published_at is null for update skip locked)",
+            ids.join(",")
+        );
+        let result = match connected(options, session).await {
+            Ok(conn) => sqlx::Executor::execute(conn, sql.as_str())
+                .await
+                .map_err(ApiError::from),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(_) => {
+                if let Some(d) = &self.direct {
+                    d.forget(&marked);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "marking published posts failed; they will be published again");
+                *session = None;
+                self.failed(&marked);
+            }
+        }
+    }
+
+    fn marks_pending(&self) -> bool {
+        self.direct.as_ref().is_some_and(|d| d.marks_pending())
+    }
+
+    fn take_marks(&self) -> Vec<i64> {
+        self.direct
+            .as_ref()
+            .map(|d| d.take_marks())
+            .unwrap_or_default()
+    }
+}
+
 async fn run(
     options: PgConnectOptions,
     jobs: Arc<Mutex<mpsc::Receiver<(Post, Reply)>>>,
-    wake_publisher: Arc<Notify>,
+    publishing: Publishing,
     arrivals: Arc<Arrivals>,
 ) {
     let mut session: Option<PgConnection> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         {
-            let mut jobs = jobs.lock().await;
-            if jobs.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            let first = async {
+                let mut jobs = jobs.lock().await;
+                let n = jobs.recv_many(&mut batch, MAX_BATCH).await;
+                (jobs, n)
+            };
+            let waited = if !publishing.marks_pending() {
+                Ok(first.await)
+            } else {
+                tokio::time::timeout(MARK_DELAY, first).await
+            };
+            let Ok((mut jobs, n)) = waited else {
+                publishing.mark_alone(&options, &mut session).await;
+                continue;
+            };
+            if n == 0 {
+                drop(jobs);
+                publishing.mark_alone(&options, &mut session).await;
                 return;
             }
             // Gather what arrives within the linger (the other writer is
-            // committing meanwhile): each batch costs a round trip, a
-            // commit and a publisher pass, whatever its size. No linger
-            // when posts come further apart than the limit.
+            // committing meanwhile): each batch costs a round trip and a
+            // commit, whatever its size. No linger when posts come further
+            // apart than the limit.
             let linger = arrivals.linger();
             if linger.is_zero() {
                 // What is queued already, without a timer: the timer wheel
@@ -194,25 +330,52 @@ async fn run(
         // order; the sort is stable, so each community's posts keep
         // their arrival order.
         batch.sort_by_key(|(p, _): &(Post, Reply)| p.community_id);
-        let result = write_batch(&options, &mut session, &batch).await;
+        let marking = publishing.take_marks();
+        let result = write_batch(&options, &mut session, &marking, &batch).await;
         if result.is_err() {
             // The session may be broken; the next batch opens another.
             session = None;
         }
         match result {
-            Ok(outcomes) if outcomes.len() == batch.len() => {
-                wake_publisher.notify_one();
-                for ((post, reply), outcome) in batch.drain(..).zip(outcomes) {
-                    let _ = reply.send(Ok((outcome, post)));
+            Ok(out)
+                if out.seqs.len() == batch.len()
+                    && out.outbox_ids.len() == batch.len()
+                    && out.clean.len() == batch.len() =>
+            {
+                let mut direct = Vec::new();
+                let mut left = false;
+                for (i, (post, _)) in batch.iter().enumerate() {
+                    let seq = out.seqs[i];
+                    if seq <= 0 {
+                        continue;
+                    }
+                    if out.clean[i] && publishing.direct.is_some() {
+                        direct.push(DirectEvent {
+                            id: out.outbox_ids[i],
+                            channel: post.channel.clone(),
+                            payload: splice(&post.payload, &post.payload_cuts, seq),
+                            created_at: post.created_at,
+                        });
+                    } else {
+                        left = true;
+                    }
                 }
+                let answer = || {
+                    for ((post, reply), seq) in batch.drain(..).zip(&out.seqs) {
+                        let _ = reply.send(Ok((*seq, post)));
+                    }
+                };
+                publishing.committed(&marking, direct, left, answer).await;
             }
-            Ok(outcomes) => {
-                let e = format!("{} outcomes for {} posts", outcomes.len(), batch.len());
+            Ok(out) => {
+                publishing.failed(&marking);
+                let e = format!("{} outcomes for {} posts", out.seqs.len(), batch.len());
                 for (_, reply) in batch.drain(..) {
                     let _ = reply.send(Err(ApiError::Internal(e.clone())));
                 }
             }
             Err(e) => {
+                publishing.failed(&marking);
                 let unavailable = e.body().0 == StatusCode::SERVICE_UNAVAILABLE;
                 let text = e.to_string();
                 for (_, reply) in batch.drain(..) {
@@ -227,24 +390,59 @@ async fn run(
     }
 }
 
-async fn write_batch(
+/// The envelope with the real seq where `payload_cuts` are: what the
+/// function does in SQL for the outbox row (0xcf and the seq's eight bytes,
+/// big-endian).
+pub(super) fn splice(encoded: &[u8], cuts: &[(usize, usize)], seq: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(encoded.len());
+    let mut from = 0;
+    for &(start, end) in cuts {
+        out.extend_from_slice(&encoded[from..start]);
+        out.push(0xcf);
+        out.extend_from_slice(&seq.to_be_bytes());
+        from = end;
+    }
+    out.extend_from_slice(&encoded[from..]);
+    out
+}
+
+/// The writer's session, opened if it is not.
+async fn connected<'s>(
     options: &PgConnectOptions,
-    session: &mut Option<PgConnection>,
-    batch: &[(Post, Reply)],
-) -> Result<Vec<i64>, ApiError> {
-    let conn = match session {
-        Some(c) => c,
+    session: &'s mut Option<PgConnection>,
+) -> Result<&'s mut PgConnection, ApiError> {
+    match session {
+        Some(c) => Ok(c),
         None => {
             let c = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options))
                 .await
                 .map_err(|_| ApiError::Unavailable("database unavailable"))??;
-            session.insert(c)
+            Ok(session.insert(c))
         }
-    };
+    }
+}
+
+/// What `chorus_post_messages_direct` answers: per post, its seq (or
+/// refusal code), its outbox row and whether it may be published at once.
+#[derive(sqlx::FromRow)]
+struct Written {
+    seqs: Vec<i64>,
+    outbox_ids: Vec<i64>,
+    clean: Vec<bool>,
+}
+
+async fn write_batch(
+    options: &PgConnectOptions,
+    session: &mut Option<PgConnection>,
+    marking: &[i64],
+    batch: &[(Post, Reply)],
+) -> Result<Written, ApiError> {
+    let conn = connected(options, session).await?;
     let posts = || batch.iter().map(|(p, _)| p);
-    let outcomes: Vec<i64> = sqlx::query_scalar(
-        "select chorus_post_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    let written: Written = sqlx::query_as(
+        "select seqs, outbox_ids, clean from chorus_post_messages_direct($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
+    .bind(marking)
     .bind(posts().map(|p| p.id).collect::<Vec<_>>())
     .bind(posts().map(|p| p.community_id).collect::<Vec<_>>())
     .bind(posts().map(|p| p.sender_id.as_str()).collect::<Vec<_>>())
@@ -288,7 +486,7 @@ async fn write_batch(
     )
     .fetch_one(conn)
     .await?;
-    Ok(outcomes)
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -297,7 +495,7 @@ mod tests {
 
     #[test]
     fn lingers_only_while_posts_come_close_together() {
-        let limit = Duration::from_millis(crate::config::DEFAULT_POST_LINGER_MS);
+        let limit = Duration::from_millis(4);
         let a = Arrivals::new(limit);
         assert_eq!(a.linger(), Duration::ZERO, "quiet at first");
         for _ in 0..100 {
