@@ -21,9 +21,13 @@
 //!   (under one lock): a pass that left out an id given up on since its
 //!   read publishes nothing and reads again, with those rows back in.
 //!
-//! A writer waits for Redis at most [`DIRECT_PUBLISH_TIMEOUT`]; what did
-//! not go out by then is left to the publisher, like a refusal (if the
-//! publication still goes out later, gateways drop it as a repeat).
+//! A writer does not wait for Redis: it hands the claim to a task of its
+//! own and goes on with the next batch, so a slow Redis never holds up a
+//! post. That task waits at most [`DIRECT_PUBLISH_TIMEOUT`]; what did not
+//! go out by then is left to the publisher, like a refusal (if the
+//! publication still goes out later, gateways drop it as a repeat). Two
+//! such tasks never publish on the same channel at once: a later post of
+//! the channel is not clean while the earlier one is unmarked.
 //!
 //! Another API replica's publisher does not know this process's ids: it
 //! may publish an event of ours again (gateways drop repeats), never out of
@@ -34,15 +38,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{RwLock, RwLockReadGuard};
+use tokio::sync::{Notify, OwnedRwLockReadGuard, RwLock};
 
 use super::{OutboxSink, Publication};
 
-/// Longest a post writer waits for Redis to accept the events it publishes
-/// itself. A healthy Redis answers in well under a millisecond; a stalled
-/// one costs a writer (and every post queued behind it) at most this per
-/// batch, and only until its channels' events wait unpublished, after
-/// which they take the publisher's path.
+/// Longest a writer's publication waits for Redis to accept the events. A
+/// healthy Redis answers in well under a millisecond; while one is
+/// stalled, the claimed events hold up the publisher's passes (which wait
+/// for claims) at most this long, and only until their channels' events
+/// wait unpublished, after which they take the publisher's path.
 pub const DIRECT_PUBLISH_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// A committed event a writer publishes itself.
@@ -59,8 +63,10 @@ pub struct DirectEvent {
 /// The state the post writers and the publisher of one process share.
 pub struct DirectPublish {
     sink: Arc<dyn OutboxSink>,
-    gate: RwLock<()>,
+    gate: Arc<RwLock<()>>,
     state: Mutex<State>,
+    /// Told when published events start waiting to be marked.
+    marks_ready: Notify,
 }
 
 #[derive(Default)]
@@ -76,8 +82,8 @@ struct State {
 /// A writer's claim on events it has committed and is about to publish:
 /// the publisher leaves them out and waits for them until it is used.
 #[derive(Debug)]
-pub struct Claim<'a> {
-    _gate: RwLockReadGuard<'a, ()>,
+pub struct Claim {
+    _gate: OwnedRwLockReadGuard<()>,
 }
 
 impl std::fmt::Debug for DirectPublish {
@@ -92,8 +98,9 @@ impl DirectPublish {
     pub fn new(sink: Arc<dyn OutboxSink>) -> Arc<Self> {
         Arc::new(DirectPublish {
             sink,
-            gate: RwLock::new(()),
+            gate: Arc::new(RwLock::new(())),
             state: Mutex::new(State::default()),
+            marks_ready: Notify::new(),
         })
     }
 
@@ -106,8 +113,8 @@ impl DirectPublish {
     /// Claims committed events, before anyone is told they exist: from now
     /// on the publisher leaves them out, and waits for the claim to be
     /// [published](DirectPublish::publish).
-    pub async fn claim(&self, events: &[DirectEvent]) -> Claim<'_> {
-        let gate = self.gate.read().await;
+    pub async fn claim(&self, events: &[DirectEvent]) -> Claim {
+        let gate = self.gate.clone().read_owned().await;
         self.state().unmarked.extend(events.iter().map(|e| e.id));
         Claim { _gate: gate }
     }
@@ -117,7 +124,7 @@ impl DirectPublish {
     /// every earlier one of its channel in the batch was accepted too; the
     /// rest are given up on, left to the publisher, and the answer is false
     /// (the caller wakes the publisher).
-    pub async fn publish(&self, claim: Claim<'_>, events: Vec<DirectEvent>) -> bool {
+    pub async fn publish(&self, claim: Claim, events: Vec<DirectEvent>) -> bool {
         let created: Vec<DateTime<Utc>> = events.iter().map(|e| e.created_at).collect();
         let (ids, batch): (Vec<i64>, Vec<(String, Vec<u8>)>) = events
             .into_iter()
@@ -160,7 +167,14 @@ impl DirectPublish {
             state.to_mark.extend(published);
         }
         drop(claim);
+        self.marks_ready.notify_one();
         given_up.is_empty()
+    }
+
+    /// Resolves when published events may have started waiting to be
+    /// marked (for a writer that was waiting without a deadline).
+    pub async fn marks_ready(&self) {
+        self.marks_ready.notified().await;
     }
 
     /// Ids that are marked now, or given up on: the publisher may read

@@ -52,6 +52,9 @@ impl RedisSink {
             .with_connection_config(|c| {
                 c.connection_timeout = DEFAULT_REDIS_COMMAND_TIMEOUT;
                 c.max_command_attempts = 1;
+                // Small publishes from several tasks at once: without it
+                // one waits for the previous one's acknowledgement.
+                c.tcp.nodelay = Some(true);
             })
             .set_policy(ReconnectPolicy::new_constant(0, 250))
             .build()

@@ -160,6 +160,9 @@ impl RedisBackplane {
                 .with_connection_config(|c| {
                     c.connection_timeout = COMMAND_TIMEOUT;
                     c.max_command_attempts = 1;
+                    // Small commands, many in flight at once: without it
+                    // one waits for the previous one's acknowledgement.
+                    c.tcp.nodelay = Some(true);
                 })
                 .set_policy(ReconnectPolicy::new_constant(0, 200))
                 .clone()

@@ -182,7 +182,8 @@ struct Publishing {
 
 impl Publishing {
     /// After a committed batch: its marks are done; its clean posts are
-    /// claimed (before `answer` tells anyone about them), then published;
+    /// claimed (before `answer` tells anyone about them), then published
+    /// by a task of their own (the writer goes on with the next batch);
     /// the publisher is woken for whatever is left (or given up on).
     async fn committed(
         &self,
@@ -191,13 +192,17 @@ impl Publishing {
         left: bool,
         answer: impl FnOnce(),
     ) {
-        let mut wake = left;
         match &self.direct {
             Some(d) if !direct.is_empty() => {
                 d.forget(marked);
                 let claim = d.claim(&direct).await;
                 answer();
-                wake |= !d.publish(claim, direct).await;
+                let (d, publisher) = (d.clone(), self.wake.clone());
+                tokio::spawn(async move {
+                    if !d.publish(claim, direct).await {
+                        publisher.notify_one();
+                    }
+                });
             }
             Some(d) => {
                 d.forget(marked);
@@ -205,7 +210,7 @@ impl Publishing {
             }
             None => answer(),
         }
-        if wake {
+        if left {
             self.wake.notify_one();
         }
     }
@@ -262,6 +267,15 @@ impl Publishing {
         self.direct.as_ref().is_some_and(|d| d.marks_pending())
     }
 
+    /// Resolves when a publication leaves marks pending; never without
+    /// direct publication.
+    async fn marks_ready(&self) {
+        match &self.direct {
+            Some(d) => d.marks_ready().await,
+            None => std::future::pending().await,
+        }
+    }
+
     fn take_marks(&self) -> Vec<i64> {
         self.direct
             .as_ref()
@@ -285,10 +299,15 @@ async fn run(
                 let n = jobs.recv_many(&mut batch, MAX_BATCH).await;
                 (jobs, n)
             };
-            let waited = if !publishing.marks_pending() {
-                Ok(first.await)
-            } else {
+            let waited = if publishing.marks_pending() {
                 tokio::time::timeout(MARK_DELAY, first).await
+            } else {
+                // Marks can become pending while we wait (a publication
+                // finishing): then wait again, with the deadline.
+                tokio::select! {
+                    got = first => Ok(got),
+                    () = publishing.marks_ready() => continue,
+                }
             };
             let Ok((mut jobs, n)) = waited else {
                 publishing.mark_alone(&options, &mut session).await;
