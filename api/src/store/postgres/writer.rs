@@ -10,7 +10,11 @@
 //! (`outbox::DirectPublish`); the next batch's call, by either writer,
 //! marks them. Only the other posts wake the outbox publisher. With marks
 //! pending and no batch within [`MARK_DELAY`], a writer marks them in a
-//! statement of their own.
+//! statement of their own (`publishing.rs`). How long a writer lingers for
+//! more posts is in `arrivals.rs`.
+
+mod arrivals;
+mod publishing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +27,8 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use self::arrivals::Arrivals;
+use self::publishing::{MARK_DELAY, Publishing};
 use crate::error::ApiError;
 use crate::outbox::{DirectEvent, DirectPublish};
 
@@ -36,10 +42,6 @@ const WRITERS: usize = 2;
 /// (and the community locks it holds) short.
 const MAX_BATCH: usize = 128;
 
-/// Weight of the newest gap in the smoothed gap between posts (1/8: a
-/// rate change shows within a dozen posts, one odd gap does not).
-const GAP_SMOOTHING: f64 = 0.125;
-
 /// Posts waiting for a writer; a full queue makes handlers wait (the
 /// request deadline bounds that).
 const QUEUE: usize = 4096;
@@ -47,14 +49,6 @@ const QUEUE: usize = 4096;
 /// How long a writer waits to open its session before failing the batch
 /// with 503: the pool's acquire timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long the marks of events the writers published themselves wait
-/// for the next batch's statement before a writer sends them alone: from
-/// about 10 posts a second the next batch comes sooner and the marks cost
-/// nothing; at the end of a burst they cost one statement without a WAL
-/// flush. Until marked, a later post of the same community takes the
-/// publisher's path (correct, only slower), so the delay stays short.
-const MARK_DELAY: Duration = Duration::from_millis(100);
 
 /// A post ready for the database: what `chorus_post_messages_direct`
 /// takes for it.
@@ -84,52 +78,6 @@ type Reply = oneshot::Sender<Result<(i64, Post), ApiError>>;
 pub(super) struct PostWriter {
     queue: mpsc::Sender<(Post, Reply)>,
     arrivals: Arc<Arrivals>,
-}
-
-/// When posts arrive: the smoothed gap between them, which sets how long
-/// a writer lingers for more. Updated without a lock; a lost update under
-/// a race only skews the estimate by one sample.
-#[derive(Debug)]
-pub(super) struct Arrivals {
-    /// The most a writer lingers (0: never).
-    limit: Duration,
-    start: std::time::Instant,
-    /// Microseconds since `start` of the last post.
-    last_us: std::sync::atomic::AtomicU64,
-    /// Smoothed gap in microseconds, as `f64` bits.
-    gap_us: std::sync::atomic::AtomicU64,
-}
-
-impl Arrivals {
-    fn new(limit: Duration) -> Self {
-        Arrivals {
-            limit,
-            start: std::time::Instant::now(),
-            last_us: Default::default(),
-            // Quiet at first: no linger until posts come close together.
-            gap_us: (limit.as_micros() as f64 * 10.0 + 1.0).to_bits().into(),
-        }
-    }
-
-    fn record(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let now = self.start.elapsed().as_micros() as u64;
-        let gap = now.saturating_sub(self.last_us.swap(now, Relaxed)) as f64;
-        let old = f64::from_bits(self.gap_us.load(Relaxed));
-        let new = old + GAP_SMOOTHING * (gap - old);
-        self.gap_us.store(new.to_bits(), Relaxed);
-    }
-
-    /// How long to wait for more after a batch's first post: the expected
-    /// gap, when more are expected within the limit.
-    fn linger(&self) -> Duration {
-        let gap = f64::from_bits(self.gap_us.load(std::sync::atomic::Ordering::Relaxed));
-        if gap < self.limit.as_micros() as f64 {
-            Duration::from_micros(gap as u64)
-        } else {
-            Duration::ZERO
-        }
-    }
 }
 
 impl PostWriter {
@@ -171,116 +119,6 @@ impl PostWriter {
         answer
             .await
             .map_err(|_| ApiError::Unavailable("shutting down"))?
-    }
-}
-
-/// A writer's side of publication.
-struct Publishing {
-    wake: Arc<Notify>,
-    direct: Option<Arc<DirectPublish>>,
-}
-
-impl Publishing {
-    /// After a committed batch: its marks are done; its clean posts are
-    /// claimed (before `answer` tells anyone about them), then published
-    /// by a task of their own (the writer goes on with the next batch);
-    /// the publisher is woken for whatever is left (or given up on).
-    async fn committed(
-        &self,
-        marked: &[i64],
-        direct: Vec<DirectEvent>,
-        left: bool,
-        answer: impl FnOnce(),
-    ) {
-        match &self.direct {
-            Some(d) if !direct.is_empty() => {
-                d.forget(marked);
-                let claim = d.claim(&direct).await;
-                answer();
-                let (d, publisher) = (d.clone(), self.wake.clone());
-                tokio::spawn(async move {
-                    if !d.publish(claim, direct).await {
-                        publisher.notify_one();
-                    }
-                });
-            }
-            Some(d) => {
-                d.forget(marked);
-                answer();
-            }
-            None => answer(),
-        }
-        if left {
-            self.wake.notify_one();
-        }
-    }
-
-    /// After a failed call: its marks did not happen. The ids go back to
-    /// the publisher, which publishes those events again (at least once).
-    fn failed(&self, marked: &[i64]) {
-        if let Some(d) = &self.direct
-            && !marked.is_empty()
-        {
-            d.forget(marked);
-            self.wake.notify_one();
-        }
-    }
-
-    /// Marks what is pending in a statement of its own, committed without
-    /// waiting for the WAL flush (a mark lost in a crash only publishes the
-    /// event again).
-    async fn mark_alone(&self, options: &PgConnectOptions, session: &mut Option<PgConnection>) {
-        let marked = self.take_marks();
-        if marked.is_empty() {
-            return;
-        }
-        let ids: Vec<String> = marked.iter().map(i64::to_string).collect();
-        // Integers only, formatted here: a simple query can carry the
-        // `set local` in the same round trip.
-        // Rows another session is marking are skipped (see the function's
-        // migration): waiting for them could deadlock.
-        let sql = format!(
-            "set local synchronous_commit = off; update outbox set published_at = now() where id in (select id from outbox where id = any('{{{}}}'::bigint[]) and published_at is null for update skip locked)",
-            ids.join(",")
-        );
-        let result = match connected(options, session).await {
-            Ok(conn) => sqlx::Executor::execute(conn, sql.as_str())
-                .await
-                .map_err(ApiError::from),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(_) => {
-                if let Some(d) = &self.direct {
-                    d.forget(&marked);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "marking published posts failed; they will be published again");
-                *session = None;
-                self.failed(&marked);
-            }
-        }
-    }
-
-    fn marks_pending(&self) -> bool {
-        self.direct.as_ref().is_some_and(|d| d.marks_pending())
-    }
-
-    /// Resolves when a publication leaves marks pending; never without
-    /// direct publication.
-    async fn marks_ready(&self) {
-        match &self.direct {
-            Some(d) => d.marks_ready().await,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn take_marks(&self) -> Vec<i64> {
-        self.direct
-            .as_ref()
-            .map(|d| d.take_marks())
-            .unwrap_or_default()
     }
 }
 
@@ -426,7 +264,7 @@ pub(super) fn splice(encoded: &[u8], cuts: &[(usize, usize)], seq: i64) -> Vec<u
 }
 
 /// The writer's session, opened if it is not.
-async fn connected<'s>(
+pub(super) async fn connected<'s>(
     options: &PgConnectOptions,
     session: &'s mut Option<PgConnection>,
 ) -> Result<&'s mut PgConnection, ApiError> {
@@ -506,37 +344,4 @@ async fn write_batch(
     .fetch_one(conn)
     .await?;
     Ok(written)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lingers_only_while_posts_come_close_together() {
-        let limit = Duration::from_millis(4);
-        let a = Arrivals::new(limit);
-        assert_eq!(a.linger(), Duration::ZERO, "quiet at first");
-        for _ in 0..100 {
-            a.record();
-        }
-        let busy = a.linger();
-        assert!(busy < limit, "back-to-back posts: a short linger, {busy:?}");
-        // Posts every 10 ms: no linger.
-        a.gap_us
-            .store((10_000f64).to_bits(), std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(a.linger(), Duration::ZERO);
-        a.gap_us
-            .store((2_000f64).to_bits(), std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(a.linger(), Duration::from_millis(2), "one expected gap");
-    }
-
-    #[test]
-    fn a_zero_limit_never_lingers() {
-        let a = Arrivals::new(Duration::ZERO);
-        for _ in 0..100 {
-            a.record();
-        }
-        assert_eq!(a.linger(), Duration::ZERO);
-    }
 }
