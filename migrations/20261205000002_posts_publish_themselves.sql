@@ -56,6 +56,7 @@ declare
     v_seq       bigint;
     v_seq_mp    bytea;
     v_id        bigint;
+    v_refusal   bigint;
     v_community uuid;
     v_clean     boolean := false;
 begin
@@ -69,58 +70,61 @@ begin
                          for update skip locked);
     end if;
     for i in 1 .. cardinality(p_ids) loop
-        perform 1 from communities where id = p_community_ids[i] for no key update;
-        if not found then
-            seqs := seqs || -404::bigint;
-            outbox_ids := outbox_ids || 0::bigint;
-            clean := clean || false;
-            continue;
-        end if;
-        if v_community is distinct from p_community_ids[i] then
-            v_community := p_community_ids[i];
-            v_clean := not exists (
-                select 1 from outbox where published_at is null and channel = p_channels[i]);
-        end if;
-        perform 1 from community_members
-            where community_id = p_community_ids[i] and user_id = p_sender_ids[i];
-        if not found then
-            seqs := seqs || -403::bigint;
-            outbox_ids := outbox_ids || 0::bigint;
-            clean := clean || false;
-            continue;
-        end if;
-        update communities set head_seq = head_seq + 1 where id = p_community_ids[i]
-            returning head_seq into v_seq;
-        if p_keys[i] is not null then
-            if not pg_try_advisory_xact_lock(hashtext(p_sender_ids[i]), hashtext(p_keys[i])) then
-                update communities set head_seq = head_seq - 1 where id = p_community_ids[i];
-                seqs := seqs || -423::bigint;
-                outbox_ids := outbox_ids || 0::bigint;
-                clean := clean || false;
-                continue;
-            end if;
-            insert into idempotency_keys (user_id, key, request_hash, status, body)
-                values (p_sender_ids[i], p_keys[i], p_request_hashes[i], 201,
-                        p_body_heads[i] || v_seq || p_body_tails[i])
-                on conflict (user_id, key) do nothing;
+        -- Each post leaves the block with its seq, or a refusal code and
+        -- nothing written (`v_id` stays 0); one entry per post is appended
+        -- after it.
+        v_id := 0;
+        v_refusal := null;
+        <<post>>
+        begin
+            perform 1 from communities where id = p_community_ids[i] for no key update;
             if not found then
-                update communities set head_seq = head_seq - 1 where id = p_community_ids[i];
-                seqs := seqs || -409::bigint;
-                outbox_ids := outbox_ids || 0::bigint;
-                clean := clean || false;
-                continue;
+                v_seq := -404;
+                exit post;
             end if;
-        end if;
-        insert into messages (id, community_id, seq, sender_id, content, created_at)
-            values (p_ids[i], p_community_ids[i], v_seq, p_sender_ids[i], p_contents[i], p_created_at[i]);
-        v_seq_mp := '\xcf'::bytea || int8send(v_seq);
-        insert into outbox (channel, payload)
-            values (p_channels[i],
-                    p_payload_heads[i] || v_seq_mp || p_payload_mids[i] || v_seq_mp || p_payload_tails[i])
-            returning id into v_id;
+            if v_community is distinct from p_community_ids[i] then
+                v_community := p_community_ids[i];
+                v_clean := not exists (
+                    select 1 from outbox where published_at is null and channel = p_channels[i]);
+            end if;
+            perform 1 from community_members
+                where community_id = p_community_ids[i] and user_id = p_sender_ids[i];
+            if not found then
+                v_seq := -403;
+                exit post;
+            end if;
+            update communities set head_seq = head_seq + 1 where id = p_community_ids[i]
+                returning head_seq into v_seq;
+            if p_keys[i] is not null then
+                if not pg_try_advisory_xact_lock(hashtext(p_sender_ids[i]), hashtext(p_keys[i])) then
+                    v_refusal := -423;
+                else
+                    insert into idempotency_keys (user_id, key, request_hash, status, body)
+                        values (p_sender_ids[i], p_keys[i], p_request_hashes[i], 201,
+                                p_body_heads[i] || v_seq || p_body_tails[i])
+                        on conflict (user_id, key) do nothing;
+                    if not found then
+                        v_refusal := -409;
+                    end if;
+                end if;
+                if v_refusal is not null then
+                    -- The seq goes back: nobody took a later one, we hold the lock.
+                    update communities set head_seq = head_seq - 1 where id = p_community_ids[i];
+                    v_seq := v_refusal;
+                    exit post;
+                end if;
+            end if;
+            insert into messages (id, community_id, seq, sender_id, content, created_at)
+                values (p_ids[i], p_community_ids[i], v_seq, p_sender_ids[i], p_contents[i], p_created_at[i]);
+            v_seq_mp := '\xcf'::bytea || int8send(v_seq);
+            insert into outbox (channel, payload)
+                values (p_channels[i],
+                        p_payload_heads[i] || v_seq_mp || p_payload_mids[i] || v_seq_mp || p_payload_tails[i])
+                returning id into v_id;
+        end;
         seqs := seqs || v_seq;
         outbox_ids := outbox_ids || v_id;
-        clean := clean || v_clean;
+        clean := clean || (v_id > 0 and v_clean);
     end loop;
 end;
 $$;

@@ -221,6 +221,20 @@ impl Api {
         assert_eq!(r.status, 200, "{:?}", r.body);
     }
 
+    /// Posts a message mentioning `user` (the full path: a notification
+    /// is written with it); returns the created message JSON.
+    pub async fn send_mentioning(&self, token: &str, community: &str, user: &str) -> Json {
+        let r = self
+            .post(
+                "/api/messages-realtime",
+                token,
+                serde_json::json!({"communityId": community, "content": "hi @bob", "mentions": [user]}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        r.body
+    }
+
     /// Posts a message; returns the created message JSON.
     pub async fn send(&self, token: &str, community: &str, content: &str) -> Json {
         let r = self

@@ -24,14 +24,7 @@ async fn every_event_is_published_once_and_decodes() {
     )
     .await;
 
-    let r = api
-        .post(
-            "/api/messages-realtime",
-            &alice,
-            json!({"communityId": c, "content": "hi @bob", "mentions": [bob_id]}),
-        )
-        .await;
-    let m1 = r.body.clone();
+    let m1 = api.send_mentioning(&alice, &c, &bob_id).await;
     let mut got = [sub.next().await, sub.next().await];
     got.sort_by_key(|(ch, _)| ch.starts_with("chorus:user:"));
     let (ch, env) = &got[0];
@@ -204,14 +197,7 @@ async fn posts_publish_themselves_only_behind_published_events() {
 
     // A post with a mention takes the full path, which leaves its event to
     // the publisher; the plain posts behind it must wait for it.
-    let r = api
-        .post(
-            "/api/messages-realtime",
-            &alice,
-            json!({"communityId": a, "content": "hi @bob", "mentions": [bob_id]}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
+    api.send_mentioning(&alice, &a, &bob_id).await;
     api.send(&alice, &a, "behind the mention").await;
     api.send(&alice, &a, "behind it too").await;
 
