@@ -83,13 +83,31 @@ pub fn uid(prefix: &str) -> String {
     )
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
+/// First port [`free_port`] hands out: below Linux's default ephemeral
+/// range (`ip_local_port_range`, 32768-60999), where the kernel picks the
+/// source ports of outgoing connections.
+const FIRST_TEST_PORT: u16 = 20_000;
+/// How many ports [`free_port`] cycles through (20000-31999).
+const TEST_PORTS: u16 = 12_000;
+
+/// A TCP port on 127.0.0.1 for a server a test starts as a process: free
+/// when asked, never handed out twice by this test process, and outside
+/// the ephemeral range. A port the kernel picked (`bind(0)`) is free only
+/// until a test's thousands of outgoing connections take it as a source
+/// port, which they can before the server binds it; a port below the
+/// range is never taken that way. Each test process starts at its own
+/// offset, so two at once rarely meet (and a taken port is skipped).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let offset = u16::try_from(std::process::id() % u32::from(TEST_PORTS)).unwrap_or(0);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % TEST_PORTS;
+        let port = FIRST_TEST_PORT + (offset + n) % TEST_PORTS;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `f` until it is true, up to [`WAIT`].

@@ -191,7 +191,7 @@ impl GatewayProcess {
         env: &[(&str, &str)],
     ) -> GatewayProcess {
         let (port, admin) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_chorus-gateway"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chorus-gateway"))
             .envs(env.iter().copied())
             .env("CHORUS_GATEWAY_ADDR", format!("127.0.0.1:{port}"))
             .env("CHORUS_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
@@ -205,11 +205,17 @@ impl GatewayProcess {
             .spawn()
             .expect("gateway binary");
         let ready = format!("http://127.0.0.1:{admin}/readyz");
-        wait_until(|| {
-            let ready = ready.clone();
-            async move { reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) }
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) {
+            if let Some(status) = child.try_wait().expect("gateway status") {
+                panic!("the gateway exited before it was ready ({status}); its log is above");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway was not ready within {WAIT:?}; its log is above"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
         GatewayProcess {
             child,
             url: format!("ws://127.0.0.1:{port}/ws"),
