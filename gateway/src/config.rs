@@ -152,10 +152,22 @@ impl Liveness {
     }
 }
 
-/// How often the Redis subscriber connection is pinged, and how long an
-/// answer may take before the connection counts as dead.
+/// How often the Redis subscriber connection's health is judged (a closed
+/// connection counts as dead within it), and how long a ping's answer may
+/// take before the connection counts as dead.
 pub const BACKPLANE_PING_INTERVAL: Duration = Duration::from_secs(1);
 pub const BACKPLANE_PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the subscriber may hear nothing before it is pinged: messages
+/// received prove the connection, and each heartbeat (every 4 s) publishes
+/// one to the gateway's own channel, so no gateway pings while its command
+/// connection works (each ping woke Redis, whose idle cost is mostly
+/// wake-ups); it pings every 5 s when the heartbeats fail. A connection that stays open but
+/// silently stops delivering (half-open) is found within this plus
+/// [`BACKPLANE_PING_TIMEOUT`]: 7 s, after which the reconnect's resync
+/// recovers what it missed. On Redis Cluster every shard is still pinged
+/// every [`BACKPLANE_PING_INTERVAL`], since one shard's messages prove
+/// nothing of another's.
+pub const BACKPLANE_QUIET_BEFORE_PING: Duration = Duration::from_secs(5);
 
 /// `chorus-gateway` settings.
 #[derive(Debug, Clone, clap::Parser)]

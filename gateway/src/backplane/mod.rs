@@ -5,6 +5,7 @@
 //! gateway's incarnation (`incarnation`), whose heartbeat rides on the
 //! registry report, and reap the entries of dead incarnations.
 
+mod heartbeat;
 mod incarnation;
 mod memory;
 mod redis;

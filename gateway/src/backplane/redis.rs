@@ -4,9 +4,10 @@
 //! gateway's incarnation, a heartbeat with the registry report, and the
 //! reaping of dead incarnations.
 //!
-//! The subscriber is pinged every second; a missing answer counts as a dead
-//! connection: it is marked not-live (so `/readyz` fails), forcibly
-//! reconnected, and on reconnect every channel is resubscribed and then
+//! The subscriber is pinged when it has heard nothing for a few seconds
+//! (messages prove it live; idle Redis time is mostly wake-ups); a missing
+//! answer counts as a dead connection: it is marked not-live (so `/readyz`
+//! fails), forcibly reconnected, and on reconnect every channel is resubscribed and then
 //! every community reconciled, because pub/sub loses whatever was published
 //! in between. A gateway never looks healthy while silently delivering
 //! nothing.
@@ -38,16 +39,18 @@
 //! Redis, method for method beside its in-process double (`memory.rs`),
 //! and its pieces share the two connections and the incarnation state.
 //! Keeping the subscriptions whole (restores, the cluster's slot map and
-//! per-shard pings) is in `subscriptions.rs`.
+//! per-shard pings) is in `subscriptions.rs`; the heartbeat (registry
+//! report, presence heartbeat and the look for dead gateways, one round
+//! trip) in `heartbeat.rs`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chorus_shared::presence::{
     ADD_SCRIPT, GATEWAY_IDS_KEY, HOLDERS_KEY, JOIN_SCRIPT, LEAVE_SCRIPT, REAP_SCRIPT, gateway_key,
-    holder_key, holder_rooms_key, holder_users_key, reap_lock_key, users_key,
+    holder_key, holder_rooms_key, holder_users_key, users_key,
 };
 use chorus_shared::protocol::GatewayStatus;
 use fred::clients::{Pipeline, SubscriberClient};
@@ -56,11 +59,12 @@ use fred::types::{ClusterHash, CustomCommand};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
+use super::heartbeat::Holders;
 use super::incarnation::Incarnation;
 use super::subscriptions::SlotMap;
 use super::{Added, Backplane, BackplaneSink, PresenceJoin, PresenceLeave, Reaped};
 use crate::config::{
-    BACKPLANE_PING_INTERVAL, BACKPLANE_PING_TIMEOUT, Liveness, PRESENCE_REAP_LOCK, REGISTRY_TTL,
+    BACKPLANE_PING_INTERVAL, BACKPLANE_PING_TIMEOUT, BACKPLANE_QUIET_BEFORE_PING, Liveness,
 };
 use crate::error::GatewayError;
 
@@ -116,7 +120,7 @@ impl CommandThread {
 #[derive(Clone)]
 pub struct RedisBackplane {
     pub(super) sub: SubscriberClient,
-    cmd: Client,
+    pub(super) cmd: Client,
     /// Where `cmd`'s connection task runs.
     cmd_thread: Arc<CommandThread>,
     /// `REDIS_URL` names a Redis Cluster: sharded pub/sub.
@@ -128,7 +132,16 @@ pub struct RedisBackplane {
     /// Set by `quit`: every background task of this backplane ends.
     stop: Arc<tokio::sync::watch::Sender<bool>>,
     pub(super) live: Arc<AtomicBool>,
-    incarnation: Arc<Incarnation>,
+    /// Messages the subscriber has received: while it grows, the
+    /// connection is proven live without a ping.
+    heard: Arc<AtomicU64>,
+    /// A channel of this process's own (one Redis only), which each
+    /// heartbeat publishes to: an idle subscriber hears it every heartbeat
+    /// and is never pinged while the command connection works.
+    pub(super) health_channel: Arc<str>,
+    pub(super) incarnation: Arc<Incarnation>,
+    /// The presence holders as the last heartbeat saw them.
+    pub(super) holders: Arc<std::sync::Mutex<Holders>>,
 }
 
 impl std::fmt::Debug for RedisBackplane {
@@ -141,7 +154,7 @@ impl std::fmt::Debug for RedisBackplane {
     }
 }
 
-fn redis_err(e: Error) -> GatewayError {
+pub(super) fn redis_err(e: Error) -> GatewayError {
     GatewayError::Backplane(e.to_string())
 }
 
@@ -187,7 +200,10 @@ impl RedisBackplane {
             slot_map: Arc::default(),
             stop: Arc::new(tokio::sync::watch::channel(false).0),
             live: Arc::new(AtomicBool::new(false)),
+            heard: Arc::default(),
+            health_channel: format!("chorus:health:{}", Uuid::new_v4().simple()).into(),
             incarnation: Arc::new(Incarnation::new(gateway_id, liveness)),
+            holders: Arc::default(),
         })
     }
 
@@ -211,10 +227,16 @@ impl RedisBackplane {
         drop(self.sub.connect());
 
         let dispatch_sink = sink.clone();
+        let heard = self.heard.clone();
+        let health = self.health_channel.clone();
         self.spawn_until_quit(async move {
             loop {
                 match messages.recv().await {
                     Ok(m) => {
+                        heard.fetch_add(1, Ordering::Relaxed);
+                        if *m.channel == *health {
+                            continue;
+                        }
                         let payload = match m.value {
                             Value::Bytes(b) => b,
                             Value::String(s) => s.into_inner(),
@@ -256,8 +278,19 @@ impl RedisBackplane {
             let mut tick = tokio::time::interval(BACKPLANE_PING_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut silent_shards = 0;
+            let (mut heard_before, mut proven) = (0, None::<tokio::time::Instant>);
+            let mut health_subscribed = this.cluster;
             loop {
                 tick.tick().await;
+                if !health_subscribed && sub.is_connected() {
+                    // Tracked by fred from now on, so restored with the rest.
+                    health_subscribed = sub.subscribe(&*this.health_channel).await.is_ok();
+                }
+                let heard_now = this.heard.load(Ordering::Relaxed);
+                if heard_now != heard_before {
+                    (heard_before, proven) = (heard_now, Some(tokio::time::Instant::now()));
+                }
+                let quiet = proven.is_none_or(|at| at.elapsed() >= BACKPLANE_QUIET_BEFORE_PING);
                 let ok = if this.cluster {
                     let (answered, silent) = this.ping_shards().await;
                     if silent != silent_shards {
@@ -269,13 +302,19 @@ impl RedisBackplane {
                     // its failover or return); turning every gateway
                     // unready would only refuse clients everywhere.
                     sub.is_connected() && answered > 0
-                } else {
+                } else if !quiet {
                     sub.is_connected()
+                } else {
+                    let answered = sub.is_connected()
                         && matches!(
                             tokio::time::timeout(BACKPLANE_PING_TIMEOUT, sub.ping::<Value>(None))
                                 .await,
                             Ok(Ok(_))
-                        )
+                        );
+                    if answered {
+                        proven = Some(tokio::time::Instant::now());
+                    }
+                    answered
                 };
                 let was = live.swap(ok, Ordering::SeqCst);
                 if ok != was {
@@ -414,7 +453,7 @@ impl RedisBackplane {
     /// in chunks), then forgets the incarnation: its index and its place in
     /// the holders set. When a community fails the incarnation is kept, to
     /// be reaped again once the lock expires; reaping twice is harmless.
-    async fn reap(&self, name: &str) -> Result<Vec<Reaped>, GatewayError> {
+    pub(super) async fn reap(&self, name: &str) -> Result<Vec<Reaped>, GatewayError> {
         let rooms: Vec<String> = self
             .cmd
             .smembers(holder_rooms_key(name))
@@ -479,7 +518,7 @@ async fn queue_eval(
 }
 
 /// Milliseconds of a duration, for Redis.
-fn millis(d: std::time::Duration) -> i64 {
+pub(super) fn millis(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -634,38 +673,7 @@ impl Backplane for RedisBackplane {
     }
 
     async fn presence_reap_dead(&self) -> Result<Vec<Reaped>, GatewayError> {
-        let holders: Vec<String> = self.cmd.smembers(HOLDERS_KEY).await.map_err(redis_err)?;
-        if holders.is_empty() {
-            return Ok(Vec::new());
-        }
-        let p = self.cmd.pipeline();
-        for h in &holders {
-            let _: () = p.exists(holder_key(h)).await.map_err(redis_err)?;
-        }
-        let alive = p.try_all::<i64>().await;
-        let mut out = Vec::new();
-        for (h, alive) in holders.iter().zip(alive) {
-            if alive.map_err(redis_err)? != 0 {
-                continue;
-            }
-            let locked: Value = self
-                .cmd
-                .set(
-                    reap_lock_key(h),
-                    self.incarnation.gateway_id(),
-                    Some(Expiration::PX(millis(PRESENCE_REAP_LOCK))),
-                    Some(SetOptions::NX),
-                    false,
-                )
-                .await
-                .map_err(redis_err)?;
-            if locked.is_null() {
-                continue;
-            }
-            metrics::counter!("chorus_gateway_presence_reaps_total").increment(1);
-            out.extend(self.reap(h).await?);
-        }
-        Ok(out)
+        self.reap_dead().await
     }
 
     async fn presence_withdraw(&self) -> Result<Vec<Reaped>, GatewayError> {
@@ -685,54 +693,7 @@ impl Backplane for RedisBackplane {
     }
 
     async fn report(&self, status: &GatewayStatus) -> Result<(), GatewayError> {
-        let json =
-            serde_json::to_string(status).map_err(|e| GatewayError::Backplane(e.to_string()))?;
-        let ttl = i64::try_from(REGISTRY_TTL.as_secs()).unwrap_or(15);
-        let p = self.cmd.pipeline();
-        let _: () = p
-            .set(
-                gateway_key(&status.id),
-                json,
-                Some(Expiration::EX(ttl)),
-                None,
-                false,
-            )
-            .await
-            .map_err(redis_err)?;
-        let _: () = p
-            .sadd(GATEWAY_IDS_KEY, status.id.as_str())
-            .await
-            .map_err(redis_err)?;
-        // The heartbeat renews the incarnation's key only if it still
-        // exists: a lapsed incarnation may be being reaped and must stay
-        // dead.
-        let heartbeat = self.incarnation.heartbeat();
-        let sent = tokio::time::Instant::now();
-        if let Some(name) = &heartbeat {
-            let _: () = p
-                .set(
-                    holder_key(name),
-                    self.incarnation.gateway_id(),
-                    Some(Expiration::PX(millis(self.incarnation.liveness().ttl))),
-                    Some(SetOptions::XX),
-                    false,
-                )
-                .await
-                .map_err(redis_err)?;
-        }
-        let results = p.try_all::<Value>().await;
-        if let (Some(name), Some(Ok(v))) = (&heartbeat, results.get(2)) {
-            if v.is_null() {
-                tracing::warn!(incarnation = %name, "presence heartbeat lapsed; renewing");
-                self.incarnation.lapsed(name);
-            } else {
-                self.incarnation.confirmed(name, sent);
-            }
-        }
-        results
-            .into_iter()
-            .find_map(Result::err)
-            .map_or(Ok(()), |e| Err(redis_err(e)))
+        self.heartbeat(status).await
     }
 
     async fn withdraw(&self, gateway_id: &str) -> Result<(), GatewayError> {
