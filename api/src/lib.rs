@@ -131,7 +131,7 @@ pub async fn run(
 
     let _upkeep = chorus_shared::telemetry::spawn_metrics_upkeep();
     telemetry::register();
-    let _pool_gauges = telemetry::watch_pool(pg.pool(), state.live().clone());
+    let _pool_gauges = telemetry::watch_pool(pg.pool());
     let (stop_tx, stop_rx) = watch::channel(false);
     let publisher = tokio::spawn(outbox::run_publisher(
         Arc::new(OutboxStore::new(pg.pool(), Some(direct))),

@@ -14,6 +14,11 @@ use crate::state::Bucket;
 /// this old.
 const POOL_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Longest a scrape waits for the gateway registry: a Redis that is away
+/// must not make the API's own metrics unscrapeable (Prometheus's default
+/// scrape timeout is 10 s).
+const REGISTRY_SAMPLE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Registers every series at zero.
 pub fn register() {
     for name in [
@@ -36,7 +41,7 @@ pub fn register() {
     metrics::gauge!("chorus_api_registered_gateways").set(0.0);
 }
 
-/// Samples the database pool (and the gateway registry) into `chorus_api_db_pool_connections{state}`
+/// Samples the database pool into `chorus_api_db_pool_connections{state}`
 /// (busy, idle) until dropped.
 #[derive(Debug)]
 pub struct PoolGauges(tokio::task::JoinHandle<()>);
@@ -47,17 +52,11 @@ impl Drop for PoolGauges {
     }
 }
 
-/// Also samples how many gateways the registry lists into
-/// `chorus_api_registered_gateways` (an alert compares it with the gateways
-/// Prometheus scrapes).
-pub fn watch_pool(pool: PgPool, live: LiveState) -> PoolGauges {
+pub fn watch_pool(pool: PgPool) -> PoolGauges {
     PoolGauges(tokio::spawn(async move {
         let mut tick = tokio::time::interval(POOL_SAMPLE_INTERVAL);
         loop {
             tick.tick().await;
-            if let Ok(gateways) = live.gateways().await {
-                metrics::gauge!("chorus_api_registered_gateways").set(gateways.len() as f64);
-            }
             let idle = pool.num_idle() as f64;
             let size = f64::from(pool.size());
             metrics::gauge!("chorus_api_db_pool_connections", "state" => "idle").set(idle);
@@ -65,4 +64,15 @@ pub fn watch_pool(pool: PgPool, live: LiveState) -> PoolGauges {
                 .set((size - idle).max(0.0));
         }
     }))
+}
+
+/// Sets `chorus_api_registered_gateways`, how many gateways the registry
+/// lists (an alert compares it with the gateways Prometheus scrapes), when
+/// `/metrics` is scraped rather than on a timer: Redis is asked only as
+/// often as someone looks (idle Redis time is mostly wake-ups). Past
+/// [`REGISTRY_SAMPLE_TIMEOUT`] the gauge keeps its last value.
+pub async fn sample_registry(live: &LiveState) {
+    if let Ok(Ok(gateways)) = tokio::time::timeout(REGISTRY_SAMPLE_TIMEOUT, live.gateways()).await {
+        metrics::gauge!("chorus_api_registered_gateways").set(gateways.len() as f64);
+    }
 }

@@ -46,8 +46,20 @@ pub use redis::RedisSink;
 /// backlog quickly in pipelined batches, small enough to keep one
 /// transaction short.
 pub const OUTBOX_BATCH: i64 = 500;
-/// Fallback poll for events this process was not woken for.
+/// Fallback poll for events this process was not woken for: another
+/// replica's while it cannot take the lock from us, or ours while we
+/// cannot take it from another.
 pub const OUTBOX_POLL: Duration = Duration::from_millis(250);
+/// Longest fallback poll: after each pass that found nothing waiting the
+/// poll doubles, up to this. An idle poll is a statement that wakes the
+/// API and Postgres; four a second were most of an idle API's CPU and a
+/// share of every POST's at low rates (posts publish themselves and never
+/// wake the publisher). What only the poll finds when nothing is waiting
+/// (events of a replica that died between its commit and its publication,
+/// in a community with no later post) waits at most this. A wake-up (a
+/// commit of this process that needs the publisher) or a pass that found
+/// events brings the poll back to [`OUTBOX_POLL`].
+pub const OUTBOX_IDLE_POLL_MAX: Duration = Duration::from_secs(2);
 /// First and largest wait after a failed pass. Capped at one second so a
 /// returning Redis sees the backlog within about a second.
 pub const OUTBOX_BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -65,6 +77,18 @@ pub struct Drained {
     pub failed: bool,
     /// A full batch went out: more may be waiting, go again at once.
     pub more: bool,
+    /// Nothing was waiting: the poll may stretch (see
+    /// [`OUTBOX_IDLE_POLL_MAX`]).
+    pub idle: bool,
+}
+
+impl Drained {
+    /// A pass that found nothing waiting.
+    pub const IDLE: Drained = Drained {
+        failed: false,
+        more: false,
+        idle: true,
+    };
 }
 
 /// Most channels held back at once after failed publications. Past it
@@ -118,6 +142,7 @@ pub async fn run_publisher(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = OUTBOX_BACKOFF_MIN;
+    let mut poll = OUTBOX_POLL;
     let mut next_purge = Instant::now();
     loop {
         let pass = source.drain(sink.as_ref(), OUTBOX_BATCH).await;
@@ -127,8 +152,10 @@ pub async fn run_publisher(
                 tracing::warn!(error = %e, "outbox purge failed");
             }
         }
-        let delay = match pass {
+        // A wake-up cuts a poll short, not a backoff after a failure.
+        let (delay, wakeable) = match pass {
             Ok(d) if d.more => {
+                poll = OUTBOX_POLL;
                 if *shutdown.borrow() {
                     break;
                 }
@@ -136,16 +163,22 @@ pub async fn run_publisher(
             }
             Ok(d) if !d.failed => {
                 backoff = OUTBOX_BACKOFF_MIN;
-                OUTBOX_POLL
+                let delay = poll;
+                poll = if d.idle {
+                    (poll * 2).min(OUTBOX_IDLE_POLL_MAX)
+                } else {
+                    OUTBOX_POLL
+                };
+                (delay, true)
             }
-            Ok(_) => next_backoff(&mut backoff),
+            Ok(_) => (next_backoff(&mut backoff), false),
             Err(e) => {
                 tracing::warn!(error = %e, "outbox pass failed");
-                next_backoff(&mut backoff)
+                (next_backoff(&mut backoff), false)
             }
         };
         tokio::select! {
-            _ = wake.notified(), if delay == OUTBOX_POLL => {}
+            _ = wake.notified(), if wakeable => poll = OUTBOX_POLL,
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
@@ -194,13 +227,31 @@ mod tests {
             tokio::time::sleep(PURGE_INTERVAL / PASSES_PER_INTERVAL as u32).await;
             self.passes.fetch_add(1, Ordering::SeqCst);
             Ok(Drained {
-                failed: false,
                 more: true,
+                ..Drained::default()
             })
         }
 
         async fn purge_expired(&self) -> Result<(), ApiError> {
             self.purges.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// A source with never anything waiting; counts its passes.
+    #[derive(Default)]
+    struct Empty {
+        passes: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl OutboxSource for Empty {
+        async fn drain(&self, _: &dyn OutboxSink, _: i64) -> Result<Drained, ApiError> {
+            self.passes.fetch_add(1, Ordering::SeqCst);
+            Ok(Drained::IDLE)
+        }
+
+        async fn purge_expired(&self) -> Result<(), ApiError> {
             Ok(())
         }
     }
@@ -235,5 +286,31 @@ mod tests {
             (4..=5).contains(&purges),
             "one purge at start and one per interval, got {purges}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_publisher_polls_less_and_less_until_woken() {
+        let source = Arc::new(Empty::default());
+        let wake = Arc::new(Notify::new());
+        let (stop, stopped) = watch::channel(false);
+        let publisher = tokio::spawn(run_publisher(
+            source.clone(),
+            Arc::new(Accepting),
+            wake.clone(),
+            stopped,
+        ));
+        let passes = || source.passes.load(Ordering::SeqCst);
+        // Passes at 0, 0.25, 0.75, 1.75 and 3.75 s, then every 2 s: eight
+        // in 9.9 s where a fixed 250 ms poll makes forty.
+        tokio::time::sleep(Duration::from_millis(9_900)).await;
+        assert_eq!(passes(), 8);
+        // A wake-up passes at once and brings the short poll back.
+        wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(passes(), 9);
+        tokio::time::sleep(OUTBOX_POLL).await;
+        assert_eq!(passes(), 10);
+        let _ = stop.send(true);
+        publisher.await.expect("publisher ends");
     }
 }

@@ -128,7 +128,7 @@ impl Session {
             .fetch_one(&mut self.conn)
             .await?;
             if !waiting {
-                return Ok(Drained::default());
+                return Ok(Drained::IDLE);
             }
             self.leader = sqlx::query_scalar("select pg_try_advisory_lock($1)")
                 .bind(OUTBOX_LOCK_KEY)
@@ -156,7 +156,7 @@ impl Session {
             if self.last_found.elapsed() >= OUTBOX_POLL && self.held.is_empty() {
                 self.release().await?;
             }
-            return Ok(Drained::default());
+            return Ok(Drained::IDLE);
         }
         self.last_found = Instant::now();
         if let Some(direct) = direct
@@ -165,8 +165,8 @@ impl Session {
             // A writer's publication was refused after the read left its
             // events out: read again, with them, to keep their order.
             return Ok(Drained {
-                failed: false,
                 more: true,
+                ..Drained::default()
             });
         }
         let batch: Vec<(String, Vec<u8>)> = rows
@@ -181,7 +181,7 @@ impl Session {
                 self.release().await?;
                 return Ok(Drained {
                     failed: true,
-                    more: false,
+                    ..Drained::default()
                 });
             }
         };
@@ -234,6 +234,7 @@ impl Session {
         Ok(Drained {
             failed,
             more: !failed && rows.len() as i64 == max,
+            idle: false,
         })
     }
 

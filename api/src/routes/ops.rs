@@ -18,13 +18,16 @@ pub fn admin_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .route(
-            "/metrics",
-            get(|| std::future::ready(chorus_shared::telemetry::render())),
-        )
+        .route("/metrics", get(metrics))
         .merge(super::internal_routes())
         .fallback(super::not_found)
         .with_state(state)
+}
+
+/// The Prometheus text, with the gauges sampled at scrape time.
+async fn metrics(State(state): State<AppState>) -> String {
+    crate::telemetry::sample_registry(state.live()).await;
+    chorus_shared::telemetry::render()
 }
 
 /// Ready while not draining and Postgres answers. Redis is deliberately not

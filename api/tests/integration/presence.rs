@@ -1,5 +1,6 @@
-//! `GET /api/communities/{id}/presence`: what the gateways wrote to Redis,
-//! read through a short-lived per-community snapshot.
+//! What the API reads of the gateways' writes to Redis: `GET
+//! /api/communities/{id}/presence`, through a short-lived per-community
+//! snapshot, and the registered-gateways gauge.
 
 use std::time::Instant;
 
@@ -86,4 +87,54 @@ async fn presence_is_read_from_redis_once_per_snapshot() {
     let mut both = vec![alice_id.clone(), bob_id.clone()];
     both.sort();
     wait_until(|| async { api.get(&path, &alice).await.body == json!({"online": both}) }).await;
+}
+
+/// `chorus_api_registered_gateways` is what the registry lists when
+/// `/metrics` is scraped: read then, not on a timer.
+#[tokio::test]
+async fn the_registered_gateways_gauge_follows_the_registry_at_each_scrape() {
+    use chorus_shared::presence::{GATEWAY_IDS_KEY, gateway_key};
+    use chorus_shared::protocol::GatewayStatus;
+    let own = OwnRedis::start(free_port()).await;
+    let api = Api::start_with(Opts {
+        redis_url: own.url(),
+        ..Opts::default()
+    })
+    .await;
+    let redis = Builder::from_config(Config::from_url(&own.url()).unwrap())
+        .build()
+        .unwrap();
+    redis.init().await.unwrap();
+    let gauge = || async {
+        let text = api
+            .http
+            .get(format!("{}/metrics", api.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("chorus_api_registered_gateways "))
+            .map(|v| v.trim().parse::<f64>().unwrap())
+    };
+    assert_eq!(gauge().await, Some(0.0));
+    for id in ["gw-a", "gw-b"] {
+        let status = GatewayStatus {
+            id: id.to_owned(),
+            connections: 0,
+            started_at: chrono::Utc::now(),
+        };
+        let json = serde_json::to_string(&status).unwrap();
+        let _: () = redis
+            .set(gateway_key(id), json, Some(Expiration::EX(15)), None, false)
+            .await
+            .unwrap();
+        let _: () = redis.sadd(GATEWAY_IDS_KEY, id).await.unwrap();
+    }
+    assert_eq!(gauge().await, Some(2.0));
+    // A report that expired (here: removed) drops out at the next scrape.
+    let _: () = redis.del(gateway_key("gw-b")).await.unwrap();
+    assert_eq!(gauge().await, Some(1.0));
 }
