@@ -16,3 +16,4 @@ mod haproxy;
 mod in_process;
 mod limits;
 mod presence;
+mod slow_consumers;
