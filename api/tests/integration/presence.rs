@@ -26,6 +26,23 @@ async fn gateway_joins(redis: &Client, community: &str, user: &str) {
         .unwrap();
 }
 
+/// An API on a Redis of the test's own (its keys and command counts are
+/// the test's alone), and a client of that Redis; the Redis lives as long
+/// as the first value.
+async fn api_on_own_redis() -> (OwnRedis, Api, Client) {
+    let own = OwnRedis::start(free_port()).await;
+    let api = Api::start_with(Opts {
+        redis_url: own.url(),
+        ..Opts::default()
+    })
+    .await;
+    let redis = Builder::from_config(Config::from_url(&own.url()).unwrap())
+        .build()
+        .unwrap();
+    redis.init().await.unwrap();
+    (own, api, redis)
+}
+
 /// How many times Redis ran `command` so far.
 async fn calls(redis: &Client, command: &str) -> u64 {
     let stats: String = redis.info(Some(InfoKind::CommandStats)).await.unwrap();
@@ -40,16 +57,7 @@ async fn calls(redis: &Client, command: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_read_from_redis_once_per_snapshot() {
     // A Redis of this test's own, so its command counts are this test's.
-    let own = OwnRedis::start(free_port()).await;
-    let api = Api::start_with(Opts {
-        redis_url: own.url(),
-        ..Opts::default()
-    })
-    .await;
-    let redis = Builder::from_config(Config::from_url(&own.url()).unwrap())
-        .build()
-        .unwrap();
-    redis.init().await.unwrap();
+    let (_own, api, redis) = api_on_own_redis().await;
     let (alice_id, bob_id) = (uid("alice"), uid("bob"));
     let alice = token(&alice_id);
     let c = api.community(&alice, "present", true).await;
@@ -95,16 +103,7 @@ async fn presence_is_read_from_redis_once_per_snapshot() {
 async fn the_registered_gateways_gauge_follows_the_registry_at_each_scrape() {
     use chorus_shared::presence::{GATEWAY_IDS_KEY, gateway_key};
     use chorus_shared::protocol::GatewayStatus;
-    let own = OwnRedis::start(free_port()).await;
-    let api = Api::start_with(Opts {
-        redis_url: own.url(),
-        ..Opts::default()
-    })
-    .await;
-    let redis = Builder::from_config(Config::from_url(&own.url()).unwrap())
-        .build()
-        .unwrap();
-    redis.init().await.unwrap();
+    let (_own, api, redis) = api_on_own_redis().await;
     let gauge = || async {
         let text = api
             .http
