@@ -336,10 +336,13 @@ async fn on_a_cluster_one_shard_away_delays_only_its_channels() {
         .buffer_unordered(8)
         .collect::<Vec<_>>()
         .await;
+    // Each post of the other community arrives while the shard is still
+    // frozen. A publication slower than its timeout on this busy machine
+    // is sent again (at least once), so a seq already seen may repeat;
+    // none may be skipped.
     for seq in 1..=3 {
         api.send(&alice, &other, &format!("flows {seq}")).await;
-        let (_, e) = other_sub.next().await;
-        assert_eq!(e.seq, Some(seq), "the other shard's channel keeps flowing");
+        expect_seqs(&mut other_sub, seq, seq).await;
     }
     rc.resume(away_port);
     // Every retry while frozen sent the channel again from its first
