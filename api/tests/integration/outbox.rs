@@ -358,3 +358,58 @@ async fn on_a_cluster_one_shard_away_delays_only_its_channels() {
         }
     }
 }
+
+/// A post writer marking the events it published never waits for another
+/// session: a row another session holds (another replica's publisher
+/// marking it) is skipped, and the call returns while that session still
+/// holds it. The next call marks it once it is free.
+#[tokio::test]
+async fn marking_skips_rows_another_session_holds() {
+    let api = Api::start().await;
+    let pool = sqlx::PgPool::connect(&api.database_url).await.unwrap();
+    // The publisher is locked out: the row is only ever marked by the calls below.
+    let lock = AdvisoryLock::take(&api.database_url, OUTBOX_LOCK_KEY).await;
+    let id: i64 = sqlx::query_scalar(
+        "insert into outbox (channel, payload) values ('chorus:marking-test', '\\x00') returning id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let published = || async {
+        sqlx::query_scalar::<_, bool>("select published_at is not null from outbox where id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    // A batch of no posts that only marks `id`; waiting for a lock would
+    // fail it after 5 s instead of hanging the test.
+    let mark = || async {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("set local lock_timeout = '5s'")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query(
+            "select seqs from chorus_post_messages_direct(array[$1::bigint], '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}')",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .expect("marking does not wait for a held row");
+        tx.commit().await.unwrap();
+    };
+
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("select id from outbox where id = $1 for update")
+        .bind(id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    mark().await;
+    assert!(!published().await, "a held row is skipped");
+    holder.rollback().await.unwrap();
+    mark().await;
+    assert!(published().await, "marked once free");
+    lock.release().await;
+}
