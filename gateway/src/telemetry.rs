@@ -29,6 +29,7 @@ const COUNTERS: &[&str] = &[
     "chorus_http_connections_refused_total",
     "chorus_gateway_backplane_reconnects_total",
     "chorus_gateway_backplane_topology_changes_total",
+    "chorus_gateway_backplane_pings_total",
 ];
 
 /// Counters with one label, and the label's fixed values.

@@ -305,6 +305,7 @@ impl RedisBackplane {
                 } else if !quiet {
                     sub.is_connected()
                 } else {
+                    metrics::counter!("chorus_gateway_backplane_pings_total").increment(1);
                     let answered = sub.is_connected()
                         && matches!(
                             tokio::time::timeout(BACKPLANE_PING_TIMEOUT, sub.ping::<Value>(None))

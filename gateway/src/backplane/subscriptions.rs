@@ -43,6 +43,7 @@ impl RedisBackplane {
             .cached_cluster_state()
             .map(|s| s.unique_primary_nodes())
             .unwrap_or_default();
+        metrics::counter!("chorus_gateway_backplane_pings_total").increment(primaries.len() as u64);
         let pings = primaries.into_iter().map(|server| {
             let node = self.sub.with_options(&Options {
                 cluster_node: Some(server),

@@ -13,6 +13,7 @@ mod connection;
 mod delivery;
 mod faults;
 mod haproxy;
+mod idle;
 mod in_process;
 mod limits;
 mod presence;
