@@ -126,6 +126,18 @@ where
     panic!("condition not met within {WAIT:?}");
 }
 
+/// How many times Redis ran `command`, read from the text of its `INFO
+/// commandstats` (0 when it never ran).
+pub fn command_calls(commandstats: &str, command: &str) -> u64 {
+    let key = format!("cmdstat_{command}:calls=");
+    commandstats
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A `redis-server` owned by one test, on its own port, killed on drop.
 #[derive(Debug)]
 pub struct OwnRedis {

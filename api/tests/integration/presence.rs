@@ -46,12 +46,7 @@ async fn api_on_own_redis() -> (OwnRedis, Api, Client) {
 /// How many times Redis ran `command` so far.
 async fn calls(redis: &Client, command: &str) -> u64 {
     let stats: String = redis.info(Some(InfoKind::CommandStats)).await.unwrap();
-    let key = format!("cmdstat_{command}:calls=");
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
+    chorus_testkit::command_calls(&stats, command)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,12 +10,7 @@ use crate::faults::GatewayProcess;
 /// How many times Redis ran `command` so far.
 async fn calls(redis: &Redis, command: &str) -> u64 {
     let stats: String = redis.info(Some(InfoKind::CommandStats)).await.unwrap();
-    let key = format!("cmdstat_{command}:calls=");
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
+    chorus_testkit::command_calls(&stats, command)
 }
 
 /// Waits until Redis has run `n` more `PUBLISH`es than `from`: on a Redis
