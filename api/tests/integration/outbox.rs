@@ -411,5 +411,19 @@ async fn marking_skips_rows_another_session_holds() {
     holder.rollback().await.unwrap();
     mark().await;
     assert!(published().await, "marked once free");
+
+    // A row another session marked already keeps its mark.
+    let marked_at = || async {
+        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+            "select published_at from outbox where id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let first = marked_at().await;
+    mark().await;
+    assert_eq!(marked_at().await, first, "a marked row is left as it is");
     lock.release().await;
 }
