@@ -1,24 +1,26 @@
--- The post function no longer plans a statement at every post, and runs
+-- The post function can no longer be planned at every post, and runs
 -- fewer statements per post (issues 11 and 14). PL/pgSQL keeps a plan for
 -- each statement, but Postgres's plan cache plans a statement again at
 -- every call while a custom plan (made for the call's arguments) looks
--- cheaper than the generic one. It did for
--- the statement that marks the events the writers published: `id =
--- any(p_published)` in a locking subquery joined to the update. Measured
--- with pg_stat_statements (track_planning) on Postgres 15, posts of one
--- message at 500 a second into 1,000 communities: 115 µs of planning and
--- 32 µs of execution per call, out of about 400 µs for the whole
--- function.
+-- cheaper than the generic one, a choice it makes from a session's first
+-- calls. The statement that marked the events the writers published
+-- (`id = any(p_published)` in a locking subquery joined to the update)
+-- could go either way. Measured with pg_stat_statements (track_planning)
+-- on Postgres 15, posts of one message at 500 a second: in sessions
+-- driven by pgbench it was planned at 14,035 of 15,120 calls, 115 µs of
+-- planning each, out of about 400 µs for the whole function; in the API's
+-- own two sessions, 12 times in 9,928 calls.
 --
 -- Forcing generic plans instead (`plan_cache_mode`) is not safe here: the
 -- first call of a session makes them, possibly on an empty outbox, and the
 -- generic plan of that statement then ran at 160 to 320 µs per call. Now
 -- each published id is marked by its own statement, on the primary key:
 -- its generic plan is right whatever the table's size, and is made once
--- per session. The same run: 42 µs of execution per call, no planning.
+-- per session, whatever the first calls were. The pgbench run: 42 µs of
+-- execution per call, no planning.
 --
--- Each statement also costs its own executor start and end, which
--- profiles showed as a quarter of the function's time. A post now runs
+-- Each statement also costs its own executor start and end, which a
+-- profile showed as a quarter of the function's time. A post now runs
 -- three statements, where it ran six (a community's first post in a
 -- batch) or five, with the same lock modes, lock order and outcomes:
 -- - the community's row lock is taken by the update that takes the seq,
