@@ -126,6 +126,18 @@ where
     panic!("condition not met within {WAIT:?}");
 }
 
+/// The value of the series `name` (without labels, or its first labelled
+/// one) in a Prometheus text exposition; `None` when it is not exported.
+pub fn metric_value(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            return None;
+        }
+        rest.rsplit(' ').next()?.trim().parse().ok()
+    })
+}
+
 /// How many times Redis ran `command`, read from the text of its `INFO
 /// commandstats` (0 when it never ran).
 pub fn command_calls(commandstats: &str, command: &str) -> u64 {
@@ -227,5 +239,26 @@ impl AdvisoryLock {
             .execute(&mut self.conn)
             .await
             .unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_value_reads_only_the_named_series() {
+        let text = "# TYPE a_total counter\na_total_more 9\na_total 3\nb{kind=\"x\"} 2.5\n";
+        assert_eq!(metric_value(text, "a_total"), Some(3.0), "not a_total_more");
+        assert_eq!(metric_value(text, "b"), Some(2.5));
+        assert_eq!(metric_value(text, "c"), None);
+    }
+
+    #[test]
+    fn command_calls_reads_commandstats() {
+        let stats = "# Commandstats\r\ncmdstat_ping:calls=7,usec=3,usec_per_call=0.43\r\ncmdstat_publish:calls=12,usec=9\r\n";
+        assert_eq!(command_calls(stats, "ping"), 7);
+        assert_eq!(command_calls(stats, "publish"), 12);
+        assert_eq!(command_calls(stats, "get"), 0);
     }
 }

@@ -109,9 +109,7 @@ async fn the_registered_gateways_gauge_follows_the_registry_at_each_scrape() {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("chorus_api_registered_gateways "))
-            .map(|v| v.trim().parse::<f64>().unwrap())
+        chorus_testkit::metric_value(&text, "chorus_api_registered_gateways")
     };
     assert_eq!(gauge().await, Some(0.0));
     for id in ["gw-a", "gw-b"] {

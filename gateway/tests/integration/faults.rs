@@ -74,10 +74,7 @@ impl GatewayProcess {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        chorus_testkit::metric_value(&text, name)
     }
 
     async fn start(api: &Service, redis_url: &str) -> GatewayProcess {
