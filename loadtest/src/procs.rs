@@ -46,6 +46,9 @@ impl Watched {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct Usage {
     pub cpu_s: f64,
+    /// Of `cpu_s`, the time spent in the kernel (system time).
+    #[serde(default)]
+    pub sys_s: f64,
     pub rss_kib: u64,
     /// Processes found (0: the role's processes are gone).
     pub procs: u32,
@@ -67,6 +70,10 @@ pub struct Sample {
 pub struct Delta {
     /// CPU seconds used per role.
     pub cpu_s: BTreeMap<String, f64>,
+    /// Of those, seconds in the kernel: what no user-space change can
+    /// remove (a loopback write, the receiver's wake-up, the scheduler).
+    #[serde(default)]
+    pub sys_s: BTreeMap<String, f64>,
     /// RSS at the end, and its change, per role (KiB).
     pub rss_kib: BTreeMap<String, u64>,
     pub rss_growth_kib: BTreeMap<String, i64>,
@@ -78,11 +85,28 @@ impl Delta {
     pub fn cpu(&self, role: &str) -> f64 {
         self.cpu_s.get(role).copied().unwrap_or(0.0)
     }
+
+    pub fn sys(&self, role: &str) -> f64 {
+        self.sys_s.get(role).copied().unwrap_or(0.0)
+    }
 }
 
-/// `(utime + stime, rss pages, ppid, cutime + cstime)` of a process; the
-/// last is the CPU of its children that exited and were waited for.
-fn stat(pid: u32) -> Option<(u64, u64, u32, u64)> {
+/// Clock ticks of one process from `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy)]
+struct Stat {
+    /// utime + stime.
+    cpu: u64,
+    /// stime.
+    sys: u64,
+    rss_pages: u64,
+    ppid: u32,
+    /// cutime + cstime and cstime: the CPU of its children that exited
+    /// and were waited for.
+    children_cpu: u64,
+    children_sys: u64,
+}
+
+fn stat(pid: u32) -> Option<Stat> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: fields follow the
     // last ')'.
@@ -95,8 +119,15 @@ fn stat(pid: u32) -> Option<(u64, u64, u32, u64)> {
     let stime: u64 = f.get(12)?.parse().ok()?;
     let cutime: u64 = f.get(13)?.parse().ok()?;
     let cstime: u64 = f.get(14)?.parse().ok()?;
-    let rss: u64 = f.get(21)?.parse().ok()?;
-    Some((utime + stime, rss, ppid, cutime + cstime))
+    let rss_pages: u64 = f.get(21)?.parse().ok()?;
+    Some(Stat {
+        cpu: utime + stime,
+        sys: stime,
+        rss_pages,
+        ppid,
+        children_cpu: cutime + cstime,
+        children_sys: cstime,
+    })
 }
 
 fn children_of(parent: u32) -> Vec<u32> {
@@ -104,7 +135,7 @@ fn children_of(parent: u32) -> Vec<u32> {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| stat(*pid).is_some_and(|(_, _, ppid, _)| ppid == parent))
+        .filter(|pid| stat(*pid).is_some_and(|s| s.ppid == parent))
         .collect()
 }
 
@@ -133,17 +164,18 @@ const PAGE_KIB: u64 = 4;
 pub fn sample(watched: &[Watched], clients: &[u32]) -> Sample {
     let mut roles: BTreeMap<String, Usage> = BTreeMap::new();
     let mut add = |role: &str, pid: u32, with_exited_children: bool| {
-        if let Some((ticks, rss, _, children)) = stat(pid) {
+        if let Some(s) = stat(pid) {
             let u = roles.entry(role.to_owned()).or_default();
             // A role that counts its children also counts those that exited
             // (a Postgres backend whose client disconnected mid-phase).
-            let ticks = if with_exited_children {
-                ticks + children
+            let (ticks, sys) = if with_exited_children {
+                (s.cpu + s.children_cpu, s.sys + s.children_sys)
             } else {
-                ticks
+                (s.cpu, s.sys)
             };
             u.cpu_s += ticks as f64 / TICKS_PER_SEC;
-            u.rss_kib += rss * PAGE_KIB;
+            u.sys_s += sys as f64 / TICKS_PER_SEC;
+            u.rss_kib += s.rss_pages * PAGE_KIB;
             u.procs += 1;
         }
     };
@@ -173,6 +205,8 @@ pub fn delta(a: &Sample, b: &Sample) -> Delta {
         let start = a.roles.get(role).copied().unwrap_or_default();
         d.cpu_s
             .insert(role.clone(), (end.cpu_s - start.cpu_s).max(0.0));
+        d.sys_s
+            .insert(role.clone(), (end.sys_s - start.sys_s).max(0.0));
         d.rss_kib.insert(role.clone(), end.rss_kib);
         d.rss_growth_kib
             .insert(role.clone(), end.rss_kib as i64 - start.rss_kib as i64);
@@ -224,6 +258,8 @@ mod tests {
         let b = sample(&w, &[]);
         let d = delta(&a, &b);
         assert!(d.cpu("self") > 0.05, "{d:?}");
+        // A busy loop in user space: the kernel's share is small.
+        assert!(d.sys("self") < d.cpu("self") / 2.0, "{d:?}");
         assert!(d.rss_kib["self"] > 0);
         assert!(b.roles["self"].procs == 1);
     }

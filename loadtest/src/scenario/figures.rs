@@ -76,10 +76,22 @@ pub(super) fn traffic_figures(
         ));
     }
     figures.push(fig(
+        "  … of it in the gateway's kernel time",
+        per(d.sys("gateway"), dl),
+        "µs",
+        None,
+    ));
+    figures.push(fig(
         "API CPU per POST",
         per(d.cpu("api"), posts),
         "µs",
         c.target(150.0),
+    ));
+    figures.push(fig(
+        "  … of it in the API's kernel time",
+        per(d.sys("api"), posts),
+        "µs",
+        None,
     ));
     figures.push(fig(
         "Postgres CPU per POST",
