@@ -70,8 +70,9 @@ pub struct Sample {
 pub struct Delta {
     /// CPU seconds used per role.
     pub cpu_s: BTreeMap<String, f64>,
-    /// Of those, seconds in the kernel: what no user-space change can
-    /// remove (a loopback write, the receiver's wake-up, the scheduler).
+    /// Of those, seconds in the kernel: system calls and the work they set
+    /// off (on loopback, the reader's wake-up too). User space lowers it
+    /// only by making fewer calls.
     #[serde(default)]
     pub sys_s: BTreeMap<String, f64>,
     /// RSS at the end, and its change, per role (KiB).
@@ -113,7 +114,7 @@ fn stat(pid: u32) -> Option<Stat> {
     let rest = &s[s.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split(' ').collect();
     // rest[0] is field 3 (state): ppid is field 4, utime 14, stime 15,
-    // rss 24.
+    // cutime 16, cstime 17, rss 24.
     let ppid = f.get(1)?.parse().ok()?;
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;

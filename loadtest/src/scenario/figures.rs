@@ -76,7 +76,7 @@ pub(super) fn traffic_figures(
         ));
     }
     figures.push(fig(
-        "  … of it in the gateway's kernel time",
+        "gateway kernel CPU per delivered message",
         per(d.sys("gateway"), dl),
         "µs",
         None,
@@ -88,7 +88,7 @@ pub(super) fn traffic_figures(
         c.target(150.0),
     ));
     figures.push(fig(
-        "  … of it in the API's kernel time",
+        "API kernel CPU per POST",
         per(d.sys("api"), posts),
         "µs",
         None,
