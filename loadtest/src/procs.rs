@@ -261,6 +261,22 @@ mod tests {
         assert!(d.cpu("self") > 0.05, "{d:?}");
         // A busy loop in user space: the kernel's share is small.
         assert!(d.sys("self") < d.cpu("self") / 2.0, "{d:?}");
+    }
+
+    #[test]
+    fn sees_kernel_time_spent_in_system_calls() {
+        let me = std::process::id();
+        let w = [Watched::parse(&format!("self={me}")).unwrap()];
+        let a = sample(&w, &[]);
+        // Until this thread has used 0.2 s of CPU (on a loaded machine it
+        // gets less than its wall time): reading a /proc file, which this
+        // loop does to know, is almost all kernel work.
+        let start = thread_cpu_s();
+        while thread_cpu_s() - start < 0.2 {}
+        let b = sample(&w, &[]);
+        let d = delta(&a, &b);
+        assert!(d.sys("self") > 0.05, "{d:?}");
+        assert!(d.sys("self") <= d.cpu("self") + 1e-9, "{d:?}");
         assert!(d.rss_kib["self"] > 0);
         assert!(b.roles["self"].procs == 1);
     }

@@ -305,13 +305,15 @@ impl RedisBackplane {
                 } else if !quiet {
                     sub.is_connected()
                 } else {
-                    metrics::counter!("chorus_gateway_backplane_pings_total").increment(1);
-                    let answered = sub.is_connected()
-                        && matches!(
+                    // A ping goes out (and is counted) only on a connection.
+                    let answered = sub.is_connected() && {
+                        metrics::counter!("chorus_gateway_backplane_pings_total").increment(1);
+                        matches!(
                             tokio::time::timeout(BACKPLANE_PING_TIMEOUT, sub.ping::<Value>(None))
                                 .await,
                             Ok(Ok(_))
-                        );
+                        )
+                    };
                     if answered {
                         proven = Some(tokio::time::Instant::now());
                     }
