@@ -6,10 +6,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 use chorus_shared::protocol::ServerEvent;
 use serde::Serialize;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::error::GatewayError;
 

@@ -10,9 +10,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
-use axum::extract::ws::Message;
 use chorus_shared::protocol::{Reconnect, ServerEvent};
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::close;
 use crate::codec::{Encoding, Frame, SharedFrame};
@@ -256,6 +256,7 @@ fn frame_len(m: &Message) -> usize {
         Message::Text(t) => t.len(),
         Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
         Message::Close(_) => 0,
+        Message::Frame(f) => f.payload().len(),
     }
 }
 

@@ -9,8 +9,6 @@
 use std::collections::HashMap;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,11 +16,13 @@ use axum::routing::get;
 use chorus_shared::auth::bearer_token;
 use chorus_shared::error::{ErrorBody, ErrorCode};
 use chorus_shared::protocol::MAX_WS_MESSAGE_BYTES;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::codec::{Encoding, JSON_PROTOCOL, MSGPACK_PROTOCOL};
 use crate::handle::ConnHandle;
 use crate::session::{Identity, Session};
 use crate::socket;
+use crate::socket::upgrade::{NotAnUpgrade, WsUpgrade};
 use crate::state::Gateway;
 
 /// Socket read buffer, and the most one read takes. Small on purpose:
@@ -80,7 +80,7 @@ async fn upgrade(
     State(gw): State<Gateway>,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<WsUpgrade, NotAnUpgrade>,
 ) -> Response {
     if gw.is_draining() {
         metrics::counter!("chorus_gateway_refused_upgrades_total", "reason" => "draining")
@@ -145,13 +145,7 @@ async fn upgrade(
     };
     let ws = match ws {
         Ok(ws) => ws,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                &e.to_string(),
-            );
-        }
+        Err(e) => return e.into_response(),
     };
     let origin_ok = match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
         Some(origin) if !gw.admission().allowed_origins.is_empty() => {
@@ -159,18 +153,20 @@ async fn upgrade(
         }
         _ => true,
     };
-    let ws = ws
-        .protocols([MSGPACK_PROTOCOL, JSON_PROTOCOL])
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(MAX_WS_MESSAGE_BYTES)
-        .max_frame_size(MAX_WS_MESSAGE_BYTES);
-    let encoding = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
+    let protocol = ws.select(&[MSGPACK_PROTOCOL, JSON_PROTOCOL]);
+    let encoding = match protocol {
         Some(MSGPACK_PROTOCOL) => Encoding::Msgpack,
         _ => Encoding::Json,
     };
+    // No write buffer: each frame goes to the socket as it is written, so a
+    // write finishing is progress (the writer's stall rule).
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_WS_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_WS_MESSAGE_BYTES));
     let me = Box::new(Identity { user, token });
-    ws.on_upgrade(move |socket| {
+    ws.on_upgrade(protocol, config, move |socket| {
         let (conn, rx) = ConnHandle::with_role(
             gw.hub().next_conn_id(),
             &me.user.id,

@@ -273,10 +273,9 @@ fn community_id(s: &str) -> Result<Uuid, GatewayError> {
 
 #[cfg(test)]
 mod tests {
-    use axum::extract::ws::Message;
-
     use chorus_shared::protocol::JoinAck;
     use serde::Deserialize;
+    use tokio_tungstenite::tungstenite::Message;
 
     use super::*;
     use crate::codec::Encoding;

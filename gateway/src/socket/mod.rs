@@ -9,12 +9,12 @@
 //! layer knows nothing of rooms, the API or the backplane.
 
 mod reader;
+pub mod upgrade;
 mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::WebSocket;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use tokio::task::JoinHandle;
@@ -25,6 +25,7 @@ use crate::handle::{ConnHandle, OutboundRx};
 
 pub use self::reader::COMMANDS;
 use self::reader::Reader;
+use self::upgrade::WebSocket;
 
 /// Per-connection settings of the socket layer, shared by every connection.
 #[derive(Debug, Clone)]

@@ -9,14 +9,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, WebSocket};
 use chorus_shared::protocol::{AckFrame, AckTag};
 use chorus_shared::ratelimit::TokenBucket;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use serde_json::json;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::upgrade::WebSocket;
 use super::{Session, SocketConfig};
 use crate::close;
 use crate::codec::{Encoding, decode_client};
@@ -77,7 +79,7 @@ impl<S: Session> Reader<S> {
             let msg = match next {
                 None => return,
                 Some(Err(e)) => {
-                    if is_too_big(&e) {
+                    if matches!(e, WsError::Capacity(CapacityError::MessageTooLong { .. })) {
                         self.handle.close(close::TOO_BIG);
                     }
                     return;
@@ -104,10 +106,12 @@ impl<S: Session> Reader<S> {
                     continue;
                 }
                 (Message::Close(frame), _) => {
-                    self.handle.client_closed(frame.map(|f| f.code));
+                    self.handle.client_closed(frame.map(|f| u16::from(f.code)));
                     return;
                 }
-                (Message::Ping(_) | Message::Pong(_), _) => continue,
+                // Pings are answered by tungstenite; whole frames are never
+                // read (it reassembles fragmented messages).
+                (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => continue,
             };
             // A command runs to completion unless the connection closes.
             // Boxed: a command's future (API calls, a replay) is large, and
@@ -234,10 +238,4 @@ fn command_label(kind: &str) -> &'static str {
         .find(|c| **c == kind)
         .copied()
         .unwrap_or("unknown")
-}
-
-/// tungstenite reports an over-limit message as a capacity error ("Space
-/// limit exceeded: Message too long"); axum only exposes it boxed.
-fn is_too_big(e: &axum::Error) -> bool {
-    e.to_string().contains("too long")
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -350,4 +351,165 @@ async fn connections_per_user_are_capped_before_the_upgrade() {
             .is_ok()
     })
     .await;
+}
+
+/// A request to `/ws` that is not a WebSocket upgrade is a 400
+/// `bad_request`, token or not.
+#[tokio::test]
+async fn a_plain_get_of_the_socket_path_is_a_bad_request() {
+    let cl = Cluster::start().await;
+    let url = cl.gw1.url.replacen("ws://", "http://", 1);
+    let r = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(token(&uid("alice")))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+    let r = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(token(&uid("alice")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+/// One frame read off the wire by [`RawSocket`].
+struct RawFrame {
+    fin: bool,
+    opcode: u8,
+    payload: Vec<u8>,
+}
+
+/// A WebSocket client that sees frames, not messages: the handshake and
+/// framing written out by hand (RFC 6455), so a test can check how the
+/// gateway cuts its messages.
+struct RawSocket(TcpStream);
+
+impl RawSocket {
+    async fn connect(ws_url: &str, token: &str) -> RawSocket {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = ws_url
+            .trim_start_matches("ws://")
+            .trim_end_matches("/ws")
+            .to_owned();
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(s.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        // RFC 6455 §1.3's worked example of the accept key.
+        assert!(
+            head.to_ascii_lowercase().contains(
+                "sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
+                    .to_ascii_lowercase()
+                    .as_str()
+            ) && head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "{head}"
+        );
+        RawSocket(s)
+    }
+
+    /// Sends one masked text frame (a zero mask: valid, and readable).
+    async fn send_text(&mut self, text: &str) {
+        use tokio::io::AsyncWriteExt;
+        let len = text.len();
+        assert!(len < 126);
+        let mut f = vec![0x81, 0x80 | len as u8, 0, 0, 0, 0];
+        f.extend_from_slice(text.as_bytes());
+        self.0.write_all(&f).await.unwrap();
+    }
+
+    async fn frame(&mut self) -> RawFrame {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            let b0 = self.0.read_u8().await.unwrap();
+            let b1 = self.0.read_u8().await.unwrap();
+            assert_eq!(b1 & 0x80, 0, "server frames are not masked");
+            let len = match b1 & 0x7f {
+                126 => u64::from(self.0.read_u16().await.unwrap()),
+                127 => self.0.read_u64().await.unwrap(),
+                n => u64::from(n),
+            };
+            let mut payload = vec![0; usize::try_from(len).unwrap()];
+            self.0.read_exact(&mut payload).await.unwrap();
+            RawFrame {
+                fin: b0 & 0x80 != 0,
+                opcode: b0 & 0x0f,
+                payload,
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("a frame within 10 s")
+    }
+
+    /// The next data message, put together from its frames, and how many
+    /// frames it came in (pings in between are skipped).
+    async fn message(&mut self) -> (Value, Vec<RawFrame>) {
+        let mut frames: Vec<RawFrame> = Vec::new();
+        loop {
+            let f = self.frame().await;
+            if f.opcode == 0x9 {
+                continue;
+            }
+            let fin = f.fin;
+            frames.push(f);
+            if fin {
+                break;
+            }
+        }
+        let bytes: Vec<u8> = frames.iter().flat_map(|f| f.payload.clone()).collect();
+        (serde_json::from_slice(&bytes).unwrap(), frames)
+    }
+}
+
+/// A long message reaches the client as one message cut into frames of at
+/// most 1 KiB (a text frame, then continuations, the last final), so the
+/// socket's write buffer stays small; a short one goes in one frame.
+#[tokio::test]
+async fn a_long_message_arrives_in_frames_of_at_most_one_kib() {
+    let cl = Cluster::start().await;
+    let alice = uid("alice");
+    let c = cl.community(&alice, &[]).await;
+    let mut raw = RawSocket::connect(&cl.gw1.url, &token(&alice)).await;
+    let (ready, frames) = raw.message().await;
+    assert_eq!(ready["type"], "ready");
+    assert_eq!(frames.len(), 1);
+    raw.send_text(
+        &json!({"type": "join-community", "ref": 1, "data": {"communityId": c}}).to_string(),
+    )
+    .await;
+    let (ack, _) = raw.message().await;
+    assert_eq!(ack["ref"], 1, "{ack}");
+
+    let long = "é".repeat(1500) + &"x".repeat(1000);
+    cl.post(&alice, &c, &long).await;
+    cl.post(&alice, &c, "short").await;
+    let (got, frames) = raw.message().await;
+    assert_eq!(got["data"]["message"]["content"], long.as_str());
+    assert!(frames.len() >= 4, "{} frames", frames.len());
+    assert_eq!(frames[0].opcode, 0x1, "a text frame first");
+    for f in &frames[1..] {
+        assert_eq!(f.opcode, 0x0, "then continuations");
+    }
+    assert!(frames.iter().all(|f| f.payload.len() <= 1024));
+    let (next, frames) = raw.message().await;
+    assert_eq!(next["data"]["message"]["content"], "short");
+    assert_eq!(frames.len(), 1);
 }
