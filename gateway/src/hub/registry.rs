@@ -36,18 +36,21 @@ const REVOCATIONS_REMEMBERED: usize = 16;
 /// memory is only allocated for users who receive notifications.
 const RECENT_NOTIFICATIONS: usize = 1024;
 
+/// A user with a connection (or an upgrade, or a held channel) here.
+///
+/// Kept small: there is one per connected user, and the map holding them
+/// is sized by its largest load (an entry of ~250 B cost ~430 B per
+/// connection in a map of 5,000 users). What only some users need lives
+/// in [`UserHistory`], allocated when first needed.
 #[derive(Default)]
 pub(super) struct UserEntry {
-    conns: HashMap<u64, Arc<ConnHandle>>,
+    /// The user's connections here (at most the per-user cap, so a list),
+    /// each with whether it asked for notifications.
+    conns: Vec<(Arc<ConnHandle>, bool)>,
     /// Upgrades admitted under the per-user cap but not connected yet.
     reserved: u32,
-    notify: HashSet<u64>,
-    /// The latest notification ids delivered, oldest first, and the same
-    /// ids as a set for O(1) lookups.
-    recent: VecDeque<Uuid>,
-    recent_set: HashSet<Uuid>,
-    /// The user's latest revocations: community and revocation epoch.
-    revoked: VecDeque<(Uuid, u64)>,
+    /// Notifications delivered and revocations seen, once there are any.
+    history: Option<Box<UserHistory>>,
     /// The user's channel is subscribed (or its subscribe is queued).
     subscribed: bool,
     /// The subscribe of the user's channel, while its outcome is unknown:
@@ -58,7 +61,23 @@ pub(super) struct UserEntry {
     channel_holds: u32,
 }
 
+/// The part of a [`UserEntry`] only users who get notifications or lose a
+/// membership need.
+#[derive(Default)]
+struct UserHistory {
+    /// The latest notification ids delivered, oldest first, and the same
+    /// ids as a set for O(1) lookups.
+    recent: VecDeque<Uuid>,
+    recent_set: HashSet<Uuid>,
+    /// The user's latest revocations: community and revocation epoch.
+    revoked: VecDeque<(Uuid, u64)>,
+}
+
 impl UserEntry {
+    fn history(&mut self) -> &mut UserHistory {
+        self.history.get_or_insert_default()
+    }
+
     /// Nothing needs the entry: no connection, upgrade or hold.
     fn unused(&self) -> bool {
         self.conns.is_empty() && self.reserved == 0 && self.channel_holds == 0
@@ -160,7 +179,7 @@ impl Hub {
                 slot.used = true;
                 e.reserved = e.reserved.saturating_sub(1);
             }
-            e.conns.insert(conn.id, conn.clone());
+            e.conns.push((conn.clone(), false));
             if std::mem::replace(&mut e.subscribed, true) {
                 e.subscribing.clone()
             } else {
@@ -214,8 +233,7 @@ impl Hub {
         {
             let mut users = lock(&self.inner.users);
             if let Some(e) = users.get_mut(&conn.user_id) {
-                e.conns.remove(&conn.id);
-                e.notify.remove(&conn.id);
+                e.conns.retain(|(c, _)| c.id != conn.id);
                 // Held whether or not other tabs remain: they may close
                 // before this grace ends, and the channel must still carry
                 // a revocation for the held presence.
@@ -269,16 +287,20 @@ impl Hub {
     /// Whether `user` lost membership of `community` after `epoch`.
     pub(super) fn revoked_since(&self, user: &str, community: Uuid, epoch: u64) -> bool {
         lock(&self.inner.users).get(user).is_some_and(|e| {
-            e.revoked
-                .iter()
-                .any(|&(c, at)| c == community && at > epoch)
+            e.history.as_ref().is_some_and(|h| {
+                h.revoked
+                    .iter()
+                    .any(|&(c, at)| c == community && at > epoch)
+            })
         })
     }
 
     /// Marks a connection as wanting `notification` events.
     pub fn subscribe_notifications(&self, conn: &ConnHandle) {
-        if let Some(e) = lock(&self.inner.users).get_mut(&conn.user_id) {
-            e.notify.insert(conn.id);
+        if let Some(e) = lock(&self.inner.users).get_mut(&conn.user_id)
+            && let Some((_, wants)) = e.conns.iter_mut().find(|(c, _)| c.id == conn.id)
+        {
+            *wants = true;
         }
     }
 
@@ -294,29 +316,26 @@ impl Hub {
         let e = users.get_mut(user)?;
         if let ServerEvent::MembershipRevoked(r) = event {
             let epoch = self.inner.revocations.fetch_add(1, Ordering::SeqCst) + 1;
-            if e.revoked.len() >= REVOCATIONS_REMEMBERED {
-                e.revoked.pop_front();
+            let h = e.history();
+            if h.revoked.len() >= REVOCATIONS_REMEMBERED {
+                h.revoked.pop_front();
             }
-            e.revoked.push_back((r.community_id, epoch));
+            h.revoked.push_back((r.community_id, epoch));
         }
         if let ServerEvent::Notification(n) = event {
             let id = n.notification.id;
-            if !e.recent_set.insert(id) {
+            let h = e.history();
+            if !h.recent_set.insert(id) {
                 metrics::counter!("chorus_gateway_duplicate_events_total").increment(1);
                 return None;
             }
-            if e.recent.len() >= RECENT_NOTIFICATIONS
-                && let Some(old) = e.recent.pop_front()
+            if h.recent.len() >= RECENT_NOTIFICATIONS
+                && let Some(old) = h.recent.pop_front()
             {
-                e.recent_set.remove(&old);
+                h.recent_set.remove(&old);
             }
-            e.recent.push_back(id);
+            h.recent.push_back(id);
         }
-        Some(
-            e.conns
-                .values()
-                .map(|c| (c.clone(), e.notify.contains(&c.id)))
-                .collect(),
-        )
+        Some(e.conns.clone())
     }
 }

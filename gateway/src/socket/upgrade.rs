@@ -128,21 +128,28 @@ impl WsUpgrade {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let on_upgrade = self.on_upgrade;
-        tokio::spawn(async move {
-            let upgraded = match on_upgrade.await {
-                Ok(u) => u,
+        // The handshake's state (hyper's pending upgrade, the config, and
+        // `serve` until called) lives in a boxed future, freed once the
+        // connection starts: a task keeps its captures for its whole life,
+        // and every idle connection would carry them.
+        let opening = Box::pin(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let io = TokioIo::new(upgraded);
+                    let socket =
+                        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                    Some(serve(socket))
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "upgrade failed");
-                    return;
+                    None
                 }
-            };
-            let socket = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(config),
-            )
-            .await;
-            serve(socket).await;
+            }
+        });
+        tokio::spawn(async move {
+            if let Some(connection) = opening.await {
+                connection.await;
+            }
         });
         let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let h = r.headers_mut();
