@@ -127,6 +127,8 @@ impl Session {
         // Recorded first: if the connection closes during the join (a
         // replay), `end` leaves the community and releases what the join
         // took.
+        // Grown one at a time: joins are rare, and an idle connection
+        // should not carry a doubled list's spare room.
         self.joined.reserve_exact(1);
         self.joined.push(community);
         let joined = match self

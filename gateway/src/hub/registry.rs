@@ -44,8 +44,10 @@ const RECENT_NOTIFICATIONS: usize = 1024;
 /// in [`UserHistory`], allocated when first needed.
 #[derive(Default)]
 pub(super) struct UserEntry {
-    /// The user's connections here (at most the per-user cap, so a list),
-    /// each with whether it asked for notifications.
+    /// The user's connections here, each with whether it asked for
+    /// notifications. A list: a user has a few (at most the per-user cap,
+    /// 32 by default; a deployment that turns the cap off accepts scans
+    /// as long as a user's own connections).
     conns: Vec<(Arc<ConnHandle>, bool)>,
     /// Upgrades admitted under the per-user cap but not connected yet.
     reserved: u32,

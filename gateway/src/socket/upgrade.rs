@@ -3,10 +3,14 @@
 //! Done here rather than by axum's `WebSocketUpgrade` so that the socket is
 //! tokio-tungstenite's own stream: axum's wrapper sends whole messages
 //! only, and the writer needs to send a long one as several frames (see
-//! `writer::FRAGMENT_BYTES`). The checks and the response are those of
-//! RFC 6455 for HTTP/1.1 (the gateway serves no HTTP/2).
+//! `writer::FRAGMENT_BYTES`). It checks what RFC 6455 §4.2.1 asks of the
+//! request line and headers that matter to a server (the method, the
+//! `Connection` and `Upgrade` tokens, version 13, a key) and answers as
+//! §4.2.2 says, for HTTP/1.1 (the gateway serves no HTTP/2); it does not
+//! check the key's form, which only the client's own check relies on.
 
 use std::fmt;
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -19,6 +23,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+/// How long hyper may take to hand over an answered upgrade (it waits for
+/// the request's body, if any, to be read): a client that never sends it
+/// must not hold its connection slot, and its token's expiry unchecked,
+/// for longer than it may take to send a request head.
+const UPGRADE_TIMEOUT: Duration = chorus_shared::http::HEADER_READ_TIMEOUT;
+
 /// An upgraded connection.
 pub type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -26,7 +36,9 @@ pub type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
 #[derive(Debug)]
 pub struct WsUpgrade {
     key: HeaderValue,
-    /// The subprotocols the client offered, in its order.
+    /// The `Sec-WebSocket-Protocol` header lines as sent (hyper caps a
+    /// request's header lines), split into protocols only when one is
+    /// selected: no allocation per listed protocol before authentication.
     offered: Vec<HeaderValue>,
     on_upgrade: OnUpgrade,
 }
@@ -34,6 +46,10 @@ pub struct WsUpgrade {
 /// Why a request is not a WebSocket upgrade: a 400 `bad_request`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotAnUpgrade(&'static str);
+
+/// The refusal of a WebSocket version other than 13, which RFC 6455 §4.4
+/// answers with the version the server speaks.
+const BAD_VERSION: NotAnUpgrade = NotAnUpgrade("expected Sec-WebSocket-Version: 13");
 
 impl fmt::Display for NotAnUpgrade {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -43,11 +59,18 @@ impl fmt::Display for NotAnUpgrade {
 
 impl IntoResponse for NotAnUpgrade {
     fn into_response(self) -> Response {
-        (
+        let mut r = (
             StatusCode::BAD_REQUEST,
             axum::Json(ErrorBody::new(ErrorCode::BadRequest, self.0)),
         )
-            .into_response()
+            .into_response();
+        if self == BAD_VERSION {
+            r.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        r
     }
 }
 
@@ -65,8 +88,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             .headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
             .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|p| HeaderValue::from_bytes(p.trim_ascii()).ok())
+            .cloned()
             .collect();
         let on_upgrade = parts
             .extensions
@@ -102,7 +124,7 @@ fn check(method: &Method, headers: &HeaderMap) -> Result<(), NotAnUpgrade> {
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_none_or(|v| v.as_bytes() != b"13")
     {
-        return Err(NotAnUpgrade("expected Sec-WebSocket-Version: 13"));
+        return Err(BAD_VERSION);
     }
     Ok(())
 }
@@ -110,9 +132,7 @@ fn check(method: &Method, headers: &HeaderMap) -> Result<(), NotAnUpgrade> {
 impl WsUpgrade {
     /// The first of `ours` (in our order of preference) the client offered.
     pub fn select(&self, ours: &[&'static str]) -> Option<&'static str> {
-        ours.iter()
-            .copied()
-            .find(|p| self.offered.iter().any(|o| o.as_bytes() == p.as_bytes()))
+        select(&self.offered, ours)
     }
 
     /// Answers 101 Switching Protocols and runs `serve` on the socket in a
@@ -133,15 +153,19 @@ impl WsUpgrade {
         // connection starts: a task keeps its captures for its whole life,
         // and every idle connection would carry them.
         let opening = Box::pin(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => {
+            match tokio::time::timeout(UPGRADE_TIMEOUT, on_upgrade).await {
+                Ok(Ok(upgraded)) => {
                     let io = TokioIo::new(upgraded);
                     let socket =
                         WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                     Some(serve(socket))
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, "upgrade failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!("upgrade not handed over in time");
                     None
                 }
             }
@@ -165,6 +189,18 @@ impl WsUpgrade {
     }
 }
 
+/// The first of `ours` that the comma-separated header lines `offered`
+/// list (tokens trimmed, compared exactly, as RFC 6455 §4.1 says).
+fn select(offered: &[HeaderValue], ours: &[&'static str]) -> Option<&'static str> {
+    ours.iter().copied().find(|p| {
+        offered.iter().any(|line| {
+            line.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii() == p.as_bytes())
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +222,29 @@ mod tests {
     #[test]
     fn accepts_what_browsers_send() {
         assert_eq!(check(&Method::GET, &headers(GOOD)), Ok(()));
+    }
+
+    /// Ours are preferred in our order, wherever the client lists them, on
+    /// one header line or several; tokens are whole and case-sensitive.
+    #[test]
+    fn selects_our_first_protocol_the_client_offers() {
+        let ours = ["chorus.msgpack", "chorus.json"];
+        let lines = |ls: &[&'static str]| -> Vec<HeaderValue> {
+            ls.iter().map(|l| HeaderValue::from_static(l)).collect()
+        };
+        assert_eq!(select(&lines(&[]), &ours), None);
+        assert_eq!(
+            select(&lines(&["chorus.json, chorus.msgpack"]), &ours),
+            Some("chorus.msgpack")
+        );
+        assert_eq!(
+            select(&lines(&["soap", " chorus.json ,wamp"]), &ours),
+            Some("chorus.json")
+        );
+        assert_eq!(
+            select(&lines(&["chorus.jsonx", "Chorus.Json"]), &ours),
+            None
+        );
     }
 
     #[test]

@@ -17,8 +17,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
+use futures_util::{Sink, SinkExt};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -68,12 +68,13 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
     reason = "an async fn would store its arguments twice in the task"
 )]
 pub(super) fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+    sink: SplitSink<WebSocket, Message>,
     mut rx: OutboundRx,
     handle: Arc<ConnHandle>,
     config: Arc<SocketConfig>,
 ) -> impl Future<Output = ()> + Send {
     async move {
+        let mut out = Out { sink, rest: None };
         let mut next_ping = tokio::time::Instant::now() + config.heartbeat;
         let timer = tokio::time::sleep_until(
             next_ping
@@ -101,7 +102,7 @@ pub(super) fn write_loop(
                         // Like every write, a ping must not hold up a close
                         // when the client has stopped reading.
                         let ping = async {
-                            bounded(sink.send(Message::Ping(bytes::Bytes::new())))
+                            bounded(out.sink.send(Message::Ping(bytes::Bytes::new())))
                                 .await
                                 .err()
                                 .unwrap_or(Written::All)
@@ -119,7 +120,7 @@ pub(super) fn write_loop(
                 }
                 frame = rx.recv() => {
                     let Some(frame) = frame else { break close::NORMAL };
-                    let batch = write_batch(&mut sink, &mut rx, &handle, frame);
+                    let batch = write_batch(&mut out, &mut rx, &handle, frame);
                     match Box::pin(guarded(batch, &handle, closed.as_mut())).await.then(&handle) {
                         Then::Continue => {}
                         Then::Close(code) => break code,
@@ -128,7 +129,7 @@ pub(super) fn write_loop(
                 }
             }
         };
-        Box::pin(finish(&mut sink, &mut rx, handle.encoding, code)).await;
+        Box::pin(finish(&mut out, &mut rx, handle.encoding, code)).await;
     }
 }
 
@@ -237,8 +238,8 @@ async fn on_socket<T>(handle: &ConnHandle, op: impl Future<Output = T>) -> T {
 /// Writes `first` and whatever else is queued, then flushes once. Each
 /// frame is written straight to the socket (no write buffer), so each
 /// write finishing is progress.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
+async fn write_batch<S: Sink<Message, Error = WsError> + Unpin>(
+    out: &mut Out<S>,
     rx: &mut OutboundRx,
     handle: &ConnHandle,
     first: Outbound,
@@ -247,55 +248,103 @@ async fn write_batch(
     let r = async {
         let message = first.get(encoding);
         handle.dequeued(&first);
-        bounded(on_socket(handle, feed(sink, message))).await?;
+        bounded(on_socket(handle, out.feed(message))).await?;
         first.written();
         for _ in 1..WRITE_BATCH {
             let Ok(next) = rx.try_recv() else { break };
             let message = next.get(encoding);
             handle.dequeued(&next);
-            bounded(on_socket(handle, feed(sink, message))).await?;
+            bounded(on_socket(handle, out.feed(message))).await?;
             next.written();
         }
-        bounded(on_socket(handle, sink.flush())).await
+        bounded(on_socket(handle, out.sink.flush())).await
     }
     .await;
     r.err().unwrap_or(Written::All)
 }
 
-/// Writes one message, in frames of at most [`FRAGMENT_BYTES`].
-async fn feed(sink: &mut SplitSink<WebSocket, Message>, message: Message) -> Result<(), WsError> {
-    let (data, payload) = match message {
-        Message::Text(t) if t.len() > FRAGMENT_BYTES => (Data::Text, Bytes::from(t)),
-        Message::Binary(b) if b.len() > FRAGMENT_BYTES => (Data::Binary, b),
-        whole => return sink.feed(whole).await,
-    };
-    for frame in fragments(data, payload) {
-        sink.feed(Message::Frame(frame)).await?;
+/// The socket's sink, and what is left of a message being sent in parts.
+struct Out<S> {
+    sink: S,
+    /// The parts of a long message not yet handed to the sink. A write cut
+    /// off between two parts (by a close or the token's expiry) leaves them
+    /// here, and [`finish`] sends them before anything else: no other data
+    /// frame may come between the parts of one message (RFC 6455 §5.4).
+    /// Boxed: every idle connection carries this field.
+    rest: Option<Box<Fragments>>,
+}
+
+impl<S: Sink<Message, Error = WsError> + Unpin> Out<S> {
+    /// Writes one message, in frames of at most [`FRAGMENT_BYTES`].
+    async fn feed(&mut self, message: Message) -> Result<(), WsError> {
+        let (data, payload) = match message {
+            Message::Text(t) if t.len() > FRAGMENT_BYTES => (Data::Text, Bytes::from(t)),
+            Message::Binary(b) if b.len() > FRAGMENT_BYTES => (Data::Binary, b),
+            whole => return self.sink.feed(whole).await,
+        };
+        self.rest = Some(Box::new(Fragments::new(data, payload)));
+        self.feed_rest().await
     }
-    Ok(())
+
+    /// Hands the sink the rest of a message being sent in parts. A part is
+    /// taken only once the sink is ready for it and handed over at once, so
+    /// a call cut off at any point loses none.
+    async fn feed_rest(&mut self) -> Result<(), WsError> {
+        while let Some(rest) = self.rest.as_mut() {
+            std::future::poll_fn(|cx| self.sink.poll_ready_unpin(cx)).await?;
+            let frame = rest.next();
+            if frame.as_ref().is_none_or(|f| f.header().is_final) {
+                self.rest = None;
+            }
+            if let Some(frame) = frame {
+                self.sink.start_send_unpin(Message::Frame(frame))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A long message as a first frame of its type, then continuation frames,
 /// the last one final; each payload at most [`FRAGMENT_BYTES`] (slices of
-/// `payload`, not copies). A text message may be cut inside a character:
-/// only the whole message must be UTF-8.
-fn fragments(data: Data, mut payload: Bytes) -> impl Iterator<Item = Frame> {
-    let mut opcode = OpCode::Data(data);
-    std::iter::from_fn(move || {
-        if payload.is_empty() {
-            return None;
-        }
-        let chunk = payload.split_to(payload.len().min(FRAGMENT_BYTES));
-        let frame = Frame::message(chunk, opcode, payload.is_empty());
-        opcode = OpCode::Data(Data::Continue);
-        Some(frame)
-    })
+/// the message, not copies). A text message may be cut inside a
+/// character: only the whole message must be UTF-8.
+#[derive(Debug)]
+struct Fragments {
+    opcode: OpCode,
+    payload: Bytes,
 }
 
-/// Sends what is still queued (not for a slow consumer), then the close
-/// frame, bounded in time; then the socket is dropped.
-async fn finish(
-    sink: &mut SplitSink<WebSocket, Message>,
+impl Fragments {
+    fn new(data: Data, payload: Bytes) -> Self {
+        Fragments {
+            opcode: OpCode::Data(data),
+            payload,
+        }
+    }
+}
+
+impl Iterator for Fragments {
+    type Item = Frame;
+
+    fn next(&mut self) -> Option<Frame> {
+        if self.payload.is_empty() {
+            return None;
+        }
+        let chunk = self
+            .payload
+            .split_to(self.payload.len().min(FRAGMENT_BYTES));
+        let frame = Frame::message(chunk, self.opcode, self.payload.is_empty());
+        self.opcode = OpCode::Data(Data::Continue);
+        Some(frame)
+    }
+}
+
+/// Finishes a message cut off in parts, sends what is still queued (not
+/// for a slow consumer), then the close frame, bounded in time; then the
+/// socket is dropped. A slow consumer's close may come between two parts
+/// of a message: control frames may.
+async fn finish<S: Sink<Message, Error = WsError> + Unpin>(
+    out: &mut Out<S>,
     rx: &mut OutboundRx,
     encoding: Encoding,
     code: u16,
@@ -303,13 +352,17 @@ async fn finish(
     metrics::counter!("chorus_gateway_closes_total", "code" => close::label(code)).increment(1);
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         if code != close::SLOW_CONSUMER {
+            if out.feed_rest().await.is_err() {
+                return;
+            }
             while let Ok(m) = rx.try_recv() {
-                if feed(sink, m.get(encoding)).await.is_err() {
+                if out.feed(m.get(encoding)).await.is_err() {
                     return;
                 }
             }
         }
-        let _ = sink
+        let _ = out
+            .sink
             .send(Message::Close(Some(CloseFrame {
                 code: CloseCode::from(code),
                 reason: close::reason(code).into(),
@@ -357,7 +410,7 @@ mod tests {
     #[test]
     fn a_long_message_goes_as_frames_of_at_most_the_bound() {
         let text: String = "héllo wörld ".repeat(300);
-        let frames: Vec<Frame> = fragments(Data::Text, Bytes::from(text.clone())).collect();
+        let frames: Vec<Frame> = Fragments::new(Data::Text, Bytes::from(text.clone())).collect();
         assert_eq!(frames.len(), text.len().div_ceil(FRAGMENT_BYTES));
         let mut joined = Vec::new();
         for (i, f) in frames.iter().enumerate() {
@@ -369,6 +422,58 @@ mod tests {
             joined.extend_from_slice(f.payload());
         }
         assert_eq!(joined, text.as_bytes());
+    }
+
+    /// A close that cuts off a long message between two parts (the client
+    /// is not reading) still sends the rest of it before the queued
+    /// messages and the close frame: a new message in between would be a
+    /// protocol error to the client.
+    #[tokio::test]
+    async fn a_close_during_a_long_message_finishes_it_first() {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::WebSocketStream;
+        use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+        // A pipe that holds 64 bytes: the first part fills it.
+        let (server_io, client_io) = tokio::io::duplex(64);
+        let config = WebSocketConfig::default().write_buffer_size(0);
+        let server = WebSocketStream::from_raw_socket(server_io, Role::Server, Some(config)).await;
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        let (sink, _stream) = server.split();
+        let mut out = Out { sink, rest: None };
+        let long = "x".repeat(5 * FRAGMENT_BYTES);
+        {
+            let feed = out.feed(Message::Text(long.clone().into()));
+            let mut feed = std::pin::pin!(feed);
+            assert!(futures_util::poll!(feed.as_mut()).is_pending());
+        }
+        assert!(out.rest.is_some(), "cut off between two parts");
+
+        let expiry = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let (handle, mut rx) = ConnHandle::new(1, "u", "U", Encoding::Json, 4, expiry);
+        assert!(handle.push(Message::Text("after".into())));
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(m) = client.next().await {
+                let m = m.map_err(|e| e.to_string());
+                let end = !matches!(m, Ok(Message::Text(_)));
+                got.push(m);
+                if end {
+                    break;
+                }
+            }
+            got
+        });
+        finish(&mut out, &mut rx, Encoding::Json, close::DRAINING).await;
+        let got = reader.await.expect("reader");
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0], Ok(Message::Text(long.into())));
+        assert_eq!(got[1], Ok(Message::Text("after".into())));
+        assert!(
+            matches!(&got[2], Ok(Message::Close(Some(f))) if u16::from(f.code) == close::DRAINING),
+            "{:?}",
+            got[2]
+        );
     }
 
     /// A socket operation that makes no progress counts as stalled after

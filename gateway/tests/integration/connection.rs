@@ -354,7 +354,8 @@ async fn connections_per_user_are_capped_before_the_upgrade() {
 }
 
 /// A request to `/ws` that is not a WebSocket upgrade is a 400
-/// `bad_request`, token or not.
+/// `bad_request`, even with a valid token; a wrong version is told the
+/// one the gateway speaks.
 #[tokio::test]
 async fn a_plain_get_of_the_socket_path_is_a_bad_request() {
     let cl = Cluster::start().await;
@@ -370,6 +371,7 @@ async fn a_plain_get_of_the_socket_path_is_a_bad_request() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["sec-websocket-version"], "13");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "bad_request");
     let r = reqwest::Client::new()
