@@ -17,6 +17,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chorus_shared::error::{ErrorBody, ErrorCode};
+use futures_util::FutureExt;
+use futures_util::future::OptionFuture;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
@@ -170,11 +172,9 @@ impl WsUpgrade {
                 }
             }
         });
-        tokio::spawn(async move {
-            if let Some(connection) = opening.await {
-                connection.await;
-            }
-        });
+        // A combinator, not an `async` block: one awaiting `opening` and
+        // then its output would store the connection's future twice.
+        tokio::spawn(opening.then(OptionFuture::from));
         let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let h = r.headers_mut();
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
