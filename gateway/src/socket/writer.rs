@@ -292,13 +292,14 @@ impl<S: Sink<Message, Error = WsError> + Unpin> Out<S> {
     async fn feed_rest(&mut self) -> Result<(), WsError> {
         while let Some(rest) = self.rest.as_mut() {
             std::future::poll_fn(|cx| self.sink.poll_ready_unpin(cx)).await?;
-            let frame = rest.next();
-            if frame.as_ref().is_none_or(|f| f.header().is_final) {
+            let Some(frame) = rest.next() else {
+                self.rest = None;
+                continue;
+            };
+            if frame.header().is_final {
                 self.rest = None;
             }
-            if let Some(frame) = frame {
-                self.sink.start_send_unpin(Message::Frame(frame))?;
-            }
+            self.sink.start_send_unpin(Message::Frame(frame))?;
         }
         Ok(())
     }
