@@ -1,6 +1,12 @@
 //! Side by side: figures of the same scenarios from several runs' `--json`
 //! files (Chorus first, then the peers), each as a value and as the ratio
 //! of the first to it, in a Markdown table for `BENCHMARKS.md`.
+//!
+//! A label may name the same scenario in several files (rounds of the same
+//! set, run alternating with the peers): its cell is then the median, with
+//! the lowest and highest value beside it, and ratios are of medians. One
+//! sitting moves a figure by 10-20 % on a small shared machine; the median
+//! of alternating rounds is what a side-by-side claim should rest on.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,22 +16,35 @@ use serde_json::Value;
 
 use crate::outcome::fmt;
 
-/// `(scenario, figure) → unit, value per run`.
-type Rows = BTreeMap<(String, String), (String, Vec<Option<f64>>)>;
+/// `(scenario, figure) → unit, the values of each run (one per round)`.
+type Rows = BTreeMap<(String, String), (String, Vec<Vec<f64>>)>;
 
-/// Reads `label=file` runs and renders the table.
+/// Reads `label=file[,file…]` runs and renders the table.
 pub fn table(runs: &[String]) -> anyhow::Result<String> {
     let mut labels = Vec::new();
-    let mut rows: Rows = BTreeMap::new();
-    let mut order: Vec<(String, String)> = Vec::new();
-    for (i, run) in runs.iter().enumerate() {
+    let mut texts = Vec::new();
+    for run in runs {
         let (label, files) = run
             .split_once('=')
             .with_context(|| format!("expected label=file.json[,file.json…], got {run:?}"))?;
         labels.push(label.to_owned());
+        let mut these = Vec::new();
         for file in files.split(',') {
             let text = std::fs::read_to_string(file).with_context(|| format!("read {file}"))?;
             let v: Value = serde_json::from_str(&text).with_context(|| format!("parse {file}"))?;
+            these.push(v);
+        }
+        texts.push(these);
+    }
+    Ok(render(&labels, &texts))
+}
+
+/// The table of `runs[i]`'s outcomes, labelled `labels[i]`.
+fn render(labels: &[String], runs: &[Vec<Value>]) -> String {
+    let mut rows: Rows = BTreeMap::new();
+    let mut order: Vec<(String, String)> = Vec::new();
+    for (i, files) in runs.iter().enumerate() {
+        for v in files {
             for o in v["outcomes"].as_array().into_iter().flatten() {
                 let scenario = o["scenario"].as_str().unwrap_or("?").to_owned();
                 for f in o["figures"].as_array().into_iter().flatten() {
@@ -37,17 +56,30 @@ pub fn table(runs: &[String]) -> anyhow::Result<String> {
                         order.push(key.clone());
                         (
                             f["unit"].as_str().unwrap_or("").to_owned(),
-                            vec![None; runs.len()],
+                            vec![Vec::new(); runs.len()],
                         )
                     });
-                    entry.1[i] = f["value"].as_f64();
+                    if let Some(x) = f["value"].as_f64() {
+                        entry.1[i].push(x);
+                    }
                 }
             }
         }
     }
+    let rounds = rows
+        .values()
+        .flat_map(|(_, values)| values.iter().map(Vec::len))
+        .max()
+        .unwrap_or(0);
     let mut s = String::new();
+    if rounds > 1 {
+        let _ = writeln!(
+            s,
+            "Medians of up to {rounds} rounds, lowest and highest in brackets; ratios of medians.\n"
+        );
+    }
     let _ = write!(s, "| scenario | figure | unit |");
-    for l in &labels {
+    for l in labels {
         let _ = write!(s, " {l} |");
     }
     for l in labels.iter().skip(1) {
@@ -65,10 +97,11 @@ pub fn table(runs: &[String]) -> anyhow::Result<String> {
             key.1.trim_start_matches(['…', ' '])
         );
         for v in values {
-            let _ = write!(s, " {} |", v.map_or("–".into(), fmt));
+            let _ = write!(s, " {} |", cell(v));
         }
-        for v in values.iter().skip(1) {
-            let ratio = match (values[0], v) {
+        let medians: Vec<Option<f64>> = values.iter().map(|v| median(v)).collect();
+        for m in medians.iter().skip(1) {
+            let ratio = match (medians[0], m) {
                 (Some(a), Some(b)) if *b != 0.0 => format!("{:.2}", a / b),
                 _ => "–".into(),
             };
@@ -76,5 +109,114 @@ pub fn table(runs: &[String]) -> anyhow::Result<String> {
         }
         s.push('\n');
     }
-    Ok(s)
+    s
+}
+
+/// The median (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// One value as it is; several as the median and their range (unless
+/// they all print alike).
+fn cell(values: &[f64]) -> String {
+    let Some(m) = median(values) else {
+        return "–".into();
+    };
+    let lo = fmt(values.iter().copied().fold(f64::INFINITY, f64::min));
+    let hi = fmt(values.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+    if lo == hi {
+        return fmt(m);
+    }
+    format!("{} ({lo}–{hi})", fmt(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn outcome(scenario: &str, figures: &[(&str, f64)]) -> Value {
+        json!({"outcomes": [{
+            "scenario": scenario,
+            "figures": figures
+                .iter()
+                .map(|(name, value)| json!({"name": name, "unit": "µs", "value": value}))
+                .collect::<Vec<_>>(),
+        }]})
+    }
+
+    fn labels() -> Vec<String> {
+        vec!["chorus".into(), "peer".into()]
+    }
+
+    #[test]
+    fn one_round_is_shown_as_it_is_with_its_ratio() {
+        let t = render(
+            &labels(),
+            &[
+                vec![outcome("small-rooms", &[("per delivery", 30.0)])],
+                vec![outcome("small-rooms", &[("per delivery", 24.0)])],
+            ],
+        );
+        assert!(!t.contains("Medians"), "{t}");
+        assert!(
+            t.contains("| small-rooms | per delivery | µs | 30.0 | 24.0 | 1.25 |"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn rounds_are_medians_with_their_range_and_ratios_of_medians() {
+        let t = render(
+            &labels(),
+            &[
+                vec![
+                    outcome("small-rooms", &[("per delivery", 30.0), ("joined", 10.0)]),
+                    outcome("small-rooms", &[("per delivery", 40.0), ("joined", 10.0)]),
+                    outcome("small-rooms", &[("per delivery", 28.0), ("joined", 10.0)]),
+                ],
+                vec![
+                    outcome("small-rooms", &[("per delivery", 24.0), ("joined", 10.0)]),
+                    outcome("small-rooms", &[("per delivery", 26.0), ("joined", 10.0)]),
+                ],
+            ],
+        );
+        assert!(t.starts_with("Medians of up to 3 rounds"), "{t}");
+        assert!(
+            t.contains("| 30.0 (28.0–40.0) | 25.0 (24.0–26.0) | 1.20 |"),
+            "{t}"
+        );
+        assert!(t.contains("| joined | µs | 10.0 | 10.0 | 1.00 |"), "{t}");
+    }
+
+    #[test]
+    fn a_figure_missing_from_a_run_is_a_dash() {
+        let t = render(
+            &labels(),
+            &[
+                vec![outcome("idle", &[("memory", 6.0), ("joins", 5.0)])],
+                vec![outcome("idle", &[("memory", 24.0)])],
+            ],
+        );
+        assert!(
+            t.contains("| idle | memory | µs | 6.00 | 24.0 | 0.25 |"),
+            "{t}"
+        );
+        assert!(t.contains("| idle | joins | µs | 5.00 | – | – |"), "{t}");
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
 }
