@@ -96,9 +96,7 @@ chorus_services_start() {
     CHORUS_PG_PORT=${CHORUS_PG_PORT:-$(chorus_free_port)}
     CHORUS_REDIS_PORT=${CHORUS_REDIS_PORT:-$(chorus_free_port)}
 
-    local fresh=""
     if [ ! -f "$dir/pg/PG_VERSION" ]; then
-        fresh=1
         mkdir -p "$dir/pg"
         [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$dir/pg"
         chorus_as_pg "$bindir/initdb" -D "$dir/pg" -U chorus --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 \
@@ -130,25 +128,26 @@ chorus_services_start() {
     export DATABASE_URL="postgres://chorus@127.0.0.1:$CHORUS_PG_PORT/chorus"
     export REDIS_URL="redis://127.0.0.1:$CHORUS_REDIS_PORT"
     export CHORUS_PG_BIN CHORUS_SERVICES_DIR
-    if [ "$durability" = durable ] && [ -n "$fresh" ]; then
-        chorus_pg_recycle_wal || return 1
-    fi
 }
 
-# Gives a new durable Postgres (the load runs' and `measure-post-cost`'s)
-# the recycled WAL segments a server that has been running has. A new
-# cluster has none: each time its WAL fills a 16 MB
-# segment, the next one is created and zero-filled and fsynced while the
-# switch holds every commit back (measured: one second of a load run with
-# a p99 near 50 ms, at each switch). A server that has run through a
-# checkpoint renames old segments for reuse instead (up to `min_wal_size`,
-# 80 MB by default), as the peers' Postgres, which keeps its data directory
-# between runs, does. Six switches and a checkpoint leave five segments
-# ready; load runs measure the steady state, not a new database's first
-# minutes.
+# Gives the Postgres just started the recycled WAL segments a server that
+# has been running has; the load runs (`loadtest/cluster`,
+# `scripts/measure-post-cost`) call it on their new clusters. A new cluster
+# has none: each time its WAL fills a 16 MB segment, the next one is
+# created, zero-filled and fsynced while the switch holds every commit back
+# (measured: one second of a load run with a p99 near 50 ms at each
+# switch). A server that has run through checkpoints renames its old
+# segments for reuse instead, as the peers' Postgres, which keeps its data
+# directory between runs, does. At a checkpoint Postgres keeps for reuse
+# about twice the WAL written since the one before (at least
+# `min_wal_size`, at most `max_wal_size`, 80 MB and 1 GB by default), so
+# SEGMENTS switches (default 24, 384 MB: more than the heaviest run,
+# `throughput`, writes) and a checkpoint leave that many ready. About a
+# second, once per cluster.
 chorus_pg_recycle_wal() {
-    chorus_as_pg "$CHORUS_PG_BIN/psql" -X -q -h 127.0.0.1 -p "$CHORUS_PG_PORT" -U chorus -d postgres \
-        -c "do \$\$ begin for i in 1 .. 6 loop create table chorus_wal_warmup (x int); drop table chorus_wal_warmup; perform pg_switch_wal(); end loop; end \$\$" \
+    local segments=${1:-24}
+    chorus_as_pg "$CHORUS_PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$CHORUS_PG_PORT" -U chorus -d postgres \
+        -c "do \$\$ begin for i in 1 .. $segments loop create table chorus_wal_warmup (x int); drop table chorus_wal_warmup; perform pg_switch_wal(); end loop; end \$\$" \
         -c "checkpoint" >/dev/null
 }
 

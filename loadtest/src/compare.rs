@@ -214,6 +214,13 @@ mod tests {
     }
 
     #[test]
+    fn a_range_that_prints_as_one_value_is_one_value() {
+        assert_eq!(cell(&[716.9, 717.2]), "717");
+        assert_eq!(cell(&[716.0, 718.0]), "717 (716–718)");
+        assert_eq!(cell(&[]), "–");
+    }
+
+    #[test]
     fn medians_of_odd_and_even_counts() {
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));

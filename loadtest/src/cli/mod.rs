@@ -144,10 +144,11 @@ enum Cmd {
         #[arg(long, default_value_t = 250)]
         frame_bytes: usize,
     },
-    /// Side-by-side table of `--json` outputs (the first file is Chorus):
-    /// each figure per target and as a ratio to the first.
+    /// Side-by-side table of `--json` outputs (the first label is Chorus):
+    /// each figure per target and as a ratio to the first; several files
+    /// of one scenario under one label (rounds) give its median and range.
     Compare {
-        /// `label=file.json`, repeatable; the first is the reference.
+        /// `label=file.json[,file.json…]`, repeatable; the first is the reference.
         #[arg(required = true)]
         runs: Vec<String>,
     },
