@@ -199,8 +199,8 @@ where
 /// heartbeat and all of it, then every heartbeat. Connections made
 /// together (a load test, a reconnect storm: 20,000 in 3 s) would
 /// otherwise be pinged together at every heartbeat, each wave a burst of
-/// writes and pong reads on top of live traffic (measured: a second with a
-/// p99 of 10-12 ms in small rooms, 25 s after connecting). Spread from the
+/// writes and pong reads on top of live traffic (small-room load runs had
+/// their worst seconds, 9-12 ms at p99, when the waves fell). Spread from the
 /// connection id by Fibonacci hashing, so consecutive ids land evenly
 /// apart without a random source; no ping comes later than `heartbeatMs`.
 fn first_ping(heartbeat: Duration, conn_id: u64) -> Duration {
@@ -391,6 +391,7 @@ async fn finish<S: Sink<Message, Error = WsError> + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Encoding;
 
     #[test]
     fn first_pings_are_spread_over_the_second_half_of_the_heartbeat() {
@@ -406,7 +407,6 @@ mod tests {
         // holds a tenth of them, give or take a few.
         assert!(tenths.iter().all(|n| (90..=110).contains(n)), "{tenths:?}");
     }
-    use crate::codec::Encoding;
 
     /// A write blocked on a client that stopped reading still ends at the
     /// token's expiry (1008), not when the write gives up.

@@ -416,14 +416,12 @@ impl RawSocket {
         let head = String::from_utf8(head).unwrap();
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         // RFC 6455 §1.3's worked example of the accept key.
-        assert!(
-            head.to_ascii_lowercase().contains(
-                "sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
-                    .to_ascii_lowercase()
-                    .as_str()
-            ) && head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
-            "{head}"
-        );
+        let accept = head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-accept")
+                .then(|| value.trim())
+        });
+        assert_eq!(accept, Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
         RawSocket(s)
     }
 
