@@ -21,8 +21,8 @@
 //!
 //! The publisher is its own component, apart from the [`crate::store`]:
 //! [`run_publisher`] owns an [`OutboxSource`] ([`OutboxStore`] in
-//! production, the Postgres side: advisory lock, unpublished rows, marking,
-//! retention purge; in `postgres.rs`) and an [`OutboxSink`] ([`RedisSink`]
+//! production, the Postgres side: advisory lock, unpublished rows, marking
+//! (which deletes a published row), purge; in `postgres.rs`) and an [`OutboxSink`] ([`RedisSink`]
 //! in production; in `redis.rs`).
 
 mod direct;

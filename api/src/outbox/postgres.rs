@@ -1,9 +1,11 @@
 //! The Postgres side of the outbox publisher: under an advisory lock that
 //! admits one publisher across all replicas, read unpublished rows in id
 //! order, publish them through the sink, and mark what it accepted; and
-//! the periodic retention purge. The rows themselves are written by the
-//! store's write transactions (`store::postgres::enqueue`, and the
-//! `chorus_post_messages` function).
+//! the periodic purge. Marking an event published deletes its row:
+//! nothing reads a published row, and a delete writes far less than an
+//! update of it would (see `20261207000001_published_events_deleted.sql`).
+//! The rows themselves are written by the store's write transactions
+//! (`store::postgres::enqueue`, and the `chorus_post_messages` function).
 //!
 //! The publisher has a session of its own, outside the pool, and keeps the
 //! lock while events keep coming: a pass under load is two statements (the
@@ -49,9 +51,6 @@ use crate::store::purge_idempotency_keys;
 /// Advisory lock key held by the one outbox publisher running at a time
 /// across replicas ("chorus-outbox" in ASCII, truncated).
 pub const OUTBOX_LOCK_KEY: i64 = 0x6368_6f72_7573_6f62;
-
-/// How long published outbox rows are kept for inspection before purging.
-const OUTBOX_RETENTION_MIN: i64 = 60;
 
 /// What the publisher needs of Postgres: the API's pool's settings (and
 /// the pool, for the purge) and its own session.
@@ -200,7 +199,7 @@ impl Session {
         }
         if !published.is_empty() {
             let ids: Vec<i64> = published.iter().map(|r| r.0).collect();
-            sqlx::query("update outbox set published_at = now() where id = any($1)")
+            sqlx::query("delete from outbox where id = any($1)")
                 .bind(&ids)
                 .execute(&mut self.conn)
                 .await?;
@@ -268,12 +267,12 @@ impl OutboxSource for OutboxStore {
         pass
     }
 
-    /// Deletes published outbox rows and idempotency records past their
-    /// retention (the publisher is the API's one periodic task, so it runs
-    /// both), and updates the pending-events gauge.
+    /// Deletes outbox rows marked published by API versions that kept them
+    /// (a rolling upgrade's older processes) and idempotency records past
+    /// their retention (the publisher is the API's one periodic task, so it
+    /// runs both), and updates the pending-events gauge.
     async fn purge_expired(&self) -> Result<(), ApiError> {
-        sqlx::query("delete from outbox where published_at < now() - make_interval(mins => $1)")
-            .bind(OUTBOX_RETENTION_MIN as i32)
+        sqlx::query("delete from outbox where published_at is not null")
             .execute(&self.pool)
             .await?;
         purge_idempotency_keys(&self.pool).await?;

@@ -1,7 +1,7 @@
 //! Publishing through the outbox: every committed event reaches Redis, in
 //! seq order, decodable, also across a Redis outage and an API restart.
 
-use chorus_api::outbox::OUTBOX_LOCK_KEY;
+use chorus_api::outbox::{OUTBOX_LOCK_KEY, OutboxSource, OutboxStore};
 use chorus_shared::envelope::{community_channel, user_channel};
 use chorus_shared::protocol::ServerEvent;
 use chorus_testkit::{AdvisoryLock, OwnRedis, free_port};
@@ -375,8 +375,9 @@ async fn marking_skips_rows_another_session_holds() {
     .fetch_one(&pool)
     .await
     .unwrap();
+    // A mark deletes the row.
     let published = || async {
-        sqlx::query_scalar::<_, bool>("select published_at is not null from outbox where id = $1")
+        sqlx::query_scalar::<_, bool>("select not exists (select 1 from outbox where id = $1)")
             .bind(id)
             .fetch_one(&pool)
             .await
@@ -412,18 +413,47 @@ async fn marking_skips_rows_another_session_holds() {
     mark().await;
     assert!(published().await, "marked once free");
 
-    // A row another session marked already keeps its mark.
-    let marked_at = || async {
-        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
-            "select published_at from outbox where id = $1",
-        )
-        .bind(id)
-        .fetch_one(&pool)
-        .await
-        .unwrap()
+    // A row an API process of the previous version marked (by update,
+    // during a rolling upgrade) is left to the purge: the mark above
+    // deletes only unpublished rows.
+    let old_mark: i64 = sqlx::query_scalar(
+        "insert into outbox (channel, payload, published_at) values ('chorus:marking-test', '\\x00', now()) returning id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let unpublished: i64 = sqlx::query_scalar(
+        "insert into outbox (channel, payload) values ('chorus:marking-test', '\\x00') returning id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let left = || async {
+        sqlx::query_scalar::<_, i64>("select id from outbox where id = any($1) order by id")
+            .bind(vec![old_mark, unpublished])
+            .fetch_all(&pool)
+            .await
+            .unwrap()
     };
-    let first = marked_at().await;
-    mark().await;
-    assert_eq!(marked_at().await, first, "a marked row is left as it is");
+    let mark_old = || async {
+        sqlx::query(
+            "select seqs from chorus_post_messages_direct(array[$1::bigint], '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}')",
+        )
+        .bind(old_mark)
+        .execute(&pool)
+        .await
+        .unwrap();
+    };
+    mark_old().await;
+    assert_eq!(left().await, [old_mark, unpublished]);
+    OutboxStore::new(pool.clone(), None)
+        .purge_expired()
+        .await
+        .unwrap();
+    assert_eq!(
+        left().await,
+        [unpublished],
+        "the purge deletes the old version's marked rows, and only those"
+    );
     lock.release().await;
 }

@@ -76,7 +76,7 @@ impl Publishing {
 
     /// Marks what is pending in a statement of its own, committed without
     /// waiting for the WAL flush (a mark lost in a crash only publishes the
-    /// event again).
+    /// event again). A mark deletes the row: nothing reads a published one.
     pub(super) async fn mark_alone(
         &self,
         options: &PgConnectOptions,
@@ -92,7 +92,7 @@ impl Publishing {
         // Rows another session is marking are skipped (see the function's
         // migration): waiting for them could deadlock.
         let sql = format!(
-            "set local synchronous_commit = off; update outbox set published_at = now() where id in (select id from outbox where id = any('{{{}}}'::bigint[]) and published_at is null for update skip locked)",
+            "set local synchronous_commit = off; delete from outbox where id in (select id from outbox where id = any('{{{}}}'::bigint[]) and published_at is null for update skip locked)",
             ids.join(",")
         );
         let result = match connected(options, session).await {
