@@ -189,6 +189,7 @@ pub async fn run_with(
             command_rate: args.ws_command_rate,
             command_burst: args.ws_command_burst,
             heartbeat: args.heartbeat.max(MIN_CONNECTION_TIMER),
+            started: tokio::time::Instant::now(),
             idle_timeout: args.idle_timeout.max(MIN_CONNECTION_TIMER),
         },
     });

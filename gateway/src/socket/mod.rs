@@ -36,6 +36,9 @@ pub struct SocketConfig {
     pub command_burst: u32,
     /// Interval of server WebSocket pings.
     pub heartbeat: Duration,
+    /// When the gateway started: the origin of the grid pings fall on
+    /// (`writer::on_ping_grid`).
+    pub started: tokio::time::Instant,
     /// How long a silent client is kept.
     pub idle_timeout: Duration,
 }
