@@ -120,15 +120,23 @@ impl Envelope {
     }
 
     /// Decodes from MessagePack, refusing versions newer than this build.
+    ///
+    /// One pass over the bytes when they decode (every gateway decodes
+    /// every event of its rooms); only an envelope that does not is read
+    /// again for its version, to tell a newer writer's event (`TooNew`)
+    /// from damage (`Malformed`).
     pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         let mut de = rmp_serde::Deserializer::from_read_ref(bytes).with_human_readable();
-        let probe = VersionProbe::deserialize(&mut de)
-            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-        if probe.v > ENVELOPE_VERSION {
-            return Err(EnvelopeError::TooNew(probe.v));
-        }
+        let failure = match Envelope::deserialize(&mut de) {
+            Ok(e) if e.v > ENVELOPE_VERSION => return Err(EnvelopeError::TooNew(e.v)),
+            Ok(e) => return Ok(e),
+            Err(e) => e,
+        };
         let mut de = rmp_serde::Deserializer::from_read_ref(bytes).with_human_readable();
-        Envelope::deserialize(&mut de).map_err(|e| EnvelopeError::Malformed(e.to_string()))
+        match VersionProbe::deserialize(&mut de) {
+            Ok(probe) if probe.v > ENVELOPE_VERSION => Err(EnvelopeError::TooNew(probe.v)),
+            _ => Err(EnvelopeError::Malformed(failure.to_string())),
+        }
     }
 }
 
@@ -194,6 +202,34 @@ mod tests {
         assert!(matches!(
             Envelope::decode(&e.encode()),
             Err(EnvelopeError::TooNew(_))
+        ));
+        // A newer writer's event this build cannot read is still "too new".
+        #[derive(Serialize)]
+        struct Future {
+            v: u16,
+            event: std::collections::BTreeMap<&'static str, &'static str>,
+        }
+        let future = Future {
+            v: ENVELOPE_VERSION + 1,
+            event: [("type", "from-the-future")].into(),
+        };
+        let mut bytes = Vec::new();
+        let mut ser = rmp_serde::Serializer::new(&mut bytes).with_struct_map();
+        future.serialize(&mut ser).expect("serializes");
+        assert!(matches!(
+            Envelope::decode(&bytes),
+            Err(EnvelopeError::TooNew(v)) if v == ENVELOPE_VERSION + 1
+        ));
+        let current = Future {
+            v: ENVELOPE_VERSION,
+            event: [("type", "from-the-future")].into(),
+        };
+        let mut bytes = Vec::new();
+        let mut ser = rmp_serde::Serializer::new(&mut bytes).with_struct_map();
+        current.serialize(&mut ser).expect("serializes");
+        assert!(matches!(
+            Envelope::decode(&bytes),
+            Err(EnvelopeError::Malformed(_))
         ));
         assert!(matches!(
             Envelope::decode(b"\xc1junk"),
