@@ -21,9 +21,9 @@
 //!
 //! The publisher is its own component, apart from the [`crate::store`]:
 //! [`run_publisher`] owns an [`OutboxSource`] ([`OutboxStore`] in
-//! production, the Postgres side: advisory lock, unpublished rows, marking
-//! (which deletes a published row), purge; in `postgres.rs`) and an [`OutboxSink`] ([`RedisSink`]
-//! in production; in `redis.rs`).
+//! production, the Postgres side: advisory lock, unpublished rows,
+//! marking (which deletes a published row), purge; in `postgres.rs`) and
+//! an [`OutboxSink`] ([`RedisSink`] in production; in `redis.rs`).
 
 mod direct;
 mod postgres;
@@ -66,8 +66,9 @@ pub const OUTBOX_BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const OUTBOX_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long shutdown keeps trying to flush the outbox.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often retention purges run: often enough that an hour's retention
-/// is kept to within a minute, rarely enough to cost nothing.
+/// How often the purge runs: often enough that idempotency records are
+/// kept to within a minute of their retention, rarely enough to cost
+/// nothing.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What one [`OutboxSource::drain`] pass did.
@@ -124,7 +125,8 @@ pub trait OutboxSource: Send + Sync {
     /// Publishes up to `max` unpublished events in order through `sink`
     /// and marks them published.
     async fn drain(&self, sink: &dyn OutboxSink, max: i64) -> Result<Drained, ApiError>;
-    /// Deletes what is past its retention.
+    /// Deletes what is past its retention, and outbox rows an older
+    /// version marked published instead of deleting them.
     async fn purge_expired(&self) -> Result<(), ApiError>;
 }
 

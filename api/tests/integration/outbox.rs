@@ -105,6 +105,26 @@ async fn every_event_is_published_once_and_decodes() {
         panic!("expected the marker next, got {:?}", e.event)
     };
     assert_eq!(n.notification.title, "marker");
+
+    // Each published event's row is deleted: by the publisher (the
+    // mention, the deletion, the notifications, the revocation) and by the
+    // writers (the plain post, whose mark goes alone when no batch follows).
+    let pool = sqlx::PgPool::connect(&api.database_url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left: i64 = sqlx::query_scalar("select count(*) from outbox")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} published rows left in the outbox"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

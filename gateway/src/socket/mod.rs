@@ -34,7 +34,8 @@ pub struct SocketConfig {
     /// per-connection limit off.
     pub command_rate: f64,
     pub command_burst: u32,
-    /// Interval of server WebSocket pings.
+    /// Most time between two server WebSocket pings (they fall due on a
+    /// grid, so a little less).
     pub heartbeat: Duration,
     /// When the gateway started: the origin of the grid pings fall on
     /// (`writer::on_ping_grid`).

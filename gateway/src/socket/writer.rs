@@ -199,7 +199,8 @@ where
 }
 
 /// When a connection's first ping is due: somewhere between half the
-/// heartbeat and all of it, then every heartbeat. Connections made
+/// heartbeat and all of it, then every heartbeat (each moved back onto the
+/// ping grid, [`on_ping_grid`], so up to one step sooner). Connections made
 /// together (a load test, a reconnect storm: 20,000 in 3 s) would
 /// otherwise be pinged together at every heartbeat, each wave a burst of
 /// writes and pong reads on top of live traffic (small-room load runs had
