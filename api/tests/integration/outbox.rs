@@ -405,20 +405,23 @@ async fn marking_skips_rows_another_session_holds() {
     };
     // A batch of no posts that only marks `id`; waiting for a lock would
     // fail it after 5 s instead of hanging the test.
-    let mark = || async {
-        let mut tx = pool.begin().await.unwrap();
-        sqlx::query("set local lock_timeout = '5s'")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        sqlx::query(
+    let mark = |id: i64| {
+        let pool = &pool;
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("set local lock_timeout = '5s'")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            sqlx::query(
             "select seqs from chorus_post_messages_direct(array[$1::bigint], '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}')",
         )
         .bind(id)
         .execute(&mut *tx)
         .await
         .expect("marking does not wait for a held row");
-        tx.commit().await.unwrap();
+            tx.commit().await.unwrap();
+        }
     };
 
     let mut holder = pool.begin().await.unwrap();
@@ -427,27 +430,24 @@ async fn marking_skips_rows_another_session_holds() {
         .execute(&mut *holder)
         .await
         .unwrap();
-    mark().await;
+    mark(id).await;
     assert!(!published().await, "a held row is skipped");
     holder.rollback().await.unwrap();
-    mark().await;
+    mark(id).await;
     assert!(published().await, "marked once free");
 
     // A row an API process of the previous version marked (by update,
     // during a rolling upgrade) is left to the purge: the mark above
     // deletes only unpublished rows.
-    let old_mark: i64 = sqlx::query_scalar(
-        "insert into outbox (channel, payload, published_at) values ('chorus:marking-test', '\\x00', now()) returning id",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let unpublished: i64 = sqlx::query_scalar(
-        "insert into outbox (channel, payload) values ('chorus:marking-test', '\\x00') returning id",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let insert = |published_at: Option<chrono::DateTime<chrono::Utc>>| {
+        sqlx::query_scalar::<_, i64>(
+            "insert into outbox (channel, payload, published_at) values ('chorus:marking-test', '\\x00', $1) returning id",
+        )
+        .bind(published_at)
+        .fetch_one(&pool)
+    };
+    let old_mark = insert(Some(chrono::Utc::now())).await.unwrap();
+    let unpublished = insert(None).await.unwrap();
     let left = || async {
         sqlx::query_scalar::<_, i64>("select id from outbox where id = any($1) order by id")
             .bind(vec![old_mark, unpublished])
@@ -455,16 +455,7 @@ async fn marking_skips_rows_another_session_holds() {
             .await
             .unwrap()
     };
-    let mark_old = || async {
-        sqlx::query(
-            "select seqs from chorus_post_messages_direct(array[$1::bigint], '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}')",
-        )
-        .bind(old_mark)
-        .execute(&pool)
-        .await
-        .unwrap();
-    };
-    mark_old().await;
+    mark(old_mark).await;
     assert_eq!(left().await, [old_mark, unpublished]);
     OutboxStore::new(pool.clone(), None)
         .purge_expired()
