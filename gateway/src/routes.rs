@@ -158,8 +158,9 @@ async fn upgrade(
         Some(MSGPACK_PROTOCOL) => Encoding::Msgpack,
         _ => Encoding::Json,
     };
-    // No write buffer: each frame goes to the socket as it is written, so a
-    // write finishing is progress (the writer's stall rule).
+    // tungstenite only reads here; what it writes (its own answers to
+    // pings and closes, which go nowhere: see `socket::upgrade::ReadHalf`)
+    // is passed on at once rather than gathered in a buffer.
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)

@@ -15,9 +15,8 @@ mod writer;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use futures_util::stream::SplitStream;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
 
 use crate::close;
 use crate::error::GatewayError;
@@ -25,7 +24,7 @@ use crate::handle::{ConnHandle, OutboundRx};
 
 pub use self::reader::COMMANDS;
 use self::reader::Reader;
-use self::upgrade::WebSocket;
+use self::upgrade::{ReadHalf, WebSocket};
 
 /// Per-connection settings of the socket layer, shared by every connection.
 #[derive(Debug, Clone)]
@@ -103,19 +102,19 @@ async fn setup<S, F>(
     rx: OutboundRx,
     config: Arc<SocketConfig>,
     open: F,
-) -> Option<(Reader<S>, SplitStream<WebSocket>, JoinHandle<()>)>
+) -> Option<(Reader<S>, WebSocketStream<ReadHalf>, JoinHandle<()>)>
 where
     S: Session,
     F: Future<Output = Option<S>> + Send,
 {
-    let (sink, stream) = socket.split();
+    let WebSocket { read, write } = socket;
     let reader_config = config.clone();
-    let writer = tokio::spawn(writer::write_loop(sink, rx, handle.clone(), config));
+    let writer = tokio::spawn(writer::write_loop(write, rx, handle.clone(), config));
     let Some(session) = open.await else {
         // Refused: the session closed the handle with its code; make sure.
         handle.close(close::INTERNAL);
         let _ = writer.await;
         return None;
     };
-    Some((Reader::new(handle, session, &reader_config), stream, writer))
+    Some((Reader::new(handle, session, &reader_config), read, writer))
 }

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use chorus_shared::protocol::{AckFrame, AckTag};
 use chorus_shared::ratelimit::TokenBucket;
 use futures_util::StreamExt;
-use futures_util::stream::SplitStream;
 use serde_json::json;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::upgrade::WebSocket;
+use super::upgrade::ReadHalf;
 use super::{Session, SocketConfig};
 use crate::close;
 use crate::codec::{Encoding, decode_client};
@@ -66,7 +66,7 @@ impl<S: Session> Reader<S> {
     /// Reads and handles the client's frames until the connection closes.
     /// The idle timeout is the writer's (its one timer), fed by the
     /// handle's liveness: no timer is armed per frame here.
-    pub(super) async fn run(&mut self, mut stream: SplitStream<WebSocket>) {
+    pub(super) async fn run(&mut self, mut stream: WebSocketStream<ReadHalf>) {
         let handle = self.handle.clone();
         let closed = handle.closed();
         tokio::pin!(closed);
@@ -109,9 +109,17 @@ impl<S: Session> Reader<S> {
                     self.handle.client_closed(frame.map(|f| u16::from(f.code)));
                     return;
                 }
-                // Pings are answered by tungstenite; whole frames are never
-                // read (it reassembles fragmented messages).
-                (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => continue,
+                // Answered through the writer, the only code that writes to
+                // the socket (tungstenite's own answer goes nowhere: see
+                // `upgrade::ReadHalf`). A client that pings and does not read
+                // fills its queue like any other slow consumer.
+                (Message::Ping(payload), _) => {
+                    self.handle.push(Message::Pong(payload));
+                    continue;
+                }
+                // Whole frames are never read (tungstenite reassembles
+                // fragmented messages).
+                (Message::Pong(_) | Message::Frame(_), _) => continue,
             };
             // A command runs to completion unless the connection closes.
             // Boxed: a command's future (API calls, a replay) is large, and

@@ -1,15 +1,18 @@
 //! The WebSocket opening handshake (RFC 6455 §4.2) on an axum route.
 //!
-//! Done here rather than by axum's `WebSocketUpgrade` so that the socket is
-//! tokio-tungstenite's own stream: axum's wrapper sends whole messages
-//! only, and the writer needs to send a long one as several frames (see
-//! `writer::FRAGMENT_BYTES`). It checks what RFC 6455 §4.2.1 asks of the
+//! Done here rather than by axum's `WebSocketUpgrade` so that the socket's
+//! TCP stream comes out in two halves: tungstenite reads frames off one,
+//! and the writer writes frames of its own to the other, with no lock
+//! between them and no write buffer (see [`WebSocket`]). It checks what RFC 6455 §4.2.1 asks of the
 //! request line and headers that matter to a server (the method, the
 //! `Connection` and `Upgrade` tokens, version 13, a key) and answers as
 //! §4.2.2 says, for HTTP/1.1 (the gateway serves no HTTP/2); it does not
 //! check the key's form, which only the client's own check relies on.
 
 use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
@@ -19,8 +22,11 @@ use axum::response::{IntoResponse, Response};
 use chorus_shared::error::{ErrorBody, ErrorCode};
 use futures_util::FutureExt;
 use futures_util::future::OptionFuture;
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -31,8 +37,55 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 /// for longer than it may take to send a request head.
 const UPGRADE_TIMEOUT: Duration = chorus_shared::http::HEADER_READ_TIMEOUT;
 
-/// An upgraded connection.
-pub type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
+/// An upgraded connection, in the two halves of its TCP stream.
+///
+/// The reader's half goes through tungstenite, which parses and checks
+/// the client's frames (masking, fragments, UTF-8, size limits). The
+/// writer's half is written to directly (`writer::Out`): a server frame is
+/// a header of a few bytes before the payload the hub encoded once for
+/// every recipient, so it goes to the kernel in one `writev`, with no copy
+/// into a per-connection buffer, no lock shared with the reader, and no
+/// write buffer kept for the connection's life.
+#[derive(Debug)]
+pub struct WebSocket {
+    pub(super) read: WebSocketStream<ReadHalf>,
+    pub(super) write: OwnedWriteHalf,
+}
+
+/// The reading half as tungstenite sees it. tungstenite also writes: it
+/// answers a ping with a pong and a close with a close. Those writes are
+/// dropped here, because only the writer task writes to the socket: the
+/// reader queues the pong to it (`reader`), and the writer sends the close.
+#[derive(Debug)]
+pub struct ReadHalf(OwnedReadHalf);
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
 
 /// A valid WebSocket upgrade request, not yet answered.
 #[derive(Debug)]
@@ -156,12 +209,26 @@ impl WsUpgrade {
         // and every idle connection would carry them.
         let opening = Box::pin(async move {
             match tokio::time::timeout(UPGRADE_TIMEOUT, on_upgrade).await {
-                Ok(Ok(upgraded)) => {
-                    let io = TokioIo::new(upgraded);
-                    let socket =
-                        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                    Some(serve(socket))
-                }
+                Ok(Ok(upgraded)) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                    Ok(parts) => {
+                        let (read, write) = parts.io.into_inner().into_split();
+                        // What the client sent after its request head (hyper
+                        // may have read it) is the start of its frames.
+                        let read = WebSocketStream::from_partially_read(
+                            ReadHalf(read),
+                            parts.read_buf.to_vec(),
+                            Role::Server,
+                            Some(config),
+                        )
+                        .await;
+                        Some(serve(WebSocket { read, write }))
+                    }
+                    Err(_) => {
+                        // The gateway's listener serves TCP streams only.
+                        tracing::error!("an upgraded connection is not a TCP stream");
+                        None
+                    }
+                },
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "upgrade failed");
                     None

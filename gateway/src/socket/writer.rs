@@ -4,28 +4,27 @@
 //! one flush; one timer serves the heartbeat ping, the token's expiry and
 //! the idle timeout. When the handle's close signal fires it sends what is
 //! still queued (not to a slow consumer), then the close frame, each
-//! bounded in time, and drops the socket.
+//! bounded in time, and shuts the socket's writing side.
 //!
-//! A message longer than [`FRAGMENT_BYTES`] goes out as several frames
-//! (RFC 6455 §5.4; the client still reads one message), because
-//! tungstenite keeps its write buffer at the size of the largest frame it
-//! has written, for the connection's whole life.
+//! It frames messages itself (RFC 6455 §5.2; a server's frames are a short
+//! header and an unmasked payload) and writes them to its half of the TCP
+//! stream: the header and the payload, which the hub encoded once for
+//! every recipient, go to the kernel together in one `writev`, and no
+//! write buffer is kept between writes.
 
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::SplitSink;
-use futures_util::{Sink, SinkExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
 use super::SocketConfig;
-use super::upgrade::WebSocket;
 use crate::close;
 use crate::codec::Encoding;
 use crate::handle::{ConnHandle, Outbound, OutboundRx};
@@ -41,15 +40,6 @@ const WRITE_BATCH: usize = 64;
 /// quiet room) without mistaking a moment of CPU starvation, when the
 /// writer is not polled, for a stalled client.
 const WRITE_STALL: Duration = Duration::from_secs(10);
-
-/// Largest frame payload the writer sends; a longer message goes as
-/// several frames. tungstenite's write buffer grows to the largest frame
-/// written and never shrinks, so one join ack listing 500 online users
-/// (~20 KiB) would pin that much to an idle connection for its life
-/// (measured: 4.5 KiB more RSS per connection in rooms of 500). Deliveries
-/// (a 100-character message is ~300 B) and acks in small rooms go whole;
-/// a long message costs one more write per KiB, paid once per send.
-const FRAGMENT_BYTES: usize = 1024;
 
 /// How long the final frames and the close frame may take before the TCP
 /// connection is dropped (contract: a slow consumer's 4009 is tried for
@@ -67,14 +57,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
     clippy::manual_async_fn,
     reason = "an async fn would store its arguments twice in the task"
 )]
-pub(super) fn write_loop(
-    sink: SplitSink<WebSocket, Message>,
+pub(super) fn write_loop<W: AsyncWrite + Unpin + Send>(
+    io: W,
     mut rx: OutboundRx,
     handle: Arc<ConnHandle>,
     config: Arc<SocketConfig>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let mut out = Out { sink, rest: None };
+        let mut out = Out::new(io);
         let mut next_ping = on_ping_grid(
             tokio::time::Instant::now() + first_ping(config.heartbeat, handle.id),
             &config,
@@ -105,7 +95,7 @@ pub(super) fn write_loop(
                         // Like every write, a ping must not hold up a close
                         // when the client has stopped reading.
                         let ping = async {
-                            bounded(out.sink.send(Message::Ping(bytes::Bytes::new())))
+                            bounded(out.send(Message::Ping(Bytes::new())))
                                 .await
                                 .err()
                                 .unwrap_or(Written::All)
@@ -273,11 +263,10 @@ async fn on_socket<T>(handle: &ConnHandle, op: impl Future<Output = T>) -> T {
     done
 }
 
-/// Writes `first` and whatever else is queued, then flushes once. Each
-/// frame is written straight to the socket (no write buffer), so each
-/// write finishing is progress.
-async fn write_batch<S: Sink<Message, Error = WsError> + Unpin>(
-    out: &mut Out<S>,
+/// Writes `first` and whatever else is queued (up to [`WRITE_BATCH`]),
+/// each frame straight to the socket, so each write finishing is progress.
+async fn write_batch<W: AsyncWrite + Unpin>(
+    out: &mut Out<W>,
     rx: &mut OutboundRx,
     handle: &ConnHandle,
     first: Outbound,
@@ -286,127 +275,188 @@ async fn write_batch<S: Sink<Message, Error = WsError> + Unpin>(
     let r = async {
         let message = first.get(encoding);
         handle.dequeued(&first);
-        bounded(on_socket(handle, out.feed(message))).await?;
+        bounded(on_socket(handle, out.send(message))).await?;
         first.written();
         for _ in 1..WRITE_BATCH {
             let Ok(next) = rx.try_recv() else { break };
             let message = next.get(encoding);
             handle.dequeued(&next);
-            bounded(on_socket(handle, out.feed(message))).await?;
+            bounded(on_socket(handle, out.send(message))).await?;
             next.written();
         }
-        bounded(on_socket(handle, out.sink.flush())).await
+        Ok(())
     }
     .await;
     r.err().unwrap_or(Written::All)
 }
 
-/// The socket's sink, and what is left of a message being sent in parts.
-struct Out<S> {
-    sink: S,
-    /// The parts of a long message not yet handed to the sink. A write cut
-    /// off between two parts (by a close or the token's expiry) leaves them
-    /// here, and [`finish`] sends them before anything else: no other data
-    /// frame may come between the parts of one message (RFC 6455 §5.4).
-    /// Boxed: every idle connection carries this field.
-    rest: Option<Box<Fragments>>,
+/// The socket's writing half, and what is left of a frame the socket took
+/// only part of.
+struct Out<W> {
+    io: W,
+    /// The unwritten end of a frame. A write cut off half-way (by a close
+    /// or the token's expiry) leaves it here, and the next write, or
+    /// [`finish`], sends it first: nothing may come between the bytes of
+    /// one frame. Boxed, and made only when the socket did not take a frame
+    /// at once: every idle connection carries this field.
+    rest: Option<Box<FrameBytes>>,
 }
 
-impl<S: Sink<Message, Error = WsError> + Unpin> Out<S> {
-    /// Writes one message, in frames of at most [`FRAGMENT_BYTES`].
-    async fn feed(&mut self, message: Message) -> Result<(), WsError> {
-        let (data, payload) = match message {
-            Message::Text(t) if t.len() > FRAGMENT_BYTES => (Data::Text, Bytes::from(t)),
-            Message::Binary(b) if b.len() > FRAGMENT_BYTES => (Data::Binary, b),
-            whole => return self.sink.feed(whole).await,
-        };
-        self.rest = Some(Box::new(Fragments::new(data, payload)));
-        self.feed_rest().await
+impl<W: AsyncWrite + Unpin> Out<W> {
+    fn new(io: W) -> Self {
+        Out { io, rest: None }
     }
 
-    /// Hands the sink the rest of a message being sent in parts. A part is
-    /// taken only once the sink is ready for it and handed over at once, so
-    /// a call cut off at any point loses none.
-    async fn feed_rest(&mut self) -> Result<(), WsError> {
-        while let Some(rest) = self.rest.as_mut() {
-            std::future::poll_fn(|cx| self.sink.poll_ready_unpin(cx)).await?;
-            let Some(frame) = rest.next() else {
-                self.rest = None;
-                continue;
-            };
-            if frame.header().is_final {
+    /// Writes one message as one frame. Almost always the socket takes it
+    /// whole on the first try, in one `writev` of header and payload, and
+    /// nothing is allocated; otherwise the rest waits in [`Out::rest`].
+    async fn send(&mut self, message: Message) -> io::Result<()> {
+        self.send_rest().await?;
+        let mut frame = FrameBytes::new(message);
+        let first = std::future::poll_fn(|cx| Poll::Ready(frame.poll_write(&mut self.io, cx)));
+        match first.await {
+            Poll::Ready(done) => done,
+            Poll::Pending => {
+                self.rest = Some(Box::new(frame));
+                self.send_rest().await
+            }
+        }
+    }
+
+    /// Writes the rest of a frame cut off earlier, if any. Progress is kept
+    /// in [`Out::rest`] as it is made, so a call cut off at any point loses
+    /// none.
+    async fn send_rest(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            if let Some(rest) = self.rest.as_mut() {
+                std::task::ready!(rest.poll_write(&mut self.io, cx))?;
                 self.rest = None;
             }
-            self.sink.start_send_unpin(Message::Frame(frame))?;
-        }
-        Ok(())
+            Poll::Ready(Ok(()))
+        })
+        .await
     }
 }
 
-/// A long message as a first frame of its type, then continuation frames,
-/// the last one final; each payload at most [`FRAGMENT_BYTES`] (slices of
-/// the message, not copies). A text message may be cut inside a
-/// character: only the whole message must be UTF-8.
-#[derive(Debug)]
-struct Fragments {
-    opcode: OpCode,
+/// Longest header of an unmasked frame (RFC 6455 §5.2): two bytes, and
+/// eight more for a payload length over 65,535.
+const MAX_HEADER: usize = 10;
+
+/// One server frame on its way to the socket: its header, its payload
+/// (shared with every other recipient of the same event, not copied), and
+/// how much of the two is written.
+struct FrameBytes {
+    header: [u8; MAX_HEADER],
+    header_len: usize,
     payload: Bytes,
+    written: usize,
 }
 
-impl Fragments {
-    fn new(data: Data, payload: Bytes) -> Self {
-        Fragments {
-            opcode: OpCode::Data(data),
+impl FrameBytes {
+    /// The frame of `message`: final (the writer sends every message as one
+    /// frame), unmasked (a server's frames are, RFC 6455 §5.1).
+    fn new(message: Message) -> Self {
+        let (opcode, payload) = match message {
+            Message::Text(t) => (OpCode::Data(Data::Text), Bytes::from(t)),
+            Message::Binary(b) => (OpCode::Data(Data::Binary), b),
+            Message::Ping(p) => (OpCode::Control(Control::Ping), p),
+            Message::Pong(p) => (OpCode::Control(Control::Pong), p),
+            Message::Close(c) => {
+                let mut p = Vec::new();
+                if let Some(c) = c {
+                    p.extend_from_slice(&u16::from(c.code).to_be_bytes());
+                    p.extend_from_slice(c.reason.as_bytes());
+                }
+                (OpCode::Control(Control::Close), Bytes::from(p))
+            }
+            // A frame made elsewhere, header and all.
+            Message::Frame(f) => {
+                let mut whole = Vec::with_capacity(f.len());
+                let _ = f.format(&mut whole);
+                return FrameBytes {
+                    header: [0; MAX_HEADER],
+                    header_len: 0,
+                    payload: Bytes::from(whole),
+                    written: 0,
+                };
+            }
+        };
+        let mut header = [0; MAX_HEADER];
+        header[0] = 0x80 | u8::from(opcode);
+        let len = payload.len();
+        let header_len = match (u8::try_from(len), u16::try_from(len)) {
+            (Ok(n), _) if n < 126 => {
+                header[1] = n;
+                2
+            }
+            (_, Ok(n)) => {
+                header[1] = 126;
+                header[2..4].copy_from_slice(&n.to_be_bytes());
+                4
+            }
+            _ => {
+                header[1] = 127;
+                header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+                10
+            }
+        };
+        FrameBytes {
+            header,
+            header_len,
             payload,
+            written: 0,
         }
+    }
+
+    /// Writes what is left, recording progress as it goes; ready once the
+    /// whole frame is written.
+    fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.written < self.header_len + self.payload.len() {
+            let h = self.written.min(self.header_len);
+            let p = self.written - h;
+            let bufs = [
+                io::IoSlice::new(&self.header[h..self.header_len]),
+                io::IoSlice::new(&self.payload[p..]),
+            ];
+            let n = std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &bufs))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
-impl Iterator for Fragments {
-    type Item = Frame;
-
-    fn next(&mut self) -> Option<Frame> {
-        if self.payload.is_empty() {
-            return None;
-        }
-        let chunk = self
-            .payload
-            .split_to(self.payload.len().min(FRAGMENT_BYTES));
-        let frame = Frame::message(chunk, self.opcode, self.payload.is_empty());
-        self.opcode = OpCode::Data(Data::Continue);
-        Some(frame)
-    }
-}
-
-/// Finishes a message cut off in parts, sends what is still queued (not
-/// for a slow consumer), then the close frame, bounded in time; then the
-/// socket is dropped. A slow consumer's close may come between two parts
-/// of a message: control frames may.
-async fn finish<S: Sink<Message, Error = WsError> + Unpin>(
-    out: &mut Out<S>,
+/// Finishes a frame cut off half-way, sends what is still queued (not for
+/// a slow consumer), then the close frame, bounded in time; then shuts the
+/// socket's writing side.
+async fn finish<W: AsyncWrite + Unpin>(
+    out: &mut Out<W>,
     rx: &mut OutboundRx,
     encoding: Encoding,
     code: u16,
 ) {
     metrics::counter!("chorus_gateway_closes_total", "code" => close::label(code)).increment(1);
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        // Even for a slow consumer: a close frame in the middle of another
+        // frame would be garbage to the client.
+        out.send_rest().await?;
         if code != close::SLOW_CONSUMER {
-            if out.feed_rest().await.is_err() {
-                return;
-            }
             while let Ok(m) = rx.try_recv() {
-                if out.feed(m.get(encoding)).await.is_err() {
-                    return;
-                }
+                out.send(m.get(encoding)).await?;
             }
         }
-        let _ = out
-            .sink
-            .send(Message::Close(Some(CloseFrame {
-                code: CloseCode::from(code),
-                reason: close::reason(code).into(),
-            })))
-            .await;
+        out.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: close::reason(code).into(),
+        })))
+        .await?;
+        out.io.shutdown().await
     })
     .await;
     rx.close();
@@ -486,75 +536,102 @@ mod tests {
         assert!(matches!(step, Step::Closed(close::DRAINING)));
     }
 
-    /// A long message is cut into a typed first frame and continuation
-    /// frames, the last one final, that put it back together byte for byte.
-    #[test]
-    fn a_long_message_goes_as_frames_of_at_most_the_bound() {
-        let text: String = "héllo wörld ".repeat(300);
-        let frames: Vec<Frame> = Fragments::new(Data::Text, Bytes::from(text.clone())).collect();
-        assert_eq!(frames.len(), text.len().div_ceil(FRAGMENT_BYTES));
-        let mut joined = Vec::new();
-        for (i, f) in frames.iter().enumerate() {
-            let h = f.header();
-            let want = if i == 0 { Data::Text } else { Data::Continue };
-            assert_eq!(h.opcode, OpCode::Data(want), "frame {i}");
-            assert_eq!(h.is_final, i + 1 == frames.len(), "frame {i}");
-            assert!(f.payload().len() <= FRAGMENT_BYTES);
-            joined.extend_from_slice(f.payload());
-        }
-        assert_eq!(joined, text.as_bytes());
-    }
-
-    /// A close that cuts off a long message between two parts (the client
-    /// is not reading) still sends the rest of it before the queued
-    /// messages and the close frame: a new message in between would be a
-    /// protocol error to the client.
-    #[tokio::test]
-    async fn a_close_during_a_long_message_finishes_it_first() {
+    /// Reads what a client makes of the bytes on `io`'s other end, up to
+    /// and including the close frame.
+    fn client(io: tokio::io::DuplexStream) -> tokio::task::JoinHandle<Vec<Message>> {
         use futures_util::StreamExt;
         use tokio_tungstenite::WebSocketStream;
-        use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-
-        // A pipe that holds 64 bytes: the first part fills it.
-        let (server_io, client_io) = tokio::io::duplex(64);
-        let config = WebSocketConfig::default().write_buffer_size(0);
-        let server = WebSocketStream::from_raw_socket(server_io, Role::Server, Some(config)).await;
-        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
-        let (sink, _stream) = server.split();
-        let mut out = Out { sink, rest: None };
-        let long = "x".repeat(5 * FRAGMENT_BYTES);
-        {
-            let feed = out.feed(Message::Text(long.clone().into()));
-            let mut feed = std::pin::pin!(feed);
-            assert!(futures_util::poll!(feed.as_mut()).is_pending());
-        }
-        assert!(out.rest.is_some(), "cut off between two parts");
-
-        let expiry = tokio::time::Instant::now() + Duration::from_secs(3600);
-        let (handle, mut rx) = ConnHandle::new(1, "u", "U", Encoding::Json, 4, expiry);
-        assert!(handle.push(Message::Text("after".into())));
-        let reader = tokio::spawn(async move {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        tokio::spawn(async move {
+            let mut client = WebSocketStream::from_raw_socket(io, Role::Client, None).await;
             let mut got = Vec::new();
             while let Some(m) = client.next().await {
-                let m = m.map_err(|e| e.to_string());
-                let end = !matches!(m, Ok(Message::Text(_)));
+                let m = m.expect("a well-formed frame");
+                let end = matches!(m, Message::Close(_));
                 got.push(m);
                 if end {
                     break;
                 }
             }
             got
-        });
-        finish(&mut out, &mut rx, Encoding::Json, close::DRAINING).await;
-        let got = reader.await.expect("reader");
-        assert_eq!(got.len(), 3, "{got:?}");
-        assert_eq!(got[0], Ok(Message::Text(long.into())));
-        assert_eq!(got[1], Ok(Message::Text("after".into())));
-        assert!(
-            matches!(&got[2], Ok(Message::Close(Some(f))) if u16::from(f.code) == close::DRAINING),
+        })
+    }
+
+    fn close_frame(code: u16) -> Message {
+        Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: close::reason(code).into(),
+        }))
+    }
+
+    /// Every kind of message, with payloads of each of the three length
+    /// encodings, reads back as sent through a WebSocket client.
+    #[tokio::test]
+    async fn every_message_reads_back_as_sent() {
+        let (server_io, client_io) = tokio::io::duplex(1 << 20);
+        let reader = client(client_io);
+        let sent = vec![
+            Message::Text("hi".into()),
+            Message::Text("é".repeat(100).into()),
+            Message::Text("x".repeat(125).into()),
+            Message::Binary(Bytes::from(vec![7; 126])),
+            Message::Binary(Bytes::from(vec![8; 65_535])),
+            Message::Text("y".repeat(65_536).into()),
+            Message::Ping(Bytes::from_static(b"p")),
+            Message::Pong(Bytes::new()),
+            close_frame(close::DRAINING),
+        ];
+        let mut out = Out::new(server_io);
+        for m in sent.clone() {
+            out.send(m).await.expect("written");
+        }
+        let got = reader.await.expect("client");
+        assert_eq!(
+            got.len(),
+            sent.len(),
             "{:?}",
-            got[2]
+            got.iter().map(Message::len).collect::<Vec<_>>()
         );
+        for (i, (g, s)) in got.iter().zip(&sent).enumerate() {
+            assert!(
+                g == s,
+                "message {i}: {} bytes read, {} sent",
+                g.len(),
+                s.len()
+            );
+        }
+    }
+
+    /// A close that cuts off a long frame (the client is not reading) still
+    /// sends the rest of it before anything else: the queued messages (not
+    /// to a slow consumer) and the close frame. Anything in between would be
+    /// garbage to the client.
+    #[tokio::test]
+    async fn a_close_during_a_long_frame_finishes_it_first() {
+        for code in [close::DRAINING, close::SLOW_CONSUMER] {
+            // A pipe that holds 64 bytes: the frame fills it at once.
+            let (server_io, client_io) = tokio::io::duplex(64);
+            let mut out = Out::new(server_io);
+            let long = "x".repeat(5_000);
+            {
+                let send = out.send(Message::Text(long.clone().into()));
+                let mut send = std::pin::pin!(send);
+                assert!(futures_util::poll!(send.as_mut()).is_pending());
+            }
+            assert!(out.rest.is_some(), "cut off half-way");
+
+            let expiry = tokio::time::Instant::now() + Duration::from_secs(3600);
+            let (handle, mut rx) = ConnHandle::new(1, "u", "U", Encoding::Json, 4, expiry);
+            assert!(handle.push(Message::Text("after".into())));
+            let reader = client(client_io);
+            finish(&mut out, &mut rx, Encoding::Json, code).await;
+            let mut want = vec![Message::Text(long.into())];
+            if code != close::SLOW_CONSUMER {
+                want.push(Message::Text("after".into()));
+            }
+            want.push(close_frame(code));
+            assert_eq!(reader.await.expect("client"), want, "code {code}");
+        }
     }
 
     /// A socket operation that makes no progress counts as stalled after
