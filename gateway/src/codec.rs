@@ -110,7 +110,8 @@ impl<T: Serialize> SharedFrame<T> {
             && !lag_taken.swap(true, Ordering::Relaxed)
         {
             let lag_ms = chrono::Utc::now().timestamp_millis() - committed_ms;
-            metrics::histogram!("chorus_gateway_delivery_lag_seconds")
+            crate::series::hot()
+                .delivery_lag
                 .record(lag_ms.max(0) as f64 / 1000.0);
         }
     }

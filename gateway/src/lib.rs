@@ -33,6 +33,7 @@ pub mod hub;
 mod layers;
 pub mod liveness;
 pub mod routes;
+mod series;
 pub mod session;
 pub mod socket;
 pub mod state;

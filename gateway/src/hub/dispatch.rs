@@ -34,7 +34,8 @@ impl BackplaneSink for Hub {
         };
         if env.ts_ms > 0 {
             let lag_ms = chrono::Utc::now().timestamp_millis() - env.ts_ms;
-            metrics::histogram!("chorus_gateway_event_lag_seconds")
+            crate::series::hot()
+                .event_lag
                 .record(lag_ms.max(0) as f64 / 1000.0);
         }
         if let Some(user) = user_of_channel(channel) {

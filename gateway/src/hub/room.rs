@@ -324,10 +324,7 @@ impl RoomState {
                 n += 1;
             }
         }
-        metrics::counter!("chorus_gateway_deliveries_total").increment(n);
-        if let Some(e) = frame.event() {
-            metrics::counter!("chorus_gateway_frames_out_total", "type" => e.kind()).increment(n);
-        }
+        count_out(frame, n);
     }
 
     /// Queues an unsequenced frame to members, skipping `exclude_user`'s
@@ -342,10 +339,7 @@ impl RoomState {
                 n += 1;
             }
         }
-        metrics::counter!("chorus_gateway_deliveries_total").increment(n);
-        if let Some(e) = frame.event() {
-            metrics::counter!("chorus_gateway_frames_out_total", "type" => e.kind()).increment(n);
-        }
+        count_out(frame, n);
     }
 }
 
@@ -366,6 +360,15 @@ impl Room {
     /// The seq delivered through, live.
     pub fn delivered_through(&self) -> i64 {
         self.state().delivered_through
+    }
+}
+
+/// Counts `n` deliveries of `frame`.
+fn count_out(frame: &Frame, n: u64) {
+    let hot = crate::series::hot();
+    hot.deliveries.increment(n);
+    if let Some(c) = frame.event().and_then(|e| hot.frames_out(e.kind())) {
+        c.increment(n);
     }
 }
 

@@ -440,3 +440,36 @@ async fn a_command_answered_while_the_runtime_is_held_up_succeeds() {
         .expect("answered while the runtime was held up");
     backplane.quit().await;
 }
+
+/// The per-event series (deliveries, frames out by type, the event's lag
+/// on arrival and at its first socket write) count what a gateway process
+/// of its own delivered: their handles are made once, and must record into
+/// the recorder the process serves `/metrics` from.
+#[tokio::test]
+async fn a_delivery_is_counted_in_the_per_event_series() {
+    let cl = Cluster::start().await;
+    let alice = uid("alice");
+    let bob = uid("bob");
+    let c = cl.community(&alice, &[&bob]).await;
+    let gw = GatewayProcess::start(&cl.api, &env_url("REDIS_URL")).await;
+    let mut a = Client::connect(&gw.url, &token(&alice)).await;
+    let mut b = Client::connect(&gw.url, &token(&bob)).await;
+    a.join(&c, None).await;
+    b.join(&c, None).await;
+    cl.post(&alice, &c, "counted").await;
+    a.events_before_message("counted").await;
+    b.next_is_message("counted").await;
+    let out = gw
+        .metric(r#"chorus_gateway_frames_out_total{type="new-message"}"#)
+        .await;
+    assert_eq!(out, 2.0, "one new-message frame to each client");
+    let deliveries = gw.metric("chorus_gateway_deliveries_total").await;
+    assert!(deliveries >= 2.0, "{deliveries} deliveries");
+    for lag in [
+        "chorus_gateway_event_lag_seconds_count",
+        "chorus_gateway_delivery_lag_seconds_count",
+    ] {
+        let n = gw.metric(lag).await;
+        assert!(n >= 1.0, "{lag} = {n}");
+    }
+}
