@@ -51,6 +51,10 @@ pub struct ConnHandle {
     /// The client closed the connection itself (its close frame came
     /// before any close of ours): the user left, rather than got lost.
     goodbye: AtomicBool,
+    /// The client sent a close frame (with any code): what is still queued
+    /// for it would be thrown away, so the writer answers with its close
+    /// frame at once (RFC 6455 §5.5.1).
+    peer_closed: AtomicBool,
     closing: Notify,
     /// Bytes of this connection's own frames queued and not yet written.
     own_queued: AtomicUsize,
@@ -100,6 +104,7 @@ impl ConnHandle {
             queue: Queue::new(queue.max(1)),
             close_code: AtomicU32::new(0),
             goodbye: AtomicBool::new(false),
+            peer_closed: AtomicBool::new(false),
             closing: Notify::new(),
             own_queued: AtomicUsize::new(0),
             liveness: Liveness::new(expires_at),
@@ -209,9 +214,15 @@ impl ConnHandle {
     /// this connection to make another (the SDK's 4000 after a missed
     /// heartbeat), not a user leaving.
     pub fn client_closed(&self, code: Option<u16>) {
+        self.peer_closed.store(true, Ordering::SeqCst);
         if self.close_code().is_none() && matches!(code, None | Some(1000 | 1001)) {
             self.goodbye.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Whether the client sent a close frame, with any code.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed.load(Ordering::SeqCst)
     }
 
     /// Whether the client ended the connection with its own close frame.

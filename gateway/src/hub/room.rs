@@ -367,8 +367,13 @@ impl Room {
 fn count_out(frame: &Frame, n: u64) {
     let hot = crate::series::hot();
     hot.deliveries.increment(n);
-    if let Some(c) = frame.event().and_then(|e| hot.frames_out(e.kind())) {
-        c.increment(n);
+    if let Some(e) = frame.event() {
+        match hot.frames_out(e.kind()) {
+            Some(c) => c.increment(n),
+            // A kind `KINDS` does not list yet still counts.
+            None => metrics::counter!("chorus_gateway_frames_out_total", "type" => e.kind())
+                .increment(n),
+        }
     }
 }
 

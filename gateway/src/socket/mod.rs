@@ -86,11 +86,11 @@ where
 {
     let setup = Box::pin(setup(socket, handle, rx, config, open));
     async move {
-        let Some((mut reader, stream, writer)) = setup.await else {
+        let Some((mut reader, mut stream, writer)) = setup.await else {
             return;
         };
-        reader.run(stream).await;
-        Box::pin(reader.teardown(writer)).await;
+        reader.run(&mut stream).await;
+        Box::pin(reader.teardown(writer, stream)).await;
     }
 }
 

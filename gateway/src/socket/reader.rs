@@ -25,6 +25,16 @@ use crate::codec::{Encoding, decode_client};
 use crate::error::GatewayError;
 use crate::handle::ConnHandle;
 
+/// How long a closed connection is still read for the client's close
+/// frame (the one that answers ours) before the socket is dropped. A socket
+/// closed with unread bytes (that answer, or frames the client sent
+/// meanwhile) makes the kernel send a reset, which throws away whatever of
+/// the backlog and the close frame has not left yet: over a slow link a
+/// drained client would see 1006 instead of its `reconnect` and 1012. As
+/// long as the writer's close bound, so a client that never answers costs
+/// at most that much more.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// `typing` frames per connection per second and burst (contract): a
 /// separate bucket, so typing indicators never starve real commands.
 const TYPING_RATE: f64 = 5.0;
@@ -66,7 +76,7 @@ impl<S: Session> Reader<S> {
     /// Reads and handles the client's frames until the connection closes.
     /// The idle timeout is the writer's (its one timer), fed by the
     /// handle's liveness: no timer is armed per frame here.
-    pub(super) async fn run(&mut self, mut stream: WebSocketStream<ReadHalf>) {
+    pub(super) async fn run(&mut self, stream: &mut WebSocketStream<ReadHalf>) {
         let handle = self.handle.clone();
         let closed = handle.closed();
         tokio::pin!(closed);
@@ -140,12 +150,15 @@ impl<S: Session> Reader<S> {
         }
     }
 
-    /// Ends the session (it leaves its rooms), then waits for the writer to
-    /// send what is left and the close frame.
-    pub(super) async fn teardown(self, writer: JoinHandle<()>) {
+    /// Ends the session (it leaves its rooms), waits for the writer to send
+    /// what is left and the close frame, then reads until the client's
+    /// close frame ([`linger`]).
+    pub(super) async fn teardown(self, writer: JoinHandle<()>, stream: WebSocketStream<ReadHalf>) {
         self.handle.close(close::NORMAL);
         self.session.end(&self.handle).await;
         let _ = writer.await;
+        let mut stream = stream;
+        linger(&mut stream).await;
     }
 
     /// Takes a command token; false when limited.
@@ -246,4 +259,71 @@ fn command_label(kind: &str) -> &'static str {
         .find(|c| **c == kind)
         .copied()
         .unwrap_or("unknown")
+}
+
+/// Reads, and drops, what the client sends until its close frame, the end
+/// of its stream, or [`LINGER`]; then the socket can close without a reset.
+/// After the client's own close (or a protocol error) tungstenite reads
+/// nothing more, and this returns at once. True when it did not time out.
+async fn linger(stream: &mut WebSocketStream<ReadHalf>) -> bool {
+    tokio::time::timeout(LINGER, async {
+        while let Some(Ok(m)) = stream.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::SinkExt;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// A server's reading side over real TCP, and a client on the other end.
+    async fn pair() -> (WebSocketStream<ReadHalf>, WebSocketStream<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let (read, write) = server.into_split();
+        // The writing half goes: the client's frames still arrive.
+        drop(write);
+        let server =
+            WebSocketStream::from_raw_socket(ReadHalf::new(read), Role::Server, None).await;
+        let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (server, client)
+    }
+
+    /// After our close, what the client sends, up to and including its
+    /// close frame, is read: nothing is left unread for the socket's close
+    /// to answer with a reset.
+    #[tokio::test]
+    async fn lingering_reads_up_to_the_clients_close() {
+        let (mut server, mut client) = pair().await;
+        client
+            .send(Message::Text("late".into()))
+            .await
+            .expect("send");
+        client.send(Message::Close(None)).await.expect("close");
+        assert!(linger(&mut server).await, "ended by the client's close");
+        let mut rest = [0; 64];
+        let unread = server.get_ref().try_read(&mut rest);
+        assert!(
+            matches!(&unread, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{unread:?}"
+        );
+    }
+
+    /// A client that never answers is given up on after the bound.
+    #[tokio::test(start_paused = true)]
+    async fn lingering_gives_up_after_the_bound() {
+        let (mut server, _client) = pair().await;
+        assert!(!linger(&mut server).await);
+    }
 }

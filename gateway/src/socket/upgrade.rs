@@ -57,7 +57,28 @@ pub struct WebSocket {
 /// dropped here, because only the writer task writes to the socket: the
 /// reader queues the pong to it (`reader`), and the writer sends the close.
 #[derive(Debug)]
-pub struct ReadHalf(OwnedReadHalf);
+pub struct ReadHalf {
+    /// What hyper read past the request head (frames a client sent
+    /// together with its request), served before the socket and then
+    /// freed. Boxed, and made only when there is some: every idle
+    /// connection carries this field.
+    early: Option<Box<bytes::Bytes>>,
+    io: OwnedReadHalf,
+}
+
+impl ReadHalf {
+    #[cfg(test)]
+    pub(super) fn new(io: OwnedReadHalf) -> Self {
+        ReadHalf { early: None, io }
+    }
+
+    /// Reads what the socket holds without waiting (tests: what is left
+    /// unread).
+    #[cfg(test)]
+    pub(super) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.io.try_read(buf)
+    }
+}
 
 impl AsyncRead for ReadHalf {
     fn poll_read(
@@ -65,7 +86,15 @@ impl AsyncRead for ReadHalf {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        if let Some(early) = self.early.as_mut() {
+            let n = early.len().min(buf.remaining());
+            buf.put_slice(&early.split_to(n));
+            if early.is_empty() {
+                self.early = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -212,19 +241,19 @@ impl WsUpgrade {
                 Ok(Ok(upgraded)) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                     Ok(parts) => {
                         let (read, write) = parts.io.into_inner().into_split();
-                        // What the client sent after its request head (hyper
-                        // may have read it) is the start of its frames.
-                        let read = WebSocketStream::from_partially_read(
-                            ReadHalf(read),
-                            parts.read_buf.to_vec(),
-                            Role::Server,
-                            Some(config),
-                        )
-                        .await;
+                        let read = ReadHalf {
+                            early: (!parts.read_buf.is_empty()).then(|| Box::new(parts.read_buf)),
+                            io: read,
+                        };
+                        let read =
+                            WebSocketStream::from_raw_socket(read, Role::Server, Some(config))
+                                .await;
                         Some(serve(WebSocket { read, write }))
                     }
                     Err(_) => {
-                        // The gateway's listener serves TCP streams only.
+                        // `chorus_shared::http::serve` hands hyper bare TCP
+                        // streams, so every connection (every integration
+                        // test's too) comes through the branch above.
                         tracing::error!("an upgraded connection is not a TCP stream");
                         None
                     }

@@ -1,10 +1,10 @@
 //! The writer task: the only code that writes to a connection's socket.
 //!
-//! It sends what the outbound queue holds, batching whatever is queued into
-//! one flush; one timer serves the heartbeat ping, the token's expiry and
-//! the idle timeout. When the handle's close signal fires it sends what is
-//! still queued (not to a slow consumer), then the close frame, each
-//! bounded in time, and shuts the socket's writing side.
+//! It sends what the outbound queue holds, as it is taken; one timer
+//! serves the heartbeat ping, the token's expiry and the idle timeout.
+//! When the handle's close signal fires it sends what is still queued (not
+//! to a slow consumer, nor to a client that closed first), then the close
+//! frame, each bounded in time, and shuts the socket's writing side.
 //!
 //! It frames messages itself (RFC 6455 §5.2; a server's frames are a short
 //! header and an unmasked payload) and writes them to its half of the TCP
@@ -29,8 +29,9 @@ use crate::close;
 use crate::codec::Encoding;
 use crate::handle::{ConnHandle, Outbound, OutboundRx};
 
-/// Most queued frames written before one flush: enough to amortize the
-/// flush under load, small enough that a close is seen between batches.
+/// Most queued frames written in one turn of the writer's loop: enough to
+/// take a burst in one wake-up, few enough that a close or a due ping is
+/// seen between turns.
 const WRITE_BATCH: usize = 64;
 
 /// How long one socket write may make no progress before the client counts
@@ -122,7 +123,17 @@ pub(super) fn write_loop<W: AsyncWrite + Unpin + Send>(
                 }
             }
         };
-        Box::pin(finish(&mut out, &mut rx, handle.encoding, code)).await;
+        // Not to a slow consumer, nor to a client that closed first: it
+        // would throw them away.
+        let send_queued = code != close::SLOW_CONSUMER && !handle.peer_closed();
+        Box::pin(finish(
+            &mut out,
+            &mut rx,
+            handle.encoding,
+            code,
+            send_queued,
+        ))
+        .await;
     }
 }
 
@@ -432,21 +443,22 @@ impl FrameBytes {
     }
 }
 
-/// Finishes a frame cut off half-way, sends what is still queued (not for
-/// a slow consumer), then the close frame, bounded in time; then shuts the
+/// Finishes a frame cut off half-way, sends what is still queued if
+/// `send_queued`, then the close frame, bounded in time; then shuts the
 /// socket's writing side.
 async fn finish<W: AsyncWrite + Unpin>(
     out: &mut Out<W>,
     rx: &mut OutboundRx,
     encoding: Encoding,
     code: u16,
+    send_queued: bool,
 ) {
     metrics::counter!("chorus_gateway_closes_total", "code" => close::label(code)).increment(1);
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         // Even for a slow consumer: a close frame in the middle of another
         // frame would be garbage to the client.
         out.send_rest().await?;
-        if code != close::SLOW_CONSUMER {
+        if send_queued {
             while let Ok(m) = rx.try_recv() {
                 out.send(m.get(encoding)).await?;
             }
@@ -604,11 +616,15 @@ mod tests {
 
     /// A close that cuts off a long frame (the client is not reading) still
     /// sends the rest of it before anything else: the queued messages (not
-    /// to a slow consumer) and the close frame. Anything in between would be
-    /// garbage to the client.
+    /// to a slow consumer, nor after the client's own close) and the close
+    /// frame. Anything in between would be garbage to the client.
     #[tokio::test]
     async fn a_close_during_a_long_frame_finishes_it_first() {
-        for code in [close::DRAINING, close::SLOW_CONSUMER] {
+        for (code, send_queued) in [
+            (close::DRAINING, true),
+            (close::SLOW_CONSUMER, false),
+            (close::NORMAL, false),
+        ] {
             // A pipe that holds 64 bytes: the frame fills it at once.
             let (server_io, client_io) = tokio::io::duplex(64);
             let mut out = Out::new(server_io);
@@ -624,9 +640,9 @@ mod tests {
             let (handle, mut rx) = ConnHandle::new(1, "u", "U", Encoding::Json, 4, expiry);
             assert!(handle.push(Message::Text("after".into())));
             let reader = client(client_io);
-            finish(&mut out, &mut rx, Encoding::Json, code).await;
+            finish(&mut out, &mut rx, Encoding::Json, code, send_queued).await;
             let mut want = vec![Message::Text(long.into())];
-            if code != close::SLOW_CONSUMER {
+            if send_queued {
                 want.push(Message::Text("after".into()));
             }
             want.push(close_frame(code));
