@@ -169,8 +169,9 @@ pub async fn run_with(
         },
     );
     services.backplane.start(Arc::new(hub.clone()));
-    let open_sockets = hub.clone();
-    serve_opts.also_open = Some(Arc::new(move || open_sockets.connections()));
+    let open_sockets = Arc::new(socket::OpenSockets::default());
+    let counted = open_sockets.clone();
+    serve_opts.also_open = Some(Arc::new(move || counted.count()));
     let gw = Gateway::new(Parts {
         id: id.clone(),
         hub,
@@ -192,6 +193,7 @@ pub async fn run_with(
             heartbeat: args.heartbeat.max(MIN_CONNECTION_TIMER),
             started: tokio::time::Instant::now(),
             idle_timeout: args.idle_timeout.max(MIN_CONNECTION_TIMER),
+            open: open_sockets,
         },
     });
 
@@ -261,7 +263,8 @@ async fn drain(gw: &Gateway) {
             DRAIN_RECONNECT_MIN_MS + (c.id.wrapping_mul(7919) % DRAIN_RECONNECT_SPREAD_MS);
         c.drain(after_ms);
     }
-    let _ = tokio::time::timeout(DRAIN_GRACE, gw.hub().all_closed()).await;
+    // Every socket, until its close frame is sent and the client's read.
+    let _ = tokio::time::timeout(DRAIN_GRACE, gw.socket_config().open.all_closed()).await;
 }
 
 /// Reports this gateway to the registry (and renews its presence

@@ -41,6 +41,54 @@ pub struct SocketConfig {
     pub started: tokio::time::Instant,
     /// How long a silent client is kept.
     pub idle_timeout: Duration,
+    /// The sockets being served.
+    pub open: Arc<OpenSockets>,
+}
+
+/// The sockets being served, from the upgrade until the socket is dropped
+/// (after the close frame and the [`reader`]'s lingering read): each holds
+/// a file descriptor, so the connection cap counts these, and the drain
+/// waits for them, not only for the connections the hub still knows
+/// (a connection leaves the hub before its close frame is sent).
+#[derive(Debug, Default)]
+pub struct OpenSockets {
+    n: std::sync::atomic::AtomicUsize,
+    none_left: tokio::sync::Notify,
+}
+
+impl OpenSockets {
+    /// How many sockets are being served.
+    pub fn count(&self) -> usize {
+        self.n.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves when no socket is left.
+    pub async fn all_closed(&self) {
+        loop {
+            let notified = self.none_left.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Counts a socket until the guard is dropped.
+    fn open(self: &Arc<Self>) -> OpenSocket {
+        self.n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenSocket(self.clone())
+    }
+}
+
+/// One counted socket: dropped when its connection's task ends.
+struct OpenSocket(Arc<OpenSockets>);
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.0.none_left.notify_waiters();
+        }
+    }
 }
 
 /// What a connection's commands are run by: the layer above the socket.
@@ -84,8 +132,10 @@ where
     S: Session,
     F: Future<Output = Option<S>> + Send + 'static,
 {
+    let counted = config.open.open();
     let setup = Box::pin(setup(socket, handle, rx, config, open));
     async move {
+        let _counted = counted;
         let Some((mut reader, mut stream, writer)) = setup.await else {
             return;
         };
@@ -117,4 +167,28 @@ where
         return None;
     };
     Some((Reader::new(handle, session, &reader_config), read, writer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The count follows the guards, and waiting for none left ends with
+    /// the last one, not before.
+    #[tokio::test]
+    async fn open_sockets_are_counted_until_their_guards_go() {
+        let open = Arc::new(OpenSockets::default());
+        let (a, b) = (open.open(), open.open());
+        assert_eq!(open.count(), 2);
+        let waiting = tokio::spawn({
+            let open = open.clone();
+            async move { open.all_closed().await }
+        });
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one socket is still open");
+        drop(b);
+        waiting.await.expect("resolves once none is left");
+        assert_eq!(open.count(), 0);
+    }
 }

@@ -13,6 +13,7 @@ use chorus_shared::protocol::{AckFrame, AckTag};
 use chorus_shared::ratelimit::TokenBucket;
 use futures_util::StreamExt;
 use serde_json::json;
+use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
@@ -158,7 +159,7 @@ impl<S: Session> Reader<S> {
         self.session.end(&self.handle).await;
         let _ = writer.await;
         let mut stream = stream;
-        linger(&mut stream).await;
+        linger(&mut stream, self.handle.peer_closed()).await;
     }
 
     /// Takes a command token; false when limited.
@@ -263,15 +264,24 @@ fn command_label(kind: &str) -> &'static str {
 
 /// Reads, and drops, what the client sends until its close frame, the end
 /// of its stream, or [`LINGER`]; then the socket can close without a reset.
-/// After the client's own close (or a protocol error) tungstenite reads
-/// nothing more, and this returns at once. True when it did not time out.
-async fn linger(stream: &mut WebSocketStream<ReadHalf>) -> bool {
+/// Nothing is read once the client's own close was (`peer_closed`): it
+/// sends nothing after it, and waits for us to close. When tungstenite
+/// has stopped reading (a protocol error, a message too long), the rest is
+/// read raw, to the client's end. True when it did not time out.
+async fn linger(stream: &mut WebSocketStream<ReadHalf>, peer_closed: bool) -> bool {
     tokio::time::timeout(LINGER, async {
-        while let Some(Ok(m)) = stream.next().await {
-            if m.is_close() {
-                break;
+        if peer_closed {
+            return;
+        }
+        loop {
+            match stream.next().await {
+                Some(Ok(m)) if m.is_close() => return,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
             }
         }
+        let mut buf = [0; 256];
+        while matches!(stream.get_mut().read(&mut buf).await, Ok(n) if n > 0) {}
     })
     .await
     .is_ok()
@@ -284,8 +294,10 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
     use tokio_tungstenite::tungstenite::protocol::Role;
 
-    /// A server's reading side over real TCP, and a client on the other end.
+    /// A server's reading side over real TCP (tungstenite reading 16 bytes
+    /// at a time, frames of at most 300), and a client on the other end.
     async fn pair() -> (WebSocketStream<ReadHalf>, WebSocketStream<TcpStream>) {
+        use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("addr"))
             .await
@@ -294,36 +306,74 @@ mod tests {
         let (read, write) = server.into_split();
         // The writing half goes: the client's frames still arrive.
         drop(write);
+        let config = WebSocketConfig::default()
+            .read_buffer_size(16)
+            .max_frame_size(Some(300));
         let server =
-            WebSocketStream::from_raw_socket(ReadHalf::new(read), Role::Server, None).await;
+            WebSocketStream::from_raw_socket(ReadHalf::new(read), Role::Server, Some(config)).await;
         let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         (server, client)
     }
 
+    /// What the socket holds unread: none (`WouldBlock`), the end of the
+    /// stream (`Ok(0)`), or bytes.
+    fn unread(server: &WebSocketStream<ReadHalf>) -> std::io::Result<usize> {
+        server.get_ref().try_read(&mut [0; 64])
+    }
+
     /// After our close, what the client sends, up to and including its
     /// close frame, is read: nothing is left unread for the socket's close
-    /// to answer with a reset.
+    /// to answer with a reset. (tungstenite reads 16 bytes at a time, so the
+    /// close frame is still in the socket once the text is read.)
     #[tokio::test]
     async fn lingering_reads_up_to_the_clients_close() {
         let (mut server, mut client) = pair().await;
         client
-            .send(Message::Text("late".into()))
+            .send(Message::Text("x".repeat(200).into()))
             .await
             .expect("send");
         client.send(Message::Close(None)).await.expect("close");
-        assert!(linger(&mut server).await, "ended by the client's close");
-        let mut rest = [0; 64];
-        let unread = server.get_ref().try_read(&mut rest);
         assert!(
-            matches!(&unread, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-            "{unread:?}"
+            linger(&mut server, false).await,
+            "ended by the client's close"
+        );
+        let rest = unread(&server);
+        assert!(
+            matches!(&rest, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{rest:?}"
         );
     }
 
-    /// A client that never answers is given up on after the bound.
+    /// When tungstenite has stopped reading (a frame over the limit), the
+    /// rest of the client's bytes are read raw, to its end.
+    #[tokio::test]
+    async fn after_a_protocol_error_the_rest_is_read_raw() {
+        let (mut server, mut client) = pair().await;
+        client
+            .send(Message::Text("y".repeat(2_000).into()))
+            .await
+            .expect("send");
+        drop(client);
+        assert!(
+            matches!(server.next().await, Some(Err(_))),
+            "over the limit"
+        );
+        assert!(
+            linger(&mut server, false).await,
+            "ended by the client's end"
+        );
+        assert!(matches!(unread(&server), Ok(0)), "nothing left but the end");
+    }
+
+    /// A client that never answers is given up on after the bound; one that
+    /// closed first is not waited for at all.
     #[tokio::test(start_paused = true)]
     async fn lingering_gives_up_after_the_bound() {
         let (mut server, _client) = pair().await;
-        assert!(!linger(&mut server).await);
+        let start = tokio::time::Instant::now();
+        assert!(!linger(&mut server, false).await);
+        assert_eq!(start.elapsed(), LINGER);
+        assert!(linger(&mut server, true).await);
+        assert_eq!(start.elapsed(), LINGER);
     }
 }

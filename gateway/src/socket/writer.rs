@@ -123,9 +123,7 @@ pub(super) fn write_loop<W: AsyncWrite + Unpin + Send>(
                 }
             }
         };
-        // Not to a slow consumer, nor to a client that closed first: it
-        // would throw them away.
-        let send_queued = code != close::SLOW_CONSUMER && !handle.peer_closed();
+        let send_queued = sends_queued(code, &handle);
         Box::pin(finish(
             &mut out,
             &mut rx,
@@ -135,6 +133,13 @@ pub(super) fn write_loop<W: AsyncWrite + Unpin + Send>(
         ))
         .await;
     }
+}
+
+/// Whether a close with `code` sends what is still queued first: not to a
+/// slow consumer (it is not reading), nor to a client that sent its own
+/// close (it would throw them away).
+fn sends_queued(code: u16, handle: &ConnHandle) -> bool {
+    code != close::SLOW_CONSUMER && !handle.peer_closed()
 }
 
 /// How a guarded write ended.
@@ -502,6 +507,7 @@ mod tests {
             heartbeat,
             started: tokio::time::Instant::now(),
             idle_timeout: Duration::from_secs(60),
+            open: Arc::default(),
         };
         for (heartbeat, step) in [
             (Duration::from_secs(25), PING_GRID),
@@ -648,6 +654,20 @@ mod tests {
             want.push(close_frame(code));
             assert_eq!(reader.await.expect("client"), want, "code {code}");
         }
+    }
+
+    /// What is queued goes before the close frame, except to a slow
+    /// consumer or after the client's own close frame (any code).
+    #[test]
+    fn the_queue_is_sent_before_a_close_unless_no_one_reads_it() {
+        let expiry = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let (h, _rx) = ConnHandle::new(1, "u", "U", Encoding::Json, 4, expiry);
+        assert!(sends_queued(close::DRAINING, &h));
+        assert!(sends_queued(close::NORMAL, &h));
+        assert!(!sends_queued(close::SLOW_CONSUMER, &h));
+        h.client_closed(Some(4000));
+        assert!(!sends_queued(close::NORMAL, &h));
+        assert!(!sends_queued(close::DRAINING, &h));
     }
 
     /// A socket operation that makes no progress counts as stalled after
