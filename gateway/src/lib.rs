@@ -57,7 +57,9 @@ use crate::socket::SocketConfig;
 use crate::state::{Admission, Gateway, Parts};
 
 /// How long a drain waits for the last connections to finish their close
-/// after every client was told to reconnect.
+/// after every client was told to reconnect: more than a connection's own
+/// bounds on it (1 s for the queue and the close frame, 1 s reading for
+/// the client's answer), so only a stuck socket is cut off.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// A drained client is told to reconnect after a delay spread over this

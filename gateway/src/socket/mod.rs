@@ -8,6 +8,8 @@
 //! command goes up to a [`Session`], the layer that knows about rooms. This
 //! layer knows nothing of rooms, the API or the backplane.
 
+mod frame;
+mod ping;
 mod reader;
 pub mod upgrade;
 mod writer;
@@ -37,7 +39,7 @@ pub struct SocketConfig {
     /// grid, so a little less).
     pub heartbeat: Duration,
     /// When the gateway started: the origin of the grid pings fall on
-    /// (`writer::on_ping_grid`).
+    /// (`ping::on_ping_grid`).
     pub started: tokio::time::Instant,
     /// How long a silent client is kept.
     pub idle_timeout: Duration,

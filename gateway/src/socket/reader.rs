@@ -315,6 +315,18 @@ mod tests {
         (server, client)
     }
 
+    /// A [`pair`] whose client has sent a text of `len` bytes.
+    async fn pair_after_text(
+        len: usize,
+    ) -> (WebSocketStream<ReadHalf>, WebSocketStream<TcpStream>) {
+        let (server, mut client) = pair().await;
+        client
+            .send(Message::Text("x".repeat(len).into()))
+            .await
+            .expect("send");
+        (server, client)
+    }
+
     /// What the socket holds unread: none (`WouldBlock`), the end of the
     /// stream (`Ok(0)`), or bytes.
     fn unread(server: &WebSocketStream<ReadHalf>) -> std::io::Result<usize> {
@@ -327,11 +339,7 @@ mod tests {
     /// close frame is still in the socket once the text is read.)
     #[tokio::test]
     async fn lingering_reads_up_to_the_clients_close() {
-        let (mut server, mut client) = pair().await;
-        client
-            .send(Message::Text("x".repeat(200).into()))
-            .await
-            .expect("send");
+        let (mut server, mut client) = pair_after_text(200).await;
         client.send(Message::Close(None)).await.expect("close");
         assert!(
             linger(&mut server, false).await,
@@ -348,11 +356,7 @@ mod tests {
     /// rest of the client's bytes are read raw, to its end.
     #[tokio::test]
     async fn after_a_protocol_error_the_rest_is_read_raw() {
-        let (mut server, mut client) = pair().await;
-        client
-            .send(Message::Text("y".repeat(2_000).into()))
-            .await
-            .expect("send");
+        let (mut server, client) = pair_after_text(2_000).await;
         drop(client);
         assert!(
             matches!(server.next().await, Some(Err(_))),

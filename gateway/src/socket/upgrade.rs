@@ -41,7 +41,7 @@ const UPGRADE_TIMEOUT: Duration = chorus_shared::http::HEADER_READ_TIMEOUT;
 ///
 /// The reader's half goes through tungstenite, which parses and checks
 /// the client's frames (masking, fragments, UTF-8, size limits). The
-/// writer's half is written to directly (`writer::Out`): a server frame is
+/// writer's half is written to directly (`frame::Out`): a server frame is
 /// a header of a few bytes before the payload the hub encoded once for
 /// every recipient, so it goes to the kernel in one `writev`, with no copy
 /// into a per-connection buffer, no lock shared with the reader, and no

@@ -6,13 +6,9 @@
 //! to a slow consumer, nor to a client that closed first), then the close
 //! frame, each bounded in time, and shuts the socket's writing side.
 //!
-//! It frames messages itself (RFC 6455 §5.2; a server's frames are a short
-//! header and an unmasked payload) and writes them to its half of the TCP
-//! stream: the header and the payload, which the hub encoded once for
-//! every recipient, go to the kernel together in one `writev`, and no
-//! write buffer is kept between writes.
+//! It frames messages itself ([`super::frame`]) on its half of the TCP
+//! stream; when pings fall due is [`super::ping`]'s.
 
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -22,9 +18,11 @@ use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::SocketConfig;
+use super::frame::Out;
+use super::ping::{first_ping, on_ping_grid};
 use crate::close;
 use crate::codec::Encoding;
 use crate::handle::{ConnHandle, Outbound, OutboundRx};
@@ -204,41 +202,6 @@ where
     }
 }
 
-/// When a connection's first ping is due: somewhere between half the
-/// heartbeat and all of it, then every heartbeat (each moved back onto the
-/// ping grid, [`on_ping_grid`], so up to one step sooner). Connections made
-/// together (a load test, a reconnect storm: 20,000 in 3 s) would
-/// otherwise be pinged together at every heartbeat, each wave a burst of
-/// writes and pong reads on top of live traffic (small-room load runs had
-/// their worst seconds, 9-12 ms at p99, when the waves fell). Spread from the
-/// connection id by Fibonacci hashing, so consecutive ids land evenly
-/// apart without a random source; no ping comes later than `heartbeatMs`.
-fn first_ping(heartbeat: Duration, conn_id: u64) -> Duration {
-    let spread = conn_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
-    let fraction = spread as f64 / (1_u64 << 53) as f64;
-    heartbeat / 2 + heartbeat.mul_f64(fraction / 2.0)
-}
-
-/// Coarsest step of the grid pings fall due on. A ping's timer firing
-/// wakes the runtime from its sleep; pings due in the same step fire in one
-/// timer-wheel turn and are written one after the other, in one wake-up,
-/// instead of one wake-up each (at 10,000 connections, 400 a second). A
-/// step's pings go out together: at 100,000 connections on one gateway,
-/// about 400, a few milliseconds of writes.
-const PING_GRID: Duration = Duration::from_millis(100);
-
-/// `at`, moved back to the ping grid: the last multiple of the step since
-/// the gateway started. Back, not forward, so that no ping comes later
-/// than `heartbeatMs` after the one before; the step is at most an eighth
-/// of the heartbeat (tests run with heartbeats of milliseconds), so a ping
-/// is never due before the one it follows.
-fn on_ping_grid(at: tokio::time::Instant, config: &SocketConfig) -> tokio::time::Instant {
-    let step = PING_GRID.min(config.heartbeat / 8).as_nanos().max(1);
-    let since = at.saturating_duration_since(config.started).as_nanos();
-    let back = u64::try_from(since % step).unwrap_or(0);
-    at - Duration::from_nanos(back)
-}
-
 /// Requests a close with `code` and returns the code that won.
 fn close_now(handle: &ConnHandle, code: u16) -> u16 {
     handle.close(code);
@@ -306,148 +269,6 @@ async fn write_batch<W: AsyncWrite + Unpin>(
     r.err().unwrap_or(Written::All)
 }
 
-/// The socket's writing half, and what is left of a frame the socket took
-/// only part of.
-struct Out<W> {
-    io: W,
-    /// The unwritten end of a frame. A write cut off half-way (by a close
-    /// or the token's expiry) leaves it here, and the next write, or
-    /// [`finish`], sends it first: nothing may come between the bytes of
-    /// one frame. Boxed, and made only when the socket did not take a frame
-    /// at once: every idle connection carries this field.
-    rest: Option<Box<FrameBytes>>,
-}
-
-impl<W: AsyncWrite + Unpin> Out<W> {
-    fn new(io: W) -> Self {
-        Out { io, rest: None }
-    }
-
-    /// Writes one message as one frame. Almost always the socket takes it
-    /// whole on the first try, in one `writev` of header and payload, and
-    /// nothing is allocated; otherwise the rest waits in [`Out::rest`].
-    async fn send(&mut self, message: Message) -> io::Result<()> {
-        self.send_rest().await?;
-        let mut frame = FrameBytes::new(message);
-        let first = std::future::poll_fn(|cx| Poll::Ready(frame.poll_write(&mut self.io, cx)));
-        match first.await {
-            Poll::Ready(done) => done,
-            Poll::Pending => {
-                self.rest = Some(Box::new(frame));
-                self.send_rest().await
-            }
-        }
-    }
-
-    /// Writes the rest of a frame cut off earlier, if any. Progress is kept
-    /// in [`Out::rest`] as it is made, so a call cut off at any point loses
-    /// none.
-    async fn send_rest(&mut self) -> io::Result<()> {
-        std::future::poll_fn(|cx| {
-            if let Some(rest) = self.rest.as_mut() {
-                std::task::ready!(rest.poll_write(&mut self.io, cx))?;
-                self.rest = None;
-            }
-            Poll::Ready(Ok(()))
-        })
-        .await
-    }
-}
-
-/// Longest header of an unmasked frame (RFC 6455 §5.2): two bytes, and
-/// eight more for a payload length over 65,535.
-const MAX_HEADER: usize = 10;
-
-/// One server frame on its way to the socket: its header, its payload
-/// (shared with every other recipient of the same event, not copied), and
-/// how much of the two is written.
-struct FrameBytes {
-    header: [u8; MAX_HEADER],
-    header_len: usize,
-    payload: Bytes,
-    written: usize,
-}
-
-impl FrameBytes {
-    /// The frame of `message`: final (the writer sends every message as one
-    /// frame), unmasked (a server's frames are, RFC 6455 §5.1).
-    fn new(message: Message) -> Self {
-        let (opcode, payload) = match message {
-            Message::Text(t) => (OpCode::Data(Data::Text), Bytes::from(t)),
-            Message::Binary(b) => (OpCode::Data(Data::Binary), b),
-            Message::Ping(p) => (OpCode::Control(Control::Ping), p),
-            Message::Pong(p) => (OpCode::Control(Control::Pong), p),
-            Message::Close(c) => {
-                let mut p = Vec::new();
-                if let Some(c) = c {
-                    p.extend_from_slice(&u16::from(c.code).to_be_bytes());
-                    p.extend_from_slice(c.reason.as_bytes());
-                }
-                (OpCode::Control(Control::Close), Bytes::from(p))
-            }
-            // A frame made elsewhere, header and all.
-            Message::Frame(f) => {
-                let mut whole = Vec::with_capacity(f.len());
-                let _ = f.format(&mut whole);
-                return FrameBytes {
-                    header: [0; MAX_HEADER],
-                    header_len: 0,
-                    payload: Bytes::from(whole),
-                    written: 0,
-                };
-            }
-        };
-        let mut header = [0; MAX_HEADER];
-        header[0] = 0x80 | u8::from(opcode);
-        let len = payload.len();
-        let header_len = match (u8::try_from(len), u16::try_from(len)) {
-            (Ok(n), _) if n < 126 => {
-                header[1] = n;
-                2
-            }
-            (_, Ok(n)) => {
-                header[1] = 126;
-                header[2..4].copy_from_slice(&n.to_be_bytes());
-                4
-            }
-            _ => {
-                header[1] = 127;
-                header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-                10
-            }
-        };
-        FrameBytes {
-            header,
-            header_len,
-            payload,
-            written: 0,
-        }
-    }
-
-    /// Writes what is left, recording progress as it goes; ready once the
-    /// whole frame is written.
-    fn poll_write<W: AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut W,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        while self.written < self.header_len + self.payload.len() {
-            let h = self.written.min(self.header_len);
-            let p = self.written - h;
-            let bufs = [
-                io::IoSlice::new(&self.header[h..self.header_len]),
-                io::IoSlice::new(&self.payload[p..]),
-            ];
-            let n = std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &bufs))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.written += n;
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
 /// Finishes a frame cut off half-way, sends what is still queued if
 /// `send_queued`, then the close frame, bounded in time; then shuts the
 /// socket's writing side.
@@ -481,51 +302,9 @@ async fn finish<W: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::frame::testing::{client, close_frame};
     use super::*;
     use crate::codec::Encoding;
-
-    #[test]
-    fn first_pings_are_spread_over_the_second_half_of_the_heartbeat() {
-        let heartbeat = Duration::from_secs(25);
-        let mut tenths = [0_usize; 10];
-        for id in 1..=1_000_u64 {
-            let d = first_ping(heartbeat, id);
-            assert!(d >= heartbeat / 2 && d <= heartbeat, "{d:?} for {id}");
-            let tenth = ((d - heartbeat / 2).as_secs_f64() / 1.25) as usize;
-            tenths[tenth.min(9)] += 1;
-        }
-        // Consecutive connections spread evenly: each tenth of the window
-        // holds a tenth of them, give or take a few.
-        assert!(tenths.iter().all(|n| (90..=110).contains(n)), "{tenths:?}");
-    }
-
-    #[test]
-    fn pings_fall_due_on_the_grid_never_later() {
-        let config = |heartbeat| SocketConfig {
-            command_rate: 0.0,
-            command_burst: 0,
-            heartbeat,
-            started: tokio::time::Instant::now(),
-            idle_timeout: Duration::from_secs(60),
-            open: Arc::default(),
-        };
-        for (heartbeat, step) in [
-            (Duration::from_secs(25), PING_GRID),
-            (Duration::from_millis(80), Duration::from_millis(10)),
-        ] {
-            let c = config(heartbeat);
-            let mut seen = std::collections::HashSet::new();
-            for micros in (0..3_000_000_u64).step_by(7_919) {
-                let at = c.started + Duration::from_micros(micros);
-                let due = on_ping_grid(at, &c);
-                assert!(due <= at && at - due < step, "{at:?} → {due:?}");
-                assert_eq!((due - c.started).as_nanos() % step.as_nanos(), 0);
-                seen.insert(due);
-            }
-            // Deadlines in one step share one instant: one timer-wheel turn.
-            assert_eq!(seen.len() as u128, 3_000_000 / step.as_micros());
-        }
-    }
 
     /// A write blocked on a client that stopped reading still ends at the
     /// token's expiry (1008), not when the write gives up.
@@ -552,72 +331,6 @@ mod tests {
         handle.close(close::DRAINING);
         let step = guarded(std::future::pending::<Written>(), &handle, closed.as_mut()).await;
         assert!(matches!(step, Step::Closed(close::DRAINING)));
-    }
-
-    /// Reads what a client makes of the bytes on `io`'s other end, up to
-    /// and including the close frame.
-    fn client(io: tokio::io::DuplexStream) -> tokio::task::JoinHandle<Vec<Message>> {
-        use futures_util::StreamExt;
-        use tokio_tungstenite::WebSocketStream;
-        use tokio_tungstenite::tungstenite::protocol::Role;
-        tokio::spawn(async move {
-            let mut client = WebSocketStream::from_raw_socket(io, Role::Client, None).await;
-            let mut got = Vec::new();
-            while let Some(m) = client.next().await {
-                let m = m.expect("a well-formed frame");
-                let end = matches!(m, Message::Close(_));
-                got.push(m);
-                if end {
-                    break;
-                }
-            }
-            got
-        })
-    }
-
-    fn close_frame(code: u16) -> Message {
-        Message::Close(Some(CloseFrame {
-            code: CloseCode::from(code),
-            reason: close::reason(code).into(),
-        }))
-    }
-
-    /// Every kind of message, with payloads of each of the three length
-    /// encodings, reads back as sent through a WebSocket client.
-    #[tokio::test]
-    async fn every_message_reads_back_as_sent() {
-        let (server_io, client_io) = tokio::io::duplex(1 << 20);
-        let reader = client(client_io);
-        let sent = vec![
-            Message::Text("hi".into()),
-            Message::Text("é".repeat(100).into()),
-            Message::Text("x".repeat(125).into()),
-            Message::Binary(Bytes::from(vec![7; 126])),
-            Message::Binary(Bytes::from(vec![8; 65_535])),
-            Message::Text("y".repeat(65_536).into()),
-            Message::Ping(Bytes::from_static(b"p")),
-            Message::Pong(Bytes::new()),
-            close_frame(close::DRAINING),
-        ];
-        let mut out = Out::new(server_io);
-        for m in sent.clone() {
-            out.send(m).await.expect("written");
-        }
-        let got = reader.await.expect("client");
-        assert_eq!(
-            got.len(),
-            sent.len(),
-            "{:?}",
-            got.iter().map(Message::len).collect::<Vec<_>>()
-        );
-        for (i, (g, s)) in got.iter().zip(&sent).enumerate() {
-            assert!(
-                g == s,
-                "message {i}: {} bytes read, {} sent",
-                g.len(),
-                s.len()
-            );
-        }
     }
 
     /// A close that cuts off a long frame (the client is not reading) still
