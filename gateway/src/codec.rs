@@ -13,6 +13,8 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::error::GatewayError;
 
+pub(crate) mod frame;
+
 /// Subprotocol selecting MessagePack.
 pub const MSGPACK_PROTOCOL: &str = "chorus.v1.msgpack";
 /// Subprotocol naming the default JSON encoding explicitly.

@@ -2,10 +2,13 @@
 //!
 //! Rooms, the user registry and draining hold connections only through this
 //! handle: who the connection is, a non-blocking push onto its bounded
-//! outbound queue (`handle/queue.rs`), and a close signal. The socket layer's reader and writer
-//! hold the same handle, so a close requested anywhere (a full queue, a
-//! revoked token, a drain) ends both tasks. The handle knows nothing of
-//! rooms, and rooms nothing of sockets.
+//! outbound queue (`handle/queue.rs`), and a close signal. The socket
+//! layer's reader and writer hold the same handle, so a close requested
+//! anywhere (a full queue, a revoked token, a drain) ends both tasks. The
+//! queue also holds the socket, so that a dispatcher can write what it
+//! queued while the writer has nothing to do, without waking it
+//! ([`ConnHandle::offer_event`], [`ConnHandle::flush`]). The handle knows
+//! nothing of rooms, and rooms nothing of sockets.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -20,8 +23,9 @@ use crate::liveness::Liveness;
 
 mod queue;
 
-pub use queue::{Empty, OutboundRx};
-use queue::{Queue, Refused};
+pub(crate) use queue::Next;
+pub use queue::{Empty, OutboundRx, Pushed};
+use queue::{Flushed, Queue, Refused};
 
 /// One entry of a connection's outbound queue: a single pointer. A shared
 /// event is encoded for this connection by its writer (at most once per
@@ -124,7 +128,10 @@ impl ConnHandle {
             self.slow_consumer();
             return false;
         }
-        if self.send_now(Arc::new(SharedFrame::Encoded(frame))) {
+        if self
+            .send_now(Arc::new(SharedFrame::Encoded(frame)), false)
+            .is_some()
+        {
             true
         } else {
             self.own_queued.fetch_sub(size, Ordering::SeqCst);
@@ -149,17 +156,46 @@ impl ConnHandle {
     /// capacity while the writer waits on the socket, at an overdraft
     /// beyond it otherwise: see `handle/queue.rs`). False when not queued.
     pub fn push_event(&self, frame: &Frame) -> bool {
-        self.send_now(frame.clone())
+        self.send_now(frame.clone(), false).is_some()
     }
 
-    fn send_now(&self, out: Outbound) -> bool {
-        match self.queue.push(out) {
-            Ok(()) => true,
+    /// [`ConnHandle::push_event`], which with `claim` may claim the
+    /// writer's turn instead of waking it (when the writer has nothing to
+    /// do): then the caller must [`ConnHandle::flush`], once it holds no
+    /// lock. `None` when not queued.
+    pub fn offer_event(&self, frame: &Frame, claim: bool) -> Option<Pushed> {
+        self.send_now(frame.clone(), claim)
+    }
+
+    /// Writes what is queued, after a push that claimed the turn: what the
+    /// socket takes at once, the rest left to the writer. A socket that
+    /// fails closes the connection.
+    pub fn flush(&self) {
+        match self.queue.flush(self.encoding, |f| {
+            self.dequeued(f);
+            f.written();
+        }) {
+            Flushed::Done => {}
+            Flushed::Failed => {
+                self.close(close::NORMAL);
+            }
+        }
+    }
+
+    /// The socket, for [`ConnHandle::flush`]; until the writer closes the
+    /// queue.
+    pub fn attach(&self, socket: Arc<tokio::net::TcpStream>) {
+        self.queue.attach(socket);
+    }
+
+    fn send_now(&self, out: Outbound, claim: bool) -> Option<Pushed> {
+        match self.queue.push(out, claim) {
+            Ok(pushed) => Some(pushed),
             Err(Refused::Full(_)) => {
                 self.slow_consumer();
-                false
+                None
             }
-            Err(Refused::Closed) => false,
+            Err(Refused::Closed) => None,
         }
     }
 

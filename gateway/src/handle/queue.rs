@@ -14,15 +14,30 @@
 //! overdraft of [`OVERDRAFT`] times the capacity before the connection is
 //! closed anyway: an overloaded gateway must not cut off clients that read
 //! fine, whose reconnects would only add to its load.
+//!
+//! Whose turn it is to write ([`Turn`]): the socket has one writer at a
+//! time, and frames go out in queue order. Mostly the writer task writes.
+//! But waking it costs a task switch per frame, which in rooms of ten was
+//! the largest cost left after the kernel's write. So while the writer has
+//! nothing to do, the task that dispatches an event may *claim* the turn
+//! with its push and write the queue itself, once it holds no room lock
+//! (`hub/claims.rs`), with non-blocking writes only: whatever the socket
+//! does not take at once (a frame's rest, the frames behind it) is left to
+//! the writer, which is woken and waits on the socket as before. The
+//! writer takes the turn back for a ping or a close, waiting for a
+//! claimer to finish (a few non-blocking writes).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::{ConnHandle, Outbound};
+use crate::codec::Encoding;
+use crate::codec::frame::FrameBytes;
 use crate::sync::lock;
 
 /// Slots an emptied queue may keep. A burst (a replay, a room filling up)
@@ -56,6 +71,28 @@ struct QueueState {
     socket_full: bool,
     /// The writer is gone: nothing is queued any more.
     closed: bool,
+    turn: Turn,
+    /// The writer waits for a claimer to hand the turn back.
+    writer_waits: bool,
+    /// The unwritten end of a frame a claimer's write left: the writer
+    /// sends it before anything else.
+    rest: Option<Box<FrameBytes>>,
+    /// The connection's socket, for a claimer's writes; none without a TCP
+    /// socket (unit tests) and once the queue is closed.
+    socket: Option<Arc<TcpStream>>,
+}
+
+/// Who may write to the socket (see the module's docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// Nobody: the queue is empty and the writer waits for a frame. A push
+    /// may claim the turn.
+    Idle,
+    /// The writer task: it writes, or has frames or a frame's rest to.
+    Writer,
+    /// A push claimed it; its caller writes the queue with
+    /// [`Queue::flush`].
+    Claimed,
 }
 
 /// Why a frame was not queued.
@@ -63,6 +100,31 @@ pub(super) enum Refused {
     /// The queue is full; the frame comes back.
     Full(Outbound),
     Closed,
+}
+
+/// A queued frame, and whether its push claimed the turn to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// The writer is woken (or already had the turn) and sends it.
+    Queued,
+    /// The caller writes it with `flush`, once it holds no lock.
+    Claimed,
+}
+
+/// What the writer takes off the queue.
+pub(crate) enum Next {
+    Frame(Outbound),
+    /// The end of a frame a claimer began: it goes first.
+    Rest(Box<FrameBytes>),
+}
+
+/// How a claimer's flush ended.
+pub(super) enum Flushed {
+    /// The queue is written, or left to the writer (the socket took only
+    /// part).
+    Done,
+    /// The socket failed: the client is gone.
+    Failed,
 }
 
 impl Queue {
@@ -73,6 +135,10 @@ impl Queue {
                 capacity,
                 socket_full: false,
                 closed: false,
+                turn: Turn::Idle,
+                writer_waits: false,
+                rest: None,
+                socket: None,
             }),
             writer: AtomicWaker::new(),
             space: Notify::new(),
@@ -88,8 +154,8 @@ impl Queue {
             let space = self.space.notified();
             tokio::pin!(space);
             space.as_mut().enable();
-            match self.push_within(frame, |s| s.capacity) {
-                Ok(()) => return true,
+            match self.push_within(frame, |s| s.capacity, false) {
+                Ok(_) => return true,
                 Err(Refused::Closed) => return false,
                 Err(Refused::Full(back)) => frame = back,
             }
@@ -98,23 +164,29 @@ impl Queue {
     }
 
     /// Queues a live event: within the capacity, or the overdraft while
-    /// the socket takes what the writer sends.
-    pub(super) fn push(&self, frame: Outbound) -> Result<(), Refused> {
-        self.push_within(frame, |s| {
-            if s.socket_full {
-                s.capacity
-            } else {
-                s.capacity.saturating_mul(OVERDRAFT)
-            }
-        })
+    /// the socket takes what the writer sends. With `claim`, and nobody
+    /// writing, the caller takes the turn and must [`Queue::flush`].
+    pub(super) fn push(&self, frame: Outbound, claim: bool) -> Result<Pushed, Refused> {
+        self.push_within(
+            frame,
+            |s| {
+                if s.socket_full {
+                    s.capacity
+                } else {
+                    s.capacity.saturating_mul(OVERDRAFT)
+                }
+            },
+            claim,
+        )
     }
 
     fn push_within(
         &self,
         frame: Outbound,
         limit: impl FnOnce(&QueueState) -> usize,
-    ) -> Result<(), Refused> {
-        let overdrawn = {
+        claim: bool,
+    ) -> Result<Pushed, Refused> {
+        let (overdrawn, pushed, wake) = {
             let mut s = lock(&self.state);
             if s.closed {
                 return Err(Refused::Closed);
@@ -124,13 +196,98 @@ impl Queue {
                 return Err(Refused::Full(frame));
             }
             s.frames.push_back(frame);
-            len >= s.capacity
+            let overdrawn = len >= s.capacity;
+            match s.turn {
+                Turn::Idle if claim && s.socket.is_some() => {
+                    s.turn = Turn::Claimed;
+                    (overdrawn, Pushed::Claimed, false)
+                }
+                // The claimer's flush takes this frame too.
+                Turn::Claimed => (overdrawn, Pushed::Queued, false),
+                Turn::Idle | Turn::Writer => (overdrawn, Pushed::Queued, true),
+            }
         };
         if overdrawn {
             metrics::counter!("chorus_gateway_queue_overdraft_total").increment(1);
         }
+        if wake {
+            self.writer.wake();
+        }
+        Ok(pushed)
+    }
+
+    /// The connection's socket, for claimers' writes.
+    pub(super) fn attach(&self, socket: Arc<TcpStream>) {
+        lock(&self.state).socket = Some(socket);
+    }
+
+    /// A claimer writes what is queued, each frame with non-blocking
+    /// writes, and gives the turn back: to nobody once the queue is empty;
+    /// to the writer (woken) when the socket did not take everything at
+    /// once, or when the writer waits for it. `written` is told of each
+    /// frame taken off the queue.
+    pub(super) fn flush(&self, encoding: Encoding, written: impl Fn(&Outbound)) -> Flushed {
+        let mut socket = None;
+        loop {
+            let (frame, was_full) = {
+                let mut s = lock(&self.state);
+                let (frame, was_full) = take_front(&mut s);
+                let frame = match (frame, &s.socket) {
+                    (Some(frame), Some(io)) => {
+                        if socket.is_none() {
+                            socket = Some(io.clone());
+                        }
+                        frame
+                    }
+                    (frame, _) => {
+                        // Nothing left, or the queue closed meanwhile.
+                        if let Some(frame) = frame {
+                            s.frames.push_front(frame);
+                        }
+                        let wake = s.writer_waits || !s.frames.is_empty();
+                        s.writer_waits = false;
+                        s.turn = if wake { Turn::Writer } else { Turn::Idle };
+                        drop(s);
+                        if wake {
+                            self.writer.wake();
+                        }
+                        return Flushed::Done;
+                    }
+                };
+                (frame, was_full)
+            };
+            if was_full {
+                self.space.notify_waiters();
+            }
+            let Some(io) = socket.as_deref() else {
+                return Flushed::Done;
+            };
+            let mut bytes = FrameBytes::new(frame.get(encoding));
+            let done = bytes.try_write(io);
+            written(&frame);
+            match done {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.hand_over(Some(bytes));
+                    return Flushed::Done;
+                }
+                Err(_) => {
+                    self.hand_over(None);
+                    return Flushed::Failed;
+                }
+            }
+        }
+    }
+
+    /// A claimer gives the turn to the writer, with a frame's rest.
+    fn hand_over(&self, rest: Option<FrameBytes>) {
+        {
+            let mut s = lock(&self.state);
+            s.rest = rest.map(Box::new);
+            s.turn = Turn::Writer;
+            s.writer_waits = false;
+        }
         self.writer.wake();
-        Ok(())
     }
 
     /// The writer starts (true) or stops (false) waiting on the socket.
@@ -138,20 +295,15 @@ impl Queue {
         lock(&self.state).socket_full = full;
     }
 
-    /// The next frame; or, with nothing queued, whether the queue is
-    /// closed.
+    /// The next frame, without a change of turn; or, with nothing queued,
+    /// whether the queue is closed.
     fn pop(&self) -> Result<Outbound, bool> {
         let (frame, was_full) = {
             let mut s = lock(&self.state);
-            // Replays wait while the queue holds its capacity or more: this
-            // pop is the one that makes room for them.
-            let was_full = s.frames.len() == s.capacity;
-            let Some(frame) = s.frames.pop_front() else {
+            let (frame, was_full) = take_front(&mut s);
+            let Some(frame) = frame else {
                 return Err(s.closed);
             };
-            if s.frames.is_empty() && s.frames.capacity() > KEPT_SLOTS {
-                s.frames = VecDeque::new();
-            }
             (frame, was_full)
         };
         if was_full {
@@ -160,15 +312,69 @@ impl Queue {
         Ok(frame)
     }
 
+    /// The writer's next frame (a claimer's rest first), taking the turn;
+    /// with nothing for it, the turn goes back to nobody and the result
+    /// says whether the queue is closed. Nothing while a claimer writes.
+    fn next(&self) -> Result<Next, bool> {
+        let (frame, was_full) = {
+            let mut s = lock(&self.state);
+            if s.turn == Turn::Claimed {
+                return Err(false);
+            }
+            if let Some(rest) = s.rest.take() {
+                s.turn = Turn::Writer;
+                return Ok(Next::Rest(rest));
+            }
+            let (frame, was_full) = take_front(&mut s);
+            let Some(frame) = frame else {
+                s.turn = Turn::Idle;
+                return Err(s.closed);
+            };
+            s.turn = Turn::Writer;
+            (frame, was_full)
+        };
+        if was_full {
+            self.space.notify_waiters();
+        }
+        Ok(Next::Frame(frame))
+    }
+
+    /// The writer takes the turn, with a claimer's rest if there is one;
+    /// pending while a claimer writes.
+    fn take_turn(&self) -> Poll<Option<Box<FrameBytes>>> {
+        let mut s = lock(&self.state);
+        if s.turn == Turn::Claimed {
+            s.writer_waits = true;
+            return Poll::Pending;
+        }
+        s.turn = Turn::Writer;
+        Poll::Ready(s.rest.take())
+    }
+
     fn close(&self) {
         let dropped = {
             let mut s = lock(&self.state);
             s.closed = true;
+            s.socket = None;
+            s.rest = None;
             std::mem::take(&mut s.frames)
         };
         drop(dropped);
         self.space.notify_waiters();
     }
+}
+
+/// Takes the first frame, freeing a burst's space once the queue is empty;
+/// and whether replays waited for this pop: they wait while the queue
+/// holds its capacity or more.
+fn take_front(s: &mut QueueState) -> (Option<Outbound>, bool) {
+    let was_full = s.frames.len() == s.capacity;
+    let frame = s.frames.pop_front();
+    if s.frames.is_empty() && s.frames.capacity() > KEPT_SLOTS {
+        s.frames = VecDeque::new();
+    }
+    let was_full = was_full && frame.is_some();
+    (frame, was_full)
 }
 
 /// The writer's end of a connection's outbound queue. Dropping it (or
@@ -195,26 +401,48 @@ impl OutboundRx {
         OutboundRx { handle }
     }
 
-    /// The next frame, waiting for one; `None` once closed.
-    pub async fn recv(&mut self) -> Option<Outbound> {
+    /// The writer's next frame, waiting for one and taking the turn to
+    /// write it; `None` once closed.
+    pub(crate) async fn recv(&mut self) -> Option<Next> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Next>> {
         let queue = &self.handle.queue;
-        if let Ok(frame) = queue.pop() {
-            return Poll::Ready(Some(frame));
+        if let Ok(next) = queue.next() {
+            return Poll::Ready(Some(next));
         }
         queue.writer.register(cx.waker());
         // Again after registering: a push in between woke nobody.
-        match queue.pop() {
-            Ok(frame) => Poll::Ready(Some(frame)),
+        match queue.next() {
+            Ok(next) => Poll::Ready(Some(next)),
             Err(true) => Poll::Ready(None),
             Err(false) => Poll::Pending,
         }
     }
 
-    /// The next frame if one is queued.
+    /// The writer's next frame if there is one, as [`OutboundRx::recv`].
+    pub(crate) fn try_next(&mut self) -> Option<Next> {
+        self.handle.queue.next().ok()
+    }
+
+    /// The writer takes the turn to write (a ping, its close), with the
+    /// rest of a frame a claimer began, which goes first.
+    pub(crate) async fn take_turn(&mut self) -> Option<Box<FrameBytes>> {
+        let queue = &self.handle.queue;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(rest) = queue.take_turn() {
+                return Poll::Ready(rest);
+            }
+            queue.writer.register(cx.waker());
+            // Again after registering: the claimer may have just finished.
+            queue.take_turn()
+        })
+        .await
+    }
+
+    /// The next frame if one is queued, with no change of turn: for the
+    /// writer's close, which holds the turn, and for tests.
     pub fn try_recv(&mut self) -> Result<Outbound, Empty> {
         self.handle.queue.pop().map_err(|_| Empty)
     }
@@ -232,150 +460,4 @@ impl Drop for OutboundRx {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use chorus_shared::protocol::ServerEvent;
-
-    use super::*;
-    use crate::close;
-    use crate::codec::{Encoding, Frame, SharedFrame};
-
-    fn handle(queue: usize) -> (Arc<ConnHandle>, OutboundRx) {
-        let expiry = tokio::time::Instant::now() + Duration::from_secs(60);
-        ConnHandle::new(1, "u", "U", Encoding::Json, queue, expiry)
-    }
-
-    fn event(n: i64) -> Frame {
-        Arc::new(SharedFrame::new(ServerEvent::UserTyping(
-            chorus_shared::protocol::UserTyping {
-                community_id: uuid::Uuid::nil(),
-                user_id: format!("u{n}"),
-                name: String::new(),
-                is_typing: true,
-            },
-        )))
-    }
-
-    #[tokio::test]
-    async fn the_writer_is_woken_by_a_push() {
-        let (h, mut rx) = handle(4);
-        let writer = tokio::spawn(async move { rx.recv().await.is_some() });
-        tokio::task::yield_now().await;
-        assert!(h.push_event(&event(1)));
-        let woken = tokio::time::timeout(Duration::from_secs(10), writer).await;
-        assert!(woken.expect("woken").expect("writer"));
-    }
-
-    #[tokio::test]
-    async fn a_replay_waiting_for_space_ends_when_the_writer_goes() {
-        let (h, rx) = handle(1);
-        assert!(h.push_event(&event(1)));
-        let waiting = {
-            let h = h.clone();
-            tokio::spawn(async move { h.push_event_wait(&event(2)).await })
-        };
-        tokio::task::yield_now().await;
-        drop(rx);
-        let ended = tokio::time::timeout(Duration::from_secs(10), waiting).await;
-        assert!(!ended.expect("ended").expect("replay"), "not queued");
-        assert_eq!(h.close_code(), None, "refused, not a slow consumer");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_replay_waiting_for_space_goes_on_when_the_writer_takes_a_frame() {
-        let (h, mut rx) = handle(1);
-        assert!(h.push_event(&event(1)));
-        let waiting = {
-            let h = h.clone();
-            tokio::spawn(async move { h.push_event_wait(&event(2)).await })
-        };
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished(), "the queue is full");
-        assert!(rx.try_recv().is_ok());
-        assert!(
-            waiting.await.expect("replay"),
-            "queued once there was space"
-        );
-        assert!(rx.try_recv().is_ok());
-        assert!(rx.try_recv().is_err());
-        assert_eq!(h.close_code(), None);
-    }
-
-    #[tokio::test]
-    async fn a_full_queue_is_a_slow_consumer_while_the_writer_waits_on_the_socket() {
-        let (h, _rx) = handle(4);
-        h.socket_full(true);
-        for n in 0..4 {
-            assert!(h.push_event(&event(n)));
-        }
-        assert_eq!(h.close_code(), None);
-        assert!(!h.push_event(&event(4)));
-        assert_eq!(h.close_code(), Some(close::SLOW_CONSUMER));
-    }
-
-    #[tokio::test]
-    async fn a_writer_behind_only_for_a_cpu_gets_the_overdraft_and_no_more() {
-        let (h, mut rx) = handle(4);
-        for n in 0..4 * OVERDRAFT {
-            assert!(h.push_event(&event(n as i64)), "frame {n}");
-        }
-        assert_eq!(h.close_code(), None, "the client is not the one behind");
-        // The socket stops taking frames: back to the capacity, which the
-        // queue is already past.
-        h.socket_full(true);
-        assert!(rx.try_recv().is_ok());
-        assert!(!h.push_event(&event(99)));
-        assert_eq!(h.close_code(), Some(close::SLOW_CONSUMER));
-
-        // And with the socket taking frames, the overdraft is the bound.
-        let (h, _rx) = handle(4);
-        for n in 0..4 * OVERDRAFT {
-            assert!(h.push_event(&event(n as i64)));
-        }
-        assert!(!h.push_event(&event(99)));
-        assert_eq!(h.close_code(), Some(close::SLOW_CONSUMER));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_replay_waits_for_the_capacity_not_the_overdraft() {
-        let (h, mut rx) = handle(2);
-        for n in 0..3 {
-            assert!(h.push_event(&event(n)), "live, into the overdraft");
-        }
-        let waiting = {
-            let h = h.clone();
-            tokio::spawn(async move { h.push_event_wait(&event(9)).await })
-        };
-        tokio::task::yield_now().await;
-        assert!(rx.try_recv().is_ok());
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished(), "two queued: still at the capacity");
-        assert!(rx.try_recv().is_ok());
-        assert!(waiting.await.expect("replay"), "queued below the capacity");
-        assert_eq!(h.close_code(), None);
-    }
-
-    #[tokio::test]
-    async fn a_closed_queue_refuses_quietly_and_lets_go_of_what_it_held() {
-        let (h, rx) = handle(4);
-        let frame = event(1);
-        assert!(h.push_event(&frame));
-        assert_eq!(Arc::strong_count(&frame), 2);
-        drop(rx);
-        assert_eq!(Arc::strong_count(&frame), 1, "dropped with the queue");
-        assert!(!h.push_event(&frame));
-        assert_eq!(h.close_code(), None, "refused, not a slow consumer");
-    }
-
-    #[tokio::test]
-    async fn an_emptied_queue_gives_a_bursts_space_back() {
-        let (h, mut rx) = handle(1000);
-        for n in 0..500 {
-            assert!(h.push_event(&event(n)));
-        }
-        assert!(lock(&h.queue.state).frames.capacity() >= 500);
-        while rx.try_recv().is_ok() {}
-        assert!(lock(&h.queue.state).frames.capacity() <= KEPT_SLOTS);
-    }
-}
+mod tests;

@@ -16,6 +16,7 @@
 //! membership. The hub knows connections only through [`ConnHandle`], and
 //! reaches the API and the backplane only through the traits it was given.
 
+mod claims;
 mod dispatch;
 mod gapfill;
 mod linger;

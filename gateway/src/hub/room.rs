@@ -17,7 +17,7 @@
 //! so N members cost N non-blocking queue pushes and no allocation.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chorus_shared::envelope::community_channel;
@@ -25,6 +25,7 @@ use chorus_shared::protocol::ServerEvent;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
+use super::claims::{self, StateGuard};
 use super::replay::{Tail, Window, WindowFetch};
 use crate::codec::Frame;
 use crate::error::GatewayError;
@@ -126,6 +127,9 @@ pub(super) struct RoomState {
     /// Connections whose user was removed from the community while they
     /// were still joining; they are refused instead of admitted.
     pub revoked: HashSet<u64>,
+    /// Connections whose writer's turn a delivery claimed, written when
+    /// the lock goes (`claims`).
+    pub claimed: Vec<Arc<ConnHandle>>,
 }
 
 /// One community's local state.
@@ -169,6 +173,7 @@ impl RoomState {
             typing: HashMap::new(),
             retired: false,
             revoked: HashSet::new(),
+            claimed: Vec::new(),
         }
     }
 
@@ -317,10 +322,12 @@ impl RoomState {
     }
 
     /// Queues one sequenced frame to every live member that needs it.
-    fn deliver(&self, seq: i64, frame: &Frame) {
+    fn deliver(&mut self, seq: i64, frame: &Frame) {
         let mut n = 0u64;
+        let claim = self.members.len() <= claims::MAX_CLAIMING_ROOM;
+        let claimed = &mut self.claimed;
         for m in self.members.values() {
-            if seq > m.skip_through && m.conn.push_event(frame) {
+            if seq > m.skip_through && claims::offer(&m.conn, frame, claim, claimed) {
                 n += 1;
             }
         }
@@ -329,13 +336,15 @@ impl RoomState {
 
     /// Queues an unsequenced frame to members, skipping `exclude_user`'s
     /// own connections.
-    pub fn broadcast(&self, frame: &Frame, exclude_user: Option<&str>) {
+    pub fn broadcast(&mut self, frame: &Frame, exclude_user: Option<&str>) {
         let mut n = 0u64;
+        let claim = self.members.len() <= claims::MAX_CLAIMING_ROOM;
+        let claimed = &mut self.claimed;
         for m in self.members.values() {
             if exclude_user.is_some_and(|u| *m.conn.user_id == *u) {
                 continue;
             }
-            if m.conn.push_event(frame) {
+            if claims::offer(&m.conn, frame, claim, claimed) {
                 n += 1;
             }
         }
@@ -353,8 +362,10 @@ impl Room {
         }
     }
 
-    pub fn state(&self) -> MutexGuard<'_, RoomState> {
-        lock(&self.state)
+    /// Locks the state; deliveries made under the lock write to the
+    /// connections they claimed once it goes (`claims`).
+    pub fn state(&self) -> StateGuard<'_> {
+        StateGuard::new(lock(&self.state))
     }
 
     /// The seq delivered through, live.

@@ -1,20 +1,17 @@
-//! A server's WebSocket frames, written straight to the socket's writing
-//! half (RFC 6455 §5.2: a header of 2 to 10 bytes, then the unmasked
-//! payload). The payload is the event's bytes, encoded once for every
-//! recipient, so a frame goes to the kernel with its header in one
-//! `writev`, with no copy and no write buffer kept between writes; a frame
-//! the socket takes only in part keeps its rest here until it is written.
+//! The writer's side of the socket: server frames (`codec::frame`)
+//! written straight to it, with no write buffer kept between writes; a
+//! frame the socket takes only in part keeps its rest here until it is
+//! written.
 
 use std::io;
-use std::pin::Pin;
 use std::task::Poll;
 
-use bytes::Bytes;
 use tokio::io::AsyncWrite;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-/// The socket's writing half, and what is left of a frame the socket took
+use crate::codec::frame::FrameBytes;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The socket's writing side, and what is left of a frame the socket took
 /// only part of.
 pub(super) struct Out<W> {
     pub(super) io: W,
@@ -62,100 +59,6 @@ impl<W: AsyncWrite + Unpin> Out<W> {
     }
 }
 
-/// Longest header of an unmasked frame (RFC 6455 §5.2): two bytes, and
-/// eight more for a payload length over 65,535.
-const MAX_HEADER: usize = 10;
-
-/// One server frame on its way to the socket: its header, its payload
-/// (shared with every other recipient of the same event, not copied), and
-/// how much of the two is written.
-pub(super) struct FrameBytes {
-    header: [u8; MAX_HEADER],
-    header_len: usize,
-    payload: Bytes,
-    written: usize,
-}
-
-impl FrameBytes {
-    /// The frame of `message`: final (the writer sends every message as one
-    /// frame), unmasked (a server's frames are, RFC 6455 §5.1).
-    fn new(message: Message) -> Self {
-        let (opcode, payload) = match message {
-            Message::Text(t) => (OpCode::Data(Data::Text), Bytes::from(t)),
-            Message::Binary(b) => (OpCode::Data(Data::Binary), b),
-            Message::Ping(p) => (OpCode::Control(Control::Ping), p),
-            Message::Pong(p) => (OpCode::Control(Control::Pong), p),
-            Message::Close(c) => {
-                let mut p = Vec::new();
-                if let Some(c) = c {
-                    p.extend_from_slice(&u16::from(c.code).to_be_bytes());
-                    p.extend_from_slice(c.reason.as_bytes());
-                }
-                (OpCode::Control(Control::Close), Bytes::from(p))
-            }
-            // A frame made elsewhere, header and all.
-            Message::Frame(f) => {
-                let mut whole = Vec::with_capacity(f.len());
-                let _ = f.format(&mut whole);
-                return FrameBytes {
-                    header: [0; MAX_HEADER],
-                    header_len: 0,
-                    payload: Bytes::from(whole),
-                    written: 0,
-                };
-            }
-        };
-        let mut header = [0; MAX_HEADER];
-        header[0] = 0x80 | u8::from(opcode);
-        let len = payload.len();
-        let header_len = match (u8::try_from(len), u16::try_from(len)) {
-            (Ok(n), _) if n < 126 => {
-                header[1] = n;
-                2
-            }
-            (_, Ok(n)) => {
-                header[1] = 126;
-                header[2..4].copy_from_slice(&n.to_be_bytes());
-                4
-            }
-            _ => {
-                header[1] = 127;
-                header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-                10
-            }
-        };
-        FrameBytes {
-            header,
-            header_len,
-            payload,
-            written: 0,
-        }
-    }
-
-    /// Writes what is left, recording progress as it goes; ready once the
-    /// whole frame is written.
-    fn poll_write<W: AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut W,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        while self.written < self.header_len + self.payload.len() {
-            let h = self.written.min(self.header_len);
-            let p = self.written - h;
-            let bufs = [
-                io::IoSlice::new(&self.header[h..self.header_len]),
-                io::IoSlice::new(&self.payload[p..]),
-            ];
-            let n = std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &bufs))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.written += n;
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
 /// Test helpers, for this module's tests and the writer's.
 #[cfg(test)]
 pub(super) mod testing {
@@ -196,6 +99,8 @@ pub(super) mod testing {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::testing::{client, close_frame};
     use super::*;
     use crate::close;

@@ -1,9 +1,12 @@
 //! The socket layer: one upgraded WebSocket served by a reader task and a
 //! writer task, tied together by the connection's [`ConnHandle`].
 //!
-//! The writer ([`writer`]) is the only code that writes to the socket: it
-//! drains the bounded outbound queue, pings, and closes with the code the
-//! handle records. The reader ([`reader`]) decodes the client's frames,
+//! The writer ([`writer`]) drains the bounded outbound queue, pings, and
+//! closes with the code the handle records. While it has nothing to do, a
+//! task that dispatches an event may write to the socket in its place,
+//! with non-blocking writes only, leaving whatever the socket does not
+//! take at once to the writer (`handle/queue.rs`); one of the two writes
+//! at a time. The reader ([`reader`]) decodes the client's frames,
 //! enforces the per-connection rate limits and answers `ping`; every other
 //! command goes up to a [`Session`], the layer that knows about rooms. This
 //! layer knows nothing of rooms, the API or the backplane.
@@ -161,7 +164,13 @@ where
 {
     let WebSocket { read, write } = socket;
     let reader_config = config.clone();
-    let writer = tokio::spawn(writer::write_loop(write, rx, handle.clone(), config));
+    handle.attach(write.clone());
+    let writer = tokio::spawn(writer::write_loop(
+        upgrade::WriteHalf(write),
+        rx,
+        handle.clone(),
+        config,
+    ));
     let Some(session) = open.await else {
         // Refused: the session closed the handle with its code; make sure.
         handle.close(close::INTERNAL);

@@ -120,8 +120,8 @@ impl<S: Session> Reader<S> {
                     self.handle.client_closed(frame.map(|f| u16::from(f.code)));
                     return;
                 }
-                // Answered through the writer, the only code that writes to
-                // the socket (tungstenite's own answer goes nowhere: see
+                // Answered through the outbound queue, in order with what
+                // is queued (tungstenite's own answer goes nowhere: see
                 // `upgrade::ReadHalf`). A client that pings and does not read
                 // fills its queue like any other slow consumer.
                 (Message::Ping(payload), _) => {
@@ -303,14 +303,15 @@ mod tests {
             .await
             .expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
-        let (read, write) = server.into_split();
-        // The writing half goes: the client's frames still arrive.
-        drop(write);
         let config = WebSocketConfig::default()
             .read_buffer_size(16)
             .max_frame_size(Some(300));
-        let server =
-            WebSocketStream::from_raw_socket(ReadHalf::new(read), Role::Server, Some(config)).await;
+        let server = WebSocketStream::from_raw_socket(
+            ReadHalf::new(Arc::new(server)),
+            Role::Server,
+            Some(config),
+        )
+        .await;
         let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         (server, client)
     }

@@ -1,9 +1,9 @@
 //! The WebSocket opening handshake (RFC 6455 §4.2) on an axum route.
 //!
 //! Done here rather than by axum's `WebSocketUpgrade` so that the socket's
-//! TCP stream comes out in two halves: tungstenite reads frames off one,
-//! and the writer writes frames of its own to the other, with no lock
-//! between them and no write buffer (see [`WebSocket`]). It checks what RFC 6455 §4.2.1 asks of the
+//! TCP stream comes out bare: tungstenite reads frames off it, and frames
+//! of our own are written to it, with no lock between the two and no
+//! write buffer (see [`WebSocket`]). It checks what RFC 6455 §4.2.1 asks of the
 //! request line and headers that matter to a server (the method, the
 //! `Connection` and `Upgrade` tokens, version 13, a key) and answers as
 //! §4.2.2 says, for HTTP/1.1 (the gateway serves no HTTP/2); it does not
@@ -12,6 +12,7 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,7 +27,6 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -37,25 +37,31 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 /// for longer than it may take to send a request head.
 const UPGRADE_TIMEOUT: Duration = chorus_shared::http::HEADER_READ_TIMEOUT;
 
-/// An upgraded connection, in the two halves of its TCP stream.
+/// An upgraded connection: its TCP stream, shared by the reading side and
+/// the writing side.
 ///
-/// The reader's half goes through tungstenite, which parses and checks
+/// The reader's side goes through tungstenite, which parses and checks
 /// the client's frames (masking, fragments, UTF-8, size limits). The
-/// writer's half is written to directly (`frame::Out`): a server frame is
-/// a header of a few bytes before the payload the hub encoded once for
-/// every recipient, so it goes to the kernel in one `writev`, with no copy
-/// into a per-connection buffer, no lock shared with the reader, and no
-/// write buffer kept for the connection's life.
+/// writing side is written to directly (`frame::Out`, `frame::FrameBytes`):
+/// a server frame is a header of a few bytes before the payload the hub
+/// encoded once for every recipient, so it goes to the kernel in one
+/// `writev`, with no copy into a per-connection buffer, no lock shared
+/// with the reader, and no write buffer kept for the connection's life.
+/// The stream is shared rather than split into tokio's owned halves
+/// because its writes are made by the writer task or, while the writer
+/// has nothing to do, by the task that dispatches an event
+/// (`handle/queue.rs`): both write through `&TcpStream`.
 #[derive(Debug)]
 pub struct WebSocket {
     pub(super) read: WebSocketStream<ReadHalf>,
-    pub(super) write: OwnedWriteHalf,
+    pub(super) write: Arc<TcpStream>,
 }
 
-/// The reading half as tungstenite sees it. tungstenite also writes: it
+/// The reading side as tungstenite sees it. tungstenite also writes: it
 /// answers a ping with a pong and a close with a close. Those writes are
-/// dropped here, because only the writer task writes to the socket: the
-/// reader queues the pong to it (`reader`), and the writer sends the close.
+/// dropped here, because only the writer task (or a dispatcher holding
+/// the writer's turn) writes to the socket: the reader queues the pong to
+/// it (`reader`), and the writer sends the close.
 #[derive(Debug)]
 pub struct ReadHalf {
     /// What hyper read past the request head (frames a client sent
@@ -63,12 +69,12 @@ pub struct ReadHalf {
     /// freed. Boxed, and made only when there is some: every idle
     /// connection carries this field.
     early: Option<Box<bytes::Bytes>>,
-    io: OwnedReadHalf,
+    io: Arc<TcpStream>,
 }
 
 impl ReadHalf {
     #[cfg(test)]
-    pub(super) fn new(io: OwnedReadHalf) -> Self {
+    pub(super) fn new(io: Arc<TcpStream>) -> Self {
         ReadHalf { early: None, io }
     }
 
@@ -94,7 +100,20 @@ impl AsyncRead for ReadHalf {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        // Only this task waits for the socket to be readable.
+        loop {
+            std::task::ready!(self.io.poll_read_ready(cx))?;
+            match self.io.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // The readiness was stale; `try_read` cleared it, so the
+                // next poll registers for the next.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }
 
@@ -113,6 +132,50 @@ impl AsyncWrite for ReadHalf {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+/// The writer task's side of the stream: waits for the socket to take
+/// more, which only the writer does (a dispatcher writes only what the
+/// socket takes at once).
+#[derive(Debug)]
+pub(super) struct WriteHalf(pub(super) Arc<TcpStream>);
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Shuts the stream's writing side (a FIN after the close frame); the
+    /// reader goes on reading until the client's close.
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
     }
 }
 
@@ -240,15 +303,18 @@ impl WsUpgrade {
             match tokio::time::timeout(UPGRADE_TIMEOUT, on_upgrade).await {
                 Ok(Ok(upgraded)) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                     Ok(parts) => {
-                        let (read, write) = parts.io.into_inner().into_split();
+                        let stream = Arc::new(parts.io.into_inner());
                         let read = ReadHalf {
                             early: (!parts.read_buf.is_empty()).then(|| Box::new(parts.read_buf)),
-                            io: read,
+                            io: stream.clone(),
                         };
                         let read =
                             WebSocketStream::from_raw_socket(read, Role::Server, Some(config))
                                 .await;
-                        Some(serve(WebSocket { read, write }))
+                        Some(serve(WebSocket {
+                            read,
+                            write: stream,
+                        }))
                     }
                     Err(_) => {
                         // `chorus_shared::http::serve` hands hyper bare TCP

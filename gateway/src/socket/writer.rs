@@ -1,7 +1,11 @@
-//! The writer task: the only code that writes to a connection's socket.
+//! The writer task: what writes to a connection's socket when the socket
+//! does not take a frame at once, and every ping and close.
 //!
-//! It sends what the outbound queue holds, as it is taken; one timer
-//! serves the heartbeat ping, the token's expiry and the idle timeout.
+//! It sends what the outbound queue holds, as it is taken; while it has
+//! nothing to do, a dispatcher may claim its turn and write in its place
+//! (`handle/queue.rs`), so it takes the turn back before a ping or its
+//! close. One timer serves the heartbeat ping, the token's expiry and the
+//! idle timeout.
 //! When the handle's close signal fires it sends what is still queued (not
 //! to a slow consumer, nor to a client that closed first), then the close
 //! frame, each bounded in time, and shuts the socket's writing side.
@@ -25,7 +29,7 @@ use super::frame::Out;
 use super::ping::{first_ping, on_ping_grid};
 use crate::close;
 use crate::codec::Encoding;
-use crate::handle::{ConnHandle, Outbound, OutboundRx};
+use crate::handle::{ConnHandle, Next, OutboundRx};
 
 /// Most queued frames written in one turn of the writer's loop: enough to
 /// take a burst in one wake-up, few enough that a close or a due ping is
@@ -94,6 +98,9 @@ pub(super) fn write_loop<W: AsyncWrite + Unpin + Send>(
                         // Like every write, a ping must not hold up a close
                         // when the client has stopped reading.
                         let ping = async {
+                            if let Some(rest) = rx.take_turn().await {
+                                out.rest = Some(rest);
+                            }
                             bounded(out.send(Message::Ping(Bytes::new())))
                                 .await
                                 .err()
@@ -110,9 +117,9 @@ pub(super) fn write_loop<W: AsyncWrite + Unpin + Send>(
                     }
                     timer.as_mut().reset(next_ping.min(handle.liveness.expires_at()).min(idle_at));
                 }
-                frame = rx.recv() => {
-                    let Some(frame) = frame else { break close::NORMAL };
-                    let batch = write_batch(&mut out, &mut rx, &handle, frame);
+                next = rx.recv() => {
+                    let Some(next) = next else { break close::NORMAL };
+                    let batch = write_batch(&mut out, &mut rx, &handle, next);
                     match Box::pin(guarded(batch, &handle, closed.as_mut())).await.then(&handle) {
                         Then::Continue => {}
                         Then::Close(code) => break code,
@@ -248,25 +255,39 @@ async fn write_batch<W: AsyncWrite + Unpin>(
     out: &mut Out<W>,
     rx: &mut OutboundRx,
     handle: &ConnHandle,
-    first: Outbound,
+    first: Next,
 ) -> Written {
-    let encoding = handle.encoding;
     let r = async {
-        let message = first.get(encoding);
-        handle.dequeued(&first);
-        bounded(on_socket(handle, out.send(message))).await?;
-        first.written();
+        write_next(out, handle, first).await?;
         for _ in 1..WRITE_BATCH {
-            let Ok(next) = rx.try_recv() else { break };
-            let message = next.get(encoding);
-            handle.dequeued(&next);
-            bounded(on_socket(handle, out.send(message))).await?;
-            next.written();
+            let Some(next) = rx.try_next() else { break };
+            write_next(out, handle, next).await?;
         }
         Ok(())
     }
     .await;
     r.err().unwrap_or(Written::All)
+}
+
+/// Writes one frame, or the rest of one a dispatcher began.
+async fn write_next<W: AsyncWrite + Unpin>(
+    out: &mut Out<W>,
+    handle: &ConnHandle,
+    next: Next,
+) -> Result<(), Written> {
+    match next {
+        Next::Frame(frame) => {
+            let message = frame.get(handle.encoding);
+            handle.dequeued(&frame);
+            bounded(on_socket(handle, out.send(message))).await?;
+            frame.written();
+        }
+        Next::Rest(rest) => {
+            out.rest = Some(rest);
+            bounded(on_socket(handle, out.send_rest())).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Finishes a frame cut off half-way, sends what is still queued if
@@ -281,6 +302,12 @@ async fn finish<W: AsyncWrite + Unpin>(
 ) {
     metrics::counter!("chorus_gateway_closes_total", "code" => close::label(code)).increment(1);
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        // Held to the end: nothing a dispatcher writes may follow the close
+        // frame. A frame a dispatcher began goes first: the writer's own
+        // write was finished if it had the turn.
+        if let Some(rest) = rx.take_turn().await {
+            out.rest = Some(rest);
+        }
         // Even for a slow consumer: a close frame in the middle of another
         // frame would be garbage to the client.
         out.send_rest().await?;

@@ -52,6 +52,69 @@ async fn two_hundred_concurrent_posts_arrive_in_order_on_both_gateways() {
     assert_eq!(r1.seqs_until(201).await, vec![201]);
 }
 
+/// A room's dispatcher writes to the members itself up to 32 of them
+/// (`hub/claims.rs`), and wakes their writers past that: messages posted
+/// on either side of the bound reach every member once, in order, and the
+/// next message comes next.
+#[tokio::test]
+async fn a_room_growing_past_the_dispatchers_own_writes_delivers_in_order() {
+    let cl = Cluster::start().await;
+    let owner = uid("owner");
+    let members: Vec<String> = (0..40).map(|i| uid(&format!("m{i}"))).collect();
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    let c = cl.community(&owner, &refs).await;
+    let post_ten = |from: i64| {
+        let posters: Vec<_> = members.iter().take(3).map(|p| token(p)).collect();
+        let (http, url, c) = (cl.http.clone(), cl.api.url.clone(), c.clone());
+        async move {
+            let mut posts = Vec::new();
+            for (k, t) in posters.into_iter().enumerate() {
+                let (http, url, c) = (http.clone(), url.clone(), c.clone());
+                posts.push(tokio::spawn(async move {
+                    for i in (k..10).step_by(3) {
+                        let r = http
+                            .post(format!("{url}/api/messages-realtime"))
+                            .bearer_auth(&t)
+                            .json(&json!({"communityId": c, "content": format!("m{}", from + i as i64)}))
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(r.status(), 201);
+                    }
+                }));
+            }
+            for p in posts {
+                p.await.unwrap();
+            }
+        }
+    };
+    let mut clients = Vec::new();
+    for m in &members[..20] {
+        let mut client = Client::connect(&cl.gw1.url, &token(m)).await;
+        client.join(&c, None).await;
+        clients.push(client);
+    }
+    post_ten(1).await;
+    for m in &members[20..] {
+        let mut client = Client::connect(&cl.gw1.url, &token(m)).await;
+        client.join(&c, None).await;
+        clients.push(client);
+    }
+    post_ten(11).await;
+    for (i, client) in clients.iter_mut().enumerate() {
+        let want: Vec<i64> = if i < 20 {
+            (1..=20).collect()
+        } else {
+            (11..=20).collect()
+        };
+        assert_eq!(client.seqs_until(20).await, want, "member {i}");
+    }
+    cl.post(&owner, &c, "marker").await;
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert_eq!(client.seqs_until(21).await, vec![21], "member {i}");
+    }
+}
+
 #[tokio::test]
 async fn rejoin_with_last_seq_replays_exactly_what_was_missed() {
     let cl = Cluster::start().await;

@@ -168,10 +168,13 @@ pub(super) async fn join(
 
 /// The next frame's event.
 pub(super) async fn next(rx: &mut OutboundRx) -> ServerEvent {
-    let frame = tokio::time::timeout(WAIT, rx.recv())
+    let next = tokio::time::timeout(WAIT, rx.recv())
         .await
         .expect("a frame within the wait")
         .expect("queue open");
+    let crate::handle::Next::Frame(frame) = next else {
+        panic!("no socket, so no frame's rest")
+    };
     frame.event().cloned().expect("a shared event")
 }
 
