@@ -171,9 +171,11 @@ impl ConnHandle {
     /// socket takes at once, the rest left to the writer. A socket that
     /// fails closes the connection.
     pub fn flush(&self) {
-        match self.queue.flush(self.encoding, |f| {
+        match self.queue.flush(self.encoding, |f, whole| {
             self.dequeued(f);
-            f.written();
+            if whole {
+                f.written();
+            }
         }) {
             Flushed::Done => {}
             Flushed::Failed => {

@@ -3,7 +3,7 @@
 //! writer's waker, and a signal for replays waiting for space. tokio's
 //! bounded channel costs every connection a cache-padded shared state and
 //! a first block of 32 slots, about 800 bytes allocated up front; this one
-//! adds about 100 bytes to the handle, and its deque grows only with what
+//! adds about 120 bytes to the handle, and its deque grows only with what
 //! is actually queued.
 //!
 //! A full queue counts against the client only while the client is the one
@@ -23,9 +23,14 @@
 //! with its push and write the queue itself, once it holds no room lock
 //! (`hub/claims.rs`), with non-blocking writes only: whatever the socket
 //! does not take at once (a frame's rest, the frames behind it) is left to
-//! the writer, which is woken and waits on the socket as before. The
-//! writer takes the turn back for a ping or a close, waiting for a
-//! claimer to finish (a few non-blocking writes).
+//! the writer, which is woken and waits on the socket as before. A claim
+//! covers at most [`MAX_CLAIMED`] frames: a claimer writes no more before
+//! handing the rest to the writer, and a claim not being written yet (its
+//! claimer still holds the room's lock, say delivering a gap fill's
+//! hundreds of events) yields to the writer once that many wait, so the
+//! queue drains as it did before claims. The writer takes the turn back
+//! for a ping or a close: at once from a claim not being written, after
+//! the claimer's few non-blocking writes otherwise.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -46,6 +51,12 @@ use crate::sync::lock;
 /// space. Eight: steady traffic (a frame or two waiting at a time) never
 /// allocates per frame.
 const KEPT_SLOTS: usize = 8;
+
+/// Most frames one claim covers (see the module's docs): what the writer
+/// writes in one turn too, so a claimer's flush costs its task no more
+/// than one of the writer's turns, and a long hold of a room's lock leaves
+/// a claimed queue no fuller than a writer that is slow to be scheduled.
+const MAX_CLAIMED: usize = 64;
 
 /// How many times its capacity a queue may hold while its writer is not
 /// waiting on the socket (see the module's docs). Four: a room of 500
@@ -85,14 +96,18 @@ struct QueueState {
 /// Who may write to the socket (see the module's docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Turn {
-    /// Nobody: the queue is empty and the writer waits for a frame. A push
-    /// may claim the turn.
+    /// Nobody writes: the writer has found the queue empty, or has been
+    /// woken for what was queued since and not run yet. A push may claim
+    /// the turn.
     Idle,
     /// The writer task: it writes, or has frames or a frame's rest to.
     Writer,
-    /// A push claimed it; its caller writes the queue with
-    /// [`Queue::flush`].
+    /// A push claimed it; its caller will write the queue with
+    /// [`Queue::flush`] once it holds no lock. Until the flush begins, the
+    /// writer may take it back.
     Claimed,
+    /// The claimer is writing: nobody else may.
+    Flushing,
 }
 
 /// Why a frame was not queued.
@@ -105,7 +120,8 @@ pub(super) enum Refused {
 /// A queued frame, and whether its push claimed the turn to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
-    /// The writer is woken (or already had the turn) and sends it.
+    /// The writer sends it (woken if it had nothing to do), or the flush
+    /// of an earlier claim does.
     Queued,
     /// The caller writes it with `flush`, once it holds no lock.
     Claimed,
@@ -202,8 +218,14 @@ impl Queue {
                     s.turn = Turn::Claimed;
                     (overdrawn, Pushed::Claimed, false)
                 }
+                // A claim that grew past its bound before being written
+                // goes to the writer; its flush will find it gone.
+                Turn::Claimed if len + 1 >= MAX_CLAIMED => {
+                    s.turn = Turn::Writer;
+                    (overdrawn, Pushed::Queued, true)
+                }
                 // The claimer's flush takes this frame too.
-                Turn::Claimed => (overdrawn, Pushed::Queued, false),
+                Turn::Claimed | Turn::Flushing => (overdrawn, Pushed::Queued, false),
                 Turn::Idle | Turn::Writer => (overdrawn, Pushed::Queued, true),
             }
         };
@@ -216,29 +238,34 @@ impl Queue {
         Ok(pushed)
     }
 
-    /// The connection's socket, for claimers' writes.
+    /// The connection's socket, for claimers' writes, unless the queue is
+    /// closed already.
     pub(super) fn attach(&self, socket: Arc<TcpStream>) {
-        lock(&self.state).socket = Some(socket);
+        let mut s = lock(&self.state);
+        if !s.closed {
+            s.socket = Some(socket);
+        }
     }
 
     /// A claimer writes what is queued, each frame with non-blocking
     /// writes, and gives the turn back: to nobody once the queue is empty;
     /// to the writer (woken) when the socket did not take everything at
-    /// once, or when the writer waits for it. `written` is told of each
-    /// frame taken off the queue.
-    pub(super) fn flush(&self, encoding: Encoding, written: impl Fn(&Outbound)) -> Flushed {
-        let mut socket = None;
-        loop {
-            let (frame, was_full) = {
+    /// once, after [`MAX_CLAIMED`] frames, or when the writer waits for it.
+    /// Nothing, if the writer took the claim back first. `taken` is told
+    /// of each frame taken off the queue, and whether it was written whole.
+    pub(super) fn flush(&self, encoding: Encoding, taken: impl Fn(&Outbound, bool)) -> Flushed {
+        for n in 0..MAX_CLAIMED {
+            let (frame, io, was_full) = {
                 let mut s = lock(&self.state);
-                let (frame, was_full) = take_front(&mut s);
-                let frame = match (frame, &s.socket) {
-                    (Some(frame), Some(io)) => {
-                        if socket.is_none() {
-                            socket = Some(io.clone());
-                        }
-                        frame
+                if n == 0 {
+                    if s.turn != Turn::Claimed {
+                        return Flushed::Done;
                     }
+                    s.turn = Turn::Flushing;
+                }
+                let (frame, was_full) = take_front(&mut s);
+                let (frame, io) = match (frame, &s.socket) {
+                    (Some(frame), Some(io)) => (frame, io.clone()),
                     (frame, _) => {
                         // Nothing left, or the queue closed meanwhile.
                         if let Some(frame) = frame {
@@ -254,17 +281,14 @@ impl Queue {
                         return Flushed::Done;
                     }
                 };
-                (frame, was_full)
+                (frame, io, was_full)
             };
             if was_full {
                 self.space.notify_waiters();
             }
-            let Some(io) = socket.as_deref() else {
-                return Flushed::Done;
-            };
             let mut bytes = FrameBytes::new(frame.get(encoding));
-            let done = bytes.try_write(io);
-            written(&frame);
+            let done = bytes.try_write(&io);
+            taken(&frame, matches!(done, Ok(true)));
             match done {
                 Ok(true) => {}
                 Ok(false) => {
@@ -277,13 +301,19 @@ impl Queue {
                 }
             }
         }
+        // The claim's bound: the writer goes on with what is left.
+        self.hand_over(None);
+        Flushed::Done
     }
 
-    /// A claimer gives the turn to the writer, with a frame's rest.
+    /// A claimer gives the turn to the writer, with a frame's rest (which
+    /// a closed queue does not keep).
     fn hand_over(&self, rest: Option<FrameBytes>) {
         {
             let mut s = lock(&self.state);
-            s.rest = rest.map(Box::new);
+            if !s.closed {
+                s.rest = rest.map(Box::new);
+            }
             s.turn = Turn::Writer;
             s.writer_waits = false;
         }
@@ -312,13 +342,14 @@ impl Queue {
         Ok(frame)
     }
 
-    /// The writer's next frame (a claimer's rest first), taking the turn;
-    /// with nothing for it, the turn goes back to nobody and the result
-    /// says whether the queue is closed. Nothing while a claimer writes.
+    /// The writer's next frame (a claimer's rest first), taking the turn
+    /// (from a claim not being written, too); with nothing for it, the
+    /// turn goes back to nobody and the result says whether the queue is
+    /// closed. Nothing while a claimer writes.
     fn next(&self) -> Result<Next, bool> {
         let (frame, was_full) = {
             let mut s = lock(&self.state);
-            if s.turn == Turn::Claimed {
+            if s.turn == Turn::Flushing {
                 return Err(false);
             }
             if let Some(rest) = s.rest.take() {
@@ -343,7 +374,7 @@ impl Queue {
     /// pending while a claimer writes.
     fn take_turn(&self) -> Poll<Option<Box<FrameBytes>>> {
         let mut s = lock(&self.state);
-        if s.turn == Turn::Claimed {
+        if s.turn == Turn::Flushing {
             s.writer_waits = true;
             return Poll::Pending;
         }

@@ -10,7 +10,7 @@
 //! of up to [`MAX_CLAIMING_ROOM`] members. The writes wait for the room's
 //! lock to go (a join must not wait on them), which the lock's guard,
 //! [`StateGuard`], sees to on every path that delivers: dispatch, gap
-//! filling, replays.
+//! filling, presence.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, MutexGuard};

@@ -7,19 +7,20 @@ use std::io;
 use std::task::Poll;
 
 use tokio::io::AsyncWrite;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::codec::frame::FrameBytes;
-use tokio_tungstenite::tungstenite::Message;
 
 /// The socket's writing side, and what is left of a frame the socket took
 /// only part of.
 pub(super) struct Out<W> {
     pub(super) io: W,
-    /// The unwritten end of a frame. A write cut off half-way (by a close
-    /// or the token's expiry) leaves it here, and the next write, or
-    /// [`finish`], sends it first: nothing may come between the bytes of
-    /// one frame. Boxed, and made only when the socket did not take a frame
-    /// at once: every idle connection carries this field.
+    /// The unwritten end of a frame: of a write cut off half-way (by a
+    /// close or the token's expiry), or of a frame a dispatcher began
+    /// (`handle/queue.rs`). The next write, or [`finish`], sends it first:
+    /// nothing may come between the bytes of one frame. Boxed, and made
+    /// only when the socket did not take a frame at once: every idle
+    /// connection carries this field.
     pub(super) rest: Option<Box<FrameBytes>>,
 }
 

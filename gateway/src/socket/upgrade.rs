@@ -179,6 +179,15 @@ impl AsyncWrite for WriteHalf {
     }
 }
 
+/// The writer's end shuts the writing side however the writer ended (its
+/// close timed out, the socket failed), as tokio's owned half did: the
+/// client sees the end of the stream while the reader lingers.
+impl Drop for WriteHalf {
+    fn drop(&mut self) {
+        let _ = socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write);
+    }
+}
+
 /// A valid WebSocket upgrade request, not yet answered.
 #[derive(Debug)]
 pub struct WsUpgrade {

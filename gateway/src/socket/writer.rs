@@ -1,17 +1,17 @@
-//! The writer task: what writes to a connection's socket when the socket
-//! does not take a frame at once, and every ping and close.
+//! The writer task: it writes what a connection's outbound queue holds
+//! when it is woken for it (in rooms of more than 32, for acks and pongs,
+//! for what the socket did not take from a dispatcher at once), and every
+//! ping and close.
 //!
-//! It sends what the outbound queue holds, as it is taken; while it has
-//! nothing to do, a dispatcher may claim its turn and write in its place
-//! (`handle/queue.rs`), so it takes the turn back before a ping or its
-//! close. One timer serves the heartbeat ping, the token's expiry and the
-//! idle timeout.
-//! When the handle's close signal fires it sends what is still queued (not
+//! While it has nothing to do, a dispatcher may claim its turn and write
+//! in its place (`handle/queue.rs`), so it takes the turn back before a
+//! ping or its close. One timer serves the heartbeat ping, the token's
+//! expiry and the idle timeout. When the handle's close signal fires it sends what is still queued (not
 //! to a slow consumer, nor to a client that closed first), then the close
 //! frame, each bounded in time, and shuts the socket's writing side.
 //!
-//! It frames messages itself ([`super::frame`]) on its half of the TCP
-//! stream; when pings fall due is [`super::ping`]'s.
+//! It frames messages itself ([`super::frame`]) on the shared TCP stream;
+//! when pings fall due is [`super::ping`]'s.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -408,6 +408,77 @@ mod tests {
         h.client_closed(Some(4000));
         assert!(!sends_queued(close::NORMAL, &h));
         assert!(!sends_queued(close::DRAINING, &h));
+    }
+
+    /// A frame a dispatcher began, which the socket took only in part, is
+    /// finished by the running writer, woken for it, before the frame
+    /// queued behind it; the client reads both whole, then the close.
+    #[tokio::test]
+    async fn the_writer_finishes_what_a_dispatcher_began() {
+        use chorus_shared::protocol::{ServerEvent, UserTyping};
+        use futures_util::StreamExt;
+        use tokio::net::{TcpListener, TcpStream};
+        use tokio_tungstenite::WebSocketStream;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+
+        use crate::codec::{Frame, SharedFrame};
+        use crate::handle::Pushed;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        // A small send buffer, so the dispatcher's write is cut off (the
+        // client's receive buffer is small too until it reads).
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .expect("sndbuf");
+        let server = Arc::new(server);
+        let expiry = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let (handle, rx) = ConnHandle::new(1, "u", "U", Encoding::Json, 8, expiry);
+        handle.attach(server.clone());
+        let config = Arc::new(SocketConfig {
+            command_rate: 0.0,
+            command_burst: 0,
+            heartbeat: Duration::from_secs(3600),
+            started: tokio::time::Instant::now(),
+            idle_timeout: Duration::from_secs(3600),
+            open: Arc::default(),
+        });
+        let writer = tokio::spawn(write_loop(
+            super::super::upgrade::WriteHalf(server.clone()),
+            rx,
+            handle.clone(),
+            config,
+        ));
+        tokio::task::yield_now().await;
+        let typing = |name: String| -> Frame {
+            Arc::new(SharedFrame::new(ServerEvent::UserTyping(UserTyping {
+                community_id: uuid::Uuid::nil(),
+                user_id: "u".into(),
+                name,
+                is_typing: true,
+            })))
+        };
+        let (big, after) = (typing("x".repeat(1 << 20)), typing("after".into()));
+        assert_eq!(handle.offer_event(&big, true), Some(Pushed::Claimed));
+        assert!(handle.push_event(&after));
+        handle.flush();
+
+        let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        for want in [&big, &after] {
+            let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("within the wait")
+                .expect("open")
+                .expect("a well-formed frame");
+            assert!(got == want.get(Encoding::Json), "{} bytes read", got.len());
+        }
+        handle.close(close::DRAINING);
+        let got = ws.next().await.expect("open").expect("a close frame");
+        assert_eq!(got, close_frame(close::DRAINING));
+        writer.await.expect("writer");
     }
 
     /// A socket operation that makes no progress counts as stalled after

@@ -206,8 +206,8 @@ fn text_of(frame: &Frame) -> Vec<u8> {
     }
 }
 
-/// A push that finds the writer with nothing to do claims its turn: the
-/// writer is given nothing, and the claimer's flush writes the frame and
+/// A push that finds the writer with nothing to do claims its turn, and
+/// the claimer's flush writes the frame and
 /// whatever was queued behind it meanwhile, in order, then lets the turn
 /// go, so the next push may claim it again.
 #[tokio::test]
@@ -216,7 +216,6 @@ async fn a_claimer_writes_what_is_queued_in_order_and_lets_the_turn_go() {
     let (first, second) = (event(1), event(2));
     assert_eq!(h.offer_event(&first, true), Some(Pushed::Claimed));
     assert!(h.push_event(&second), "queued behind the claim");
-    assert!(rx.try_next().is_none(), "the writer is given nothing");
     h.flush();
     for frame in [&first, &second] {
         assert_eq!(read_frame(&mut client).await, (0x81, text_of(frame)));
@@ -241,8 +240,12 @@ async fn a_claimer_writes_what_is_queued_in_order_and_lets_the_turn_go() {
 #[tokio::test]
 async fn what_the_socket_does_not_take_is_the_writers_rest_first() {
     let (h, mut rx, server, mut client) = on_socket(8).await;
-    // Far more than loopback's socket buffers hold while nobody reads.
-    let big = typing_of("x".repeat(16 << 20));
+    // A small send buffer, and far more than the buffers hold while
+    // nobody reads.
+    socket2::SockRef::from(&*server)
+        .set_send_buffer_size(4096)
+        .expect("sndbuf");
+    let big = typing_of("x".repeat(8 << 20));
     assert_eq!(h.offer_event(&big, true), Some(Pushed::Claimed));
     h.flush();
     let after = event(9);
@@ -273,30 +276,77 @@ async fn what_the_socket_does_not_take_is_the_writers_rest_first() {
     assert_eq!(b, (0x81, text_of(&after)));
 }
 
-/// The writer takes its turn back for a ping or its close only once a
-/// claimer has finished; then no push claims it.
+/// The writer takes the turn back for a ping or its close from a claim
+/// not being written yet (its claimer may hold a room's lock for a while):
+/// the claimer's flush then writes nothing, and the writer gets the claimed
+/// frame, in order.
 #[tokio::test]
-async fn the_writer_waits_for_a_claimer_to_finish() {
+async fn the_writer_takes_a_claim_back_until_it_is_written() {
     let (h, mut rx, _server, mut client) = on_socket(8).await;
     assert_eq!(h.offer_event(&event(1), true), Some(Pushed::Claimed));
-    let writer = tokio::spawn(async move {
-        let rest = rx.take_turn().await;
-        (rest.is_none(), rx)
-    });
-    tokio::task::yield_now().await;
-    assert!(!writer.is_finished(), "a claimer is writing");
+    assert!(rx.take_turn().await.is_none(), "at once, with no rest");
     h.flush();
-    let (no_rest, _rx) = tokio::time::timeout(Duration::from_secs(10), writer)
-        .await
-        .expect("woken by the flush")
-        .expect("writer");
-    assert!(no_rest);
-    assert_eq!(read_frame(&mut client).await.1, text_of(&event(1)));
+    assert_no_bytes(&mut client).await;
+    let Some(Next::Frame(first)) = rx.try_next() else {
+        panic!("the claimed frame is the writer's");
+    };
+    assert_eq!(text_of(&first), text_of(&event(1)));
     assert_eq!(h.offer_event(&event(2), true), Some(Pushed::Queued));
 }
 
+/// A claim covers at most `MAX_CLAIMED` frames: one that grows that long
+/// before its claimer writes it (a long hold of the room's lock) goes to
+/// the writer, which is woken; the flush then writes nothing.
+#[tokio::test]
+async fn a_claim_that_grows_too_long_before_its_flush_goes_to_the_writer() {
+    let (h, mut rx, _server, mut client) = on_socket(1000).await;
+    assert_eq!(h.offer_event(&event(0), true), Some(Pushed::Claimed));
+    for n in 1..MAX_CLAIMED as i64 {
+        assert_eq!(h.offer_event(&event(n), true), Some(Pushed::Queued));
+    }
+    h.flush();
+    assert_no_bytes(&mut client).await;
+    for n in 0..MAX_CLAIMED as i64 {
+        let Some(Next::Frame(f)) = rx.try_next() else {
+            panic!("frame {n} is the writer's");
+        };
+        assert_eq!(text_of(&f), text_of(&event(n)));
+    }
+}
+
+/// A claimer writes at most `MAX_CLAIMED` frames, then hands the rest of
+/// the queue to the writer.
+#[tokio::test]
+async fn a_claimer_writes_at_most_its_bound_and_leaves_the_rest() {
+    let (h, mut rx, _server, mut client) = on_socket(1000).await;
+    assert_eq!(h.offer_event(&event(0), true), Some(Pushed::Claimed));
+    // Queued while the claim is being written: past the claim's bound.
+    let later: Vec<Frame> = (1..=MAX_CLAIMED as i64).map(event).collect();
+    lock(&h.queue.state).frames.extend(later.iter().cloned());
+    h.flush();
+    for n in 0..MAX_CLAIMED as i64 {
+        assert_eq!(read_frame(&mut client).await.1, text_of(&event(n)));
+    }
+    let Some(Next::Frame(f)) = rx.try_next() else {
+        panic!("the last frame is the writer's");
+    };
+    assert_eq!(text_of(&f), text_of(&event(MAX_CLAIMED as i64)));
+    assert!(rx.try_next().is_none());
+}
+
+/// Nothing has arrived on the client's end (the other side may still be
+/// written to later).
+async fn assert_no_bytes(client: &mut TcpStream) {
+    tokio::task::yield_now().await;
+    let mut buf = [0u8; 16];
+    match client.try_read(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("nothing written, got {other:?}"),
+    }
+}
+
 /// A claimer whose write fails (the socket's writing side is shut) closes
-/// the connection; a closed queue is claimed by no one.
+/// the connection, and leaves nothing for the writer to finish.
 #[tokio::test]
 async fn a_failed_claimed_write_closes_the_connection() {
     let (h, mut rx, server, _client) = on_socket(8).await;
@@ -306,6 +356,25 @@ async fn a_failed_claimed_write_closes_the_connection() {
     assert_eq!(h.offer_event(&event(1), true), Some(Pushed::Claimed));
     h.flush();
     assert_eq!(h.close_code(), Some(close::NORMAL));
-    rx.close();
-    assert_eq!(h.offer_event(&event(2), true), None);
+    assert!(rx.try_next().is_none(), "no rest, nothing queued");
+}
+
+/// A connection's own frames give their bytes back when a claimer takes
+/// them off the queue, whether or not the socket took them whole: a
+/// second frame of most of the byte bound still fits afterwards.
+#[tokio::test]
+async fn own_frames_a_claimer_takes_give_their_bytes_back() {
+    let (h, _rx, server, _client) = on_socket(8).await;
+    socket2::SockRef::from(&*server)
+        .set_send_buffer_size(4096)
+        .expect("sndbuf");
+    let most = "x".repeat(super::super::MAX_OWN_QUEUED_BYTES * 3 / 4);
+    assert_eq!(h.offer_event(&event(1), true), Some(Pushed::Claimed));
+    assert!(h.push(Message::Text(most.clone().into())));
+    h.flush();
+    assert!(
+        h.push(Message::Text(most.into())),
+        "the first one's bytes are back"
+    );
+    assert_eq!(h.close_code(), None);
 }
