@@ -1,6 +1,8 @@
 //! A connection's outbound queue, inside its handle: a deque under a
 //! mutex (held for a push or a pop, never across an `.await`), the
-//! writer's waker, and a signal for replays waiting for space. tokio's
+//! writer's waker, and a signal for replays waiting for space. Kept whole
+//! past 450 lines: its bounds and whose turn it is to write share one
+//! lock and one state, and are read together. tokio's
 //! bounded channel costs every connection a cache-padded shared state and
 //! a first block of 32 slots, about 800 bytes allocated up front; this one
 //! adds about 120 bytes to the handle, and its deque grows only with what
