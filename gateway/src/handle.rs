@@ -171,9 +171,9 @@ impl ConnHandle {
     /// socket takes at once, the rest left to the writer. A socket that
     /// fails closes the connection.
     pub fn flush(&self) {
-        match self.queue.flush(self.encoding, |f, whole| {
+        match self.queue.flush(self.encoding, |f, sent| {
             self.dequeued(f);
-            if whole {
+            if sent {
                 f.written();
             }
         }) {

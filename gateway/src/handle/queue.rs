@@ -29,10 +29,11 @@
 //! covers at most [`MAX_CLAIMED`] frames: a claimer writes no more before
 //! handing the rest to the writer, and a claim not being written yet (its
 //! claimer still holds the room's lock, say delivering a gap fill's
-//! hundreds of events) yields to the writer once that many wait, so the
-//! queue drains as it did before claims. The writer takes the turn back
-//! for a ping or a close: at once from a claim not being written, after
-//! the claimer's few non-blocking writes otherwise.
+//! hundreds of events) yields to the writer once that many wait (or the
+//! queue's capacity, if smaller), so the queue drains as it did before
+//! claims. The writer takes a claim not being written whenever it runs
+//! (for a ping, its close, or a frame it was woken for), and waits only
+//! for a flush in progress: a few non-blocking writes.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -98,9 +99,9 @@ struct QueueState {
 /// Who may write to the socket (see the module's docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Turn {
-    /// Nobody writes: the writer has found the queue empty, or has been
-    /// woken for what was queued since and not run yet. A push may claim
-    /// the turn.
+    /// Nobody writes: the writer or a claimer's flush found the queue
+    /// empty, or the writer has been woken for what was queued since and
+    /// not run yet. A push may claim the turn.
     Idle,
     /// The writer task: it writes, or has frames or a frame's rest to.
     Writer,
@@ -222,7 +223,7 @@ impl Queue {
                 }
                 // A claim that grew past its bound before being written
                 // goes to the writer; its flush will find it gone.
-                Turn::Claimed if len + 1 >= MAX_CLAIMED => {
+                Turn::Claimed if len + 1 >= MAX_CLAIMED.min(s.capacity) => {
                     s.turn = Turn::Writer;
                     (overdrawn, Pushed::Queued, true)
                 }
@@ -254,7 +255,7 @@ impl Queue {
     /// to the writer (woken) when the socket did not take everything at
     /// once, after [`MAX_CLAIMED`] frames, or when the writer waits for it.
     /// Nothing, if the writer took the claim back first. `taken` is told
-    /// of each frame taken off the queue, and whether it was written whole.
+    /// of each frame taken off the queue, and whether any of it went out.
     pub(super) fn flush(&self, encoding: Encoding, taken: impl Fn(&Outbound, bool)) -> Flushed {
         for n in 0..MAX_CLAIMED {
             let (frame, io, was_full) = {
@@ -290,7 +291,7 @@ impl Queue {
             }
             let mut bytes = FrameBytes::new(frame.get(encoding));
             let done = bytes.try_write(&io);
-            taken(&frame, matches!(done, Ok(true)));
+            taken(&frame, done.is_ok());
             match done {
                 Ok(true) => {}
                 Ok(false) => {
@@ -303,8 +304,17 @@ impl Queue {
                 }
             }
         }
-        // The claim's bound: the writer goes on with what is left.
-        self.hand_over(None);
+        // The claim's bound: the writer goes on with what is left, if any.
+        let wake = {
+            let mut s = lock(&self.state);
+            let wake = s.writer_waits || !s.frames.is_empty();
+            s.writer_waits = false;
+            s.turn = if wake { Turn::Writer } else { Turn::Idle };
+            wake
+        };
+        if wake {
+            self.writer.wake();
+        }
         Flushed::Done
     }
 

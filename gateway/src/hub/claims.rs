@@ -73,6 +73,19 @@ impl Drop for StateGuard<'_> {
     }
 }
 
+/// The list of claimed connections, with room for a room's members when
+/// its deliveries claim: one allocation per lock hold, not one per growth.
+pub(super) fn room_for(
+    claimed: &mut Vec<Arc<ConnHandle>>,
+    claim: bool,
+    members: usize,
+) -> &mut Vec<Arc<ConnHandle>> {
+    if claim && claimed.capacity() == 0 {
+        claimed.reserve_exact(members);
+    }
+    claimed
+}
+
 /// Queues `frame` to `conn`, claiming its writer's turn if `claim`. True
 /// when queued.
 pub(super) fn offer(

@@ -325,7 +325,7 @@ impl RoomState {
     fn deliver(&mut self, seq: i64, frame: &Frame) {
         let mut n = 0u64;
         let claim = self.members.len() <= claims::MAX_CLAIMING_ROOM;
-        let claimed = &mut self.claimed;
+        let claimed = claims::room_for(&mut self.claimed, claim, self.members.len());
         for m in self.members.values() {
             if seq > m.skip_through && claims::offer(&m.conn, frame, claim, claimed) {
                 n += 1;
@@ -339,7 +339,7 @@ impl RoomState {
     pub fn broadcast(&mut self, frame: &Frame, exclude_user: Option<&str>) {
         let mut n = 0u64;
         let claim = self.members.len() <= claims::MAX_CLAIMING_ROOM;
-        let claimed = &mut self.claimed;
+        let claimed = claims::room_for(&mut self.claimed, claim, self.members.len());
         for m in self.members.values() {
             if exclude_user.is_some_and(|u| *m.conn.user_id == *u) {
                 continue;

@@ -16,7 +16,8 @@ use crate::codec::frame::FrameBytes;
 pub(super) struct Out<W> {
     pub(super) io: W,
     /// The unwritten end of a frame: of a write cut off half-way (by a
-    /// close or the token's expiry), or of a frame a dispatcher began
+    /// close, the token's expiry or the write-stall bound), or of a frame
+    /// a dispatcher began
     /// (`handle/queue.rs`). The next write, or [`finish`], sends it first:
     /// nothing may come between the bytes of one frame. Boxed, and made
     /// only when the socket did not take a frame at once: every idle

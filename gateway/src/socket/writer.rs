@@ -1,14 +1,15 @@
 //! The writer task: it writes what a connection's outbound queue holds
-//! when it is woken for it (in rooms of more than 32, for acks and pongs,
-//! for what the socket did not take from a dispatcher at once), and every
-//! ping and close.
+//! when it is woken for it (deliveries in rooms of more than 32, acks,
+//! pongs, replays, what the socket did not take from a dispatcher at once,
+//! a claim past its bound), and every ping and close.
 //!
 //! While it has nothing to do, a dispatcher may claim its turn and write
-//! in its place (`handle/queue.rs`), so it takes the turn back before a
-//! ping or its close. One timer serves the heartbeat ping, the token's
-//! expiry and the idle timeout. When the handle's close signal fires it sends what is still queued (not
-//! to a slow consumer, nor to a client that closed first), then the close
-//! frame, each bounded in time, and shuts the socket's writing side.
+//! in its place (`handle/queue.rs`); it takes the turn back for a ping or
+//! its close. One timer serves the heartbeat ping, the token's expiry and
+//! the idle timeout. When the handle's close signal fires it sends what is
+//! still queued (not to a slow consumer, nor to a client that closed
+//! first), then the close frame, each bounded in time, and shuts the
+//! socket's writing side.
 //!
 //! It frames messages itself ([`super::frame`]) on the shared TCP stream;
 //! when pings fall due is [`super::ping`]'s.

@@ -276,7 +276,7 @@ async fn what_the_socket_does_not_take_is_the_writers_rest_first() {
     assert_eq!(b, (0x81, text_of(&after)));
 }
 
-/// The writer takes the turn back for a ping or its close from a claim
+/// The writer takes the turn (for a ping, its close) from a claim
 /// not being written yet (its claimer may hold a room's lock for a while):
 /// the claimer's flush then writes nothing, and the writer gets the claimed
 /// frame, in order.
@@ -294,23 +294,28 @@ async fn the_writer_takes_a_claim_back_until_it_is_written() {
     assert_eq!(h.offer_event(&event(2), true), Some(Pushed::Queued));
 }
 
-/// A claim covers at most `MAX_CLAIMED` frames: one that grows that long
-/// before its claimer writes it (a long hold of the room's lock) goes to
-/// the writer, which is woken; the flush then writes nothing.
+/// A claim covers at most `MAX_CLAIMED` frames, or the queue's capacity
+/// if smaller: one that grows that long before its claimer writes it (a
+/// long hold of the room's lock) goes to the writer, which is woken; the
+/// flush then writes nothing.
 #[tokio::test]
 async fn a_claim_that_grows_too_long_before_its_flush_goes_to_the_writer() {
-    let (h, mut rx, _server, mut client) = on_socket(1000).await;
-    assert_eq!(h.offer_event(&event(0), true), Some(Pushed::Claimed));
-    for n in 1..MAX_CLAIMED as i64 {
-        assert_eq!(h.offer_event(&event(n), true), Some(Pushed::Queued));
-    }
-    h.flush();
-    assert_no_bytes(&mut client).await;
-    for n in 0..MAX_CLAIMED as i64 {
-        let Some(Next::Frame(f)) = rx.try_next() else {
-            panic!("frame {n} is the writer's");
-        };
-        assert_eq!(text_of(&f), text_of(&event(n)));
+    for capacity in [1000, 8] {
+        let (h, mut rx, _server, mut client) = on_socket(capacity).await;
+        let bound = MAX_CLAIMED.min(capacity) as i64;
+        assert_eq!(h.offer_event(&event(0), true), Some(Pushed::Claimed));
+        for n in 1..bound {
+            assert_eq!(h.offer_event(&event(n), true), Some(Pushed::Queued));
+        }
+        h.flush();
+        assert_no_bytes(&mut client).await;
+        for n in 0..bound {
+            let Some(Next::Frame(f)) = rx.try_next() else {
+                panic!("frame {n} is the writer's (capacity {capacity})");
+            };
+            assert_eq!(text_of(&f), text_of(&event(n)));
+        }
+        assert_eq!(h.close_code(), None, "capacity {capacity}");
     }
 }
 
