@@ -93,16 +93,9 @@ impl FrameBytes {
     /// is written; false when the socket took only part of it or none, the
     /// progress kept.
     pub(crate) fn try_write(&mut self, io: &TcpStream) -> io::Result<bool> {
-        while self.written < self.header_len + self.payload.len() {
-            let h = self.written.min(self.header_len);
-            let p = self.written - h;
-            let bufs = [
-                io::IoSlice::new(&self.header[h..self.header_len]),
-                io::IoSlice::new(&self.payload[p..]),
-            ];
-            match io.try_write_vectored(&bufs) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.written += n,
+        while !self.done() {
+            match io.try_write_vectored(&self.unwritten()) {
+                Ok(n) => self.advance(n)?,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
             }
@@ -117,19 +110,35 @@ impl FrameBytes {
         io: &mut W,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<io::Result<()>> {
-        while self.written < self.header_len + self.payload.len() {
-            let h = self.written.min(self.header_len);
-            let p = self.written - h;
-            let bufs = [
-                io::IoSlice::new(&self.header[h..self.header_len]),
-                io::IoSlice::new(&self.payload[p..]),
-            ];
-            let n = std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &bufs))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.written += n;
+        while !self.done() {
+            let n =
+                std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &self.unwritten()))?;
+            self.advance(n)?;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Whether the whole frame is written.
+    fn done(&self) -> bool {
+        self.written == self.header_len + self.payload.len()
+    }
+
+    /// What is left to write: the header's rest, then the payload's.
+    fn unwritten(&self) -> [io::IoSlice<'_>; 2] {
+        let h = self.written.min(self.header_len);
+        [
+            io::IoSlice::new(&self.header[h..self.header_len]),
+            io::IoSlice::new(&self.payload[self.written - h..]),
+        ]
+    }
+
+    /// Records `n` more bytes written; none at all is an error (the socket
+    /// would never take more).
+    fn advance(&mut self, n: usize) -> io::Result<()> {
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.written += n;
+        Ok(())
     }
 }

@@ -330,6 +330,36 @@ impl Cluster {
         assert_eq!(s, 201, "{m}");
         m
     }
+
+    /// Each of `posters` posts `each` messages to `community`, one after
+    /// the other, all posters at once; returns once every post is answered
+    /// 201.
+    pub async fn post_concurrently(&self, community: &str, posters: &[String], each: usize) {
+        let mut tasks = Vec::new();
+        for p in posters {
+            let (http, url, t, c) = (
+                self.http.clone(),
+                self.api.url.clone(),
+                token(p),
+                community.to_owned(),
+            );
+            tasks.push(tokio::spawn(async move {
+                for i in 0..each {
+                    let r = http
+                        .post(format!("{url}/api/messages-realtime"))
+                        .bearer_auth(&t)
+                        .json(&json!({"communityId": c, "content": format!("m{i}")}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 201);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
 }
 
 /// A contract-speaking WebSocket client.

@@ -17,25 +17,7 @@ async fn two_hundred_concurrent_posts_arrive_in_order_on_both_gateways() {
     r1.join(&c, None).await;
     r2.join(&c, None).await;
 
-    let mut tasks = Vec::new();
-    for p in &posters {
-        let (http, url, t, c) = (cl.http.clone(), cl.api.url.clone(), token(p), c.clone());
-        tasks.push(tokio::spawn(async move {
-            for i in 0..20 {
-                let r = http
-                    .post(format!("{url}/api/messages-realtime"))
-                    .bearer_auth(&t)
-                    .json(&json!({"communityId": c, "content": format!("m{i}")}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 201);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    cl.post_concurrently(&c, &posters, 20).await;
     let want: Vec<i64> = (1..=200).collect();
     assert_eq!(
         r1.seqs_until(200).await,
@@ -63,38 +45,15 @@ async fn a_room_growing_past_the_dispatchers_own_writes_delivers_in_order() {
     let members: Vec<String> = (0..40).map(|i| uid(&format!("m{i}"))).collect();
     let refs: Vec<&str> = members.iter().map(String::as_str).collect();
     let c = cl.community(&owner, &refs).await;
-    let post_ten = |from: i64| {
-        let posters: Vec<_> = members.iter().take(3).map(|p| token(p)).collect();
-        let (http, url, c) = (cl.http.clone(), cl.api.url.clone(), c.clone());
-        async move {
-            let mut posts = Vec::new();
-            for (k, t) in posters.into_iter().enumerate() {
-                let (http, url, c) = (http.clone(), url.clone(), c.clone());
-                posts.push(tokio::spawn(async move {
-                    for i in (k..10).step_by(3) {
-                        let r = http
-                            .post(format!("{url}/api/messages-realtime"))
-                            .bearer_auth(&t)
-                            .json(&json!({"communityId": c, "content": format!("m{}", from + i as i64)}))
-                            .send()
-                            .await
-                            .unwrap();
-                        assert_eq!(r.status(), 201);
-                    }
-                }));
-            }
-            for p in posts {
-                p.await.unwrap();
-            }
-        }
-    };
+    // Ten posts at a time, from two members at once.
+    let posters = &members[..2];
     let mut clients = Vec::new();
     for m in &members[..20] {
         let mut client = Client::connect(&cl.gw1.url, &token(m)).await;
         client.join(&c, None).await;
         clients.push(client);
     }
-    post_ten(1).await;
+    cl.post_concurrently(&c, posters, 5).await;
     let first: Vec<i64> = (1..=10).collect();
     for (i, client) in clients.iter_mut().enumerate() {
         assert_eq!(client.seqs_until(10).await, first, "member {i}");
@@ -105,7 +64,7 @@ async fn a_room_growing_past_the_dispatchers_own_writes_delivers_in_order() {
         client.join(&c, None).await;
         clients.push(client);
     }
-    post_ten(11).await;
+    cl.post_concurrently(&c, posters, 5).await;
     let second: Vec<i64> = (11..=20).collect();
     for (i, client) in clients.iter_mut().enumerate() {
         assert_eq!(client.seqs_until(20).await, second, "member {i}");
