@@ -16,7 +16,6 @@ use axum::routing::get;
 use chorus_shared::auth::bearer_token;
 use chorus_shared::error::{ErrorBody, ErrorCode};
 use chorus_shared::protocol::MAX_WS_MESSAGE_BYTES;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::codec::{Encoding, JSON_PROTOCOL, MSGPACK_PROTOCOL};
 use crate::handle::ConnHandle;
@@ -24,13 +23,6 @@ use crate::session::{Identity, Session};
 use crate::socket;
 use crate::socket::upgrade::{NotAnUpgrade, WsUpgrade};
 use crate::state::Gateway;
-
-/// Socket read buffer, and the most one read takes. Small on purpose:
-/// every connection holds it while idle (4 KiB measured ~3 KiB more per
-/// idle connection than 1 KiB). Most client commands fit in one read; a
-/// larger one (a long message) takes several, a cost paid per command, not
-/// per delivery, and far below the API call a command makes.
-const READ_BUFFER: usize = 256;
 
 /// `Retry-After` (seconds) on a refusal for too many connections of one
 /// user: a slot frees when one of their connections closes, which a client
@@ -158,16 +150,8 @@ async fn upgrade(
         Some(MSGPACK_PROTOCOL) => Encoding::Msgpack,
         _ => Encoding::Json,
     };
-    // tungstenite only reads here; what it writes (its own answers to
-    // pings and closes, which go nowhere: see `socket::upgrade::ReadHalf`)
-    // is passed on at once rather than gathered in a buffer.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(Some(MAX_WS_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_WS_MESSAGE_BYTES));
     let me = Box::new(Identity { user, token });
-    ws.on_upgrade(protocol, config, move |socket| {
+    ws.on_upgrade(protocol, MAX_WS_MESSAGE_BYTES, move |socket| {
         let (conn, rx) = ConnHandle::with_role(
             gw.hub().next_conn_id(),
             &me.user.id,

@@ -6,12 +6,14 @@
 //! task that dispatches an event may write to the socket in its place,
 //! with non-blocking writes only, leaving whatever the socket does not
 //! take at once to the writer (`handle/queue.rs`); one of the two writes
-//! at a time. The reader ([`reader`]) decodes the client's frames,
+//! at a time. The reader ([`reader`]) takes the client's frames off the
+//! socket ([`inbound`]), decodes them,
 //! enforces the per-connection rate limits and answers `ping`; every other
 //! command goes up to a [`Session`], the layer that knows about rooms. This
 //! layer knows nothing of rooms, the API or the backplane.
 
 mod frame;
+mod inbound;
 mod ping;
 mod reader;
 pub mod upgrade;
@@ -21,15 +23,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::close;
 use crate::error::GatewayError;
 use crate::handle::{ConnHandle, OutboundRx};
 
+use self::inbound::FrameReader;
 pub use self::reader::COMMANDS;
 use self::reader::Reader;
-use self::upgrade::{ReadHalf, WebSocket};
+use self::upgrade::WebSocket;
 
 /// Per-connection settings of the socket layer, shared by every connection.
 #[derive(Debug, Clone)]
@@ -157,7 +159,7 @@ async fn setup<S, F>(
     rx: OutboundRx,
     config: Arc<SocketConfig>,
     open: F,
-) -> Option<(Reader<S>, WebSocketStream<ReadHalf>, JoinHandle<()>)>
+) -> Option<(Reader<S>, FrameReader, JoinHandle<()>)>
 where
     S: Session,
     F: Future<Output = Option<S>> + Send,

@@ -11,15 +11,11 @@ use std::time::{Duration, Instant};
 
 use chorus_shared::protocol::{AckFrame, AckTag};
 use chorus_shared::ratelimit::TokenBucket;
-use futures_util::StreamExt;
 use serde_json::json;
-use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::CapacityError;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Message;
 
-use super::upgrade::ReadHalf;
+use super::inbound::{Frame, FrameReader, ReadError};
 use super::{Session, SocketConfig};
 use crate::close;
 use crate::codec::{Encoding, decode_client};
@@ -77,7 +73,7 @@ impl<S: Session> Reader<S> {
     /// Reads and handles the client's frames until the connection closes.
     /// The idle timeout is the writer's (its one timer), fed by the
     /// handle's liveness: no timer is armed per frame here.
-    pub(super) async fn run(&mut self, stream: &mut WebSocketStream<ReadHalf>) {
+    pub(super) async fn run(&mut self, stream: &mut FrameReader) {
         let handle = self.handle.clone();
         let closed = handle.closed();
         tokio::pin!(closed);
@@ -87,21 +83,23 @@ impl<S: Session> Reader<S> {
                 _ = &mut closed => return,
                 r = stream.next() => r,
             };
-            let msg = match next {
+            let frame = match next {
                 None => return,
                 Some(Err(e)) => {
-                    if matches!(e, WsError::Capacity(CapacityError::MessageTooLong { .. })) {
+                    if matches!(e, ReadError::TooBig) {
                         self.handle.close(close::TOO_BIG);
+                    } else {
+                        tracing::debug!(conn = handle.id, error = %e, "client frames unreadable");
                     }
                     return;
                 }
-                Some(Ok(m)) => m,
+                Some(Ok(f)) => f,
             };
             self.handle.liveness.saw_client();
-            let bytes = match (msg, self.handle.encoding) {
-                (Message::Text(t), Encoding::Json) => bytes::Bytes::from(t),
-                (Message::Binary(b), Encoding::Msgpack) => b,
-                (Message::Text(_) | Message::Binary(_), enc) => {
+            let bytes = match (frame, self.handle.encoding) {
+                (Frame::Text(t), Encoding::Json) => t,
+                (Frame::Binary(b), Encoding::Msgpack) => b,
+                (Frame::Text(_) | Frame::Binary(_), enc) => {
                     self.count_command();
                     let want = if enc == Encoding::Json {
                         "JSON text"
@@ -116,21 +114,18 @@ impl<S: Session> Reader<S> {
                     );
                     continue;
                 }
-                (Message::Close(frame), _) => {
-                    self.handle.client_closed(frame.map(|f| u16::from(f.code)));
+                (Frame::Close(code), _) => {
+                    self.handle.client_closed(code);
                     return;
                 }
                 // Answered through the outbound queue, in order with what
-                // is queued (tungstenite's own answer goes nowhere: see
-                // `upgrade::ReadHalf`). A client that pings and does not read
-                // fills its queue like any other slow consumer.
-                (Message::Ping(payload), _) => {
+                // is queued. A client that pings and does not read fills
+                // its queue like any other slow consumer.
+                (Frame::Ping(payload), _) => {
                     self.handle.push(Message::Pong(payload));
                     continue;
                 }
-                // Whole frames are never read (tungstenite reassembles
-                // fragmented messages).
-                (Message::Pong(_) | Message::Frame(_), _) => continue,
+                (Frame::Pong, _) => continue,
             };
             // A command runs to completion unless the connection closes.
             // Boxed: a command's future (API calls, a replay) is large, and
@@ -154,7 +149,7 @@ impl<S: Session> Reader<S> {
     /// Ends the session (it leaves its rooms), waits for the writer to send
     /// what is left and the close frame, then reads until the client's
     /// close frame ([`linger`]).
-    pub(super) async fn teardown(self, writer: JoinHandle<()>, stream: WebSocketStream<ReadHalf>) {
+    pub(super) async fn teardown(self, writer: JoinHandle<()>, stream: FrameReader) {
         self.handle.close(close::NORMAL);
         self.session.end(&self.handle).await;
         let _ = writer.await;
@@ -265,23 +260,22 @@ fn command_label(kind: &str) -> &'static str {
 /// Reads, and drops, what the client sends until its close frame, the end
 /// of its stream, or [`LINGER`]; then the socket can close without a reset.
 /// Nothing is read once the client's own close was (`peer_closed`): it
-/// sends nothing after it, and waits for us to close. When tungstenite
-/// has stopped reading (a protocol error, a message too long), the rest is
-/// read raw, to the client's end. True when it did not time out.
-async fn linger(stream: &mut WebSocketStream<ReadHalf>, peer_closed: bool) -> bool {
+/// sends nothing after it, and waits for us to close. When the frames
+/// could not be read on (a protocol error, a message too long), the rest
+/// is read raw, to the client's end. True when it did not time out.
+async fn linger(stream: &mut FrameReader, peer_closed: bool) -> bool {
     tokio::time::timeout(LINGER, async {
         if peer_closed {
             return;
         }
         loop {
             match stream.next().await {
-                Some(Ok(m)) if m.is_close() => return,
+                Some(Ok(Frame::Close(_))) => return,
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break,
             }
         }
-        let mut buf = [0; 256];
-        while matches!(stream.get_mut().read(&mut buf).await, Ok(n) if n > 0) {}
+        while matches!(stream.discard().await, Ok(n) if n > 0) {}
     })
     .await
     .is_ok()
@@ -290,36 +284,27 @@ async fn linger(stream: &mut WebSocketStream<ReadHalf>, peer_closed: bool) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::socket::upgrade::ReadHalf;
     use futures_util::SinkExt;
     use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::WebSocketStream;
     use tokio_tungstenite::tungstenite::protocol::Role;
 
-    /// A server's reading side over real TCP (tungstenite reading 16 bytes
-    /// at a time, frames of at most 300), and a client on the other end.
-    async fn pair() -> (WebSocketStream<ReadHalf>, WebSocketStream<TcpStream>) {
-        use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    /// A server's reading side over real TCP (messages of at most 300
+    /// bytes), and a client on the other end.
+    async fn pair() -> (FrameReader, WebSocketStream<TcpStream>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("addr"))
             .await
             .expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
-        let config = WebSocketConfig::default()
-            .read_buffer_size(16)
-            .max_frame_size(Some(300));
-        let server = WebSocketStream::from_raw_socket(
-            ReadHalf::new(Arc::new(server)),
-            Role::Server,
-            Some(config),
-        )
-        .await;
+        let server = FrameReader::new(ReadHalf::new(Arc::new(server)), 300);
         let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         (server, client)
     }
 
     /// A [`pair`] whose client has sent a text of `len` bytes.
-    async fn pair_after_text(
-        len: usize,
-    ) -> (WebSocketStream<ReadHalf>, WebSocketStream<TcpStream>) {
+    async fn pair_after_text(len: usize) -> (FrameReader, WebSocketStream<TcpStream>) {
         let (server, mut client) = pair().await;
         client
             .send(Message::Text("x".repeat(len).into()))
@@ -330,17 +315,21 @@ mod tests {
 
     /// What the socket holds unread: none (`WouldBlock`), the end of the
     /// stream (`Ok(0)`), or bytes.
-    fn unread(server: &WebSocketStream<ReadHalf>) -> std::io::Result<usize> {
-        server.get_ref().try_read(&mut [0; 64])
+    fn unread(server: &FrameReader) -> std::io::Result<usize> {
+        server.try_read(&mut [0; 64])
     }
 
     /// After our close, what the client sends, up to and including its
     /// close frame, is read: nothing is left unread for the socket's close
-    /// to answer with a reset. (tungstenite reads 16 bytes at a time, so the
-    /// close frame is still in the socket once the text is read.)
+    /// to answer with a reset. (The close frame is sent once the text is
+    /// read, so it is still in the socket.)
     #[tokio::test]
     async fn lingering_reads_up_to_the_clients_close() {
         let (mut server, mut client) = pair_after_text(200).await;
+        assert!(
+            matches!(server.next().await, Some(Ok(Frame::Text(t))) if t.len() == 200),
+            "the text"
+        );
         client.send(Message::Close(None)).await.expect("close");
         assert!(
             linger(&mut server, false).await,
@@ -353,14 +342,14 @@ mod tests {
         );
     }
 
-    /// When tungstenite has stopped reading (a frame over the limit), the
+    /// When the frames cannot be read on (a message over the limit), the
     /// rest of the client's bytes are read raw, to its end.
     #[tokio::test]
     async fn after_a_protocol_error_the_rest_is_read_raw() {
         let (mut server, client) = pair_after_text(2_000).await;
         drop(client);
         assert!(
-            matches!(server.next().await, Some(Err(_))),
+            matches!(server.next().await, Some(Err(ReadError::TooBig))),
             "over the limit"
         );
         assert!(

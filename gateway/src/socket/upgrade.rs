@@ -1,9 +1,9 @@
 //! The WebSocket opening handshake (RFC 6455 §4.2) on an axum route.
 //!
 //! Done here rather than by axum's `WebSocketUpgrade` so that the socket's
-//! TCP stream comes out bare: tungstenite reads frames off it, and frames
-//! of our own are written to it, with no lock between the two and no
-//! write buffer (see [`WebSocket`]). It checks what RFC 6455 §4.2.1 asks of the
+//! TCP stream comes out bare: the client's frames are read off it
+//! (`inbound`) and ours are written to it, with no lock between the two
+//! and no buffer kept for either (see [`WebSocket`]). It checks what RFC 6455 §4.2.1 asks of the
 //! request line and headers that matter to a server (the method, the
 //! `Connection` and `Upgrade` tokens, version 13, a key) and answers as
 //! §4.2.2 says, for HTTP/1.1 (the gateway serves no HTTP/2); it does not
@@ -27,9 +27,9 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use super::inbound::FrameReader;
 
 /// How long hyper may take to hand over an answered upgrade (it waits for
 /// the request's body, if any, to be read): a client that never sends it
@@ -40,9 +40,8 @@ const UPGRADE_TIMEOUT: Duration = chorus_shared::http::HEADER_READ_TIMEOUT;
 /// An upgraded connection: its TCP stream, shared by the reading side and
 /// the writing side.
 ///
-/// The reader's side goes through tungstenite, which parses and checks
-/// the client's frames (masking, fragments, UTF-8, size limits). The
-/// writing side is written to directly (`frame::Out`, `frame::FrameBytes`):
+/// The reading side parses and checks the client's frames itself
+/// (`inbound`: masking, fragments, UTF-8, size limits). The writing side is written to directly (`frame::Out`, `frame::FrameBytes`):
 /// a server frame is a header of a few bytes before the payload the hub
 /// encoded once for every recipient, so it goes to the kernel in one
 /// `writev`, with no copy into a per-connection buffer, no lock shared
@@ -53,15 +52,13 @@ const UPGRADE_TIMEOUT: Duration = chorus_shared::http::HEADER_READ_TIMEOUT;
 /// (`handle/queue.rs`): both write through `&TcpStream`.
 #[derive(Debug)]
 pub struct WebSocket {
-    pub(super) read: WebSocketStream<ReadHalf>,
+    pub(super) read: FrameReader,
     pub(super) write: Arc<TcpStream>,
 }
 
-/// The reading side as tungstenite sees it. tungstenite also writes: it
-/// answers a ping with a pong and a close with a close. Those writes are
-/// dropped here, because only the writer task (or a dispatcher holding
-/// the writer's turn) writes to the socket: the reader queues the pong to
-/// it (`reader`), and the writer sends the close.
+/// The reading side of the stream. Only the reader reads and waits for
+/// the socket to be readable; it never writes (the reader queues its
+/// answer to a ping to the writer, which also sends the close).
 #[derive(Debug)]
 pub struct ReadHalf {
     /// What hyper read past the request head (frames a client sent
@@ -76,6 +73,31 @@ impl ReadHalf {
     #[cfg(test)]
     pub(super) fn new(io: Arc<TcpStream>) -> Self {
         ReadHalf { early: None, io }
+    }
+
+    /// As after a request whose frames came with it (tests).
+    #[cfg(test)]
+    pub(super) fn with_early(io: Arc<TcpStream>, early: bytes::Bytes) -> Self {
+        ReadHalf {
+            early: Some(Box::new(early)),
+            io,
+        }
+    }
+
+    /// What hyper read past the request head, once.
+    pub(super) fn take_early(&mut self) -> Option<Box<bytes::Bytes>> {
+        self.early.take()
+    }
+
+    /// Ready when the socket may have something to read.
+    pub(super) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.poll_read_ready(cx)
+    }
+
+    /// Reads what the socket holds into `buf`'s spare capacity, without
+    /// waiting (`WouldBlock` when there is nothing).
+    pub(super) fn try_read_buf(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        self.io.try_read_buf(buf)
     }
 
     /// Reads what the socket holds without waiting (tests: what is left
@@ -114,24 +136,6 @@ impl AsyncRead for ReadHalf {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-    }
-}
-
-impl AsyncWrite for ReadHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -296,7 +300,7 @@ impl WsUpgrade {
     pub fn on_upgrade<F, Fut>(
         self,
         protocol: Option<&'static str>,
-        config: WebSocketConfig,
+        max_message: usize,
         serve: F,
     ) -> Response
     where
@@ -317,11 +321,8 @@ impl WsUpgrade {
                             early: (!parts.read_buf.is_empty()).then(|| Box::new(parts.read_buf)),
                             io: stream.clone(),
                         };
-                        let read =
-                            WebSocketStream::from_raw_socket(read, Role::Server, Some(config))
-                                .await;
                         Some(serve(WebSocket {
-                            read,
+                            read: FrameReader::new(read, max_message),
                             write: stream,
                         }))
                     }
