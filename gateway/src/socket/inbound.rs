@@ -4,29 +4,36 @@
 //! Done here rather than by tungstenite for what an idle connection holds.
 //! tungstenite's stream kept about 300 bytes in the connection's task and
 //! 450 more on the heap (its read buffer, its frame state, two waker
-//! proxies) for the connection's whole life; [`FrameReader`] is five words
+//! proxies) for the connection's whole life; [`FrameReader`] is 72 bytes
 //! and, between commands, holds no buffer at all. Every idle connection
 //! carries it, and the client sends a few commands a minute.
 //!
 //! It checks what RFC 6455 asks of a server reading a client: frames masked,
 //! no reserved bits (no extension is negotiated), known opcodes, control
 //! frames whole and at most 125 bytes, continuations only inside a
-//! fragmented message, text valid UTF-8 once reassembled. A message over
-//! the limit is refused from its frame's header, before its payload is
-//! read. After any of these, or the client's close, it reads no further
-//! frames: the reader ends the connection.
+//! fragmented message, text valid UTF-8 once reassembled, close codes a
+//! peer may send. A message over the limit is refused from its frame's
+//! header, before its payload is read. After any of these, or the
+//! client's close, it reads no further frames: the reader ends the
+//! connection.
+//!
+//! Memory per connection is bounded by the limit: the read buffer holds at
+//! most the frame being read plus one [`READ_CHUNK`] (a read takes what the
+//! frame still needs, or a chunk), and a fragmented message at most the
+//! limit.
 
 use std::io;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 
 use super::upgrade::ReadHalf;
 
-/// What one read may take from the socket and how the read buffer grows.
-/// The buffer exists only while a read's bytes are not all parsed (a
-/// frame cut across reads, several frames in one read); it is freed as
-/// soon as they are, so an idle connection holds none. A command fits in
-/// one read; a long message (the 64 KiB limit) takes a few.
+/// What one read takes from the socket when no frame's length is known
+/// yet, or the frame needs less. The buffer exists only while a read's
+/// bytes are not all parsed (a frame cut across reads, several frames in
+/// one read); it is freed as soon as they are, so an idle connection holds
+/// none. A command fits in one read; once a long message's header is in,
+/// the next read takes the rest of its frame.
 const READ_CHUNK: usize = 4096;
 
 /// The longest control frame payload (RFC 6455 §5.5).
@@ -171,16 +178,15 @@ impl FrameReader {
     /// once the socket is readable, and freed again if the read finds
     /// nothing after all.
     async fn fill(&mut self) -> io::Result<usize> {
-        if let Some(early) = self.io.take_early() {
+        if let Some(early) = self.io.take_early().filter(|e| !e.is_empty()) {
             self.parser.feed(&early);
             return Ok(early.len());
         }
         let parser = &mut self.parser;
-        parser.compact();
         loop {
             std::future::poll_fn(|cx| self.io.poll_read_ready(cx)).await?;
-            parser.buf.reserve(READ_CHUNK);
-            match self.io.try_read_buf(&mut parser.buf) {
+            let want = parser.prepare_read();
+            match self.io.try_read_buf(&mut (&mut parser.buf).limit(want)) {
                 Ok(n) => return Ok(n),
                 // The readiness was stale; the failed read cleared it, so
                 // the next wait is for the next.
@@ -205,18 +211,31 @@ impl Parser {
         }
     }
 
-    /// Drops the parsed bytes from the buffer's front, before more are
-    /// read behind the rest.
-    fn compact(&mut self) {
+    /// Makes room for the next read and says how much it may take: the
+    /// rest of the frame whose header is in, or [`READ_CHUNK`], whichever
+    /// is more. Drops the parsed bytes from the buffer's front first, and
+    /// gives back room an earlier, longer frame left.
+    fn prepare_read(&mut self) -> usize {
         if self.pos > 0 {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
+        let rest = match Head::parse(&self.buf, self.max_message, 0) {
+            Ok(Some(h)) => (h.payload_at + h.payload_len).saturating_sub(self.buf.len()),
+            _ => 0,
+        };
+        let want = rest.max(READ_CHUNK);
+        let needed = self.buf.len() + want;
+        if self.buf.capacity() > needed + READ_CHUNK {
+            self.buf.shrink_to(needed);
+        }
+        self.buf.reserve_exact(want);
+        want
     }
 
     /// Takes `bytes` as read.
     fn feed(&mut self, bytes: &[u8]) {
-        self.compact();
+        self.prepare_read();
         self.buf.extend_from_slice(bytes);
     }
 
@@ -225,8 +244,8 @@ impl Parser {
     fn parse(&mut self) -> Result<Option<Frame>, ReadError> {
         loop {
             let assembled = self.partial.as_ref().map_or(0, |p| p.bytes.len());
-            let room = self.max_message.saturating_sub(assembled);
-            let Some(head) = Head::parse(&self.buf[self.pos..], room)? else {
+            let Some(head) = Head::parse(&self.buf[self.pos..], self.max_message, assembled)?
+            else {
                 return Ok(None);
             };
             let start = self.pos + head.payload_at;
@@ -279,7 +298,16 @@ impl Parser {
                 let Some(mut partial) = self.partial.take() else {
                     return Err(ReadError::Protocol("a continuation with no message"));
                 };
-                partial.bytes.extend_from_slice(payload);
+                // Grown by doubling (many small fragments copy little),
+                // but never past the limit, which the header check keeps
+                // the message within.
+                let bytes = &mut partial.bytes;
+                let needed = bytes.len() + payload.len();
+                if needed > bytes.capacity() {
+                    let grown = needed.max(bytes.capacity() * 2).min(self.max_message);
+                    bytes.reserve_exact(grown.max(needed) - bytes.len());
+                }
+                bytes.extend_from_slice(payload);
                 if fin {
                     let Partial { text, bytes } = *partial;
                     return message(text, bytes).map(Some);
@@ -291,8 +319,14 @@ impl Parser {
                 [] => Ok(Some(Frame::Close(None))),
                 [_] => Err(ReadError::Protocol("a close payload of one byte")),
                 [hi, lo, reason @ ..] => {
+                    let code = u16::from_be_bytes([*hi, *lo]);
+                    // RFC 6455 §7.4: the codes defined for a peer to send,
+                    // and those for applications and libraries.
+                    if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                        return Err(ReadError::Protocol("a close code no peer may send"));
+                    }
                     std::str::from_utf8(reason).map_err(|_| ReadError::Utf8)?;
-                    Ok(Some(Frame::Close(Some(u16::from_be_bytes([*hi, *lo])))))
+                    Ok(Some(Frame::Close(Some(code))))
                 }
             },
             PING => Ok(Some(Frame::Ping(Bytes::copy_from_slice(payload)))),
@@ -323,9 +357,10 @@ struct Head {
 
 impl Head {
     /// The header at the start of `buf`, or `None` if `buf` ends inside
-    /// it. A data frame longer than `room` (what the message may still
-    /// take) is refused here, before its payload is read.
-    fn parse(buf: &[u8], room: usize) -> Result<Option<Head>, ReadError> {
+    /// it. A data frame that would take its message past `max` (a
+    /// continuation adds to the `assembled` bytes) is refused here, before
+    /// its payload is read.
+    fn parse(buf: &[u8], max: usize, assembled: usize) -> Result<Option<Head>, ReadError> {
         let [b0, b1, ..] = *buf else {
             return Ok(None);
         };
@@ -358,8 +393,15 @@ impl Head {
             if len > MAX_CONTROL_PAYLOAD {
                 return Err(ReadError::Protocol("a control frame over 125 bytes"));
             }
-        } else if len > room as u64 {
-            return Err(ReadError::TooBig);
+        } else {
+            let room = if opcode == CONTINUATION {
+                max.saturating_sub(assembled)
+            } else {
+                max
+            };
+            if len > room as u64 {
+                return Err(ReadError::TooBig);
+            }
         }
         let Some(&[m0, m1, m2, m3]) = buf.get(mask_at..mask_at + 4) else {
             return Ok(None);
@@ -369,7 +411,7 @@ impl Head {
             opcode,
             mask: [m0, m1, m2, m3],
             payload_at: mask_at + 4,
-            // At most `room` or 125, both usize.
+            // At most `max` or 125, both usize.
             payload_len: len as usize,
         }))
     }

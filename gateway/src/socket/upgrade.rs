@@ -3,10 +3,10 @@
 //! Done here rather than by axum's `WebSocketUpgrade` so that the socket's
 //! TCP stream comes out bare: the client's frames are read off it
 //! (`inbound`) and ours are written to it, with no lock between the two
-//! and no buffer kept for either (see [`WebSocket`]). It checks what RFC 6455 §4.2.1 asks of the
-//! request line and headers that matter to a server (the method, the
-//! `Connection` and `Upgrade` tokens, version 13, a key) and answers as
-//! §4.2.2 says, for HTTP/1.1 (the gateway serves no HTTP/2); it does not
+//! and no buffer kept for either (see [`WebSocket`]). It checks what
+//! RFC 6455 §4.2.1 asks of the request line and headers that matter to a
+//! server (the method, the `Connection` and `Upgrade` tokens, version 13,
+//! a key) and answers as §4.2.2 says, for HTTP/1.1 (the gateway serves no HTTP/2); it does not
 //! check the key's form, which only the client's own check relies on.
 
 use std::fmt;
@@ -41,8 +41,9 @@ const UPGRADE_TIMEOUT: Duration = chorus_shared::http::HEADER_READ_TIMEOUT;
 /// the writing side.
 ///
 /// The reading side parses and checks the client's frames itself
-/// (`inbound`: masking, fragments, UTF-8, size limits). The writing side is written to directly (`frame::Out`, `frame::FrameBytes`):
-/// a server frame is a header of a few bytes before the payload the hub
+/// (`inbound`: masking, fragments, UTF-8, size limits). The writing side
+/// is written to directly (`frame::Out`, `frame::FrameBytes`): a server
+/// frame is a header of a few bytes before the payload the hub
 /// encoded once for every recipient, so it goes to the kernel in one
 /// `writev`, with no copy into a per-connection buffer, no lock shared
 /// with the reader, and no write buffer kept for the connection's life.
@@ -94,9 +95,9 @@ impl ReadHalf {
         self.io.poll_read_ready(cx)
     }
 
-    /// Reads what the socket holds into `buf`'s spare capacity, without
-    /// waiting (`WouldBlock` when there is nothing).
-    pub(super) fn try_read_buf(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+    /// Reads what the socket holds into `buf`'s room, without waiting
+    /// (`WouldBlock` when there is nothing).
+    pub(super) fn try_read_buf<B: bytes::BufMut>(&self, buf: &mut B) -> io::Result<usize> {
         self.io.try_read_buf(buf)
     }
 
@@ -308,7 +309,7 @@ impl WsUpgrade {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let on_upgrade = self.on_upgrade;
-        // The handshake's state (hyper's pending upgrade, the config, and
+        // The handshake's state (hyper's pending upgrade, the limit, and
         // `serve` until called) lives in a boxed future, freed once the
         // connection starts: a task keeps its captures for its whole life,
         // and every idle connection would carry them.

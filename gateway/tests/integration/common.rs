@@ -582,6 +582,31 @@ impl Client {
     }
 
     /// Reads until the server closes; returns the close frame.
+    /// Sends a WebSocket ping with `payload` and reads to its pong (the
+    /// frames before it are kept for the next reads); the pong's payload.
+    pub async fn ws_ping(&mut self, payload: &[u8]) -> Vec<u8> {
+        self.ws
+            .send(Message::Ping(payload.to_vec().into()))
+            .await
+            .expect("ping sent");
+        loop {
+            let m = tokio::time::timeout(self.wait, self.ws.next())
+                .await
+                .expect("a frame within the wait")
+                .expect("connection open")
+                .expect("frame read");
+            match m {
+                Message::Pong(p) => return p.to_vec(),
+                Message::Text(t) => self
+                    .buffered
+                    .push_back(serde_json::from_str(t.as_str()).unwrap()),
+                Message::Binary(b) => self.buffered.push_back(rmp_serde::from_slice(&b).unwrap()),
+                Message::Close(f) => panic!("connection closed: {f:?}"),
+                _ => {}
+            }
+        }
+    }
+
     pub async fn closed(&mut self) -> Option<CloseFrame> {
         loop {
             match tokio::time::timeout(WAIT, self.ws.next())

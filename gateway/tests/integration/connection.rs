@@ -129,6 +129,15 @@ async fn malformed_frames_get_errors_and_the_connection_stays() {
     let r = a.send("ping", json!({})).await;
     let pong = a.answer(r).await;
     assert_eq!(pong, json!({"type": "pong", "ref": r, "data": {}}));
+    // A WebSocket ping is answered with its payload, after what was
+    // queued before it (the command's answer, sent first, comes first).
+    let r = a.send("ping", json!({})).await;
+    assert_eq!(a.ws_ping(b"are you there").await, b"are you there");
+    assert_eq!(
+        a.frame().await["ref"],
+        r,
+        "the answer queued before the pong"
+    );
     a.join(&c, Some(0)).await;
     // Frames far larger than the socket read buffer arrive whole: the
     // longest message content (4,000 characters, 3 bytes each in UTF-8).

@@ -99,6 +99,11 @@ fn fragments_are_joined_and_control_frames_come_between() {
     );
     let (frames, _) = parse_all(1024, &frame(true, CLOSE, b""));
     assert_eq!(frames, vec![Frame::Close(None)]);
+    for code in [1001u16, 1011, 1014, 3000, 4999] {
+        let (frames, err) = parse_all(1024, &frame(true, CLOSE, &code.to_be_bytes()));
+        assert!(err.is_none(), "{code}: {err:?}");
+        assert_eq!(frames, vec![Frame::Close(Some(code))]);
+    }
 }
 
 /// What RFC 6455 forbids a client: each is refused, after the frames
@@ -116,8 +121,35 @@ fn protocol_errors_are_refused() {
         ("a ping of 126 bytes", frame(true, PING, &[0; 126])),
         ("a close of one byte", frame(true, CLOSE, &[3])),
         (
+            "close code 1005",
+            frame(true, CLOSE, &1005u16.to_be_bytes()),
+        ),
+        (
+            "close code 1006",
+            frame(true, CLOSE, &1006u16.to_be_bytes()),
+        ),
+        ("close code 999", frame(true, CLOSE, &999u16.to_be_bytes())),
+        (
+            "close code 2000",
+            frame(true, CLOSE, &2000u16.to_be_bytes()),
+        ),
+        (
+            "close code 5000",
+            frame(true, CLOSE, &5000u16.to_be_bytes()),
+        ),
+        (
             "a new message inside a fragmented one",
             [frame(false, TEXT, b"a"), frame(true, BINARY, b"b")].concat(),
+        ),
+        (
+            // Within the limit alone, not with what came before it: the
+            // frame is out of place, not too long.
+            "a new message over what the fragmented one has left",
+            [
+                frame(false, TEXT, &[b'a'; 600]),
+                frame(true, TEXT, &[b'b'; 600]),
+            ]
+            .concat(),
         ),
     ];
     for (what, bad) in cases {
@@ -187,6 +219,50 @@ fn no_buffer_is_kept_between_frames() {
     assert_eq!(p.parse().ok().flatten(), Some(text("two")));
     assert_eq!(p.buf.capacity(), 0, "nothing kept");
     assert_eq!(p.pos, 0);
+}
+
+/// Reads as the socket's reader does (each read takes at most what
+/// `prepare_read` allows): a long fragmented message and the start of the
+/// next frame keep the buffer within the frame being read and one chunk,
+/// and the message within the limit, whatever the reads.
+#[test]
+fn reads_keep_the_buffers_within_the_limit() {
+    let max = 70_000;
+    let bytes = [
+        frame(false, BINARY, &[1; 40_000]),
+        frame(true, PONG, b""),
+        frame(true, CONTINUATION, &[2; 29_999]),
+        frame(true, TEXT, b"next"),
+    ]
+    .concat();
+    for tail in [1, 3, 9] {
+        let mut p = Parser::new(max);
+        let mut got = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() - tail {
+            let want = p.prepare_read();
+            let n = want.min(bytes.len() - tail - at);
+            p.buf.extend_from_slice(&bytes[at..at + n]);
+            at += n;
+            assert!(
+                p.buf.capacity() <= 40_014 + 2 * READ_CHUNK,
+                "{}",
+                p.buf.capacity()
+            );
+            while let Some(f) = p.parse().ok().flatten() {
+                got.push(f);
+            }
+            let partial = p.partial.as_ref().map_or(0, |m| m.bytes.capacity());
+            assert!(partial <= max, "{partial}");
+        }
+        let whole = [vec![1; 40_000], vec![2; 29_999]].concat();
+        assert_eq!(got, vec![Frame::Pong, Frame::Binary(Bytes::from(whole))]);
+        p.prepare_read();
+        assert!(
+            p.buf.capacity() <= 14 + READ_CHUNK,
+            "only the next frame's start"
+        );
+    }
 }
 
 /// A client's message: its frames and what the parser should make of it.
@@ -272,6 +348,33 @@ proptest! {
     fn any_bytes_parse_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = parse_all(256, &bytes);
     }
+
+    /// Valid frames with any bytes changed (headers, lengths, opcodes):
+    /// frames or an error, never a panic, and never a message over the
+    /// limit.
+    #[test]
+    fn changed_frames_parse_or_fail_cleanly(
+        changes in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+    ) {
+        let mut bytes = [
+            frame(false, TEXT, "héllo".as_bytes()),
+            frame(true, PING, b"p"),
+            frame(true, CONTINUATION, &[b'x'; 130]),
+            frame(true, BINARY, &[7; 300]),
+            frame(true, CLOSE, &[0x03, 0xe8]),
+        ]
+        .concat();
+        for (at, b) in changes {
+            let i = at.index(bytes.len());
+            bytes[i] = b;
+        }
+        let (frames, _) = parse_all(256, &bytes);
+        for f in frames {
+            if let Frame::Text(b) | Frame::Binary(b) = f {
+                prop_assert!(b.len() <= 256);
+            }
+        }
+    }
 }
 
 /// A reader on the server's end of a loopback connection, with `early`
@@ -326,6 +429,29 @@ async fn reads_frames_off_a_socket() {
         Some(Frame::Close(Some(4000)))
     );
     assert!(reader.next().await.is_none(), "nothing after the close");
+}
+
+/// A read cut off in the middle of a frame (the reader's `select!` taking
+/// another branch) loses nothing: the next call finishes the frame.
+#[tokio::test]
+async fn a_cancelled_read_loses_nothing() {
+    let (mut reader, mut client) = pair(b"").await;
+    let bytes = frame(true, TEXT, b"cut in two");
+    client.write_all(&bytes[..8]).await.expect("write");
+    // Wait, a call at a time, until the first part has been read.
+    for _ in 0..1000 {
+        let call = tokio::time::timeout(std::time::Duration::from_millis(5), reader.next());
+        assert!(call.await.is_err(), "the frame is not complete");
+        if !reader.parser.buf.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(reader.parser.buf, bytes[..8], "the first part, read");
+    client.write_all(&bytes[8..]).await.expect("write");
+    assert_eq!(
+        reader.next().await.and_then(Result::ok),
+        Some(text("cut in two"))
+    );
 }
 
 /// Between messages the reader holds no buffer; the stream's end is the
