@@ -1,4 +1,7 @@
 //! Connecting, frames and their errors, encodings, limits.
+//!
+//! Kept in one file: each test walks one connection through the contract's
+//! opening and frame rules, and they share the setup helpers below.
 
 use std::time::Duration;
 
