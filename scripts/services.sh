@@ -118,8 +118,10 @@ chorus_services_start() {
     redis-server --port "$CHORUS_REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
         --daemonize yes --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
         || return 1
+    # Ready once it answers and has written its pid file (which callers
+    # copy, and stop it by): the file can come after the first answer.
     for _ in $(seq 50); do
-        redis-cli -p "$CHORUS_REDIS_PORT" ping >/dev/null 2>&1 && break
+        [ -s "$dir/redis.pid" ] && redis-cli -p "$CHORUS_REDIS_PORT" ping >/dev/null 2>&1 && break
         sleep 0.1
     done
     chorus_as_pg "$bindir/psql" -q -h 127.0.0.1 -p "$CHORUS_PG_PORT" -U chorus -d postgres \

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chorus_shared::auth::{AuthUser, JwtVerifier};
-use chorus_shared::ratelimit::TokenBucket;
+use chorus_shared::ratelimit::{self, Limit};
 
 use crate::error::ApiError;
 use crate::live::LiveState;
@@ -21,7 +21,8 @@ pub const PROFILE_CACHE_ENTRIES: usize = 100_000;
 
 /// Users with a live bucket, per bucket kind. Idle (full) buckets are
 /// dropped when the map reaches this size, bounding memory under many
-/// users: 100k buckets of ~100 bytes is ~10 MiB.
+/// users: 100k entries of ~80 bytes (the user's id and 8 bytes of bucket)
+/// is ~8 MiB.
 pub const RATE_LIMIT_ENTRIES: usize = 100_000;
 
 /// The two per-user write buckets of the contract.
@@ -179,32 +180,34 @@ impl AppState {
 
 /// Per-user token buckets of one kind.
 struct UserRateLimiter {
-    rate: f64,
-    burst: u32,
-    buckets: Mutex<HashMap<String, TokenBucket>>,
+    limit: Limit,
+    /// The origin of the buckets' clock.
+    origin: Instant,
+    buckets: Mutex<HashMap<String, ratelimit::Bucket>>,
 }
 
 impl UserRateLimiter {
     fn new(setting: RateSetting) -> Self {
         UserRateLimiter {
-            rate: setting.rate,
-            burst: setting.burst,
+            limit: Limit::new(setting.rate, setting.burst),
+            origin: Instant::now(),
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
     fn check(&self, user_id: &str, now: Instant) -> Result<(), Duration> {
-        if self.rate <= 0.0 {
+        if self.limit.is_unlimited() {
             return Ok(());
         }
+        let now = now.saturating_duration_since(self.origin);
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= RATE_LIMIT_ENTRIES && !buckets.contains_key(user_id) {
             buckets.retain(|_, b| !b.is_full(now));
         }
         buckets
             .entry(user_id.to_owned())
-            .or_insert_with(|| TokenBucket::new(self.rate, self.burst, now))
-            .try_take(now)
+            .or_insert(ratelimit::Bucket::FULL)
+            .try_take(&self.limit, now)
     }
 }
 

@@ -23,9 +23,9 @@ use crate::liveness::Liveness;
 
 mod queue;
 
-pub(crate) use queue::Next;
 pub use queue::{Empty, OutboundRx, Pushed};
 use queue::{Flushed, Queue, Refused};
+pub(crate) use queue::{Next, Wake};
 
 /// One entry of a connection's outbound queue: a single pointer. A shared
 /// event is encoded for this connection by its writer (at most once per
@@ -59,6 +59,8 @@ pub struct ConnHandle {
     /// for it would be thrown away, so the writer answers with its close
     /// frame at once (RFC 6455 §5.5.1).
     peer_closed: AtomicBool,
+    /// The connections' clock found a ping due: the writer sends one.
+    ping: AtomicBool,
     closing: Notify,
     /// Bytes of this connection's own frames queued and not yet written.
     own_queued: AtomicUsize,
@@ -109,6 +111,7 @@ impl ConnHandle {
             close_code: AtomicU32::new(0),
             goodbye: AtomicBool::new(false),
             peer_closed: AtomicBool::new(false),
+            ping: AtomicBool::new(false),
             closing: Notify::new(),
             own_queued: AtomicUsize::new(0),
             liveness: Liveness::new(expires_at),
@@ -242,7 +245,20 @@ impl ConnHandle {
             .compare_exchange(0, u32::from(code), Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
         self.closing.notify_waiters();
+        self.queue.wake_writer();
         won
+    }
+
+    /// A ping is due: the writer sends one when it next runs (woken for
+    /// it if it has nothing to do).
+    pub fn ping_due(&self) {
+        self.ping.store(true, Ordering::SeqCst);
+        self.queue.wake_writer();
+    }
+
+    /// Whether a ping is due, and it is now the writer's to send.
+    pub(crate) fn take_ping(&self) -> bool {
+        self.ping.swap(false, Ordering::SeqCst)
     }
 
     /// The client's close frame arrived, with `code`. It counts as a

@@ -16,7 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("series", &[]),
     ("codec", &["error", "series"]),
     ("handle", &["close", "codec", "liveness", "sync"]),
-    ("socket", &["close", "codec", "error", "handle"]),
+    ("socket", &["close", "codec", "error", "handle", "sync"]),
     ("telemetry", &["close", "codec", "socket"]),
     ("backplane", &["config", "error", "sync"]),
     ("api_client", &["backplane", "error"]),

@@ -45,6 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_shared::http::ServeOptions;
+use chorus_shared::ratelimit::Limit;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -189,14 +190,12 @@ pub async fn run_with(
             max_joins: args.max_joins,
             pending: serve_opts.pending.clone(),
         },
-        socket: SocketConfig {
-            command_rate: args.ws_command_rate,
-            command_burst: args.ws_command_burst,
-            heartbeat: args.heartbeat.max(MIN_CONNECTION_TIMER),
-            started: tokio::time::Instant::now(),
-            idle_timeout: args.idle_timeout.max(MIN_CONNECTION_TIMER),
-            open: open_sockets,
-        },
+        socket: SocketConfig::new(
+            Limit::new(args.ws_command_rate, args.ws_command_burst),
+            args.heartbeat.max(MIN_CONNECTION_TIMER),
+            args.idle_timeout.max(MIN_CONNECTION_TIMER),
+            open_sockets,
+        ),
     });
 
     let _upkeep = chorus_shared::telemetry::spawn_metrics_upkeep();
@@ -204,7 +203,11 @@ pub async fn run_with(
     let (stop_tx, stop_rx) = watch::channel(false);
     let liveness = args.liveness();
     let registry = tokio::spawn(report_registry(gw.clone(), liveness, stop_rx.clone()));
-    let presence = tokio::spawn(presence_upkeep(gw.clone(), liveness, stop_rx));
+    let presence = tokio::spawn(presence_upkeep(gw.clone(), liveness, stop_rx.clone()));
+    let clock = tokio::spawn(until_stopped(
+        stop_rx,
+        socket::Clock::run(gw.socket_config().clone()),
+    ));
     let admin =
         tokio::spawn(axum::serve(listeners.admin, routes::admin_router(gw.clone())).into_future());
 
@@ -240,6 +243,7 @@ pub async fn run_with(
     let _ = stop_tx.send(true);
     let _ = registry.await;
     let _ = presence.await;
+    let _ = clock.await;
     gw.hub().withdraw_presence().await;
     if let Err(e) = gw.backplane().withdraw(gw.id()).await {
         tracing::warn!(error = %e, "could not withdraw the registry entry; it expires by itself");

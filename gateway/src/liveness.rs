@@ -1,8 +1,8 @@
 //! When a connection's client last spoke, for the idle timeout.
 //!
 //! The reader stamps the time of every client frame (one relaxed store, no
-//! timer armed per frame); the writer's single timer reads it when it
-//! fires. While the reader runs a command it does not read the client's
+//! timer armed per frame); the connections' clock reads it when the
+//! connection's step comes. While the reader runs a command it does not read the client's
 //! frames (pongs included), so it marks itself busy for the command and the
 //! client's silence meanwhile proves nothing. Stored in the connection
 //! handle so an idle connection needs no extra allocation; only the socket

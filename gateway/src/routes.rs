@@ -19,7 +19,7 @@ use chorus_shared::protocol::MAX_WS_MESSAGE_BYTES;
 
 use crate::codec::{Encoding, JSON_PROTOCOL, MSGPACK_PROTOCOL};
 use crate::handle::ConnHandle;
-use crate::session::{Identity, Session};
+use crate::session::{Session, Token};
 use crate::socket;
 use crate::socket::upgrade::{NotAnUpgrade, WsUpgrade};
 use crate::state::Gateway;
@@ -150,19 +150,19 @@ async fn upgrade(
         Some(MSGPACK_PROTOCOL) => Encoding::Msgpack,
         _ => Encoding::Json,
     };
-    let me = Box::new(Identity { user, token });
+    let token = Token::from(token);
     ws.on_upgrade(protocol, MAX_WS_MESSAGE_BYTES, move |socket| {
         let (conn, rx) = ConnHandle::with_role(
             gw.hub().next_conn_id(),
-            &me.user.id,
-            &me.user.name,
-            me.user.is_official(),
+            &user.id,
+            &user.name,
+            user.is_official(),
             encoding,
             gw.admission().outbound_queue,
-            expiry_instant(me.user.exp + gw.verifier().leeway_s()),
+            expiry_instant(user.exp + gw.verifier().leeway_s()),
         );
         let config = gw.socket_config().clone();
-        let open = Session::open(gw, conn.clone(), me, origin_ok, slot);
+        let open = Session::open(gw, conn.clone(), token, origin_ok, slot);
         socket::serve(socket, conn, rx, config, open)
     })
 }

@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use chorus_shared::auth::AuthUser;
 use chorus_shared::ids::parse_uuid;
 use chorus_shared::protocol::{
     DeleteMessage, JoinCommunity, LeaveCommunity, MessageData, Ready, SendMessage, ServerEvent,
@@ -28,20 +27,22 @@ use crate::handle::ConnHandle;
 use crate::hub::UserSlot;
 use crate::state::Gateway;
 
-/// Who a connection speaks for, as verified at the upgrade. Boxed: the
-/// session needs it only for commands, not while the connection idles.
-pub struct Identity {
-    pub user: AuthUser,
-    /// The client's own token, forwarded when the API acts on its behalf.
-    pub token: String,
+/// The client's own token, as verified at the upgrade: forwarded when the
+/// API acts on the user's behalf (sending, deleting, the unread count).
+/// Who the user is and whether they are an official is on the connection's
+/// handle; the session keeps only this, boxed to its length, since every
+/// idle connection carries it.
+pub struct Token(Box<str>);
+
+impl From<String> for Token {
+    fn from(token: String) -> Self {
+        Token(token.into_boxed_str())
+    }
 }
 
-impl std::fmt::Debug for Identity {
+impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
-            .field("user", &self.user)
-            .field("token", &"<redacted>")
-            .finish()
+        f.write_str("Token(<redacted>)")
     }
 }
 
@@ -49,7 +50,7 @@ impl std::fmt::Debug for Identity {
 #[derive(Debug)]
 pub struct Session {
     gw: Gateway,
-    me: Box<Identity>,
+    token: Token,
     /// The communities this connection joined. A list: a connection joins
     /// a few (at most `max_joins`), and an empty or one-entry list costs an
     /// idle connection far less than a hash set (a one-entry set allocates
@@ -63,7 +64,7 @@ impl Session {
     pub async fn open(
         gw: Gateway,
         conn: Arc<ConnHandle>,
-        me: Box<Identity>,
+        token: Token,
         origin_ok: bool,
         slot: UserSlot,
     ) -> Option<Session> {
@@ -78,7 +79,7 @@ impl Session {
             return None;
         }
         conn.push_value(&ServerEvent::Ready(Ready {
-            user_id: me.user.id.clone(),
+            user_id: conn.user_id.to_string(),
             connection_id: format!("{}-{}", gw.id(), conn.id),
             gateway_id: gw.id().to_owned(),
             heartbeat_ms: u64::try_from(gw.socket_config().heartbeat.as_millis())
@@ -86,7 +87,7 @@ impl Session {
         }));
         Some(Session {
             gw,
-            me,
+            token,
             joined: Vec::new(),
         })
     }
@@ -103,7 +104,7 @@ impl Session {
             if self.gw.hub().is_member(community, conn.id) {
                 // Already live here: nothing to check, replay or announce.
                 let head = self.gw.hub().delivered_through(community).unwrap_or(0);
-                return Ok(self.ack(community, head, true, 0).await);
+                return Ok(self.ack(conn, community, head, true, 0).await);
             }
             // Joined once, then revoked: it no longer counts.
             self.forget(community);
@@ -120,8 +121,8 @@ impl Session {
             )));
         }
         let checked_at = self.gw.hub().revocation_epoch();
-        let access = self.gw.api().access(community, &self.me.user.id).await?;
-        if access.role.is_none() && !self.me.user.is_official() {
+        let access = self.gw.api().access(community, &conn.user_id).await?;
+        if access.role.is_none() && !conn.official {
             return Err(GatewayError::Forbidden("not a member of this community"));
         }
         // Recorded first: if the connection closes during the join (a
@@ -144,7 +145,13 @@ impl Session {
             }
         };
         Ok(self
-            .ack(community, joined.head_seq, joined.recovered, joined.missed)
+            .ack(
+                conn,
+                community,
+                joined.head_seq,
+                joined.recovered,
+                joined.missed,
+            )
             .await)
     }
 
@@ -156,9 +163,16 @@ impl Session {
     }
 
     /// The join ack, with the community's online users.
-    async fn ack(&self, community: Uuid, head_seq: i64, recovered: bool, missed: i64) -> Joined {
+    async fn ack(
+        &self,
+        conn: &ConnHandle,
+        community: Uuid,
+        head_seq: i64,
+        recovered: bool,
+        missed: i64,
+    ) -> Joined {
         let listed = self.gw.hub().online(community).await;
-        let me = (!listed.contains(&self.me.user.id)).then(|| self.me.user.id.clone());
+        let me = (!listed.iter().any(|u| **u == *conn.user_id)).then(|| conn.user_id.to_string());
         Joined {
             community_id: community,
             head_seq,
@@ -178,14 +192,14 @@ impl Session {
 
     async fn send(&self, data: Value) -> Result<Value, GatewayError> {
         let req: SendMessage = parse(data)?;
-        let message = self.gw.api().send_message(&self.me.token, &req).await?;
+        let message = self.gw.api().send_message(&self.token.0, &req).await?;
         to_value(&MessageData { message })
     }
 
     async fn delete(&self, data: Value) -> Result<Value, GatewayError> {
         let req: DeleteMessage = parse(data)?;
         let id = parse_uuid(&req.message_id).ok_or(GatewayError::NotFound("message"))?;
-        self.gw.api().delete_message(&self.me.token, id).await?;
+        self.gw.api().delete_message(&self.token.0, id).await?;
         Ok(json!({}))
     }
 
@@ -198,7 +212,7 @@ impl Session {
 
     async fn subscribe_notifications(&self, conn: &ConnHandle) -> Result<Value, GatewayError> {
         self.gw.hub().subscribe_notifications(conn);
-        let unread = self.gw.api().unread_count(&self.me.token).await?;
+        let unread = self.gw.api().unread_count(&self.token.0).await?;
         Ok(json!({ "unreadCount": unread }))
     }
 }

@@ -37,7 +37,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
@@ -135,6 +135,17 @@ pub(crate) enum Next {
     Frame(Outbound),
     /// The end of a frame a claimer began: it goes first.
     Rest(Box<FrameBytes>),
+}
+
+/// What the writer is woken for, most urgent first.
+pub(crate) enum Wake {
+    /// The connection is closing with this code.
+    Close(u16),
+    /// A ping is due.
+    Ping,
+    Next(Next),
+    /// The queue is closed: nothing more will come.
+    Ended,
 }
 
 /// How a claimer's flush ended.
@@ -332,6 +343,11 @@ impl Queue {
         self.writer.wake();
     }
 
+    /// Wakes the writer if it waits for its queue (a close, a ping due).
+    pub(super) fn wake_writer(&self) {
+        self.writer.wake();
+    }
+
     /// The writer starts (true) or stops (false) waiting on the socket.
     pub(super) fn socket_full(&self, full: bool) {
         lock(&self.state).socket_full = full;
@@ -444,23 +460,31 @@ impl OutboundRx {
         OutboundRx { handle }
     }
 
-    /// The writer's next frame, waiting for one and taking the turn to
-    /// write it; `None` once closed.
-    pub(crate) async fn recv(&mut self) -> Option<Next> {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    /// What the writer does next: close, ping, or write the next frame
+    /// (taking the turn to). Waits until there is one of those.
+    pub(crate) async fn wait(&mut self) -> Wake {
+        std::future::poll_fn(|cx| {
+            if let Some(wake) = self.wake() {
+                return Poll::Ready(wake);
+            }
+            self.handle.queue.writer.register(cx.waker());
+            // Again after registering: what came in between woke nobody.
+            self.wake().map_or(Poll::Pending, Poll::Ready)
+        })
+        .await
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Next>> {
-        let queue = &self.handle.queue;
-        if let Ok(next) = queue.next() {
-            return Poll::Ready(Some(next));
+    fn wake(&mut self) -> Option<Wake> {
+        if let Some(code) = self.handle.close_code() {
+            return Some(Wake::Close(code));
         }
-        queue.writer.register(cx.waker());
-        // Again after registering: a push in between woke nobody.
-        match queue.next() {
-            Ok(next) => Poll::Ready(Some(next)),
-            Err(true) => Poll::Ready(None),
-            Err(false) => Poll::Pending,
+        if self.handle.take_ping() {
+            return Some(Wake::Ping);
+        }
+        match self.handle.queue.next() {
+            Ok(next) => Some(Wake::Next(next)),
+            Err(true) => Some(Wake::Ended),
+            Err(false) => None,
         }
     }
 

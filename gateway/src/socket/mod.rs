@@ -12,9 +12,9 @@
 //! command goes up to a [`Session`], the layer that knows about rooms. This
 //! layer knows nothing of rooms, the API or the backplane.
 
+mod clock;
 mod frame;
 mod inbound;
-mod ping;
 mod reader;
 pub mod upgrade;
 mod writer;
@@ -22,34 +22,57 @@ mod writer;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chorus_shared::ratelimit::Limit;
 use tokio::task::JoinHandle;
 
 use crate::close;
 use crate::error::GatewayError;
 use crate::handle::{ConnHandle, OutboundRx};
 
+pub use self::clock::Clock;
 use self::inbound::FrameReader;
 pub use self::reader::COMMANDS;
 use self::reader::Reader;
 use self::upgrade::WebSocket;
 
 /// Per-connection settings of the socket layer, shared by every connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SocketConfig {
-    /// Commands per second and burst; a rate of 0 turns every
-    /// per-connection limit off.
-    pub command_rate: f64,
-    pub command_burst: u32,
-    /// Most time between two server WebSocket pings (they fall due on a
-    /// grid, so a little less).
+    /// Commands per connection per second and burst; unlimited turns
+    /// every per-connection limit off, `typing`'s too.
+    pub commands: Limit,
+    /// Most time between two server WebSocket pings (they fall due on the
+    /// clock's steps, so a little less).
     pub heartbeat: Duration,
-    /// When the gateway started: the origin of the grid pings fall on
-    /// (`ping::on_ping_grid`).
+    /// When the gateway started: the origin of the clock's steps and of
+    /// the rate limits' buckets.
     pub started: tokio::time::Instant,
     /// How long a silent client is kept.
     pub idle_timeout: Duration,
     /// The sockets being served.
     pub open: Arc<OpenSockets>,
+    /// Every connection's pings, idle timeout and expiry; its task is
+    /// [`Clock::run`].
+    pub clock: Clock,
+}
+
+impl SocketConfig {
+    /// Settings starting now, with a clock for `heartbeat`.
+    pub fn new(
+        commands: Limit,
+        heartbeat: Duration,
+        idle_timeout: Duration,
+        open: Arc<OpenSockets>,
+    ) -> Self {
+        SocketConfig {
+            commands,
+            heartbeat,
+            started: tokio::time::Instant::now(),
+            idle_timeout,
+            open,
+            clock: Clock::new(heartbeat),
+        }
+    }
 }
 
 /// The sockets being served, from the upgrade until the socket is dropped
@@ -165,13 +188,12 @@ where
     F: Future<Output = Option<S>> + Send,
 {
     let WebSocket { read, write } = socket;
-    let reader_config = config.clone();
     handle.attach(write.clone());
+    config.clock.enrol(&config, &handle);
     let writer = tokio::spawn(writer::write_loop(
         upgrade::WriteHalf(write),
         rx,
         handle.clone(),
-        config,
     ));
     let Some(session) = open.await else {
         // Refused: the session closed the handle with its code; make sure.
@@ -179,7 +201,7 @@ where
         let _ = writer.await;
         return None;
     };
-    Some((Reader::new(handle, session, &reader_config), read, writer))
+    Some((Reader::new(handle, session, config), read, writer))
 }
 
 #[cfg(test)]

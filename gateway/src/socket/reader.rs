@@ -7,10 +7,10 @@
 //! closed with 4008.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chorus_shared::protocol::{AckFrame, AckTag};
-use chorus_shared::ratelimit::TokenBucket;
+use chorus_shared::ratelimit::{Bucket, Limit};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -32,10 +32,9 @@ use crate::handle::ConnHandle;
 /// at most that much more.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// `typing` frames per connection per second and burst (contract): a
+/// `typing` frames per connection: 5 a second, 10 at once (contract). A
 /// separate bucket, so typing indicators never starve real commands.
-const TYPING_RATE: f64 = 5.0;
-const TYPING_BURST: u32 = 10;
+const TYPING: Limit = Limit::new(5.0, 10);
 /// Rate-limited frames within [`ABUSE_WINDOW`] after which a connection is
 /// closed with 4008 (contract): a client that ignores `rate_limited`
 /// errors this persistently is broken or hostile.
@@ -43,35 +42,40 @@ const ABUSE_LIMIT: u32 = 100;
 const ABUSE_WINDOW: Duration = Duration::from_secs(5);
 
 /// The reading half of a connection and its command state.
+///
+/// Every idle connection carries this in its task, so its clock is the
+/// shared config's (`started`) and its buckets take 8 bytes each.
 pub(super) struct Reader<S> {
     handle: Arc<ConnHandle>,
     session: S,
-    commands: TokenBucket,
-    typing: TokenBucket,
+    config: Arc<SocketConfig>,
+    commands: Bucket,
+    typing: Bucket,
+    /// Rate-limited frames since `limited_since`.
     limited: u32,
-    limited_since: Instant,
+    limited_since: Duration,
 }
 
 impl<S: Session> Reader<S> {
-    pub(super) fn new(handle: Arc<ConnHandle>, session: S, config: &SocketConfig) -> Self {
-        let now = Instant::now();
-        let typing_rate = if config.command_rate > 0.0 {
-            TYPING_RATE
-        } else {
-            0.0
-        };
+    pub(super) fn new(handle: Arc<ConnHandle>, session: S, config: Arc<SocketConfig>) -> Self {
         Reader {
             handle,
             session,
-            commands: TokenBucket::new(config.command_rate, config.command_burst, now),
-            typing: TokenBucket::new(typing_rate, TYPING_BURST, now),
+            commands: Bucket::FULL,
+            typing: Bucket::FULL,
             limited: 0,
-            limited_since: now,
+            limited_since: config.started.elapsed(),
+            config,
         }
     }
 
+    /// The time on the buckets' clock.
+    fn now(&self) -> Duration {
+        self.config.started.elapsed()
+    }
+
     /// Reads and handles the client's frames until the connection closes.
-    /// The idle timeout is the writer's (its one timer), fed by the
+    /// The idle timeout is the connections' clock's (`clock`), fed by the
     /// handle's liveness: no timer is armed per frame here.
     pub(super) async fn run(&mut self, stream: &mut FrameReader) {
         let handle = self.handle.clone();
@@ -159,7 +163,8 @@ impl<S: Session> Reader<S> {
 
     /// Takes a command token; false when limited.
     fn count_command(&mut self) -> bool {
-        let ok = self.commands.try_take(Instant::now()).is_ok();
+        let now = self.now();
+        let ok = self.commands.try_take(&self.config.commands, now).is_ok();
         if !ok {
             self.note_limited();
         }
@@ -168,8 +173,9 @@ impl<S: Session> Reader<S> {
 
     fn note_limited(&mut self) {
         metrics::counter!("chorus_gateway_rate_limited_total").increment(1);
-        if self.limited_since.elapsed() > ABUSE_WINDOW {
-            self.limited_since = Instant::now();
+        let now = self.now();
+        if now.saturating_sub(self.limited_since) > ABUSE_WINDOW {
+            self.limited_since = now;
             self.limited = 0;
         }
         self.limited += 1;
@@ -214,7 +220,15 @@ impl<S: Session> Reader<S> {
                 self.handle.push_value(&pong);
             }
             "typing" => {
-                if self.typing.try_take(Instant::now()).is_err() {
+                // Off with the command limit (rate 0 turns every
+                // per-connection limit off).
+                let limit = if self.config.commands.is_unlimited() {
+                    &Limit::UNLIMITED
+                } else {
+                    &TYPING
+                };
+                let now = self.now();
+                if self.typing.try_take(limit, now).is_err() {
                     self.note_limited();
                     if r.is_some() {
                         self.reply(r, Err(GatewayError::RateLimited));

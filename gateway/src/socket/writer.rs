@@ -5,16 +5,15 @@
 //!
 //! While it has nothing to do, a dispatcher may claim its turn and write
 //! in its place (`handle/queue.rs`); it takes the turn back for a ping or
-//! its close. One timer serves the heartbeat ping, the token's expiry and
-//! the idle timeout. When the handle's close signal fires it sends what is
-//! still queued (not to a slow consumer, nor to a client that closed
-//! first), then the close frame, each bounded in time, and shuts the
-//! socket's writing side.
+//! its close. When pings are due, and when a connection is idle or its
+//! token expired, is the connections' clock's ([`super::clock`]), which
+//! wakes the writer through its queue. Once the connection is closing it
+//! sends what is still queued (not to a slow consumer, nor to a client
+//! that closed first), then the close frame, each bounded in time, and
+//! shuts the socket's writing side.
 //!
-//! It frames messages itself ([`super::frame`]) on the shared TCP stream;
-//! when pings fall due is [`super::ping`]'s.
+//! It frames messages itself ([`super::frame`]) on the shared TCP stream.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -25,12 +24,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::SocketConfig;
 use super::frame::Out;
-use super::ping::{first_ping, on_ping_grid};
 use crate::close;
 use crate::codec::Encoding;
-use crate::handle::{ConnHandle, Next, OutboundRx};
+use crate::handle::{ConnHandle, Next, OutboundRx, Wake};
 
 /// Most queued frames written in one turn of the writer's loop: enough to
 /// take a burst in one wake-up, few enough that a close or a due ping is
@@ -53,10 +50,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The writer task.
 ///
 /// Not an `async fn`, whose arguments would be stored twice in the task.
-/// The timer is set to whichever deadline comes first, and on firing each
-/// is checked against the clock (the client may have spoken since).
-/// Durations are read from the shared config when needed, not copied into
-/// the task: every byte here is held by every idle connection.
+/// It waits on its queue alone: a frame, a close and a ping the clock
+/// found due (`clock`) all wake it there, so an idle connection's writer
+/// holds no timer and no close signal, only this and the queue's waker.
+/// Writes are boxed, so that it does not carry their space either: about
+/// 100 bytes of task, where a timer and a close signal of its own took
+/// nearly 400.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn would store its arguments twice in the task"
@@ -65,68 +64,23 @@ pub(super) fn write_loop<W: AsyncWrite + Unpin + Send>(
     io: W,
     mut rx: OutboundRx,
     handle: Arc<ConnHandle>,
-    config: Arc<SocketConfig>,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let mut out = Out::new(io);
-        let mut next_ping = on_ping_grid(
-            tokio::time::Instant::now() + first_ping(config.heartbeat, handle.id),
-            &config,
-        );
-        let timer = tokio::time::sleep_until(
-            next_ping
-                .min(handle.liveness.expires_at())
-                .min(handle.liveness.last_seen() + config.idle_timeout),
-        );
-        // Registered once, not per frame: the close signal is watched by one
-        // long-lived future.
-        let closed = handle.closed();
-        tokio::pin!(timer, closed);
         let code = loop {
-            tokio::select! {
-                biased;
-                code = &mut closed => break code,
-                () = &mut timer => {
-                    let now = tokio::time::Instant::now();
-                    if now >= handle.liveness.expires_at() {
-                        break close_now(&handle, close::POLICY);
-                    }
-                    let idle_at = handle.liveness.last_seen() + config.idle_timeout;
-                    if now >= idle_at {
-                        break close_now(&handle, close::NORMAL);
-                    }
-                    if now >= next_ping {
-                        // Like every write, a ping must not hold up a close
-                        // when the client has stopped reading.
-                        let ping = async {
-                            if let Some(rest) = rx.take_turn().await {
-                                out.rest = Some(rest);
-                            }
-                            bounded(out.send(Message::Ping(Bytes::new())))
-                                .await
-                                .err()
-                                .unwrap_or(Written::All)
-                        };
-                        // Boxed: an idle connection's task should not carry
-                        // the space of a write in progress.
-                        match Box::pin(guarded(ping, &handle, closed.as_mut())).await.then(&handle) {
-                            Then::Continue => {}
-                            Then::Close(code) => break code,
-                            Then::Drop => return,
-                        }
-                        next_ping = on_ping_grid(now + config.heartbeat, &config);
-                    }
-                    timer.as_mut().reset(next_ping.min(handle.liveness.expires_at()).min(idle_at));
-                }
-                next = rx.recv() => {
-                    let Some(next) = next else { break close::NORMAL };
+            let step = match rx.wait().await {
+                Wake::Close(code) => break code,
+                Wake::Ended => break close::NORMAL,
+                Wake::Ping => Box::pin(guarded(ping(&mut out, &mut rx), &handle)).await,
+                Wake::Next(next) => {
                     let batch = write_batch(&mut out, &mut rx, &handle, next);
-                    match Box::pin(guarded(batch, &handle, closed.as_mut())).await.then(&handle) {
-                        Then::Continue => {}
-                        Then::Close(code) => break code,
-                        Then::Drop => return,
-                    }
+                    Box::pin(guarded(batch, &handle)).await
                 }
+            };
+            match step.then(&handle) {
+                Then::Continue => {}
+                Then::Close(code) => break code,
+                Then::Drop => return,
             }
         };
         let send_queued = sends_queued(code, &handle);
@@ -139,6 +93,18 @@ pub(super) fn write_loop<W: AsyncWrite + Unpin + Send>(
         ))
         .await;
     }
+}
+
+/// Writes a ping, after the rest of a frame a dispatcher began. Like every
+/// write, it must not hold up a close when the client has stopped reading.
+async fn ping<W: AsyncWrite + Unpin>(out: &mut Out<W>, rx: &mut OutboundRx) -> Written {
+    if let Some(rest) = rx.take_turn().await {
+        out.rest = Some(rest);
+    }
+    bounded(out.send(Message::Ping(Bytes::new())))
+        .await
+        .err()
+        .unwrap_or(Written::All)
 }
 
 /// Whether a close with `code` sends what is still queued first: not to a
@@ -193,10 +159,9 @@ impl Step {
 /// poll, and then neither the close signal nor the expiry timer is polled,
 /// so no timer is registered and removed per delivery (a timer-wheel
 /// update per frame was measurable on the fan-out path).
-async fn guarded<W, C>(write: W, handle: &ConnHandle, closed: Pin<&mut C>) -> Step
+async fn guarded<W>(write: W, handle: &ConnHandle) -> Step
 where
     W: Future<Output = Written>,
-    C: Future<Output = u16>,
 {
     tokio::select! {
         biased;
@@ -205,7 +170,7 @@ where
             Written::Stalled => Step::Stalled,
             Written::Failed => Step::Failed,
         },
-        code = closed => Step::Closed(code),
+        code = handle.closed() => Step::Closed(code),
         () = tokio::time::sleep_until(handle.liveness.expires_at()) => Step::Expired,
     }
 }

@@ -256,7 +256,7 @@ async fn pings_on_the_heartbeat_then_token_expiry_closes_with_1008() {
     let t = chorus_shared::auth::mint_hs256(SECRET, &c).unwrap();
     let mut client = Client::connect(&cl.gw1.url, &t).await;
     assert_eq!(client.ready["data"]["heartbeatMs"], 200);
-    // One timer serves pings and expiry: pings keep coming, then 1008.
+    // The connections' clock keeps both: pings keep coming, then 1008.
     let (pings, close) = client.pings_until_closed().await;
     // About ten are due in the 2-3 s before expiry; two show it repeats.
     assert!(pings >= 2, "{pings} pings at a 200 ms heartbeat");

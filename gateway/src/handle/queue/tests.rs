@@ -29,7 +29,7 @@ fn event(n: i64) -> Frame {
 #[tokio::test]
 async fn the_writer_is_woken_by_a_push() {
     let (h, mut rx) = handle(4);
-    let writer = tokio::spawn(async move { rx.recv().await.is_some() });
+    let writer = tokio::spawn(async move { matches!(rx.wait().await, Wake::Next(_)) });
     tokio::task::yield_now().await;
     assert!(h.push_event(&event(1)));
     let woken = tokio::time::timeout(Duration::from_secs(10), writer).await;

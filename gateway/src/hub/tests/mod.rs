@@ -168,12 +168,11 @@ pub(super) async fn join(
 
 /// The next frame's event.
 pub(super) async fn next(rx: &mut OutboundRx) -> ServerEvent {
-    let next = tokio::time::timeout(WAIT, rx.recv())
+    let next = tokio::time::timeout(WAIT, rx.wait())
         .await
-        .expect("a frame within the wait")
-        .expect("queue open");
-    let crate::handle::Next::Frame(frame) = next else {
-        panic!("no socket, so no frame's rest")
+        .expect("a frame within the wait");
+    let crate::handle::Wake::Next(crate::handle::Next::Frame(frame)) = next else {
+        panic!("a frame, and no socket, so no frame's rest")
     };
     frame.event().cloned().expect("a shared event")
 }

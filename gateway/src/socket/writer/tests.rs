@@ -10,10 +10,8 @@ use crate::codec::Encoding;
 async fn a_blocked_write_still_ends_at_the_tokens_expiry() {
     let expiry = tokio::time::Instant::now() + Duration::from_secs(3);
     let (handle, _rx) = ConnHandle::new(1, "u", "U", Encoding::Json, 4, expiry);
-    let closed = handle.closed();
-    tokio::pin!(closed);
     let stuck = std::future::pending::<Written>();
-    let step = guarded(stuck, &handle, closed.as_mut()).await;
+    let step = guarded(stuck, &handle).await;
     assert!(matches!(step, Step::Expired));
     assert_eq!(tokio::time::Instant::now(), expiry);
 }
@@ -24,10 +22,8 @@ async fn a_blocked_write_still_ends_at_the_tokens_expiry() {
 async fn a_blocked_write_ends_when_the_connection_is_closed() {
     let expiry = tokio::time::Instant::now() + Duration::from_secs(3600);
     let (handle, _rx) = ConnHandle::new(1, "u", "U", Encoding::Json, 4, expiry);
-    let closed = handle.closed();
-    tokio::pin!(closed);
     handle.close(close::DRAINING);
-    let step = guarded(std::future::pending::<Written>(), &handle, closed.as_mut()).await;
+    let step = guarded(std::future::pending::<Written>(), &handle).await;
     assert!(matches!(step, Step::Closed(close::DRAINING)));
 }
 
@@ -109,19 +105,10 @@ async fn the_writer_finishes_what_a_dispatcher_began() {
     let expiry = tokio::time::Instant::now() + Duration::from_secs(3600);
     let (handle, rx) = ConnHandle::new(1, "u", "U", Encoding::Json, 8, expiry);
     handle.attach(server.clone());
-    let config = Arc::new(SocketConfig {
-        command_rate: 0.0,
-        command_burst: 0,
-        heartbeat: Duration::from_secs(3600),
-        started: tokio::time::Instant::now(),
-        idle_timeout: Duration::from_secs(3600),
-        open: Arc::default(),
-    });
     let writer = tokio::spawn(write_loop(
         super::super::upgrade::WriteHalf(server.clone()),
         rx,
         handle.clone(),
-        config,
     ));
     tokio::task::yield_now().await;
     let typing = |name: String| -> Frame {
