@@ -229,6 +229,12 @@ impl ConnHandle {
         self.queue.socket_full(full);
     }
 
+    /// Whether the writer is waiting for the client to read (the kernel's
+    /// buffers are full).
+    pub fn writer_waits_on_socket(&self) -> bool {
+        self.queue.socket_full_now()
+    }
+
     /// Closes a connection that stopped keeping up with 4009.
     pub fn slow_consumer(&self) {
         if self.close(close::SLOW_CONSUMER) {

@@ -243,7 +243,9 @@ pub async fn run_with(
     let _ = stop_tx.send(true);
     let _ = registry.await;
     let _ = presence.await;
-    let _ = clock.await;
+    if let Err(e) = clock.await {
+        tracing::error!(error = %e, "the connections' clock failed");
+    }
     gw.hub().withdraw_presence().await;
     if let Err(e) = gw.backplane().withdraw(gw.id()).await {
         tracing::warn!(error = %e, "could not withdraw the registry entry; it expires by itself");

@@ -21,7 +21,8 @@ const BUSY: u64 = u64::MAX;
 pub struct Liveness {
     /// When the connection opened; `seen_ms` counts from here.
     opened: Instant,
-    /// When the token expires (leeway included): the writer closes with 1008.
+    /// When the token expires (leeway included): the connections' clock
+    /// closes with 1008.
     expires_at: Instant,
     /// When the client last sent a frame, in milliseconds after `opened`,
     /// or [`BUSY`].

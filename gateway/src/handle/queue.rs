@@ -353,6 +353,11 @@ impl Queue {
         lock(&self.state).socket_full = full;
     }
 
+    /// Whether the writer waits on the socket.
+    pub(super) fn socket_full_now(&self) -> bool {
+        lock(&self.state).socket_full
+    }
+
     /// The next frame, without a change of turn; or, with nothing queued,
     /// whether the queue is closed.
     fn pop(&self) -> Result<Outbound, bool> {
@@ -488,7 +493,8 @@ impl OutboundRx {
         }
     }
 
-    /// The writer's next frame if there is one, as [`OutboundRx::recv`].
+    /// The writer's next frame if there is one, taking the turn to write
+    /// it, as [`OutboundRx::wait`] does.
     pub(crate) fn try_next(&mut self) -> Option<Next> {
         self.handle.queue.next().ok()
     }

@@ -16,12 +16,15 @@
 //!
 //! Steps are [`PING_GRID`] long (shorter with a heartbeat of under
 //! 800 ms, as in tests), counted from the gateway's start. Pings fall due
-//! on a step, never later than one heartbeat after the one before; the
-//! idle timeout and the expiry close at the first step at or after their
-//! moment, so never early and at most a step late. A connection that has
-//! ended leaves its entry behind until the entry's step comes (at most a
-//! heartbeat): the entry holds the handle weakly, which keeps the
-//! handle's allocation, not what it holds.
+//! on a step, never later than one heartbeat after the one before (after
+//! a sweep that came late, the next may come sooner). The idle timeout
+//! and the expiry close at the first step at or after their moment, so
+//! never early and at most a step late; not the idle timeout while the
+//! writer waits for the client to read, though: the write's own bound
+//! decides then, and the client is a slow consumer (4009), as before the
+//! clock. A connection that has ended leaves its entry behind until the
+//! entry's step comes (at most a heartbeat): the entry holds the handle
+//! weakly, which keeps the handle's allocation, not what it holds.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -38,6 +41,11 @@ use crate::sync::lock;
 /// connections, 400 a second); a step's pings go out together: at 100,000
 /// connections on one gateway, about 400, a few milliseconds of writes.
 pub(super) const PING_GRID: Duration = Duration::from_millis(100);
+
+/// Most slots on the wheel: an hour of 100 ms steps. Only a heartbeat
+/// longer than that (set from code) needs more; its entries are looked at
+/// once the wheel comes round, and filed again.
+const MAX_SLOTS: u64 = 36_000;
 
 /// When a connection's first ping is due: somewhere between half the
 /// heartbeat and all of it, then every heartbeat. Connections made
@@ -88,7 +96,8 @@ impl Clock {
         let step = PING_GRID.min(heartbeat / 8).max(Duration::from_nanos(1));
         let heartbeat_steps = steps(heartbeat, step).max(1);
         // Room for a whole heartbeat ahead of the step being swept.
-        let slots = usize::try_from(heartbeat_steps + 2).unwrap_or(usize::MAX);
+        let slots =
+            usize::try_from(heartbeat_steps.saturating_add(2).min(MAX_SLOTS)).unwrap_or(usize::MAX);
         Clock {
             step,
             heartbeat_steps,
@@ -151,13 +160,15 @@ impl Clock {
                     conn.close(close::POLICY);
                     continue;
                 }
-                if now >= conn.liveness.last_seen() + config.idle_timeout {
+                if now >= conn.liveness.last_seen() + config.idle_timeout
+                    && !conn.writer_waits_on_socket()
+                {
                     conn.close(close::NORMAL);
                     continue;
                 }
                 if at >= entry.ping_at {
                     conn.ping_due();
-                    entry.ping_at = at + self.heartbeat_steps;
+                    entry.ping_at = at.saturating_add(self.heartbeat_steps);
                 }
                 again.push((self.due(config, &conn, &entry), entry));
             }
@@ -170,19 +181,22 @@ impl Clock {
         }
     }
 
-    /// The step an entry is next due at: its ping's, or the first at or
-    /// after its token's expiry or its idle deadline, whichever is first.
+    /// The step an entry is next due at: its ping's, or the first that
+    /// begins at or after its token's expiry or its idle deadline,
+    /// whichever is first.
     fn due(&self, config: &SocketConfig, conn: &ConnHandle, entry: &Entry) -> u64 {
         let idle_at = conn.liveness.last_seen() + config.idle_timeout;
         let first = conn.liveness.expires_at().min(idle_at);
-        entry.ping_at.min(self.step_of(config, first) + 1)
+        let since = first.saturating_duration_since(config.started);
+        let step_at_or_after = steps(since + self.step - Duration::from_nanos(1), self.step);
+        entry.ping_at.min(step_at_or_after)
     }
 
     /// Files `entry` under step `due`: no sooner than the next step to be
     /// swept, no later than the wheel reaches (it is looked at then and
     /// filed again).
     fn file(&self, wheel: &mut Wheel, due: u64, entry: Entry) {
-        let horizon = wheel.swept + wheel.slots.len() as u64 - 1;
+        let horizon = wheel.swept.saturating_add(wheel.slots.len() as u64 - 1);
         let due = due.clamp(wheel.swept + 1, horizon);
         let slot = slot(wheel, due);
         wheel.slots[slot].push(entry);

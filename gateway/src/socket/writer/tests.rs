@@ -146,3 +146,46 @@ async fn a_write_without_progress_is_a_stall() {
     let r = bounded(std::future::pending::<Result<(), ()>>()).await;
     assert!(matches!(r, Err(Written::Stalled)));
 }
+
+/// A writer with nothing to do is woken by a ping falling due and writes
+/// it, then, woken again, a frame and the close: the clock's flag and a
+/// close reach it through its queue alone.
+#[tokio::test]
+async fn a_parked_writer_sends_a_due_ping_then_a_frame_then_the_close() {
+    use futures_util::StreamExt;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let client = TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let (server, _) = listener.accept().await.expect("accept");
+    let server = Arc::new(server);
+    let expiry = tokio::time::Instant::now() + Duration::from_secs(3600);
+    let (handle, rx) = ConnHandle::new(1, "u", "U", Encoding::Json, 8, expiry);
+    handle.attach(server.clone());
+    let writer = tokio::spawn(write_loop(
+        super::super::upgrade::WriteHalf(server.clone()),
+        rx,
+        handle.clone(),
+    ));
+    let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+    let mut read = async || {
+        tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("within the wait")
+            .expect("open")
+            .expect("a well-formed frame")
+    };
+    // Parked: it has run and found nothing to do.
+    tokio::task::yield_now().await;
+    handle.ping_due();
+    assert_eq!(read().await, Message::Ping(Bytes::new()));
+    assert!(handle.push(Message::Text("after".into())));
+    assert_eq!(read().await, Message::Text("after".into()));
+    handle.close(close::DRAINING);
+    assert_eq!(read().await, close_frame(close::DRAINING));
+    writer.await.expect("writer");
+}
