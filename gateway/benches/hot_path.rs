@@ -108,12 +108,19 @@ async fn dispatch(members: usize) {
         if let Err(e) = hub.connect(&conn, slot).await {
             panic!("connect: {e}");
         }
+        let prepared = match hub.prepare(room).await {
+            Ok(p) => p,
+            Err(e) => panic!("subscribe: {e}"),
+        };
         let checked_at = hub.revocation_epoch();
         let head = match api.access(room, &user).await {
             Ok(a) => a.head_seq,
             Err(e) => panic!("access: {e}"),
         };
-        if let Err(e) = hub.join(room, head, &conn, None, checked_at).await {
+        if let Err(e) = hub
+            .join(room, head, &conn, None, checked_at, Some(&prepared))
+            .await
+        {
             panic!("join: {e}");
         }
         queues.push((conn, rx));

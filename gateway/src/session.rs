@@ -120,6 +120,9 @@ impl Session {
                 "at most {max_joins} communities per connection"
             )));
         }
+        // The room's channel is subscribed before the check, so the check's
+        // head is the seam: what follows it arrives live.
+        let prepared = self.gw.hub().prepare(community).await?;
         let checked_at = self.gw.hub().revocation_epoch();
         let access = self.gw.api().access(community, &conn.user_id).await?;
         if access.role.is_none() && !conn.official {
@@ -135,7 +138,14 @@ impl Session {
         let joined = match self
             .gw
             .hub()
-            .join(community, access.head_seq, conn, req.last_seq, checked_at)
+            .join(
+                community,
+                access.head_seq,
+                conn,
+                req.last_seq,
+                checked_at,
+                Some(&prepared),
+            )
             .await
         {
             Ok(j) => j,

@@ -54,8 +54,6 @@ impl BackplaneSink for Hub {
                 let gap = {
                     let mut st = room.state();
                     if !st.offer(seq, frame) {
-                        // A repeat, or not initialized yet (the first
-                        // reconcile covers it).
                         metrics::counter!("chorus_gateway_duplicate_events_total").increment(1);
                         return;
                     }
@@ -81,9 +79,7 @@ impl BackplaneSink for Hub {
     fn on_resync(&self) {
         let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
         for room in rooms {
-            if room.ready.initialized() {
-                self.reconcile(&room);
-            }
+            self.resync_room(&room);
         }
         // A `membership-revoked` published meanwhile is lost too. One
         // recheck at a time; a resync during it asks for one more pass.
@@ -112,8 +108,8 @@ impl BackplaneSink for Hub {
             .collect();
         let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
         for room in &rooms {
-            if communities.contains(&room.id) && room.ready.initialized() {
-                self.reconcile(room);
+            if communities.contains(&room.id) {
+                self.resync_room(room);
             }
         }
         // A revocation published to one of these users meanwhile is lost.
@@ -281,5 +277,22 @@ impl Hub {
             st.revoked.insert(conn.id);
         }
         member
+    }
+}
+
+impl Hub {
+    /// Fetches what a room may have missed while its channel's messages
+    /// were lost; a room not started yet leaves it to its first joiner.
+    fn resync_room(&self, room: &Arc<Room>) {
+        let started = {
+            let mut st = room.state();
+            if !st.started() {
+                st.lost_before_start = true;
+            }
+            st.started()
+        };
+        if started {
+            self.reconcile(room);
+        }
     }
 }

@@ -191,10 +191,50 @@ impl Hub {
         Ok(())
     }
 
+    /// Readies a community's room for a join whose access is checked
+    /// next: a room new here subscribes its channel now, before the check,
+    /// so that every event committed after the check's head is heard live
+    /// and the first joiner fetches nothing (with the subscription after
+    /// the check, what was committed in between had to be fetched from the
+    /// API: one request and two queries per room and gateway). The room is
+    /// kept until the returned guard is dropped, joined or not.
+    pub async fn prepare(&self, community: Uuid) -> Result<Prepared, GatewayError> {
+        let room = {
+            let mut rooms = lock(&self.inner.rooms);
+            let room = rooms
+                .entry(community)
+                .or_insert_with(|| {
+                    metrics::gauge!("chorus_gateway_rooms").increment(1.0);
+                    Arc::new(Room::new(community))
+                })
+                .clone();
+            // A room in the map is not retired (retiring removes it under
+            // this lock).
+            room.state().preparing += 1;
+            room
+        };
+        let prepared = Prepared {
+            hub: self.clone(),
+            room,
+        };
+        prepared
+            .room
+            .subscribed
+            .get_or_try_init(|| {
+                self.inner
+                    .subs
+                    .subscribe(prepared.room.channel.clone())
+                    .done()
+            })
+            .await?;
+        Ok(prepared)
+    }
+
     /// Joins `conn` to a community whose access was checked (head
     /// `head_seq` at that time) after revocation epoch `checked_at`,
     /// replaying from `last_seq` when given. A revocation heard since the
-    /// check refuses the join.
+    /// check refuses the join. `prepared` is the guard taken before the
+    /// check, if one was.
     pub async fn join(
         &self,
         community: Uuid,
@@ -202,6 +242,7 @@ impl Hub {
         conn: &Arc<ConnHandle>,
         last_seq: Option<i64>,
         checked_at: u64,
+        prepared: Option<&Prepared>,
     ) -> Result<Joined, GatewayError> {
         loop {
             let room = lock(&self.inner.rooms)
@@ -211,8 +252,11 @@ impl Hub {
                     Arc::new(Room::new(community))
                 })
                 .clone();
+            // Checked after the room's subscription was live: nothing
+            // committed after the check's head can have been missed.
+            let checked_live = prepared.is_some_and(|p| Arc::ptr_eq(&p.room, &room));
             if let Some(joined) = self
-                .join_room(&room, head_seq, conn, last_seq, checked_at)
+                .join_room(&room, head_seq, conn, last_seq, checked_at, checked_live)
                 .await?
             {
                 return Ok(joined);
@@ -228,24 +272,23 @@ impl Hub {
         conn: &Arc<ConnHandle>,
         last_seq: Option<i64>,
         checked_at: u64,
+        checked_live: bool,
     ) -> Result<Option<Joined>, GatewayError> {
-        // The first joiner subscribes and sets the starting point;
-        // concurrent joiners wait for the same initialization.
+        // The first joiner sets the starting point at its check's head,
+        // subscribing first if no prepared join did; concurrent joiners
+        // wait for the same initialization.
         room.ready
             .get_or_try_init(|| async {
-                self.inner
-                    .subs
-                    .subscribe(room.channel.clone())
-                    .done()
+                room.subscribed
+                    .get_or_try_init(|| self.inner.subs.subscribe(room.channel.clone()).done())
                     .await?;
-                {
-                    let mut st = room.state();
-                    st.delivered_through = head_seq;
-                    st.complete_through = head_seq;
+                let missing = room.state().start(head_seq);
+                // Subscribed after the check, anything committed in between
+                // is fetched now; before it, only a gap among the events
+                // that came or a loss of the backplane's is.
+                if missing || !checked_live {
+                    self.reconcile(room);
                 }
-                // Anything committed between the access check and the
-                // subscription is fetched now.
-                self.reconcile(room);
                 Ok::<(), GatewayError>(())
             })
             .await?;
@@ -351,7 +394,7 @@ impl Hub {
     fn retire(&self, room: &Arc<Room>) {
         let mut rooms = lock(&self.inner.rooms);
         let mut st = room.state();
-        if !st.members.is_empty() || !st.users.is_empty() || st.retired {
+        if !st.members.is_empty() || !st.users.is_empty() || st.preparing > 0 || st.retired {
             return;
         }
         st.retired = true;
@@ -359,8 +402,30 @@ impl Hub {
             rooms.remove(&room.id);
             metrics::gauge!("chorus_gateway_rooms").decrement(1.0);
         }
-        if room.ready.initialized() {
+        if room.subscribed.initialized() {
             self.inner.subs.unsubscribe(room.channel.clone());
         }
+    }
+}
+
+/// A room kept for a join whose access is being checked (see
+/// [`Hub::prepare`]); dropping it retires the room if nobody joined.
+pub struct Prepared {
+    hub: Hub,
+    room: Arc<Room>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("community", &self.room.id)
+            .finish()
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        self.room.state().preparing -= 1;
+        self.hub.retire(&self.room);
     }
 }

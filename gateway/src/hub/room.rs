@@ -81,7 +81,8 @@ pub(super) struct RoomState {
     /// The sequence is known complete up to here: absent seqs at or below
     /// it are creations of since-deleted messages.
     pub complete_through: i64,
-    /// Events that arrived ahead of a gap, at most [`MAX_PENDING`].
+    /// Events that arrived ahead of a gap, or before the starting point
+    /// was set, at most [`MAX_PENDING`].
     pub pending: BTreeMap<i64, Frame>,
     /// The highest seq heard of: events past the pending cap are dropped
     /// and fetched later, only their bound is kept.
@@ -124,6 +125,13 @@ pub(super) struct RoomState {
     pub typing: HashMap<Arc<str>, (bool, tokio::time::Instant)>,
     /// Removed from the hub; a joiner that finds it takes its successor.
     pub retired: bool,
+    /// Joins that subscribed the room before their access check and have
+    /// not joined yet (see `Hub::prepare`): the room is not retired under
+    /// them.
+    pub preparing: u32,
+    /// The backplane lost messages before the starting point was set: the
+    /// first joiner fetches what its check's head may miss.
+    pub lost_before_start: bool,
     /// Connections whose user was removed from the community while they
     /// were still joining; they are refused instead of admitted.
     pub revoked: HashSet<u64>,
@@ -136,6 +144,8 @@ pub(super) struct RoomState {
 pub(super) struct Room {
     pub id: Uuid,
     pub channel: String,
+    /// Set once the channel is subscribed.
+    pub subscribed: OnceCell<()>,
     /// Set once the channel is subscribed and the starting point known.
     pub ready: OnceCell<()>,
     pub state: Mutex<RoomState>,
@@ -172,16 +182,19 @@ impl RoomState {
             online_inflight: None,
             typing: HashMap::new(),
             retired: false,
+            preparing: 0,
+            lost_before_start: false,
             revoked: HashSet::new(),
             claimed: Vec::new(),
         }
     }
 
     /// Takes a sequenced event from the backplane or a backfill: delivers
-    /// what is now in order. False for a repeat (or before the starting
-    /// point is set, which the first backfill covers).
+    /// what is now in order. False for a repeat. Before the starting point
+    /// is set, events wait in `pending` (the first joiner's head decides
+    /// which of them are new).
     pub fn offer(&mut self, seq: i64, frame: Frame) -> bool {
-        if self.delivered_through < 0 || seq <= self.delivered_through {
+        if seq <= self.delivered_through {
             return false;
         }
         self.heard_through = self.heard_through.max(seq);
@@ -196,6 +209,9 @@ impl RoomState {
 
     /// Delivers what `pending` allows, in order.
     pub fn advance(&mut self) {
+        if !self.started() {
+            return;
+        }
         while let Some((&seq, _)) = self.pending.first_key_value() {
             if seq <= self.delivered_through {
                 self.pending.pop_first();
@@ -245,9 +261,28 @@ impl RoomState {
             && matches!(frame.event(), Some(ServerEvent::NewMessage(m)) if self.deleted_set.contains(&m.message.id))
     }
 
-    /// True when something is waiting for a missing range.
+    /// True when something is waiting for a missing range. Before the
+    /// starting point is set no range can be missing yet.
     pub fn has_gap(&self) -> bool {
-        !self.pending.is_empty() || self.heard_through > self.delivered_through
+        self.started() && (!self.pending.is_empty() || self.heard_through > self.delivered_through)
+    }
+
+    /// Whether the first joiner has set the starting point.
+    pub fn started(&self) -> bool {
+        self.delivered_through >= 0
+    }
+
+    /// Sets the starting point at `head`, the head the first joiner's
+    /// access check read, and delivers what arrived meanwhile and follows
+    /// it (to nobody yet: the joiner is admitted at the room's position
+    /// after this). Returns whether anything may be missing: a gap among
+    /// the events that came, or messages lost before the start.
+    pub fn start(&mut self, head: i64) -> bool {
+        self.delivered_through = head;
+        self.complete_through = head;
+        self.heard_through = self.heard_through.max(head);
+        self.advance();
+        std::mem::take(&mut self.lost_before_start) || self.has_gap()
     }
 
     /// Counts a held slot of `user` under hold `id`.
@@ -357,6 +392,7 @@ impl Room {
         Room {
             id,
             channel: community_channel(&id),
+            subscribed: OnceCell::new(),
             ready: OnceCell::new(),
             state: Mutex::new(RoomState::new(-1)),
         }
@@ -430,10 +466,25 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_taken_before_the_starting_point_is_set() {
+    fn events_before_the_starting_point_wait_for_it() {
         let mut st = RoomState::new(-1);
-        assert!(!st.offer(1, frame()));
-        assert!(st.pending.is_empty());
+        assert!(st.offer(3, frame()));
+        assert!(st.offer(2, frame()));
+        assert!(!st.has_gap(), "no gap before a starting point");
+        assert_eq!(st.delivered_through, -1, "nothing delivered yet");
+        assert!(!st.start(2), "3 follows the head: nothing missing");
+        assert_eq!(st.delivered_through, 3);
+        assert!(st.pending.is_empty(), "2 was before the head");
+
+        let mut st = RoomState::new(-1);
+        st.offer(5, frame());
+        assert!(st.start(3), "4 is missing");
+        assert_eq!(st.delivered_through, 3);
+
+        let mut st = RoomState::new(-1);
+        st.lost_before_start = true;
+        assert!(st.start(0), "a loss before the start is fetched");
+        assert!(!st.lost_before_start);
     }
 
     #[test]

@@ -43,6 +43,13 @@ pub(super) fn connect_figures(c: &Common, s: &Setup, figures: &mut Vec<Figure>) 
         "µs",
         c.target(100.0),
     ));
+    for (role, name) in [
+        ("api", "  … of it the API's"),
+        ("postgres", "  … of it Postgres's"),
+        ("redis", "  … of it Redis's"),
+    ] {
+        figures.push(fig(name, per(d.cpu(role), n), "µs", None));
+    }
 }
 
 /// Per-delivery and per-POST costs of a traffic phase.

@@ -70,6 +70,7 @@ async fn a_revocation_between_the_access_check_and_the_join_refuses_it() {
     let mut f = Fixture::new(1000);
     let (a, _rx) = f.conn("a", 64).await;
     // The access check passes...
+    let prepared = f.hub.prepare(f.community).await.expect("subscribed");
     let checked_at = f.hub.revocation_epoch();
     let access = f.api.access(f.community, "a").await.expect("access");
     assert!(access.role.is_some());
@@ -78,8 +79,16 @@ async fn a_revocation_between_the_access_check_and_the_join_refuses_it() {
     until(|| f.hub.revocation_epoch() > checked_at).await;
     let r = f
         .hub
-        .join(f.community, access.head_seq, &a, None, checked_at)
+        .join(
+            f.community,
+            access.head_seq,
+            &a,
+            None,
+            checked_at,
+            Some(&prepared),
+        )
         .await;
+    drop(prepared);
     assert!(matches!(r, Err(GatewayError::Forbidden(_))), "{r:?}");
     assert!(!f.hub.is_member(f.community, a.id));
     assert!(f.hub.room(f.community).is_none(), "nothing left behind");

@@ -160,10 +160,18 @@ pub(super) async fn join(
     last_seq: Option<i64>,
 ) -> Result<Joined, GatewayError> {
     use crate::api_client::Api;
+    let prepared = hub.prepare(community).await?;
     let checked_at = hub.revocation_epoch();
     let access = api.access(community, &conn.user_id).await?;
-    hub.join(community, access.head_seq, conn, last_seq, checked_at)
-        .await
+    hub.join(
+        community,
+        access.head_seq,
+        conn,
+        last_seq,
+        checked_at,
+        Some(&prepared),
+    )
+    .await
 }
 
 /// The next frame's event.
