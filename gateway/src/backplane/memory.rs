@@ -193,6 +193,8 @@ pub struct MemoryBackplane {
     subscriptions: Mutex<HashMap<String, JoinHandle<()>>>,
     /// Set by [`MemoryBackplane::refuse_subscribes`].
     refusing: Mutex<Option<Arc<tokio::sync::Notify>>>,
+    /// Subscribes wait for a permit of this signal, then succeed.
+    holding: Mutex<Option<Arc<tokio::sync::Notify>>>,
 }
 
 impl std::fmt::Debug for MemoryBackplane {
@@ -212,6 +214,7 @@ impl MemoryBackplane {
             sink: Mutex::new(None),
             subscriptions: Mutex::new(HashMap::new()),
             refusing: Mutex::new(None),
+            holding: Mutex::new(None),
         })
     }
 
@@ -289,9 +292,18 @@ impl MemoryBackplane {
         signal
     }
 
-    /// Subscribes succeed again.
+    /// Simulates a slow Redis: each subscribe waits for a permit of the
+    /// returned signal, then succeeds.
+    pub fn hold_subscribes(&self) -> Arc<tokio::sync::Notify> {
+        let signal = Arc::new(tokio::sync::Notify::new());
+        *lock(&self.holding) = Some(signal.clone());
+        signal
+    }
+
+    /// Subscribes succeed again, at once.
     pub fn accept_subscribes(&self) {
         *lock(&self.refusing) = None;
+        *lock(&self.holding) = None;
     }
 
     /// Whether this gateway subscribes to `channel`.
@@ -326,6 +338,10 @@ impl Backplane for MemoryBackplane {
         if let Some(signal) = refusing {
             signal.notified().await;
             return Err(GatewayError::Backplane("subscribe refused".into()));
+        }
+        let holding = lock(&self.holding).clone();
+        if let Some(signal) = holding {
+            signal.notified().await;
         }
         let sink = lock(&self.sink)
             .clone()

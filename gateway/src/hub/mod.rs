@@ -29,7 +29,7 @@ mod subscriptions;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -217,17 +217,22 @@ impl Hub {
             hub: self.clone(),
             room,
         };
-        prepared
-            .room
-            .subscribed
+        self.subscribe_room(&prepared.room).await?;
+        Ok(prepared)
+    }
+
+    /// Subscribes the room's channel once. Marked sent before it is
+    /// queued: a join cancelled while waiting for the outcome leaves the
+    /// subscribe queued, and the room's retirement then unsubscribes after
+    /// it (the queue keeps their order).
+    async fn subscribe_room(&self, room: &Room) -> Result<(), GatewayError> {
+        room.subscribed
             .get_or_try_init(|| {
-                self.inner
-                    .subs
-                    .subscribe(prepared.room.channel.clone())
-                    .done()
+                room.subscribe_sent.store(true, Ordering::Release);
+                self.inner.subs.subscribe(room.channel.clone()).done()
             })
             .await?;
-        Ok(prepared)
+        Ok(())
     }
 
     /// Joins `conn` to a community whose access was checked (head
@@ -279,9 +284,7 @@ impl Hub {
         // wait for the same initialization.
         room.ready
             .get_or_try_init(|| async {
-                room.subscribed
-                    .get_or_try_init(|| self.inner.subs.subscribe(room.channel.clone()).done())
-                    .await?;
+                self.subscribe_room(room).await?;
                 let missing = room.state().start(head_seq);
                 // Subscribed after the check, anything committed in between
                 // is fetched now; before it, only a gap among the events
@@ -402,7 +405,7 @@ impl Hub {
             rooms.remove(&room.id);
             metrics::gauge!("chorus_gateway_rooms").decrement(1.0);
         }
-        if room.subscribed.initialized() {
+        if room.subscribe_sent.load(Ordering::Acquire) {
             self.inner.subs.unsubscribe(room.channel.clone());
         }
     }

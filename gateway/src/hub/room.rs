@@ -17,6 +17,7 @@
 //! so N members cost N non-blocking queue pushes and no allocation.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -146,6 +147,9 @@ pub(super) struct Room {
     pub channel: String,
     /// Set once the channel is subscribed.
     pub subscribed: OnceCell<()>,
+    /// A subscribe of the channel was queued: retiring the room queues
+    /// the unsubscribe, even if the subscribe's outcome was not awaited.
+    pub subscribe_sent: AtomicBool,
     /// Set once the channel is subscribed and the starting point known.
     pub ready: OnceCell<()>,
     pub state: Mutex<RoomState>,
@@ -393,6 +397,7 @@ impl Room {
             id,
             channel: community_channel(&id),
             subscribed: OnceCell::new(),
+            subscribe_sent: AtomicBool::new(false),
             ready: OnceCell::new(),
             state: Mutex::new(RoomState::new(-1)),
         }

@@ -444,3 +444,30 @@ async fn a_prepared_room_nobody_joins_is_retired() {
     until(|| !f.backplane.is_subscribed(&channel)).await;
     assert!(f.hub.room(f.community).is_none(), "retired");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_join_cancelled_while_its_subscribe_is_pending_leaves_nothing_subscribed() {
+    let f = Fixture::new(1000);
+    let channel = community_channel(&f.community);
+    let slow = f.backplane.hold_subscribes();
+    let preparing = {
+        let (hub, community) = (f.hub.clone(), f.community);
+        tokio::spawn(async move { hub.prepare(community).await.map(drop) })
+    };
+    // The join's subscribe is with Redis when its connection goes.
+    until(|| f.hub.room(f.community).is_some()).await;
+    preparing.abort();
+    let _ = preparing.await;
+    assert!(f.hub.room(f.community).is_none(), "retired");
+    // Redis applies the subscribe after all; the retirement's unsubscribe
+    // follows it.
+    f.backplane.accept_subscribes();
+    slow.notify_one();
+    // Another room's subscribe, queued last, is applied after both.
+    f.hub
+        .prepare(Uuid::new_v4())
+        .await
+        .map(drop)
+        .expect("subscribed");
+    assert!(!f.backplane.is_subscribed(&channel));
+}
