@@ -9,7 +9,7 @@
 //! a key) and answers as §4.2.2 says, for HTTP/1.1 (the gateway serves no HTTP/2); it does not
 //! check the key's form, which only the client's own check relies on.
 //!
-//! Kept in one file with the two halves of the upgraded stream: what the
+//! Kept whole past 450 lines, with the two halves of the upgraded stream: what the
 //! handshake hands over (the socket, the bytes read past the request
 //! head) is exactly what they are made of.
 

@@ -11,6 +11,7 @@ mod grace;
 mod joins;
 mod membership;
 mod ordering;
+mod seam;
 mod users;
 
 pub(super) use std::sync::Arc;

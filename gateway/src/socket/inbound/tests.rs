@@ -1,6 +1,6 @@
 //! The frame reader: the parser alone on bytes fed in any cuts, and the
-//! reader on real loopback sockets. Kept in one file: every test builds
-//! its input with the same client-frame encoder at the top.
+//! reader on real loopback sockets. Kept whole past 450 lines: every test
+//! builds its input with the same client-frame encoder at the top.
 
 use std::sync::Arc;
 
