@@ -67,19 +67,31 @@ pub fn gateway_key(id: &str) -> String {
 pub const GATEWAY_IDS_KEY: &str = "chorus:{registry}:gateways";
 
 /// Adds a user to an incarnation's set. KEYS: users, holder set. ARGV:
-/// user. Returns `{first, online}`: `first` is 1 when the user just came
-/// online anywhere.
+/// user, then optionally the announcement: the most users online for which
+/// it is made, the publish command (`PUBLISH`, or `SPUBLISH` on Redis
+/// Cluster, where the community's channel shares the keys' slot), the
+/// community's channel and the `user-joined` envelope. Returns `{first,
+/// online, announced}`: `first` is 1 when the user just came online
+/// anywhere, and `announced` when the envelope was published, in the same
+/// step as the entry that makes it true.
 pub const JOIN_SCRIPT: &str = r"
 local first = 0
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
   if redis.call('HINCRBY', KEYS[1], ARGV[1], 1) == 1 then first = 1 end
 end
-return {first, redis.call('HLEN', KEYS[1])}
+local online = redis.call('HLEN', KEYS[1])
+local announced = 0
+if first == 1 and ARGV[5] and online <= tonumber(ARGV[2]) then
+  redis.call(ARGV[3], ARGV[4], ARGV[5])
+  announced = 1
+end
+return {first, online, announced}
 ";
 
 /// Removes a user from an incarnation's set. KEYS: users, holder set.
-/// ARGV: user. Returns `{gone, online}`: `gone` is 1 when the user just
-/// went offline everywhere.
+/// ARGV: user, then optionally the announcement as for [`JOIN_SCRIPT`]
+/// (the envelope a `user-left`). Returns `{gone, online, announced}`:
+/// `gone` is 1 when the user just went offline everywhere.
 pub const LEAVE_SCRIPT: &str = r"
 local gone = 0
 if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
@@ -88,7 +100,13 @@ if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
     gone = 1
   end
 end
-return {gone, redis.call('HLEN', KEYS[1])}
+local online = redis.call('HLEN', KEYS[1])
+local announced = 0
+if gone == 1 and ARGV[5] and online <= tonumber(ARGV[2]) then
+  redis.call(ARGV[3], ARGV[4], ARGV[5])
+  announced = 1
+end
+return {gone, online, announced}
 ";
 
 /// Adds many users to an incarnation's set in one call: what a gateway

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chorus_shared::envelope::community_channel;
 use chorus_shared::protocol::GatewayStatus;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
@@ -30,7 +31,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::incarnation::Incarnation;
-use super::{Added, Backplane, BackplaneSink, PresenceJoin, PresenceLeave, Reaped};
+use super::{Added, Announce, Backplane, BackplaneSink, PresenceJoin, PresenceLeave, Reaped};
 use crate::config::{Liveness, PRESENCE_REAP_LOCK};
 use crate::error::GatewayError;
 
@@ -132,6 +133,19 @@ impl BusState {
             .collect();
         self.holders.remove(incarnation);
         out
+    }
+
+    /// Publishes a presence change's announcement if at most its bound is
+    /// online (the change itself was checked by the caller), as the
+    /// presence scripts do in the same step as the change.
+    fn announce(&self, community: Uuid, online: u64, announce: Option<&Announce>) -> bool {
+        let Some(a) = announce.filter(|a| online <= a.max_online) else {
+            return false;
+        };
+        if let Some(tx) = self.channels.get(&community_channel(&community)) {
+            let _ = tx.send(a.envelope.clone());
+        }
+        true
     }
 }
 
@@ -375,6 +389,7 @@ impl Backplane for MemoryBackplane {
         &self,
         community: Uuid,
         user: &str,
+        announce: Option<&Announce>,
     ) -> Result<PresenceJoin, GatewayError> {
         let name = self.writable().await?;
         let mut st = lock(&self.bus.state);
@@ -384,9 +399,12 @@ impl Backplane for MemoryBackplane {
             .insert(community);
         let p = st.presence.entry(community).or_default();
         let first = p.add(&name, user);
+        let online = p.online();
+        let announced = first && st.announce(community, online, announce);
         Ok(PresenceJoin {
             first,
-            online: p.online(),
+            online,
+            announced,
         })
     }
 
@@ -394,14 +412,18 @@ impl Backplane for MemoryBackplane {
         &self,
         community: Uuid,
         user: &str,
+        announce: Option<&Announce>,
     ) -> Result<PresenceLeave, GatewayError> {
         let name = self.writable().await?;
         let mut st = lock(&self.bus.state);
         let p = st.presence.entry(community).or_default();
         let gone = p.remove(&name, user);
+        let online = p.online();
+        let announced = gone && st.announce(community, online, announce);
         Ok(PresenceLeave {
             gone,
-            online: p.online(),
+            online,
+            announced,
         })
     }
 

@@ -48,6 +48,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chorus_shared::envelope::community_channel;
 use chorus_shared::presence::{
     ADD_SCRIPT, GATEWAY_IDS_KEY, HOLDERS_KEY, JOIN_SCRIPT, LEAVE_SCRIPT, REAP_SCRIPT, gateway_key,
     holder_key, holder_rooms_key, holder_users_key, users_key,
@@ -62,7 +63,7 @@ use uuid::Uuid;
 use super::heartbeat::Holders;
 use super::incarnation::Incarnation;
 use super::subscriptions::SlotMap;
-use super::{Added, Backplane, BackplaneSink, PresenceJoin, PresenceLeave, Reaped};
+use super::{Added, Announce, Backplane, BackplaneSink, PresenceJoin, PresenceLeave, Reaped};
 use crate::config::{
     BACKPLANE_PING_INTERVAL, BACKPLANE_PING_TIMEOUT, BACKPLANE_QUIET_BEFORE_PING, Liveness,
 };
@@ -346,7 +347,7 @@ impl RedisBackplane {
         &self,
         script: &str,
         keys: Vec<String>,
-        args: Vec<String>,
+        args: Vec<Value>,
     ) -> Result<Vec<Value>, GatewayError> {
         self.cmd
             .eval::<Vec<Value>, _, _, _>(script, keys, args)
@@ -393,9 +394,19 @@ impl RedisBackplane {
         name: &str,
         community: Uuid,
         user: &str,
+        announce: Option<&Announce>,
     ) -> Result<Vec<Value>, GatewayError> {
         let keys = vec![users_key(&community), holder_users_key(&community, name)];
-        let args = vec![user.to_owned()];
+        let mut args = vec![Value::from(user)];
+        if let Some(a) = announce {
+            let publish = if self.cluster { "SPUBLISH" } else { "PUBLISH" };
+            args.extend([
+                Value::from(a.max_online.to_string()),
+                Value::from(publish),
+                Value::from(community_channel(&community)),
+                Value::Bytes(a.envelope.clone()),
+            ]);
+        }
         let r = if self.incarnation.unindexed(name, community) {
             match self
                 .cmd
@@ -590,12 +601,16 @@ impl Backplane for RedisBackplane {
         &self,
         community: Uuid,
         user: &str,
+        announce: Option<&Announce>,
     ) -> Result<PresenceJoin, GatewayError> {
         let name = self.writable().await?;
-        let r = self.write(JOIN_SCRIPT, &name, community, user).await?;
+        let r = self
+            .write(JOIN_SCRIPT, &name, community, user, announce)
+            .await?;
         Ok(PresenceJoin {
             first: int(r.first()) == 1,
             online: int(r.get(1)),
+            announced: int(r.get(2)) == 1,
         })
     }
 
@@ -603,12 +618,16 @@ impl Backplane for RedisBackplane {
         &self,
         community: Uuid,
         user: &str,
+        announce: Option<&Announce>,
     ) -> Result<PresenceLeave, GatewayError> {
         let name = self.writable().await?;
-        let r = self.write(LEAVE_SCRIPT, &name, community, user).await?;
+        let r = self
+            .write(LEAVE_SCRIPT, &name, community, user, announce)
+            .await?;
         Ok(PresenceLeave {
             gone: int(r.first()) == 1,
             online: int(r.get(1)),
+            announced: int(r.get(2)) == 1,
         })
     }
 

@@ -4,9 +4,10 @@
 //! community, however many tabs); this gateway counts its local
 //! connections per user in each room, adds its entry on a user's first
 //! local connection and removes it on the last. The backplane reports
-//! "first anywhere" and "gone everywhere" to exactly one caller, which
-//! publishes `user-joined` or `user-left` on the community channel, unless
-//! the community is over the broadcast limit. Entries never expire:
+//! "first anywhere" and "gone everywhere" to exactly one caller, and on a
+//! connection's join and leave publishes `user-joined` or `user-left` on
+//! the community channel in the same call (one Redis script), unless the
+//! community is over the broadcast limit. Entries never expire:
 //! liveness is the gateway's (a heartbeat per incarnation, see
 //! `backplane`), and the upkeep here reaps dead gateways' entries and
 //! renews this gateway's incarnation when its heartbeat lapsed or a write
@@ -24,22 +25,21 @@ use uuid::Uuid;
 
 use super::Hub;
 use super::room::{ONLINE_SNAPSHOT_TTL, Room, RoomState, lock};
-use crate::backplane::{Added, Reaped};
+use crate::backplane::{Added, Announce, Reaped};
 use crate::handle::ConnHandle;
 
 impl Hub {
-    /// Announces `conn`'s user in `community` if they just came online.
+    /// Adds `conn`'s user to `community`'s presence, announcing them in
+    /// the same call if they just came online.
     pub(super) async fn presence_joined(&self, community: Uuid, conn: &ConnHandle) {
+        let announce = self.joined_announce(community, &conn.user_id, &conn.name);
         match self
             .inner
             .backplane
-            .presence_join(community, &conn.user_id)
+            .presence_join(community, &conn.user_id, Some(&announce))
             .await
         {
-            Ok(j) if j.first && j.online <= self.inner.presence_limit => {
-                self.publish_joined(community, &conn.user_id, &conn.name)
-                    .await;
-            }
+            Ok(j) if j.announced => count_announced("joined"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "presence join failed"),
         }
@@ -66,10 +66,14 @@ impl Hub {
             (last_local, st.users.is_empty() && st.members.is_empty())
         };
         if last_local {
-            match self.inner.backplane.presence_leave(room.id, user).await {
-                Ok(l) if l.gone && l.online < self.inner.presence_limit => {
-                    self.publish_left(room.id, user).await;
-                }
+            let announce = self.left_announce(room.id, user);
+            match self
+                .inner
+                .backplane
+                .presence_leave(room.id, user, announce.as_ref())
+                .await
+            {
+                Ok(l) if l.announced => count_announced("left"),
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "presence leave failed; the entry goes with its incarnation")
@@ -209,16 +213,19 @@ impl Hub {
             if local(user) {
                 continue;
             }
-            let announced = !added.first.iter().any(|f| **f == **user);
+            // Only a user the re-add did not find offline was announced.
+            let announce = if added.first.iter().any(|f| **f == **user) {
+                None
+            } else {
+                self.left_announce(added.community, user)
+            };
             match self
                 .inner
                 .backplane
-                .presence_leave(added.community, user)
+                .presence_leave(added.community, user, announce.as_ref())
                 .await
             {
-                Ok(l) if announced && l.gone && l.online < self.inner.presence_limit => {
-                    self.publish_left(added.community, user).await;
-                }
+                Ok(l) if l.announced => count_announced("left"),
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "presence leave after a re-add failed"),
             }
@@ -266,50 +273,80 @@ impl Hub {
         }
     }
 
+    /// `user-joined` for `user`, to publish if at most the broadcast
+    /// limit is online with them.
+    fn joined_announce(&self, community: Uuid, user: &str, name: &str) -> Announce {
+        Announce {
+            envelope: ephemeral(community, joined(community, user, name)),
+            max_online: self.inner.presence_limit,
+        }
+    }
+
+    /// `user-left` for `user`, to publish if fewer than the broadcast limit
+    /// stay online (none with a limit of 0).
+    fn left_announce(&self, community: Uuid, user: &str) -> Option<Announce> {
+        let max_online = self.inner.presence_limit.checked_sub(1)?;
+        Some(Announce {
+            envelope: ephemeral(community, left(community, user)),
+            max_online,
+        })
+    }
+
     async fn publish_joined(&self, community: Uuid, user: &str, name: &str) {
-        metrics::counter!("chorus_gateway_presence_events_total", "kind" => "joined").increment(1);
-        self.publish_ephemeral(
-            community,
-            ServerEvent::UserJoined(UserJoined {
-                community_id: community,
-                user_id: user.to_owned(),
-                name: name.to_owned(),
-            }),
-        )
-        .await;
+        count_announced("joined");
+        self.publish_ephemeral(community, joined(community, user, name))
+            .await;
     }
 
     async fn publish_left(&self, community: Uuid, user: &str) {
-        metrics::counter!("chorus_gateway_presence_events_total", "kind" => "left").increment(1);
-        self.publish_ephemeral(
-            community,
-            ServerEvent::UserLeft(UserLeft {
-                community_id: community,
-                user_id: user.to_owned(),
-            }),
-        )
-        .await;
+        count_announced("left");
+        self.publish_ephemeral(community, left(community, user))
+            .await;
     }
 
     /// Publishes an unsequenced event (presence, typing) on a community's
     /// channel; every gateway, this one included, delivers it from its
     /// subscription.
     pub async fn publish_ephemeral(&self, community: Uuid, event: ServerEvent) {
-        let env = Envelope::new(
-            Some(community),
-            None,
-            chrono::Utc::now().timestamp_millis(),
-            event,
-        );
         if let Err(e) = self
             .inner
             .backplane
-            .publish(&community_channel(&community), Bytes::from(env.encode()))
+            .publish(&community_channel(&community), ephemeral(community, event))
             .await
         {
             tracing::warn!(error = %e, "publishing an ephemeral event failed");
         }
     }
+}
+
+fn joined(community: Uuid, user: &str, name: &str) -> ServerEvent {
+    ServerEvent::UserJoined(UserJoined {
+        community_id: community,
+        user_id: user.to_owned(),
+        name: name.to_owned(),
+    })
+}
+
+fn left(community: Uuid, user: &str) -> ServerEvent {
+    ServerEvent::UserLeft(UserLeft {
+        community_id: community,
+        user_id: user.to_owned(),
+    })
+}
+
+/// An unsequenced event's envelope, stamped now.
+fn ephemeral(community: Uuid, event: ServerEvent) -> Bytes {
+    let env = Envelope::new(
+        Some(community),
+        None,
+        chrono::Utc::now().timestamp_millis(),
+        event,
+    );
+    Bytes::from(env.encode())
+}
+
+fn count_announced(kind: &'static str) {
+    metrics::counter!("chorus_gateway_presence_events_total", "kind" => kind).increment(1);
 }
 
 /// The room's merged online list for the snapshot `listed`: the one kept

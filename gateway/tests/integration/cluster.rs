@@ -86,6 +86,40 @@ async fn a_gateway_subscribes_only_on_the_shard_of_its_rooms() {
     wait_until(|| async { count(*shard, "shardnumsub") == 0 }).await;
 }
 
+/// The presence scripts publish `user-joined` and `user-left` themselves,
+/// with `SPUBLISH` on the shard that owns the community (its channel and
+/// its presence keys share a slot), for communities on every shard.
+#[tokio::test]
+async fn presence_is_announced_from_each_communitys_shard() {
+    let rc = RedisCluster::start(3, 1).await;
+    let cl = Cluster::start_with(GwOpts::new(&rc.url())).await;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let mut rooms = Vec::new();
+    for _ in 0..COMMUNITIES {
+        rooms.push(cl.community(&alice, &[&bob]).await);
+    }
+    let shards: std::collections::BTreeSet<u16> = rooms
+        .iter()
+        .map(|c| rc.primary_of(&community_channel(&c.parse().unwrap())))
+        .collect();
+    assert!(shards.len() > 1, "communities on more than one shard");
+    let mut a = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    let mut b = Client::connect(&cl.gw2.url, &token(&bob)).await;
+    for c in &rooms {
+        a.join(c, None).await;
+        b.join(c, None).await;
+        let j = a.next_event().await;
+        assert_eq!(j["type"], "user-joined", "{j}");
+        assert_eq!(j["data"]["communityId"], c.as_str());
+        assert_eq!(j["data"]["userId"], bob.as_str());
+        b.ok("leave-community", serde_json::json!({"communityId": c}))
+            .await;
+        let l = a.next_event().await;
+        assert_eq!(l["type"], "user-left", "{l}");
+        assert_eq!(l["data"]["communityId"], c.as_str());
+    }
+}
+
 #[tokio::test]
 async fn a_primary_killed_mid_stream_loses_nothing() {
     let mut rc = RedisCluster::start(3, 1).await;

@@ -162,6 +162,15 @@ async fn large_rooms_stop_broadcasting_joins_and_leaves() {
         )
         .await;
     assert_eq!(p["online"].as_array().unwrap().len(), 3);
+    // Leaves are announced once fewer than the limit stay: carol's (2
+    // stay) is not, the marker comes next; bob's (1 stays) is.
+    cc.ok("leave-community", json!({"communityId": c})).await;
+    cl.post(&alice, &c, "two stay").await;
+    a.next_is_message("two stay").await;
+    b.ok("leave-community", json!({"communityId": c})).await;
+    let l = a.next_event().await;
+    assert_eq!(l["type"], "user-left", "{l}");
+    assert_eq!(l["data"]["userId"], bob.as_str());
 }
 
 /// With a 30 s grace (`hold_every_loss`: every loss held), alice watches

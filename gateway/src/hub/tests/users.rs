@@ -200,14 +200,14 @@ async fn a_dead_gateways_users_are_reaped_once_its_heartbeat_lapses() {
     // gateway then stops reporting (it died).
     let dead = MemoryBackplane::new(f.bus.clone(), "gw-dead");
     assert!(
-        dead.presence_join(f.community, "z")
+        dead.presence_join(f.community, "z", None)
             .await
             .expect("join")
             .first
     );
     assert!(
         !dead
-            .presence_join(f.community, "y")
+            .presence_join(f.community, "y", None)
             .await
             .expect("join")
             .first
