@@ -37,6 +37,18 @@ pub const DEFAULT_POST_LINGER_MS: u64 = 0;
 /// (a commit takes about that long) and only latency grows.
 pub const MAX_POST_LINGER_MS: u64 = 50;
 
+/// Default worker threads of the API's runtime (`CHORUS_API_WORKER_THREADS`):
+/// one. An API request is short and mostly waits on Postgres and Redis;
+/// what costs is its hand-offs (the handler, the post writer, the
+/// publication, the database's and Redis's replies), and on two threads
+/// most of them woke the other thread: at 500 POST/s one thread spent 17 %
+/// less CPU per POST with the same latency, and held 5,000 POST/s like two
+/// (BENCHMARKS.md, "The API on one thread"). An API scales by replicas.
+pub const DEFAULT_API_WORKER_THREADS: usize = 1;
+/// Most worker threads accepted: past the cores a machine has, more
+/// threads only take turns.
+pub const MAX_API_WORKER_THREADS: usize = 256;
+
 /// Default message creations per user per second (contract default).
 pub const DEFAULT_MESSAGE_RATE: f64 = 20.0;
 /// Default burst of message creations per user (contract default).
@@ -159,6 +171,16 @@ pub struct ServeArgs {
         value_parser = integer("CHORUS_POST_LINGER_MS", 0, MAX_POST_LINGER_MS)
     )]
     pub post_linger_ms: u64,
+    /// Worker threads of the runtime (0-256): 1 by default (an API
+    /// scales by replicas; see `DEFAULT_API_WORKER_THREADS`), 0 for one
+    /// per CPU (tokio's default, which `TOKIO_WORKER_THREADS` sets).
+    #[arg(
+        long,
+        env = "CHORUS_API_WORKER_THREADS",
+        default_value_t = DEFAULT_API_WORKER_THREADS,
+        value_parser = integer("CHORUS_API_WORKER_THREADS", 0, MAX_API_WORKER_THREADS)
+    )]
+    pub worker_threads: usize,
     /// Comma-separated browser origins that may call the API from another
     /// origin (CORS); `*` for any. Unset: same-origin pages only.
     #[arg(long, env = "CHORUS_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -239,6 +261,7 @@ mod tests {
         assert_eq!(a.db.db_max_connections, DEFAULT_DB_MAX_CONNECTIONS);
         assert_eq!(a.jwt.jwt_leeway_s, 30);
         assert_eq!(a.post_linger_ms, DEFAULT_POST_LINGER_MS);
+        assert_eq!(a.worker_threads, 1);
     }
 
     #[test]
@@ -268,6 +291,8 @@ mod tests {
             ("--db-max-connections=0", "CHORUS_DB_MAX_CONNECTIONS"),
             ("--post-linger-ms=51", "CHORUS_POST_LINGER_MS"),
             ("--post-linger-ms=-1", "CHORUS_POST_LINGER_MS"),
+            ("--worker-threads=257", "CHORUS_API_WORKER_THREADS"),
+            ("--worker-threads=-1", "CHORUS_API_WORKER_THREADS"),
             ("--jwt-leeway-s=-30", "CHORUS_JWT_LEEWAY_S"),
             ("--jwt-leeway-s=86400", "CHORUS_JWT_LEEWAY_S"),
         ] {

@@ -5,9 +5,27 @@ use chorus_api::config::{Cli, Command};
 use chorus_shared::auth::{claims_for, mint_hs256};
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let workers = match &cli.command {
+        Command::Serve(args) => args.worker_threads,
+        _ => 1,
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        runtime.worker_threads(workers);
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    // Spawned, so that the listeners' accept loops run on the workers too:
+    // a connection's task then starts on the thread that accepted it.
+    runtime.block_on(async { tokio::spawn(command(cli.command)).await? })
+}
+
+async fn command(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(args) => {
             chorus_shared::telemetry::init_logging(args.log.log_format);
             let listeners = chorus_api::Listeners::bind(&args)

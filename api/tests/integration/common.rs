@@ -68,6 +68,7 @@ pub fn serve_args(opts: &Opts, database_url: &str) -> ServeArgs {
         write_burst: opts.write_burst,
         no_migrate: false,
         post_linger_ms: chorus_api::config::DEFAULT_POST_LINGER_MS,
+        worker_threads: chorus_api::config::DEFAULT_API_WORKER_THREADS,
         allowed_origins: opts.allowed_origins.clone(),
         web_dir: opts.web_dir.clone(),
         log: LogArgs {

@@ -93,6 +93,7 @@ pub async fn start_api_with_web(
         write_burst: 100,
         no_migrate: false,
         post_linger_ms: chorus_api::config::DEFAULT_POST_LINGER_MS,
+        worker_threads: chorus_api::config::DEFAULT_API_WORKER_THREADS,
         allowed_origins: Vec::new(),
         web_dir,
         log: LogArgs {
