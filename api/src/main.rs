@@ -21,7 +21,13 @@ fn main() -> anyhow::Result<()> {
         .context("starting the runtime")?;
     // Spawned, so that the listeners' accept loops run on the workers too:
     // a connection's task then starts on the thread that accepted it.
-    runtime.block_on(async { tokio::spawn(command(cli.command)).await? })
+    let done = runtime.block_on(runtime.spawn(command(cli.command)));
+    match done {
+        Ok(result) => result,
+        // A panic ends the process as a panic in `main` would.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn command(command: Command) -> anyhow::Result<()> {

@@ -72,8 +72,10 @@ pub const GATEWAY_IDS_KEY: &str = "chorus:{registry}:gateways";
 /// Cluster, where the community's channel shares the keys' slot), the
 /// community's channel and the `user-joined` envelope. Returns `{first,
 /// online, announced}`: `first` is 1 when the user just came online
-/// anywhere, and `announced` when the envelope was published, in the same
-/// step as the entry that makes it true.
+/// anywhere; `announced` is 1 when the envelope was published, in the same
+/// step as the entry that makes it true, and -1 when it was due but its
+/// publication failed (the entry stays written: a lost announcement is
+/// the backplane's to report, not a reason to doubt presence).
 pub const JOIN_SCRIPT: &str = r"
 local first = 0
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
@@ -82,8 +84,8 @@ end
 local online = redis.call('HLEN', KEYS[1])
 local announced = 0
 if first == 1 and ARGV[5] and online <= tonumber(ARGV[2]) then
-  redis.call(ARGV[3], ARGV[4], ARGV[5])
-  announced = 1
+  local r = redis.pcall(ARGV[3], ARGV[4], ARGV[5])
+  if type(r) == 'table' and r.err then announced = -1 else announced = 1 end
 end
 return {first, online, announced}
 ";
@@ -91,7 +93,8 @@ return {first, online, announced}
 /// Removes a user from an incarnation's set. KEYS: users, holder set.
 /// ARGV: user, then optionally the announcement as for [`JOIN_SCRIPT`]
 /// (the envelope a `user-left`). Returns `{gone, online, announced}`:
-/// `gone` is 1 when the user just went offline everywhere.
+/// `gone` is 1 when the user just went offline everywhere; `announced` as
+/// for [`JOIN_SCRIPT`].
 pub const LEAVE_SCRIPT: &str = r"
 local gone = 0
 if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
@@ -103,8 +106,8 @@ end
 local online = redis.call('HLEN', KEYS[1])
 local announced = 0
 if gone == 1 and ARGV[5] and online <= tonumber(ARGV[2]) then
-  redis.call(ARGV[3], ARGV[4], ARGV[5])
-  announced = 1
+  local r = redis.pcall(ARGV[3], ARGV[4], ARGV[5])
+  if type(r) == 'table' and r.err then announced = -1 else announced = 1 end
 end
 return {gone, online, announced}
 ";

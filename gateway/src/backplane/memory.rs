@@ -31,7 +31,9 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::incarnation::Incarnation;
-use super::{Added, Announce, Backplane, BackplaneSink, PresenceJoin, PresenceLeave, Reaped};
+use super::{
+    Added, Announce, Announced, Backplane, BackplaneSink, PresenceJoin, PresenceLeave, Reaped,
+};
 use crate::config::{Liveness, PRESENCE_REAP_LOCK};
 use crate::error::GatewayError;
 
@@ -135,17 +137,23 @@ impl BusState {
         out
     }
 
-    /// Publishes a presence change's announcement if at most its bound is
-    /// online (the change itself was checked by the caller), as the
-    /// presence scripts do in the same step as the change.
-    fn announce(&self, community: Uuid, online: u64, announce: Option<&Announce>) -> bool {
-        let Some(a) = announce.filter(|a| online <= a.max_online) else {
-            return false;
+    /// Publishes a presence change's announcement if the change is one to
+    /// announce (`due`) and at most its bound is online, as the presence
+    /// scripts do in the same step as the change.
+    fn announce(
+        &self,
+        due: bool,
+        community: Uuid,
+        online: u64,
+        announce: Option<&Announce>,
+    ) -> Announced {
+        let Some(a) = announce.filter(|a| due && online <= a.max_online) else {
+            return Announced::NotDue;
         };
         if let Some(tx) = self.channels.get(&community_channel(&community)) {
             let _ = tx.send(a.envelope.clone());
         }
-        true
+        Announced::Published
     }
 }
 
@@ -400,7 +408,7 @@ impl Backplane for MemoryBackplane {
         let p = st.presence.entry(community).or_default();
         let first = p.add(&name, user);
         let online = p.online();
-        let announced = first && st.announce(community, online, announce);
+        let announced = st.announce(first, community, online, announce);
         Ok(PresenceJoin {
             first,
             online,
@@ -419,7 +427,7 @@ impl Backplane for MemoryBackplane {
         let p = st.presence.entry(community).or_default();
         let gone = p.remove(&name, user);
         let online = p.online();
-        let announced = gone && st.announce(community, online, announce);
+        let announced = st.announce(gone, community, online, announce);
         Ok(PresenceLeave {
             gone,
             online,

@@ -52,6 +52,27 @@ pub struct Announce {
     pub max_online: u64,
 }
 
+/// What became of a presence change's [`Announce`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announced {
+    /// None was given, or the change was not one to announce.
+    NotDue,
+    Published,
+    /// Due, but its publication failed; the change itself was made.
+    Failed,
+}
+
+impl Announced {
+    /// From a presence script's `announced` (1, 0 or -1).
+    pub fn from_script(v: i64) -> Self {
+        match v {
+            1 => Announced::Published,
+            -1 => Announced::Failed,
+            _ => Announced::NotDue,
+        }
+    }
+}
+
 /// Result of adding a presence entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PresenceJoin {
@@ -59,8 +80,7 @@ pub struct PresenceJoin {
     pub first: bool,
     /// Users online in the community now.
     pub online: u64,
-    /// The [`Announce`] given was published.
-    pub announced: bool,
+    pub announced: Announced,
 }
 
 /// Result of removing a presence entry.
@@ -69,8 +89,7 @@ pub struct PresenceLeave {
     /// The user just went offline in the community (last entry anywhere).
     pub gone: bool,
     pub online: u64,
-    /// The [`Announce`] given was published.
-    pub announced: bool,
+    pub announced: Announced,
 }
 
 /// What adding many users to one community found (a new incarnation's
@@ -103,6 +122,27 @@ pub trait Backplane: Send + Sync + std::fmt::Debug + 'static {
     /// Starts delivering `channel`'s messages to the sink.
     async fn subscribe(&self, channel: &str) -> Result<(), GatewayError>;
     async fn unsubscribe(&self, channel: &str) -> Result<(), GatewayError>;
+    /// Subscribes every one of `channels`, in one request where the
+    /// backplane can; an error means some may not be subscribed.
+    async fn subscribe_many(&self, channels: &[String]) -> Result<(), GatewayError> {
+        for channel in channels {
+            self.subscribe(channel).await?;
+        }
+        Ok(())
+    }
+    /// Unsubscribes every one of `channels`, in one request where the
+    /// backplane can; the first error, after trying them all.
+    async fn unsubscribe_many(&self, channels: &[String]) -> Result<(), GatewayError> {
+        let mut first = Ok(());
+        for channel in channels {
+            if let Err(e) = self.unsubscribe(channel).await
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
     async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), GatewayError>;
     /// True while the subscription connection is known to work.
     fn is_live(&self) -> bool;

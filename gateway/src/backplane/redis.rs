@@ -63,7 +63,9 @@ use uuid::Uuid;
 use super::heartbeat::Holders;
 use super::incarnation::Incarnation;
 use super::subscriptions::SlotMap;
-use super::{Added, Announce, Backplane, BackplaneSink, PresenceJoin, PresenceLeave, Reaped};
+use super::{
+    Added, Announce, Announced, Backplane, BackplaneSink, PresenceJoin, PresenceLeave, Reaped,
+};
 use crate::config::{
     BACKPLANE_PING_INTERVAL, BACKPLANE_PING_TIMEOUT, BACKPLANE_QUIET_BEFORE_PING, Liveness,
 };
@@ -540,6 +542,10 @@ fn int(v: Option<&Value>) -> u64 {
     v.and_then(|v| v.as_u64()).unwrap_or(0)
 }
 
+fn signed(v: Option<&Value>) -> i64 {
+    v.and_then(|v| v.as_i64()).unwrap_or(0)
+}
+
 /// Reads a `{list, count}` script reply.
 fn list_and_count(v: Value) -> (Vec<String>, u64) {
     let mut parts = match v {
@@ -584,6 +590,50 @@ impl Backplane for RedisBackplane {
         .map_err(redis_err)
     }
 
+    /// One `SUBSCRIBE` for them all on one Redis. On a cluster `SSUBSCRIBE`
+    /// takes the channels of one slot only: one each, sent together.
+    async fn subscribe_many(&self, channels: &[String]) -> Result<(), GatewayError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        if self.cluster {
+            let each = channels.iter().map(|c| self.sub.ssubscribe(c.as_str()));
+            for r in futures_util::future::join_all(each).await {
+                r.map_err(redis_err)?;
+            }
+            Ok(())
+        } else {
+            self.sub
+                .subscribe(channels.to_vec())
+                .await
+                .map_err(redis_err)
+        }
+    }
+
+    async fn unsubscribe_many(&self, channels: &[String]) -> Result<(), GatewayError> {
+        // An empty UNSUBSCRIBE would unsubscribe everything.
+        if channels.is_empty() {
+            return Ok(());
+        }
+        if self.cluster {
+            let each = channels.iter().map(|c| self.sub.sunsubscribe(c.as_str()));
+            let mut first = Ok(());
+            for r in futures_util::future::join_all(each).await {
+                if let Err(e) = r
+                    && first.is_ok()
+                {
+                    first = Err(redis_err(e));
+                }
+            }
+            first
+        } else {
+            self.sub
+                .unsubscribe(channels.to_vec())
+                .await
+                .map_err(redis_err)
+        }
+    }
+
     async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), GatewayError> {
         if self.cluster {
             self.cmd.spublish::<(), _, _>(channel, payload).await
@@ -610,7 +660,7 @@ impl Backplane for RedisBackplane {
         Ok(PresenceJoin {
             first: int(r.first()) == 1,
             online: int(r.get(1)),
-            announced: int(r.get(2)) == 1,
+            announced: Announced::from_script(signed(r.get(2))),
         })
     }
 
@@ -627,7 +677,7 @@ impl Backplane for RedisBackplane {
         Ok(PresenceLeave {
             gone: int(r.first()) == 1,
             online: int(r.get(1)),
-            announced: int(r.get(2)) == 1,
+            announced: Announced::from_script(signed(r.get(2))),
         })
     }
 

@@ -7,7 +7,9 @@
 //! "first anywhere" and "gone everywhere" to exactly one caller, and on a
 //! connection's join and leave publishes `user-joined` or `user-left` on
 //! the community channel in the same call (one Redis script), unless the
-//! community is over the broadcast limit. Entries never expire:
+//! community is over the broadcast limit (a join is announced while at
+//! most the limit is online, a leave while fewer stay). Entries never
+//! expire:
 //! liveness is the gateway's (a heartbeat per incarnation, see
 //! `backplane`), and the upkeep here reaps dead gateways' entries and
 //! renews this gateway's incarnation when its heartbeat lapsed or a write
@@ -25,7 +27,7 @@ use uuid::Uuid;
 
 use super::Hub;
 use super::room::{ONLINE_SNAPSHOT_TTL, Room, RoomState, lock};
-use crate::backplane::{Added, Announce, Reaped};
+use crate::backplane::{Added, Announce, Announced, Reaped};
 use crate::handle::ConnHandle;
 
 impl Hub {
@@ -36,11 +38,10 @@ impl Hub {
         match self
             .inner
             .backplane
-            .presence_join(community, &conn.user_id, Some(&announce))
+            .presence_join(community, &conn.user_id, announce.as_ref())
             .await
         {
-            Ok(j) if j.announced => count_announced("joined"),
-            Ok(_) => {}
+            Ok(j) => announced("joined", j.announced),
             Err(e) => tracing::warn!(error = %e, "presence join failed"),
         }
     }
@@ -73,8 +74,7 @@ impl Hub {
                 .presence_leave(room.id, user, announce.as_ref())
                 .await
             {
-                Ok(l) if l.announced => count_announced("left"),
-                Ok(_) => {}
+                Ok(l) => announced("left", l.announced),
                 Err(e) => {
                     tracing::warn!(error = %e, "presence leave failed; the entry goes with its incarnation")
                 }
@@ -225,8 +225,7 @@ impl Hub {
                 .presence_leave(added.community, user, announce.as_ref())
                 .await
             {
-                Ok(l) if l.announced => count_announced("left"),
-                Ok(_) => {}
+                Ok(l) => announced("left", l.announced),
                 Err(e) => tracing::debug!(error = %e, "presence leave after a re-add failed"),
             }
         }
@@ -274,12 +273,12 @@ impl Hub {
     }
 
     /// `user-joined` for `user`, to publish if at most the broadcast
-    /// limit is online with them.
-    fn joined_announce(&self, community: Uuid, user: &str, name: &str) -> Announce {
-        Announce {
+    /// limit is online with them (none with a limit of 0).
+    fn joined_announce(&self, community: Uuid, user: &str, name: &str) -> Option<Announce> {
+        (self.inner.presence_limit > 0).then(|| Announce {
             envelope: ephemeral(community, joined(community, user, name)),
             max_online: self.inner.presence_limit,
-        }
+        })
     }
 
     /// `user-left` for `user`, to publish if fewer than the broadcast limit
@@ -347,6 +346,16 @@ fn ephemeral(community: Uuid, event: ServerEvent) -> Bytes {
 
 fn count_announced(kind: &'static str) {
     metrics::counter!("chorus_gateway_presence_events_total", "kind" => kind).increment(1);
+}
+
+/// Counts an announcement the backplane published with its change, or
+/// says that one was lost (its change stands).
+fn announced(kind: &'static str, outcome: Announced) {
+    match outcome {
+        Announced::Published => count_announced(kind),
+        Announced::Failed => tracing::warn!(kind, "publishing a presence announcement failed"),
+        Announced::NotDue => {}
+    }
 }
 
 /// The room's merged online list for the snapshot `listed`: the one kept

@@ -2,9 +2,13 @@
 //!
 //! A room subscribes its channel on its first local member and unsubscribes
 //! on its last; a user channel likewise. Requests are queued (under the
-//! lock that decided them) to a single task that applies them one at a
-//! time, so the unsubscribe of a retired room can never overtake the
-//! subscribe of its successor.
+//! lock that decided them) to a single task that applies them in order, so
+//! the unsubscribe of a retired room can never overtake the subscribe of
+//! its successor. What queued while the previous request was answered goes
+//! together: consecutive subscribes as one request (one `SUBSCRIBE` of
+//! many channels on one Redis), consecutive unsubscribes likewise. A lone
+//! join still costs one round trip; thousands of joins at once (a room of
+//! 500 filling, a reconnect storm) cost a few.
 
 use std::sync::Arc;
 
@@ -14,6 +18,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backplane::Backplane;
 use crate::error::GatewayError;
+
+/// Most channels one request carries: enough that a reconnect storm's
+/// subscribes go in a few requests, few enough that Redis answers each in
+/// well under a millisecond and a failed one fails few joins.
+const MAX_CHANNELS_PER_REQUEST: usize = 256;
 
 enum SubOp {
     Subscribe(String, oneshot::Sender<Result<(), GatewayError>>),
@@ -84,21 +93,113 @@ impl Subscriptions {
 }
 
 async fn run(backplane: Arc<dyn Backplane>, mut rx: mpsc::UnboundedReceiver<SubOp>) {
-    while let Some(op) = rx.recv().await {
-        match op {
-            SubOp::Subscribe(ch, reply) => {
-                let r = backplane.subscribe(&ch).await;
-                if r.is_ok() {
-                    metrics::gauge!("chorus_gateway_subscriptions").increment(1.0);
-                }
-                let _ = reply.send(r);
+    let mut queued = Vec::with_capacity(MAX_CHANNELS_PER_REQUEST);
+    while rx.recv_many(&mut queued, MAX_CHANNELS_PER_REQUEST).await > 0 {
+        for group in groups(queued.drain(..)) {
+            apply(&*backplane, group).await;
+        }
+    }
+}
+
+/// Requests of one kind, in queue order.
+enum Group {
+    Subscribe(Vec<String>, Vec<oneshot::Sender<Result<(), GatewayError>>>),
+    Unsubscribe(Vec<String>),
+}
+
+/// `ops` as runs of consecutive requests of one kind.
+fn groups(ops: impl Iterator<Item = SubOp>) -> Vec<Group> {
+    let mut out: Vec<Group> = Vec::new();
+    for op in ops {
+        match (op, out.last_mut()) {
+            (SubOp::Subscribe(ch, reply), Some(Group::Subscribe(chs, replies))) => {
+                chs.push(ch);
+                replies.push(reply);
             }
-            SubOp::Unsubscribe(ch) => {
-                metrics::gauge!("chorus_gateway_subscriptions").decrement(1.0);
-                if let Err(e) = backplane.unsubscribe(&ch).await {
-                    tracing::warn!(channel = %ch, error = %e, "unsubscribe failed");
+            (SubOp::Subscribe(ch, reply), _) => out.push(Group::Subscribe(vec![ch], vec![reply])),
+            (SubOp::Unsubscribe(ch), Some(Group::Unsubscribe(chs))) => chs.push(ch),
+            (SubOp::Unsubscribe(ch), _) => out.push(Group::Unsubscribe(vec![ch])),
+        }
+    }
+    out
+}
+
+async fn apply(backplane: &dyn Backplane, group: Group) {
+    match group {
+        Group::Subscribe(channels, replies) => {
+            let r = backplane.subscribe_many(&channels).await;
+            if r.is_ok() {
+                metrics::gauge!("chorus_gateway_subscriptions").increment(channels.len() as f64);
+            }
+            for reply in replies {
+                let _ = reply.send(r.clone());
+            }
+        }
+        Group::Unsubscribe(channels) => {
+            metrics::gauge!("chorus_gateway_subscriptions").decrement(channels.len() as f64);
+            if let Err(e) = backplane.unsubscribe_many(&channels).await {
+                tracing::warn!(channels = channels.len(), error = %e, "unsubscribe failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(ch: &str) -> (SubOp, oneshot::Receiver<Result<(), GatewayError>>) {
+        let (tx, rx) = oneshot::channel();
+        (SubOp::Subscribe(ch.into(), tx), rx)
+    }
+
+    #[tokio::test]
+    async fn consecutive_requests_of_a_kind_go_together_in_queue_order() {
+        let (a, ra) = sub("a");
+        let (b, rb) = sub("b");
+        let (e, re) = sub("e");
+        let ops = vec![
+            a,
+            b,
+            SubOp::Unsubscribe("c".into()),
+            SubOp::Unsubscribe("d".into()),
+            e,
+        ];
+        let groups = groups(ops.into_iter());
+        let shape: Vec<(bool, Vec<String>)> = groups
+            .iter()
+            .map(|g| match g {
+                Group::Subscribe(chs, replies) => {
+                    assert_eq!(chs.len(), replies.len(), "one answer per channel");
+                    (true, chs.clone())
+                }
+                Group::Unsubscribe(chs) => (false, chs.clone()),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (true, vec!["a".to_owned(), "b".to_owned()]),
+                (false, vec!["c".to_owned(), "d".to_owned()]),
+                (true, vec!["e".to_owned()]),
+            ]
+        );
+        // Each answer reaches its own requester: the replies kept the
+        // channels' order.
+        for (i, g) in groups.into_iter().enumerate() {
+            if let Group::Subscribe(_, replies) = g {
+                for reply in replies {
+                    let r = if i == 0 {
+                        Ok(())
+                    } else {
+                        Err(GatewayError::Backplane("refused".into()))
+                    };
+                    let _ = reply.send(r);
                 }
             }
         }
+        assert!(ra.await.expect("answered").is_ok());
+        assert!(rb.await.expect("answered").is_ok());
+        assert!(re.await.expect("answered").is_err());
     }
 }

@@ -5,6 +5,61 @@ use serde_json::json;
 
 use crate::common::*;
 
+/// What a gateway's subscription queue sends when requests pile up: one
+/// `SUBSCRIBE` of many channels, and one `UNSUBSCRIBE` of many. Each
+/// channel is live after the one, and none after the other: messages
+/// published to the unsubscribed ones are not heard, the marker published
+/// after them is next.
+#[tokio::test]
+async fn channels_subscribed_and_unsubscribed_together_each_take_effect() {
+    use chorus_gateway::backplane::{Backplane, BackplaneSink, RedisBackplane};
+    struct Heard(tokio::sync::mpsc::UnboundedSender<(String, bytes::Bytes)>);
+    impl BackplaneSink for Heard {
+        fn on_message(&self, channel: &str, payload: bytes::Bytes) {
+            let _ = self.0.send((channel.to_owned(), payload));
+        }
+        fn on_resync(&self) {}
+    }
+    let backplane = RedisBackplane::new(&env_url("REDIS_URL"), "gw-many", Default::default())
+        .expect("backplane");
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    backplane.start(std::sync::Arc::new(Heard(tx)));
+    let channels: Vec<String> = (0..5)
+        .map(|i| uid(&format!("chorus-test-many{i}")))
+        .collect();
+    // Once the subscriber connection is up.
+    wait_until(|| async { backplane.subscribe_many(&channels).await.is_ok() }).await;
+    let next = async |heard: &mut tokio::sync::mpsc::UnboundedReceiver<(String, bytes::Bytes)>| {
+        tokio::time::timeout(std::time::Duration::from_secs(10), heard.recv())
+            .await
+            .expect("a message within 10 s")
+            .expect("sink open")
+    };
+    for ch in &channels {
+        backplane
+            .publish(ch, bytes::Bytes::from_static(b"live"))
+            .await
+            .expect("published");
+        assert_eq!(next(&mut heard).await.0, *ch);
+    }
+    backplane
+        .unsubscribe_many(&channels[..4])
+        .await
+        .expect("unsubscribed");
+    for ch in &channels {
+        backplane
+            .publish(ch, bytes::Bytes::from_static(b"after"))
+            .await
+            .expect("published");
+    }
+    assert_eq!(
+        next(&mut heard).await.0,
+        channels[4],
+        "only the channel still subscribed is heard"
+    );
+    backplane.quit().await;
+}
+
 #[tokio::test]
 async fn two_hundred_concurrent_posts_arrive_in_order_on_both_gateways() {
     let cl = Cluster::start().await;

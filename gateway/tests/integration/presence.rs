@@ -270,3 +270,40 @@ async fn a_close_frame_leaves_without_waiting_for_the_grace_even_in_a_mass_loss(
     // Every loss is held: only a goodbye passes.
     bob_leaves_without_the_grace(true, async |b| b.close().await).await;
 }
+
+/// A presence script whose announcement cannot be published still makes
+/// its change, and says the announcement failed (`-1`), so that the
+/// gateway does not doubt its presence for a lost announcement.
+#[tokio::test]
+async fn a_failed_announcement_keeps_the_presence_change() {
+    use chorus_shared::presence::{JOIN_SCRIPT, LEAVE_SCRIPT, holder_users_key, users_key};
+    use fred::prelude::*;
+    let config = Config::from_url(&env_url("REDIS_URL")).expect("redis url");
+    let redis = Builder::from_config(config).build().expect("client");
+    redis.init().await.expect("connected");
+    let c = uuid::Uuid::new_v4();
+    let user = uid("u");
+    let keys = vec![users_key(&c), holder_users_key(&c, "gw-test#1")];
+    let args = |publish: &str| -> Vec<String> {
+        vec![
+            user.clone(),
+            "10".into(),
+            publish.into(),
+            format!("chorus:test:{c}"),
+            "announced".into(),
+        ]
+    };
+    let r: Vec<i64> = redis
+        .eval(JOIN_SCRIPT, keys.clone(), args("NOSUCHCOMMAND"))
+        .await
+        .expect("the script answers");
+    assert_eq!(r, vec![1, 1, -1], "first, one online, announcement failed");
+    let online: Vec<String> = redis.hkeys(users_key(&c)).await.expect("hkeys");
+    assert_eq!(online, vec![user.clone()], "the entry was written");
+    let r: Vec<i64> = redis
+        .eval(LEAVE_SCRIPT, keys.clone(), args("PUBLISH"))
+        .await
+        .expect("the script answers");
+    assert_eq!(r, vec![1, 0, 1], "gone, none online, announced");
+    let _: i64 = redis.del(keys).await.expect("cleaned up");
+}

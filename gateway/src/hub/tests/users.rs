@@ -350,3 +350,41 @@ async fn every_change_of_typing_state_passes_and_only_repeats_coalesce() {
     f.marker().await;
     assert_marker_next(&mut rx).await;
 }
+
+/// The in-process backplane announces a presence change as the scripts
+/// do: only a first entry anywhere or a last one, and only while at most
+/// the announcement's bound is online after it.
+#[tokio::test(start_paused = true)]
+async fn the_memory_backplane_announces_within_the_bound_as_the_scripts_do() {
+    use crate::backplane::{Announce, Announced};
+    let bus = MemoryBus::new();
+    let (a, b) = (
+        MemoryBackplane::new(bus.clone(), "gw-a"),
+        MemoryBackplane::new(bus.clone(), "gw-b"),
+    );
+    let c = Uuid::new_v4();
+    let bound = |max_online| Announce {
+        envelope: bytes::Bytes::from_static(b"announced"),
+        max_online,
+    };
+    let join = async |bp: &MemoryBackplane, user| {
+        bp.presence_join(c, user, Some(&bound(1)))
+            .await
+            .expect("join")
+            .announced
+    };
+    let leave = async |bp: &MemoryBackplane, user| {
+        bp.presence_leave(c, user, Some(&bound(0)))
+            .await
+            .expect("leave")
+            .announced
+    };
+    assert_eq!(join(&a, "u").await, Announced::Published, "1 online");
+    assert_eq!(join(&b, "u").await, Announced::NotDue, "not first");
+    assert_eq!(join(&a, "v").await, Announced::NotDue, "2 online");
+    assert_eq!(leave(&a, "v").await, Announced::NotDue, "1 stays");
+    assert_eq!(leave(&a, "u").await, Announced::NotDue, "not last");
+    assert_eq!(leave(&b, "u").await, Announced::Published, "none stay");
+    let none = a.presence_join(c, "w", None).await.expect("join");
+    assert_eq!((none.first, none.announced), (true, Announced::NotDue));
+}
