@@ -123,12 +123,15 @@ pub trait Backplane: Send + Sync + std::fmt::Debug + 'static {
     async fn subscribe(&self, channel: &str) -> Result<(), GatewayError>;
     async fn unsubscribe(&self, channel: &str) -> Result<(), GatewayError>;
     /// Subscribes every one of `channels`, in one request where the
-    /// backplane can; an error means some may not be subscribed.
-    async fn subscribe_many(&self, channels: &[String]) -> Result<(), GatewayError> {
+    /// backplane can; each channel's outcome, in order. A channel is
+    /// subscribed once Redis has applied it, not merely been sent it: what
+    /// is published after the answer reaches the sink.
+    async fn subscribe_many(&self, channels: &[String]) -> Vec<Result<(), GatewayError>> {
+        let mut out = Vec::with_capacity(channels.len());
         for channel in channels {
-            self.subscribe(channel).await?;
+            out.push(self.subscribe(channel).await);
         }
-        Ok(())
+        out
     }
     /// Unsubscribes every one of `channels`, in one request where the
     /// backplane can; the first error, after trying them all.

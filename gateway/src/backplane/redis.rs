@@ -573,12 +573,10 @@ impl Backplane for RedisBackplane {
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), GatewayError> {
-        if self.cluster {
-            self.sub.ssubscribe(channel).await
-        } else {
-            self.sub.subscribe(channel).await
-        }
-        .map_err(redis_err)
+        self.subscribe_many(&[channel.to_owned()])
+            .await
+            .pop()
+            .unwrap_or(Ok(()))
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), GatewayError> {
@@ -590,24 +588,32 @@ impl Backplane for RedisBackplane {
         .map_err(redis_err)
     }
 
-    /// One `SUBSCRIBE` for them all on one Redis. On a cluster `SSUBSCRIBE`
-    /// takes the channels of one slot only: one each, sent together.
-    async fn subscribe_many(&self, channels: &[String]) -> Result<(), GatewayError> {
+    /// One `SUBSCRIBE` for them all on one Redis, then a `PING` on the
+    /// same connection: fred answers a `SUBSCRIBE` once it is sent (Redis's
+    /// confirmations come out of band), and the ping's answer, which Redis
+    /// gives after it applied the `SUBSCRIBE`, is what says every channel
+    /// is live (a room's starting point relies on it). On a cluster
+    /// `SSUBSCRIBE`, which fred does answer with Redis's confirmation,
+    /// takes the channels of one slot only: one each, sent together, each
+    /// with its own outcome.
+    async fn subscribe_many(&self, channels: &[String]) -> Vec<Result<(), GatewayError>> {
         if channels.is_empty() {
-            return Ok(());
+            return Vec::new();
         }
         if self.cluster {
             let each = channels.iter().map(|c| self.sub.ssubscribe(c.as_str()));
-            for r in futures_util::future::join_all(each).await {
-                r.map_err(redis_err)?;
-            }
-            Ok(())
-        } else {
-            self.sub
-                .subscribe(channels.to_vec())
+            return futures_util::future::join_all(each)
                 .await
-                .map_err(redis_err)
+                .into_iter()
+                .map(|r| r.map_err(redis_err))
+                .collect();
         }
+        let applied = match self.sub.subscribe(channels.to_vec()).await {
+            Ok(()) => self.sub.ping::<Value>(None).await.map(drop),
+            Err(e) => Err(e),
+        }
+        .map_err(redis_err);
+        vec![applied; channels.len()]
     }
 
     async fn unsubscribe_many(&self, channels: &[String]) -> Result<(), GatewayError> {

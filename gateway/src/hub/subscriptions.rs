@@ -127,13 +127,16 @@ fn groups(ops: impl Iterator<Item = SubOp>) -> Vec<Group> {
 async fn apply(backplane: &dyn Backplane, group: Group) {
     match group {
         Group::Subscribe(channels, replies) => {
-            let r = backplane.subscribe_many(&channels).await;
-            if r.is_ok() {
-                metrics::gauge!("chorus_gateway_subscriptions").increment(channels.len() as f64);
-            }
+            let mut outcomes = backplane.subscribe_many(&channels).await.into_iter();
+            let mut subscribed = 0;
             for reply in replies {
-                let _ = reply.send(r.clone());
+                let r = outcomes.next().unwrap_or_else(|| {
+                    Err(GatewayError::Backplane("no outcome for a subscribe".into()))
+                });
+                subscribed += usize::from(r.is_ok());
+                let _ = reply.send(r);
             }
+            metrics::gauge!("chorus_gateway_subscriptions").increment(subscribed as f64);
         }
         Group::Unsubscribe(channels) => {
             metrics::gauge!("chorus_gateway_subscriptions").decrement(channels.len() as f64);

@@ -148,3 +148,31 @@ async fn a_join_cancelled_while_its_subscribe_is_pending_leaves_nothing_subscrib
         .expect("subscribed");
     assert!(!f.backplane.is_subscribed(&channel));
 }
+
+/// Subscription changes queued while one is with Redis go together, in
+/// queue order: a channel subscribed, unsubscribed and subscribed again
+/// ends subscribed; one subscribed then unsubscribed ends not.
+#[tokio::test(start_paused = true)]
+async fn queued_subscription_changes_take_effect_in_queue_order() {
+    let f = Fixture::new(1000);
+    let slow = f.backplane.hold_subscribes();
+    let subs = &f.hub.inner.subs;
+    let first = subs.subscribe("a".into());
+    tokio::task::yield_now().await;
+    subs.unsubscribe("a".into());
+    let again = subs.subscribe("a".into());
+    let other = subs.subscribe("b".into());
+    subs.unsubscribe("b".into());
+    f.backplane.accept_subscribes();
+    slow.notify_one();
+    first.done().await.expect("subscribed");
+    again.done().await.expect("subscribed again");
+    other.done().await.expect("subscribed");
+    // A marker channel, queued last, is applied after everything above.
+    subs.subscribe("marker".into())
+        .done()
+        .await
+        .expect("subscribed");
+    assert!(f.backplane.is_subscribed("a"), "a: subscribed last");
+    assert!(!f.backplane.is_subscribed("b"), "b: unsubscribed last");
+}
