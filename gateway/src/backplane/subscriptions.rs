@@ -126,7 +126,9 @@ impl RedisBackplane {
 
     /// Subscribes again to `channels`: on Redis Cluster one `SSUBSCRIBE`
     /// per hash slot (a command's channels must share one), every slot
-    /// tried; on one Redis one `SUBSCRIBE` for all. (fred's own
+    /// tried; on one Redis one `SUBSCRIBE` for all, then a `PING`, whose
+    /// answer says Redis applied it (fred answers `SUBSCRIBE` once sent),
+    /// before the resync that follows reads what was missed. (fred's own
     /// `resubscribe_all` stops at the first failure and sends an empty
     /// `SUBSCRIBE` when there is nothing classic to restore, which Redis
     /// refuses.) Returns the channels that failed.
@@ -135,7 +137,11 @@ impl RedisBackplane {
             return Vec::new();
         }
         if !self.cluster {
-            return match self.sub.subscribe(channels.to_vec()).await {
+            let applied = match self.sub.subscribe(channels.to_vec()).await {
+                Ok(()) => self.sub.ping::<Value>(None).await.map(drop),
+                Err(e) => Err(e),
+            };
+            return match applied {
                 Ok(()) => Vec::new(),
                 Err(e) => {
                     tracing::debug!(error = %e, "resubscribing failed");
