@@ -41,7 +41,7 @@ pub const MAX_POST_LINGER_MS: u64 = 50;
 /// one. An API request is short and mostly waits on Postgres and Redis;
 /// what costs is its hand-offs (the handler, the post writer, the
 /// publication, the database's and Redis's replies), and on two threads
-/// most of them woke the other thread: at 500 POST/s one thread spent 17 %
+/// most of them woke the other thread: at 500 POST/s one thread spent 14-17 %
 /// less CPU per POST with the same latency, and held 5,000 POST/s like two
 /// (BENCHMARKS.md, "The API on one thread"). An API scales by replicas.
 pub const DEFAULT_API_WORKER_THREADS: usize = 1;

@@ -61,8 +61,9 @@ pub const MIN_CONNECTION_TIMER: Duration = Duration::from_millis(10);
 /// closed: two missed heartbeats plus slack.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Online count above which `user-joined`/`user-left` are no longer
-/// broadcast: each change costs O(members) deliveries (default).
+/// Default bound on broadcasting presence: `user-joined` goes out while at
+/// most this many are online with the joiner, `user-left` while fewer
+/// than this stay; each costs a delivery per member.
 pub const DEFAULT_PRESENCE_BROADCAST_LIMIT: u64 = 10_000;
 /// How long a user stays present after their connection ended because the
 /// gateway sent them elsewhere (a drain) or was lost with many others at
@@ -235,7 +236,9 @@ pub struct GatewayArgs {
         value_parser = burst("CHORUS_WS_COMMAND_BURST")
     )]
     pub ws_command_burst: u32,
-    /// Online count above which join/leave presence events are not broadcast.
+    /// Presence broadcast bound: `user-joined` while at most this many are
+    /// online with the joiner, `user-left` while fewer stay; 0 broadcasts
+    /// neither.
     #[arg(
         long,
         env = "CHORUS_PRESENCE_BROADCAST_LIMIT",
