@@ -66,6 +66,25 @@ pub fn gateway_key(id: &str) -> String {
 /// Set of gateway ids that have reported; stale ids are removed by readers.
 pub const GATEWAY_IDS_KEY: &str = "chorus:{registry}:gateways";
 
+/// The step both [`JOIN_SCRIPT`] and [`LEAVE_SCRIPT`] end with, after
+/// setting `changed` to 1 when the change is one everyone sees: the online
+/// count, and the announcement (ARGV 2-5, when given) published if at most
+/// ARGV[2] users are online, with `pcall`, so that a failed publication
+/// leaves the change made and answers -1.
+macro_rules! announce_and_answer {
+    () => {
+        r"
+local online = redis.call('HLEN', KEYS[1])
+local announced = 0
+if changed == 1 and ARGV[5] and online <= tonumber(ARGV[2]) then
+  local r = redis.pcall(ARGV[3], ARGV[4], ARGV[5])
+  if type(r) == 'table' and r.err then announced = -1 else announced = 1 end
+end
+return {changed, online, announced}
+"
+    };
+}
+
 /// Adds a user to an incarnation's set. KEYS: users, holder set. ARGV:
 /// user, then optionally the announcement: the most users online for which
 /// it is made, the publish command (`PUBLISH`, or `SPUBLISH` on Redis
@@ -76,41 +95,31 @@ pub const GATEWAY_IDS_KEY: &str = "chorus:{registry}:gateways";
 /// step as the entry that makes it true, and -1 when it was due but its
 /// publication failed (the entry stays written: a lost announcement is
 /// the backplane's to report, not a reason to doubt presence).
-pub const JOIN_SCRIPT: &str = r"
-local first = 0
+pub const JOIN_SCRIPT: &str = concat!(
+    r"
+local changed = 0
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
-  if redis.call('HINCRBY', KEYS[1], ARGV[1], 1) == 1 then first = 1 end
-end
-local online = redis.call('HLEN', KEYS[1])
-local announced = 0
-if first == 1 and ARGV[5] and online <= tonumber(ARGV[2]) then
-  local r = redis.pcall(ARGV[3], ARGV[4], ARGV[5])
-  if type(r) == 'table' and r.err then announced = -1 else announced = 1 end
-end
-return {first, online, announced}
-";
+  if redis.call('HINCRBY', KEYS[1], ARGV[1], 1) == 1 then changed = 1 end
+end",
+    announce_and_answer!()
+);
 
 /// Removes a user from an incarnation's set. KEYS: users, holder set.
 /// ARGV: user, then optionally the announcement as for [`JOIN_SCRIPT`]
 /// (the envelope a `user-left`). Returns `{gone, online, announced}`:
 /// `gone` is 1 when the user just went offline everywhere; `announced` as
 /// for [`JOIN_SCRIPT`].
-pub const LEAVE_SCRIPT: &str = r"
-local gone = 0
+pub const LEAVE_SCRIPT: &str = concat!(
+    r"
+local changed = 0
 if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
   if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then
     redis.call('HDEL', KEYS[1], ARGV[1])
-    gone = 1
+    changed = 1
   end
-end
-local online = redis.call('HLEN', KEYS[1])
-local announced = 0
-if gone == 1 and ARGV[5] and online <= tonumber(ARGV[2]) then
-  local r = redis.pcall(ARGV[3], ARGV[4], ARGV[5])
-  if type(r) == 'table' and r.err then announced = -1 else announced = 1 end
-end
-return {gone, online, announced}
-";
+end",
+    announce_and_answer!()
+);
 
 /// Adds many users to an incarnation's set in one call: what a gateway
 /// runs per room when it starts a new incarnation. KEYS: users, holder

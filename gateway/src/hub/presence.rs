@@ -66,19 +66,8 @@ impl Hub {
             };
             (last_local, st.users.is_empty() && st.members.is_empty())
         };
-        if last_local {
-            let announce = self.left_announce(room.id, user);
-            match self
-                .inner
-                .backplane
-                .presence_leave(room.id, user, announce.as_ref())
-                .await
-            {
-                Ok(l) => announced("left", l.announced),
-                Err(e) => {
-                    tracing::warn!(error = %e, "presence leave failed; the entry goes with its incarnation")
-                }
-            }
+        if last_local && let Err(e) = self.leave_presence(room.id, user, true).await {
+            tracing::warn!(error = %e, "presence leave failed; the entry goes with its incarnation");
         }
         if empty {
             self.retire(room);
@@ -214,19 +203,12 @@ impl Hub {
                 continue;
             }
             // Only a user the re-add did not find offline was announced.
-            let announce = if added.first.iter().any(|f| **f == **user) {
-                None
-            } else {
-                self.left_announce(added.community, user)
-            };
-            match self
-                .inner
-                .backplane
-                .presence_leave(added.community, user, announce.as_ref())
+            let was_announced = !added.first.iter().any(|f| **f == **user);
+            if let Err(e) = self
+                .leave_presence(added.community, user, was_announced)
                 .await
             {
-                Ok(l) => announced("left", l.announced),
-                Err(e) => tracing::debug!(error = %e, "presence leave after a re-add failed"),
+                tracing::debug!(error = %e, "presence leave after a re-add failed");
             }
         }
         if added.online > self.inner.presence_limit {
@@ -270,6 +252,29 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Removes this gateway's entry of `user` in `community`, announcing
+    /// `user-left` in the same call if `announce` and the user just went
+    /// offline everywhere within the broadcast limit.
+    async fn leave_presence(
+        &self,
+        community: Uuid,
+        user: &str,
+        announce: bool,
+    ) -> Result<(), crate::error::GatewayError> {
+        let announce = if announce {
+            self.left_announce(community, user)
+        } else {
+            None
+        };
+        let l = self
+            .inner
+            .backplane
+            .presence_leave(community, user, announce.as_ref())
+            .await?;
+        announced("left", l.announced);
+        Ok(())
     }
 
     /// `user-joined` for `user`, to publish if at most the broadcast
