@@ -233,12 +233,7 @@ impl RedisCluster {
 
     fn signal(&self, port: u16, signal: &str) {
         let n = self.nodes.iter().find(|n| n.port == port).unwrap();
-        let ok = Command::new("kill")
-            .args([signal, &n.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {signal} redis on {port}");
+        crate::signal(n.pid(), signal);
     }
 }
 

@@ -150,6 +150,16 @@ pub fn command_calls(commandstats: &str, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Sends `signal` (`-STOP`, `-CONT`, ...) to process `pid` with kill(1).
+pub fn signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill on PATH")
+        .success();
+    assert!(ok, "kill {signal} {pid}");
+}
+
 /// A `redis-server` owned by one test, on its own port, killed on drop.
 #[derive(Debug)]
 pub struct OwnRedis {
@@ -194,6 +204,17 @@ impl OwnRedis {
     /// The server's process id, for tests that signal it (0 once killed).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and nothing
+    /// answers, like a stalled host.
+    pub fn pause(&self) {
+        signal(self.pid(), "-STOP");
+    }
+
+    /// Thaws a server frozen by [`OwnRedis::pause`].
+    pub fn resume(&self) {
+        signal(self.pid(), "-CONT");
     }
 
     /// Kills the server (like a crash: no shutdown).

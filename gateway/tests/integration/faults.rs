@@ -49,6 +49,48 @@ async fn redis_restart_mid_stream_loses_nothing() {
     assert_eq!(b.seqs_until(25).await, want, "gateway 2 lost nothing");
 }
 
+/// A join while Redis is frozen cannot confirm its room's subscription:
+/// it is answered `unavailable`, never acknowledged without a live
+/// subscription, and leaves no presence behind; the connection and its
+/// other room stay up, and the same join succeeds and delivers once
+/// Redis answers again.
+#[tokio::test]
+async fn a_join_while_redis_is_frozen_fails_unavailable_then_succeeds() {
+    let redis = OwnRedis::start(free_port()).await;
+    let cl = Cluster::start_with(GwOpts::new(&redis.url())).await;
+    let alice = uid("alice");
+    let c1 = cl.community(&alice, &[]).await;
+    let c2 = cl.community(&alice, &[]).await;
+    let mut a = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    a.join(&c1, None).await;
+
+    redis.pause();
+    let refused = a
+        .request("join-community", json!({"communityId": c2}))
+        .await;
+    redis.resume();
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["error"]["code"], "unavailable", "{refused}");
+
+    wait_until(|| async { cl.gw1.ready().await }).await;
+    let (s, p) = cl
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/communities/{c2}/presence"),
+            &token(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(p["online"], json!([]), "the refused join left no presence");
+
+    a.join(&c2, None).await;
+    cl.post(&alice, &c2, "after the thaw").await;
+    a.next_is_message("after the thaw").await;
+    cl.post(&alice, &c1, "the first room still delivers").await;
+    a.next_is_message("the first room still delivers").await;
+}
+
 /// A gateway as a real process, so it can be killed like one (also used
 /// behind HAProxy in `haproxy.rs`).
 pub(crate) struct GatewayProcess {
