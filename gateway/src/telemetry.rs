@@ -51,6 +51,11 @@ const LABELLED: &[(&str, &str, &[&str])] = &[
         &["joined", "left"],
     ),
     (
+        "chorus_gateway_presence_announcements_lost_total",
+        "kind",
+        &["joined", "left"],
+    ),
+    (
         "chorus_gateway_frames_out_total",
         "type",
         ServerEvent::KINDS,

@@ -354,11 +354,16 @@ fn count_announced(kind: &'static str) {
 }
 
 /// Counts an announcement the backplane published with its change, or
-/// says that one was lost (its change stands).
+/// one that was lost (its change stands; members see it in the next
+/// online list they fetch).
 fn announced(kind: &'static str, outcome: Announced) {
     match outcome {
         Announced::Published => count_announced(kind),
-        Announced::Failed => tracing::warn!(kind, "publishing a presence announcement failed"),
+        Announced::Failed => {
+            metrics::counter!("chorus_gateway_presence_announcements_lost_total", "kind" => kind)
+                .increment(1);
+            tracing::warn!(kind, "publishing a presence announcement failed");
+        }
         Announced::NotDue => {}
     }
 }

@@ -307,3 +307,72 @@ async fn a_failed_announcement_keeps_the_presence_change() {
     assert_eq!(r, vec![1, 0, 1], "gone, none online, announced");
     let _: i64 = redis.del(keys).await.expect("cleaned up");
 }
+
+/// A gateway whose Redis user may not `PUBLISH` (an ACL): the presence
+/// script's announcement fails, the join it rides on stands (the user is
+/// online and listed), the loss is counted, and the watcher's next event
+/// is the message sent after it rather than a `user-joined`.
+#[tokio::test]
+async fn a_lost_announcement_is_counted_and_the_join_stands() {
+    let redis = chorus_testkit::OwnRedis::start(chorus_testkit::free_port()).await;
+    let acl = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "acl", "setuser", "gw", "on"])
+        .args([">gw-secret", "allkeys", "allchannels", "+@all", "-publish"])
+        .output()
+        .expect("redis-cli on PATH");
+    assert_eq!(String::from_utf8_lossy(&acl.stdout).trim(), "OK");
+    let db = chorus_testkit::fresh_database().await;
+    let api = start_api(&db, &redis.url()).await;
+    let gw_redis = format!("redis://gw:gw-secret@127.0.0.1:{}", redis.port);
+    let gw1 = start_gateway(&api, GwOpts::new(&gw_redis)).await;
+    let gw2 = start_gateway(&api, GwOpts::new(&gw_redis)).await;
+    let cl = Cluster {
+        db,
+        api,
+        gw1,
+        gw2,
+        http: reqwest::Client::new(),
+    };
+    // In-process gateways share the process's metrics: bob's join is
+    // told by the difference it makes.
+    let lost = || async {
+        let text = reqwest::get(format!("{}/metrics", cl.gw2.admin_url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let series = "chorus_gateway_presence_announcements_lost_total{kind=\"joined\"}";
+        chorus_testkit::metric_value(&text, series).expect("the series is registered")
+    };
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let c = cl.community(&alice, &[&bob]).await;
+    let mut watcher = Client::connect(&cl.gw1.url, &token(&alice)).await;
+    watcher.join(&c, None).await;
+    let before = lost().await;
+    let mut b = Client::connect(&cl.gw2.url, &token(&bob)).await;
+    let ack = b.join(&c, None).await;
+    let mut online: Vec<String> = serde_json::from_value(ack["online"].clone()).unwrap();
+    online.sort();
+    let mut both = vec![alice.clone(), bob.clone()];
+    both.sort();
+    assert_eq!(online, both, "bob's presence was written");
+    assert_eq!(
+        lost().await - before,
+        1.0,
+        "bob's announcement counted as lost"
+    );
+
+    cl.post(&alice, &c, "after bob's join").await;
+    watcher.next_is_message("after bob's join").await;
+    let (s, p) = cl
+        .call(
+            Method::GET,
+            &format!("/api/communities/{c}/presence"),
+            &token(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(p["online"], json!(both), "bob stays online");
+}
