@@ -152,6 +152,8 @@ pub fn command_calls(commandstats: &str, command: &str) -> u64 {
 
 /// Sends `signal` (`-STOP`, `-CONT`, ...) to process `pid` with kill(1).
 pub fn signal(pid: u32, signal: &str) {
+    // kill(1) with 0 would signal the test's own process group.
+    assert_ne!(pid, 0, "no process to send {signal} to");
     let ok = Command::new("kill")
         .args([signal, &pid.to_string()])
         .status()

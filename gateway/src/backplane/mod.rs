@@ -63,6 +63,15 @@ pub enum Announced {
 }
 
 impl Announced {
+    /// Of an announcement published on its own: sent or failed.
+    pub fn sent(sent: bool) -> Self {
+        if sent {
+            Announced::Published
+        } else {
+            Announced::Failed
+        }
+    }
+
     /// From a presence script's `announced` (1, 0 or -1).
     pub fn from_script(v: i64) -> Self {
         match v {

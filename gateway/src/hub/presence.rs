@@ -297,28 +297,35 @@ impl Hub {
     }
 
     async fn publish_joined(&self, community: Uuid, user: &str, name: &str) {
-        count_announced("joined");
-        self.publish_ephemeral(community, joined(community, user, name))
+        let sent = self
+            .publish_ephemeral(community, joined(community, user, name))
             .await;
+        announced("joined", Announced::sent(sent));
     }
 
     async fn publish_left(&self, community: Uuid, user: &str) {
-        count_announced("left");
-        self.publish_ephemeral(community, left(community, user))
+        let sent = self
+            .publish_ephemeral(community, left(community, user))
             .await;
+        announced("left", Announced::sent(sent));
     }
 
     /// Publishes an unsequenced event (presence, typing) on a community's
     /// channel; every gateway, this one included, delivers it from its
-    /// subscription.
-    pub async fn publish_ephemeral(&self, community: Uuid, event: ServerEvent) {
-        if let Err(e) = self
+    /// subscription. Returns whether it was published; a failure is logged,
+    /// not retried: the event is ephemeral.
+    pub async fn publish_ephemeral(&self, community: Uuid, event: ServerEvent) -> bool {
+        match self
             .inner
             .backplane
             .publish(&community_channel(&community), ephemeral(community, event))
             .await
         {
-            tracing::warn!(error = %e, "publishing an ephemeral event failed");
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "publishing an ephemeral event failed");
+                false
+            }
         }
     }
 }
@@ -349,16 +356,14 @@ fn ephemeral(community: Uuid, event: ServerEvent) -> Bytes {
     Bytes::from(env.encode())
 }
 
-fn count_announced(kind: &'static str) {
-    metrics::counter!("chorus_gateway_presence_events_total", "kind" => kind).increment(1);
-}
-
 /// Counts an announcement the backplane published with its change, or
 /// one that was lost (its change stands; members see it in the next
 /// online list they fetch).
 fn announced(kind: &'static str, outcome: Announced) {
     match outcome {
-        Announced::Published => count_announced(kind),
+        Announced::Published => {
+            metrics::counter!("chorus_gateway_presence_events_total", "kind" => kind).increment(1);
+        }
         Announced::Failed => {
             metrics::counter!("chorus_gateway_presence_announcements_lost_total", "kind" => kind)
                 .increment(1);

@@ -72,6 +72,8 @@ async fn a_join_while_redis_is_frozen_fails_unavailable_then_succeeds() {
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(refused["error"]["code"], "unavailable", "{refused}");
 
+    // Whatever the gateway had sent Redis during the freeze was in its
+    // socket at the thaw, so it ran before this later request's command.
     wait_until(|| async { cl.gw1.ready().await }).await;
     let (s, p) = cl
         .call(
