@@ -17,4 +17,5 @@ mod idle;
 mod in_process;
 mod limits;
 mod presence;
+mod redis_faults;
 mod slow_consumers;
