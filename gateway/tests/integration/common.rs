@@ -44,6 +44,17 @@ impl Service {
         }
     }
 
+    /// The text of this service's `/metrics`. In-process services share
+    /// the test process's one recorder: read differences, not totals.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin_url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn ready(&self) -> bool {
         reqwest::get(format!("{}/readyz", self.admin_url))
             .await
@@ -260,8 +271,15 @@ impl Cluster {
     }
 
     pub async fn start_with(opts: GwOpts) -> Cluster {
+        let api_redis = opts.redis_url.clone();
+        Cluster::start_on(&api_redis, opts).await
+    }
+
+    /// The API on `api_redis`, the gateways on `opts.redis_url` (the same
+    /// server under another Redis user, say).
+    pub async fn start_on(api_redis: &str, opts: GwOpts) -> Cluster {
         let db = fresh_database().await;
-        let api = start_api(&db, &opts.redis_url).await;
+        let api = start_api(&db, api_redis).await;
         let gw1 = start_gateway(&api, opts.clone()).await;
         let gw2 = start_gateway(&api, opts).await;
         Cluster {
@@ -291,6 +309,20 @@ impl Cluster {
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The community's online list as `user` reads it over HTTP.
+    pub async fn online(&self, user: &str, community: &str) -> Value {
+        let (s, p) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/communities/{community}/presence"),
+                &token(user),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{p}");
+        p["online"].clone()
     }
 
     /// A community owned by `owner` with `members` added; returns its id.

@@ -235,18 +235,10 @@ async fn a_gateway_cut_off_past_its_heartbeat_announces_its_users_again() {
         "{before:?}"
     );
     b.next_is_message("after the renewal").await;
-    let (s, p) = cl
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/communities/{c}/presence"),
-            &token(&alice),
-            None,
-        )
-        .await;
-    assert_eq!(s, 200);
+    let online = cl.online(&alice, &c).await;
     let mut both = vec![alice.clone(), bob.clone()];
     both.sort();
-    assert_eq!(p["online"], json!(both));
+    assert_eq!(online, json!(both));
 }
 
 #[tokio::test]

@@ -34,16 +34,8 @@ async fn two_tabs_on_two_gateways_are_one_presence() {
     // A second tab is not a new presence: the marker comes next.
     cl.post(&alice, &c, "after the second tab").await;
     watcher.next_is_message("after the second tab").await;
-    let (s, p) = cl
-        .call(
-            Method::GET,
-            &format!("/api/communities/{c}/presence"),
-            &token(&alice),
-            None,
-        )
-        .await;
-    assert_eq!(s, 200);
-    assert_eq!(p["online"], json!(both), "HTTP presence agrees");
+    let online = cl.online(&alice, &c).await;
+    assert_eq!(online, json!(both), "HTTP presence agrees");
 
     // Still online in the other tab. (A leave, not a close: its ack comes
     // after the presence change, so the marker is ordered after it.)
@@ -56,18 +48,7 @@ async fn two_tabs_on_two_gateways_are_one_presence() {
     assert_eq!(l["data"], json!({"communityId": c, "userId": bob}));
     // The API answers from a snapshot up to a second old: it agrees once
     // the snapshot taken above has aged out.
-    wait_until(|| async {
-        let (_, p) = cl
-            .call(
-                Method::GET,
-                &format!("/api/communities/{c}/presence"),
-                &token(&alice),
-                None,
-            )
-            .await;
-        p["online"] == json!([alice])
-    })
-    .await;
+    wait_until(|| async { cl.online(&alice, &c).await == json!([alice]) }).await;
     let (s, _) = cl
         .call(
             Method::GET,
@@ -153,15 +134,8 @@ async fn large_rooms_stop_broadcasting_joins_and_leaves() {
     // 3 online: over the limit, not announced; the marker comes next.
     cl.post(&alice, &c, "over the limit").await;
     a.next_is_message("over the limit").await;
-    let (_, p) = cl
-        .call(
-            Method::GET,
-            &format!("/api/communities/{c}/presence"),
-            &token(&alice),
-            None,
-        )
-        .await;
-    assert_eq!(p["online"].as_array().unwrap().len(), 3);
+    let online = cl.online(&alice, &c).await;
+    assert_eq!(online.as_array().unwrap().len(), 3);
     // Leaves are announced once fewer than the limit stay: carol's (2
     // stay) is not, the marker comes next; bob's (1 stays) is.
     cc.ok("leave-community", json!({"communityId": c})).await;
@@ -253,16 +227,8 @@ async fn connections_lost_together_and_back_within_the_grace_are_never_announced
     assert_eq!(left["data"]["userId"], carol.as_str());
     assert!(seen.is_empty(), "nothing before carol's leave: {seen:?}");
     // And bob is online throughout, over HTTP too.
-    let (s, p) = cl
-        .call(
-            Method::GET,
-            &format!("/api/communities/{c}/presence"),
-            &token(&alice),
-            None,
-        )
-        .await;
-    assert_eq!(s, 200);
-    assert!(p["online"].as_array().unwrap().contains(&json!(bob)), "{p}");
+    let online = cl.online(&alice, &c).await;
+    assert!(online.as_array().unwrap().contains(&json!(bob)), "{online}");
 }
 
 #[tokio::test]
@@ -321,27 +287,12 @@ async fn a_lost_announcement_is_counted_and_the_join_stands() {
         .output()
         .expect("redis-cli on PATH");
     assert_eq!(String::from_utf8_lossy(&acl.stdout).trim(), "OK");
-    let db = chorus_testkit::fresh_database().await;
-    let api = start_api(&db, &redis.url()).await;
     let gw_redis = format!("redis://gw:gw-secret@127.0.0.1:{}", redis.port);
-    let gw1 = start_gateway(&api, GwOpts::new(&gw_redis)).await;
-    let gw2 = start_gateway(&api, GwOpts::new(&gw_redis)).await;
-    let cl = Cluster {
-        db,
-        api,
-        gw1,
-        gw2,
-        http: reqwest::Client::new(),
-    };
+    let cl = Cluster::start_on(&redis.url(), GwOpts::new(&gw_redis)).await;
     // In-process gateways share the process's metrics: bob's join is
     // told by the difference it makes.
     let lost = || async {
-        let text = reqwest::get(format!("{}/metrics", cl.gw2.admin_url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = cl.gw2.metrics().await;
         let series = "chorus_gateway_presence_announcements_lost_total{kind=\"joined\"}";
         chorus_testkit::metric_value(&text, series).expect("the series is registered")
     };
@@ -360,16 +311,8 @@ async fn a_lost_announcement_is_counted_and_the_join_stands() {
 
     cl.post(&alice, &c, "after bob's join").await;
     watcher.next_is_message("after bob's join").await;
-    let (s, p) = cl
-        .call(
-            Method::GET,
-            &format!("/api/communities/{c}/presence"),
-            &token(&alice),
-            None,
-        )
-        .await;
-    assert_eq!(s, 200);
+    let online = cl.online(&alice, &c).await;
     let mut both = vec![alice.clone(), bob.clone()];
     both.sort();
-    assert_eq!(p["online"], json!(both), "bob's presence was written");
+    assert_eq!(online, json!(both), "bob's presence was written");
 }

@@ -67,16 +67,8 @@ async fn a_join_while_redis_is_frozen_fails_unavailable_then_succeeds() {
     // Whatever the gateway had sent Redis during the freeze was in its
     // socket at the thaw, so it ran before this later request's command.
     wait_until(|| async { cl.gw1.ready().await }).await;
-    let (s, p) = cl
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/communities/{c2}/presence"),
-            &token(&alice),
-            None,
-        )
-        .await;
-    assert_eq!(s, 200);
-    assert_eq!(p["online"], json!([]), "the refused join left no presence");
+    let online = cl.online(&alice, &c2).await;
+    assert_eq!(online, json!([]), "the refused join left no presence");
 
     a.join(&c2, None).await;
     cl.post(&alice, &c2, "after the thaw").await;

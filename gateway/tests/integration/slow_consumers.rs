@@ -70,12 +70,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_keep_receiving() {
     );
     poster.await.unwrap();
 
-    let metrics = reqwest::get(format!("{}/metrics", cl.gw1.admin_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cl.gw1.metrics().await;
     assert!(
         metrics.lines().any(
             |l| l.starts_with("chorus_gateway_slow_consumer_closes_total") && !l.ends_with(" 0")
