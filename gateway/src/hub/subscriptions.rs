@@ -110,7 +110,9 @@ async fn run(backplane: Arc<dyn Backplane>, mut rx: mpsc::UnboundedReceiver<SubO
 /// since: what the subscriptions gauge shows. A failed subscribe is
 /// followed by an unsubscribe (the room or user retries, or goes), and a
 /// room may subscribe again after a failure, so counting requests would
-/// drift; this set does not. Kept by 64-bit hash, about 16 bytes a channel
+/// drift; this set does not. A backplane reconnect restores these same
+/// channels (retrying until every one is back), so the set stands across
+/// it. Kept by 64-bit hash, about 16 bytes a channel
 /// (one per local user and one per room); a collision, about one in
 /// 10^7 at a million channels, costs the gauge one.
 #[derive(Default)]
